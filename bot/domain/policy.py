@@ -1,0 +1,156 @@
+"""The policy catalog as typed, validated values.
+
+Loading the YAML file lives in ``bot.config``; these models only say what a valid policy is, so the
+rules can be tested without files and the error messages name the offending key.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from bot.domain.durations import DurationError, parse_duration
+
+SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SLACK_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
+SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
+RESOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+SCOPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,127}$")
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"{value}s"
+    if not isinstance(value, str):
+        raise ValueError("must be a duration like 90s, 15m, 2h or 1h30m")
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    # A typo in a security policy must not silently disable a rule, so unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resource(_Strict):
+    name: str
+    description: str = ""
+    audience: str = Field(min_length=1)
+    scopes: tuple[str, ...] = Field(min_length=1)
+    max_duration: Duration
+    approver_channel: str
+    approvers: tuple[str, ...] = Field(min_length=1)
+    approvals_required: int = Field(default=1, ge=1, le=10)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not RESOURCE_NAME.fullmatch(value):
+            raise ValueError("must be lower-case letters, digits, '.', '_' or '-' (at most 63)")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for scope in value:
+            if not SCOPE_NAME.fullmatch(scope):
+                raise ValueError(f"'{scope}' is not a valid scope name (no spaces or commas)")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a scope twice")
+        return value
+
+    @field_validator("approver_channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        if not SLACK_CHANNEL_ID.fullmatch(value):
+            raise ValueError(f"'{value}' is not a Slack channel id (like C0123ABCD)")
+        return value
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not (SLACK_USER_ID.fullmatch(entry) or SLACK_USERGROUP_ID.fullmatch(entry)):
+                raise ValueError(f"'{entry}' is neither a Slack user id (U…) nor a usergroup id (S…)")
+        return value
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> Resource:
+        has_groups = any(SLACK_USERGROUP_ID.fullmatch(a) for a in self.approvers)
+        if not has_groups and self.approvals_required > len(set(self.approvers)):
+            raise ValueError(
+                f"approvals_required is {self.approvals_required} but only "
+                f"{len(set(self.approvers))} approver(s) are listed, so no request could ever be approved"
+            )
+        return self
+
+    @property
+    def user_approvers(self) -> frozenset[str]:
+        return frozenset(a for a in self.approvers if SLACK_USER_ID.fullmatch(a))
+
+    @property
+    def usergroup_approvers(self) -> frozenset[str]:
+        return frozenset(a for a in self.approvers if SLACK_USERGROUP_ID.fullmatch(a))
+
+
+class Channels(_Strict):
+    audit: str | None = None
+
+    @field_validator("audit")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        if value is not None and not SLACK_CHANNEL_ID.fullmatch(value):
+            raise ValueError(f"'{value}' is not a Slack channel id (like C0123ABCD)")
+        return value
+
+
+class IdentityOptions(_Strict):
+    email_fallback: bool = False
+
+
+class Policy(_Strict):
+    request_timeout: Duration = timedelta(minutes=30)
+    channels: Channels = Channels()
+    identities: dict[str, str] = Field(default_factory=dict)
+    identity: IdentityOptions = IdentityOptions()
+    resources: tuple[Resource, ...] = Field(min_length=1)
+
+    @field_validator("identities")
+    @classmethod
+    def _identities(cls, value: dict[str, str]) -> dict[str, str]:
+        for slack_id, subject in value.items():
+            if not SLACK_USER_ID.fullmatch(slack_id):
+                raise ValueError(f"key '{slack_id}' is not a Slack user id (like U0123ABCD)")
+            if not isinstance(subject, str) or not subject.strip():
+                raise ValueError(f"'{slack_id}' maps to an empty IdP subject")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _unique_names(cls, value: tuple[Resource, ...]) -> tuple[Resource, ...]:
+        seen: set[str] = set()
+        for resource in value:
+            if resource.name in seen:
+                raise ValueError(f"resource '{resource.name}' is defined twice")
+            seen.add(resource.name)
+        return value
+
+    def resource(self, name: str) -> Resource | None:
+        for resource in self.resources:
+            if resource.name == name:
+                return resource
+        return None
+
+    @property
+    def resource_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.resources)

@@ -1,0 +1,1 @@
+"""Use cases. Each public function owns one transaction (or a few, in a stated order)."""

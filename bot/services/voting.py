@@ -1,0 +1,249 @@
+"""Approve / Deny: re-authorised from the database on every click, changing state at most once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from bot.domain.policy import Policy
+from bot.domain.status import RequestStatus, VoteChoice
+from bot.domain.votes import REFUSAL_TEXT, VoteDecision, VoteFacts, VoteRefusal, decide_vote
+from bot.services.audit import AuditEventType, record
+from bot.services.errors import UserFacingError
+from bot.services.identity import resolve_approvers
+from bot.services.ports import DeliveryError, Directory, DirectoryError, Notifier, RequestSnapshot
+from bot.services.snapshots import snapshot
+from bot.store import requests as store
+from bot.store.db import session_scope
+from bot.store.models import Vote
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    refusal: VoteRefusal | None
+    request: RequestSnapshot | None
+    decided: bool
+    """True only for the one vote that moved the request out of pending."""
+
+    @property
+    def accepted(self) -> bool:
+        return self.refusal is None
+
+    @property
+    def message(self) -> str:
+        if self.refusal is not None:
+            return REFUSAL_TEXT[self.refusal]
+        assert self.request is not None
+        return f"Your vote on `{self.request.id}` was recorded."
+
+
+@dataclass
+class VotingService:
+    engine: Engine
+    policy: Policy
+    directory: Directory
+    notifier: Notifier
+    clock: Callable[[], datetime]
+
+    def preflight(self, request_id: str, *, voter: str, choice: VoteChoice) -> VoteResult:
+        """Would this vote be accepted? Used before opening the Deny modal; refusals are audited."""
+        approvers = self._approvers_for(request_id)
+        with session_scope(self.engine) as session:
+            request = store.get_request(session=session, request_id=request_id)
+            if request is None:
+                return self._refuse(session, request_id, voter, choice, VoteRefusal.UNKNOWN_REQUEST, None)
+            votes = store.votes_for(session=session, request_id=request_id)
+            decision = self._decide(
+                request.status, request.requester_slack_id, voter, approvers, votes, request.approvals_required, choice
+            )
+            if decision.refusal is not None:
+                return self._refuse(session, request_id, voter, choice, decision.refusal, request.status)
+            return VoteResult(refusal=None, request=snapshot(request, votes, policy=self.policy), decided=False)
+
+    def cast(self, request_id: str, *, voter: str, choice: VoteChoice, reason: str | None = None) -> VoteResult:
+        approvers = self._approvers_for(request_id)
+        try:
+            result = self._cast_once(request_id, voter=voter, choice=choice, reason=reason, approvers=approvers)
+        except IntegrityError:
+            # Only the unique (request, voter) constraint can fire here: the same approver's click
+            # arrived twice at once and the other copy won.
+            with session_scope(self.engine) as session:
+                result = self._refuse(session, request_id, voter, choice, VoteRefusal.ALREADY_VOTED, None)
+        if result.accepted and result.request is not None:
+            self._after_vote(result)
+        return result
+
+    def _approvers_for(self, request_id: str) -> frozenset[str] | None:
+        """Resolved before any lock is taken: a Slack round-trip must never hold the database."""
+        with session_scope(self.engine) as session:
+            request = store.get_request(session=session, request_id=request_id)
+            resource_name = request.resource if request is not None else None
+        resource = self.policy.resource(resource_name) if resource_name else None
+        if resource is None:
+            return None
+        try:
+            return resolve_approvers(resource.approvers, directory=self.directory)
+        except DirectoryError as exc:
+            raise UserFacingError(
+                f"Slack could not list the approver group for `{resource.name}` ({exc}). Nothing changed; try again."
+            ) from None
+
+    def _decide(
+        self,
+        status: str,
+        requester: str,
+        voter: str,
+        approvers: frozenset[str] | None,
+        votes: Sequence[Vote],
+        approvals_required: int,
+        choice: VoteChoice,
+    ) -> VoteDecision:
+        if approvers is None and RequestStatus(status) is RequestStatus.PENDING:
+            return VoteDecision(refusal=VoteRefusal.RESOURCE_REMOVED, new_status=RequestStatus(status))
+        facts = VoteFacts(
+            status=RequestStatus(status),
+            requester=requester,
+            voter=voter,
+            approvers=approvers or frozenset(),
+            prior_voters=frozenset(v.voter_slack_id for v in votes),
+            approvals_so_far=sum(1 for v in votes if v.choice == VoteChoice.APPROVE.value),
+            approvals_required=approvals_required,
+        )
+        return decide_vote(facts, choice)
+
+    def _cast_once(
+        self,
+        request_id: str,
+        *,
+        voter: str,
+        choice: VoteChoice,
+        reason: str | None,
+        approvers: frozenset[str] | None,
+    ) -> VoteResult:
+        now = self.clock()
+        with session_scope(self.engine) as session:
+            # The guard comes first: from here on this transaction owns the request row.
+            if not store.lock_if_status(session=session, request_id=request_id, status=RequestStatus.PENDING, now=now):
+                request = store.get_request(session=session, request_id=request_id)
+                refusal = VoteRefusal.UNKNOWN_REQUEST if request is None else VoteRefusal.NOT_PENDING
+                return self._refuse(session, request_id, voter, choice, refusal, request.status if request else None)
+            request = store.get_request(session=session, request_id=request_id)
+            assert request is not None
+            session.refresh(request)
+            votes = list(store.votes_for(session=session, request_id=request_id))
+            decision = self._decide(
+                request.status, request.requester_slack_id, voter, approvers, votes, request.approvals_required, choice
+            )
+            if decision.refusal is not None:
+                return self._refuse(session, request_id, voter, choice, decision.refusal, request.status)
+
+            store.add_vote(
+                session=session,
+                vote=Vote(
+                    request_id=request_id, voter_slack_id=voter, choice=choice.value, reason=reason, created_at=now
+                ),
+            )
+            record(
+                AuditEventType.VOTE_CAST,
+                session=session,
+                at=now,
+                actor=voter,
+                request_id=request_id,
+                choice=choice.value,
+                reason=reason,
+            )
+            decided = decision.new_status is not RequestStatus.PENDING
+            if decided:
+                moved = store.transition(
+                    session=session,
+                    request_id=request_id,
+                    from_status=RequestStatus.PENDING,
+                    to_status=decision.new_status,
+                    now=now,
+                    decided_at=now,
+                    decided_by=voter,
+                    deny_reason=reason if choice is VoteChoice.DENY else None,
+                )
+                # We hold the row lock, so the guard cannot fail; if it ever does, roll everything back.
+                if not moved:
+                    raise RuntimeError(f"request {request_id} changed under its own lock")
+                record(
+                    AuditEventType.REQUEST_APPROVED
+                    if decision.new_status is RequestStatus.APPROVED
+                    else AuditEventType.REQUEST_DENIED,
+                    session=session,
+                    at=now,
+                    actor=voter,
+                    request_id=request_id,
+                    approvers=[v.voter_slack_id for v in votes if v.choice == VoteChoice.APPROVE.value]
+                    + ([voter] if choice is VoteChoice.APPROVE else []),
+                    reason=reason,
+                )
+            session.flush()
+            session.refresh(request)
+            result = VoteResult(
+                refusal=None,
+                request=snapshot(request, store.votes_for(session=session, request_id=request_id), policy=self.policy),
+                decided=decided,
+            )
+        return result
+
+    def _refuse(
+        self,
+        session: Session,
+        request_id: str,
+        voter: str,
+        choice: VoteChoice,
+        refusal: VoteRefusal,
+        status: str | None,
+    ) -> VoteResult:
+        record(
+            AuditEventType.UNAUTHORIZED_ATTEMPT,
+            session=session,
+            at=self.clock(),
+            actor=voter,
+            request_id=request_id if refusal is not VoteRefusal.UNKNOWN_REQUEST else None,
+            action=choice.value,
+            refusal=refusal.value,
+            request_status=status,
+            claimed_request_id=request_id[:64],
+        )
+        return VoteResult(refusal=refusal, request=None, decided=False)
+
+    def _after_vote(self, result: VoteResult) -> None:
+        request = result.request
+        assert request is not None
+        try:
+            self.notifier.update_card(request)
+        except DeliveryError as exc:
+            log.warning("card for %s could not be updated: %s", request.id, exc)
+        if not result.decided:
+            return
+        try:
+            self.notifier.tell_requester(request)
+        except DeliveryError as exc:
+            log.error("requester of %s could not be told the outcome: %s", request.id, exc)
+            with session_scope(self.engine) as session:
+                record(
+                    AuditEventType.DELIVERY_FAILED,
+                    session=session,
+                    at=self.clock(),
+                    actor="jit-bot",
+                    request_id=request.id,
+                    what="outcome DM",
+                    slack_error=str(exc),
+                )
+        channel = self.policy.channels.audit
+        if channel is not None:
+            try:
+                self.notifier.audit_summary(channel, request, request.status)
+            except DeliveryError as exc:
+                log.warning("audit summary for %s could not be posted: %s", request.id, exc)

@@ -1,0 +1,1 @@
+"""The Slack edge: the Bolt app, thin listeners, Block Kit builders and the Slack-backed ports."""

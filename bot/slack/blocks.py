@@ -1,0 +1,263 @@
+"""Block Kit for cards, modals and messages, built with slack_sdk.models so limits are checked."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    InputBlock,
+    MarkdownTextObject,
+    Option,
+    PlainTextInputElement,
+    PlainTextObject,
+    SectionBlock,
+    StaticMultiSelectElement,
+    StaticSelectElement,
+)
+from slack_sdk.models.views import View
+
+from bot.domain.commands import MAX_REASON_LENGTH
+from bot.domain.durations import format_duration
+from bot.domain.policy import Policy, Resource
+from bot.domain.status import RequestStatus
+from bot.services.ports import RequestSnapshot
+from bot.slack.ids import ActionId, BlockId, CallbackId
+from bot.slack.text import clip, code, duration, escape, mention, mentions, when
+
+_STATUS_LINE = {
+    RequestStatus.PENDING: ":hourglass_flowing_sand: Pending approval",
+    RequestStatus.APPROVED: ":white_check_mark: Approved",
+    RequestStatus.DENIED: ":no_entry: Denied",
+    RequestStatus.CANCELLED: ":heavy_multiplication_x: Cancelled",
+    RequestStatus.EXPIRED: ":alarm_clock: Expired without a decision",
+}
+
+# Offered in the modal, trimmed to each resource's max_duration.
+_DURATION_CHOICES = tuple(
+    timedelta(seconds=s) for s in (5 * 60, 15 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 12 * 3600, 86400)
+)
+
+
+def card_text(request: RequestSnapshot) -> str:
+    """The notification / screen-reader fallback for the card."""
+    return (
+        f"Access request {request.id}: {mention(request.requester)} asks for {request.resource} "
+        f"({', '.join(request.scopes)}) for {duration(request.duration)}. {_status_summary(request)}"
+    )
+
+
+def _status_summary(request: RequestSnapshot) -> str:
+    status = RequestStatus(request.status)
+    if status is RequestStatus.PENDING:
+        got = len(request.approvers_so_far)
+        line = f"{_STATUS_LINE[status]}: {got} of {request.approvals_required} approval(s)"
+        if request.approvers_so_far:
+            line += f", approved by {mentions(request.approvers_so_far)}"
+        return line
+    if status is RequestStatus.DENIED:
+        line = f"{_STATUS_LINE[status]} by {mentions(request.deniers)}"
+        if request.deny_reason:
+            line += f": {escape(request.deny_reason)}"
+        return line
+    if status is RequestStatus.APPROVED:
+        return f"{_STATUS_LINE[status]} by {mentions(request.approvers_so_far)}"
+    return _STATUS_LINE.get(status, status.value)
+
+
+def approval_card(request: RequestSnapshot) -> list[Block]:
+    fields = [
+        MarkdownTextObject(text=f"*Requester*\n{mention(request.requester)}"),
+        MarkdownTextObject(
+            text=f"*Resource*\n{code(request.resource)}"
+            + (f" {escape(clip(request.resource_description, 200))}" if request.resource_description else "")
+        ),
+        MarkdownTextObject(text=f"*Scopes*\n{' '.join(code(s) for s in request.scopes)}"),
+        MarkdownTextObject(text=f"*Duration*\n{duration(request.duration)}"),
+        MarkdownTextObject(text=f"*Approvals needed*\n{request.approvals_required}"),
+        MarkdownTextObject(text=f"*Request id*\n{code(request.id)}"),
+    ]
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=f"Access request {request.id}")),
+        SectionBlock(fields=fields),
+        SectionBlock(text=MarkdownTextObject(text=f"*Reason*\n{clip(escape(request.reason), 2900)}")),
+        SectionBlock(block_id=BlockId.DECISION.value, text=MarkdownTextObject(text=_status_summary(request))),
+    ]
+    if request.status == RequestStatus.PENDING.value:
+        blocks.append(
+            ActionsBlock(
+                elements=[
+                    ButtonElement(
+                        text=PlainTextObject(text="Approve"),
+                        action_id=ActionId.APPROVE.value,
+                        value=request.id,
+                        style="primary",
+                    ),
+                    ButtonElement(
+                        text=PlainTextObject(text="Deny"),
+                        action_id=ActionId.DENY.value,
+                        value=request.id,
+                        style="danger",
+                    ),
+                ]
+            )
+        )
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Requested {when(request.created_at)}")]))
+    return blocks
+
+
+def outcome_text(request: RequestSnapshot) -> str:
+    """The DM the requester gets when their request is decided."""
+    status = RequestStatus(request.status)
+    head = f"Your request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)})"
+    if status is RequestStatus.APPROVED:
+        return f"{head} was approved by {mentions(request.approvers_so_far)}."
+    if status is RequestStatus.DENIED:
+        reason = f" Reason: {escape(request.deny_reason)}" if request.deny_reason else ""
+        return f"{head} was denied by {mentions(request.deniers)}.{reason}"
+    return f"{head} is now {status.value}."
+
+
+def submitted_text(request: RequestSnapshot) -> str:
+    return (
+        f"Request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)}, "
+        f"{duration(request.duration)}) was sent to <#{request.approver_channel}> for approval. "
+        "You will get a DM when it is decided."
+    )
+
+
+def audit_summary_text(request: RequestSnapshot, event: str) -> str:
+    return (
+        f"[{event}] `{request.id}` {mention(request.requester)} → {code(request.resource)} "
+        f"({', '.join(request.scopes)}, {duration(request.duration)}). {_status_summary(request)}"
+    )
+
+
+def help_text() -> str:
+    return "\n".join(
+        [
+            "*jit-bot*: just-in-time access, approved in Slack, minted by the IdP, revoked on time.",
+            "• `/jit request <resource> <scopes> <duration> <reason…>`: ask for access, e.g. "
+            "`/jit request prod-db read 30m checking INC-1234`. Scopes are comma-separated; "
+            "durations look like `90s`, `15m`, `2h`, `1h30m`.",
+            "• `/jit request`: the same, in a form.",
+            "• `/jit resources`: what you can ask for, with scopes and maximum durations.",
+            "• `/jit help`: this text.",
+        ]
+    )
+
+
+def resources_text(policy: Policy) -> str:
+    lines = ["*Resources you can request*"]
+    for resource in policy.resources:
+        description = f": {escape(resource.description)}" if resource.description else ""
+        lines.append(
+            f"• {code(resource.name)}{description}. Scopes: {', '.join(code(s) for s in resource.scopes)}; "
+            f"max {format_duration(resource.max_duration)}; approvals needed: {resource.approvals_required} "
+            f"in <#{resource.approver_channel}>"
+        )
+    return clip("\n".join(lines), 3000)
+
+
+def _option(text: str, value: str) -> Option:
+    return Option(text=PlainTextObject(text=clip(text, 75)), value=value)
+
+
+def duration_choices(resource: Resource) -> list[timedelta]:
+    choices = [d for d in _DURATION_CHOICES if d <= resource.max_duration]
+    if resource.max_duration not in choices:
+        choices.append(resource.max_duration)
+    return choices
+
+
+def request_modal(policy: Policy, *, resource: Resource | None, metadata: dict[str, str]) -> View:
+    """The form behind ``/jit request``. Scopes and durations appear once a resource is chosen."""
+    resource_options = [_option(r.name, r.name) for r in policy.resources[:100]]
+    resource_select = StaticSelectElement(
+        action_id=ActionId.MODAL_RESOURCE.value,
+        placeholder=PlainTextObject(text="Choose a resource"),
+        options=resource_options,
+        initial_option=_option(resource.name, resource.name) if resource else None,
+    )
+    blocks: list[Block] = [
+        InputBlock(
+            block_id=BlockId.RESOURCE.value,
+            label=PlainTextObject(text="Resource"),
+            element=resource_select,
+            dispatch_action=True,
+        )
+    ]
+    if resource is not None:
+        blocks.append(
+            InputBlock(
+                # The block id carries the resource so Slack does not carry old selections across resources.
+                block_id=f"{BlockId.SCOPES.value}:{resource.name}",
+                label=PlainTextObject(text="Scopes"),
+                element=StaticMultiSelectElement(
+                    action_id=ActionId.MODAL_SCOPES.value,
+                    placeholder=PlainTextObject(text="Choose scopes"),
+                    options=[_option(s, s) for s in resource.scopes[:100]],
+                ),
+            )
+        )
+        blocks.append(
+            InputBlock(
+                block_id=f"{BlockId.DURATION.value}:{resource.name}",
+                label=PlainTextObject(text=f"Duration (max {format_duration(resource.max_duration)})"),
+                element=StaticSelectElement(
+                    action_id=ActionId.MODAL_DURATION.value,
+                    placeholder=PlainTextObject(text="How long"),
+                    options=[_option(format_duration(d), format_duration(d)) for d in duration_choices(resource)],
+                ),
+            )
+        )
+    blocks.append(
+        InputBlock(
+            block_id=BlockId.REASON.value,
+            label=PlainTextObject(text="Reason"),
+            element=PlainTextInputElement(
+                action_id=ActionId.MODAL_REASON.value,
+                multiline=True,
+                max_length=MAX_REASON_LENGTH,
+                placeholder=PlainTextObject(text="e.g. checking INC-1234"),
+            ),
+        )
+    )
+    return View(
+        type="modal",
+        callback_id=CallbackId.REQUEST_MODAL.value,
+        title=PlainTextObject(text="Request access"),
+        submit=PlainTextObject(text="Request"),
+        close=PlainTextObject(text="Cancel"),
+        blocks=blocks,
+        private_metadata=json.dumps(metadata),
+    )
+
+
+def deny_modal(request_id: str, *, metadata: dict[str, str]) -> View:
+    return View(
+        type="modal",
+        callback_id=CallbackId.DENY_MODAL.value,
+        title=PlainTextObject(text="Deny request"),
+        submit=PlainTextObject(text="Deny"),
+        close=PlainTextObject(text="Cancel"),
+        private_metadata=json.dumps({**metadata, "request_id": request_id}),
+        blocks=[
+            SectionBlock(text=MarkdownTextObject(text=f"Denying request {code(request_id)}.")),
+            InputBlock(
+                block_id=BlockId.DENY_REASON.value,
+                label=PlainTextObject(text="Why?"),
+                element=PlainTextInputElement(
+                    action_id=ActionId.DENY_REASON.value,
+                    multiline=True,
+                    max_length=MAX_REASON_LENGTH,
+                    placeholder=PlainTextObject(text="The requester will see this"),
+                ),
+            ),
+        ],
+    )

@@ -1,0 +1,76 @@
+"""Where a listener's answer goes, and the one place errors become user text."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from slack_sdk.webhook import WebhookClient
+
+from bot.services.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[[str], None]
+
+
+def ephemeral(respond: Any) -> Reply:
+    """Answer through the interaction's response_url, visible only to the person who acted."""
+
+    def send(text: str) -> None:
+        respond(text=text, response_type="ephemeral", replace_original=False)
+
+    return send
+
+
+def via_response_url(url: str | None, *, client: Any, user_id: str) -> Reply:
+    """Modal submissions carry no response_url, so we keep the originating one in private_metadata.
+
+    Without one we fall back to a DM, so the person always hears how it went.
+    """
+
+    def send(text: str) -> None:
+        if url:
+            response = WebhookClient(url).send(text=text, response_type="ephemeral", replace_original=False)
+            if response.status_code == 200:
+                return
+            log.warning("response_url answered %s; falling back to a DM", response.status_code)
+        client.chat_postMessage(channel=user_id, text=text)
+
+    return send
+
+
+def user_errors(reply_from: Callable[..., Reply]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Wrap a lazy listener: typed errors become their message, anything else a reference id.
+
+    ``reply_from`` receives the listener's keyword arguments and returns where to answer.
+    """
+
+    def decorate(listener: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(listener)
+        def run(*args: Any, **kwargs: Any) -> None:
+            try:
+                listener(*args, **kwargs)
+            except UserFacingError as exc:
+                _safe_reply(reply_from(**kwargs), exc.message)
+            except Exception:
+                ref = secrets.token_hex(4)
+                log.exception("unexpected error in %s (ref %s)", listener.__name__, ref)
+                _safe_reply(
+                    reply_from(**kwargs),
+                    f"Something went wrong on our side and nothing was changed. Reference: `{ref}`.",
+                )
+
+        return run
+
+    return decorate
+
+
+def _safe_reply(reply: Reply, text: str) -> None:
+    try:
+        reply(text)
+    except Exception:
+        log.exception("could not deliver an error reply to the user")

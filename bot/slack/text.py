@@ -1,0 +1,39 @@
+"""Small text helpers for Slack's mrkdwn."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from bot.domain.durations import format_duration
+
+
+def escape(text: str) -> str:
+    """Slack's required escaping, so user text can never become a mention or a link (<!channel>)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mention(user_id: str) -> str:
+    return f"<@{user_id}>"
+
+
+def mentions(user_ids: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(mention(u) for u in user_ids)
+
+
+def code(text: str) -> str:
+    return "`" + escape(text).replace("`", "'") + "`"
+
+
+def duration(value: timedelta) -> str:
+    return format_duration(value)
+
+
+def when(value: datetime) -> str:
+    """Slack renders <!date^…> in each reader's own timezone; the fallback is UTC."""
+    epoch = int(value.timestamp())
+    fallback = value.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

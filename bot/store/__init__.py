@@ -1,0 +1,1 @@
+"""Persistence: SQLModel tables, the engine, guarded updates and Alembic migrations."""

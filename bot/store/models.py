@@ -1,0 +1,79 @@
+"""Tables. Every change to them goes with a new Alembic migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from bot.store.types import UTCDateTime, utcnow
+
+
+class AccessRequestBase(SQLModel):
+    requester_slack_id: str = Field(max_length=32, index=True)
+    requester_subject: str = Field(max_length=255)
+    resource: str = Field(max_length=64)
+    audience: str = Field(max_length=512)
+    scopes: str = Field(max_length=2048, description="space-separated, as OAuth writes them")
+    duration_seconds: int
+    reason: str = Field(max_length=1000)
+    approvals_required: int
+    approver_channel: str = Field(max_length=32)
+
+
+class AccessRequest(AccessRequestBase, table=True):
+    __tablename__ = "access_request"
+
+    id: str = Field(primary_key=True, max_length=16)
+    status: str = Field(max_length=16, index=True)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    decided_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    decided_by: str | None = Field(default=None, max_length=32)
+    deny_reason: str | None = Field(default=None, max_length=1000)
+    card_channel: str | None = Field(default=None, max_length=32)
+    card_ts: str | None = Field(default=None, max_length=32)
+
+    @property
+    def scope_list(self) -> tuple[str, ...]:
+        return tuple(self.scopes.split())
+
+
+class Vote(SQLModel, table=True):
+    __tablename__ = "vote"
+    # One vote per approver per request, enforced by the database, not by hope.
+    __table_args__ = (UniqueConstraint("request_id", "voter_slack_id", name="uq_vote_request_voter"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(foreign_key="access_request.id", max_length=16, index=True)
+    voter_slack_id: str = Field(max_length=32)
+    choice: str = Field(max_length=8)
+    reason: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only and hash-chained: ``hash = sha256(prev_hash + canonical(event))``."""
+
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    event_type: str = Field(max_length=64, index=True)
+    actor: str = Field(max_length=64)
+    request_id: str | None = Field(default=None, max_length=16, index=True)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64, unique=True)
+
+
+class AuditHead(SQLModel, table=True):
+    """One row: the chain's tip. Locking it serialises appends so the chain never forks."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str = Field(max_length=64)

@@ -1,0 +1,73 @@
+"""Reads and guarded writes on access requests and votes.
+
+Every state change is an ``UPDATE … WHERE status = <expected>``: whoever gets rowcount 1 made the
+transition, everyone else lost the race and must not act on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from bot.domain.status import RequestStatus
+from bot.store.models import AccessRequest, Vote
+
+
+def add_request(*, session: Session, request: AccessRequest) -> None:
+    session.add(request)
+    session.flush()
+
+
+def get_request(*, session: Session, request_id: str) -> AccessRequest | None:
+    return session.get(AccessRequest, request_id)
+
+
+def lock_if_status(*, session: Session, request_id: str, status: RequestStatus, now: datetime) -> bool:
+    """Take the row lock on a request only if it is still in ``status``.
+
+    On PostgreSQL a concurrent transaction blocks here until ours ends and then re-checks the status;
+    on SQLite the whole database is already ours (BEGIN IMMEDIATE). Either way the caller holds the
+    request exclusively for the rest of the transaction when this returns True.
+    """
+    result = session.execute(
+        update(AccessRequest)
+        .where(col(AccessRequest.id) == request_id, col(AccessRequest.status) == status.value)
+        .values(updated_at=now)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def transition(
+    *,
+    session: Session,
+    request_id: str,
+    from_status: RequestStatus,
+    to_status: RequestStatus,
+    now: datetime,
+    **fields: Any,
+) -> bool:
+    result = session.execute(
+        update(AccessRequest)
+        .where(col(AccessRequest.id) == request_id, col(AccessRequest.status) == from_status.value)
+        .values(status=to_status.value, updated_at=now, **fields)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def set_card(*, session: Session, request_id: str, channel: str, ts: str) -> None:
+    session.execute(
+        update(AccessRequest).where(col(AccessRequest.id) == request_id).values(card_channel=channel, card_ts=ts)
+    )
+
+
+def votes_for(*, session: Session, request_id: str) -> Sequence[Vote]:
+    return session.exec(select(Vote).where(Vote.request_id == request_id).order_by(col(Vote.id))).all()
+
+
+def add_vote(*, session: Session, vote: Vote) -> None:
+    session.add(vote)
+    session.flush()

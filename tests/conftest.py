@@ -1,0 +1,216 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), the Slack stand-in, and the served app."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, select
+
+from bot.config import Settings
+from bot.domain.policy import Policy
+from bot.runtime import build_runtime
+from bot.store.db import make_engine, migrate
+from bot.store.models import AccessRequest, AuditEvent
+from tests.harness import ServedApp, SlackRequests, free_socket
+from tests.slack_standin import SlackStandIn
+
+BOT_TOKEN = "xoxb-1111111111-2222222222-testtokenvalue"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+
+REQUESTER = "U0REQUESTER"
+APPROVER_1 = "U0APPROVER1"
+APPROVER_2 = "U0APPROVER2"
+GROUP_MEMBER = "U0GROUPMEMB"
+OUTSIDER = "U0OUTSIDER1"
+UNMAPPED = "U0UNMAPPED1"
+APPROVERS_CHANNEL = "C0APPROVERS"
+AUDIT_CHANNEL = "C0AUDIT0001"
+
+POLICY: dict[str, Any] = {
+    "request_timeout": "30m",
+    "channels": {"audit": AUDIT_CHANNEL},
+    "identities": {REQUESTER: "alice", APPROVER_1: "bob", APPROVER_2: "carol", GROUP_MEMBER: "dave"},
+    "identity": {"email_fallback": False},
+    "resources": [
+        {
+            "name": "prod-db",
+            "description": "Production Postgres",
+            "audience": "https://db.internal.example",
+            "scopes": ["read", "write"],
+            "max_duration": "2h",
+            "approver_channel": APPROVERS_CHANNEL,
+            "approvers": [APPROVER_1, APPROVER_2],
+            "approvals_required": 1,
+        },
+        {
+            "name": "billing",
+            "description": "Billing admin API",
+            "audience": "https://billing.internal.example",
+            "scopes": ["read", "refund"],
+            "max_duration": "1h",
+            "approver_channel": APPROVERS_CHANNEL,
+            "approvers": [APPROVER_1, APPROVER_2],
+            "approvals_required": 2,
+        },
+        {
+            "name": "k8s",
+            "description": "Kubernetes API",
+            "audience": "https://k8s.internal.example",
+            "scopes": ["view", "edit"],
+            "max_duration": "30m",
+            "approver_channel": APPROVERS_CHANNEL,
+            "approvers": ["S0PLATFORM"],
+            "approvals_required": 1,
+        },
+    ],
+}
+
+SLACK_USERS = {
+    REQUESTER: {"email": "alice@example.com"},
+    APPROVER_1: {"email": "bob@example.com"},
+    APPROVER_2: {"email": "carol@example.com"},
+    GROUP_MEMBER: {"email": "dave@example.com"},
+    OUTSIDER: {"email": "eve@example.com"},
+    UNMAPPED: {"email": "mallory@example.com"},
+}
+USERGROUPS = {"S0PLATFORM": [GROUP_MEMBER, APPROVER_1]}
+
+
+def make_policy(**changes: Any) -> Policy:
+    data = {**POLICY, **changes}
+    return Policy.model_validate(data)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jit.db'}"
+        return
+    admin_url = os.environ.get("JIT_TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.fail("JIT_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL")
+    name = f"jit_test_{secrets.token_hex(6)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return make_policy()
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackStandIn]:
+    standin = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS)
+    standin.start()
+    yield standin
+    standin.stop()
+
+
+CARD_ID = re.compile(r"Access request (R[0-9A-Z]{9})")
+
+
+@dataclass
+class Bot:
+    """The app served over HTTP, the Slack stand-in it talks to, and its database."""
+
+    served: ServedApp
+    slack: SlackStandIn
+    engine: Engine
+    send: SlackRequests
+
+    def request(self, user: str, text: str) -> tuple[str, str, str]:
+        """Type ``/jit <text>`` and wait for the card: returns (request id, card channel, card ts)."""
+        before = len(self.slack.calls_to("chat.postMessage"))
+        response, _key, _trigger = self.send.slash(user, text)
+        assert response.status_code == 200, response.text
+
+        def card_posted() -> Any:
+            for call in self.slack.calls_to("chat.postMessage")[before:]:
+                match = CARD_ID.search(str(call.args.get("text", "")))
+                if call.ok and match and call.args.get("blocks"):
+                    return match.group(1), call.response["channel"], call.response["ts"]
+            return None
+
+        found: tuple[str, str, str] = self.slack.wait_for(card_posted)
+        # The card's coordinates are stored just after the post; votes need them to update it.
+        self.slack.wait_for(lambda: self.stored(found[0]).card_ts is not None)
+        return found
+
+    def stored(self, request_id: str) -> AccessRequest:
+        with Session(self.engine) as session:
+            row = session.get(AccessRequest, request_id)
+            assert row is not None, f"request {request_id} not in the database"
+            return row
+
+    def audit(self, request_id: str | None = None) -> list[AuditEvent]:
+        with Session(self.engine) as session:
+            query = select(AuditEvent)
+            if request_id is not None:
+                query = query.where(AuditEvent.request_id == request_id)
+            return list(session.exec(query.order_by(AuditEvent.seq)).all())
+
+    def request_count(self) -> int:
+        with Session(self.engine) as session:
+            return len(session.exec(select(AccessRequest)).all())
+
+
+def build_settings(slack: SlackStandIn, database_url: str, port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "slack_bot_token": BOT_TOKEN,
+        "slack_signing_secret": SIGNING_SECRET,
+        "slack_api_url": slack.api_url,
+        "jit_database_url": database_url,
+        "jit_http_host": "127.0.0.1",
+        "jit_http_port": port,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def bot(engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn) -> Iterator[Bot]:
+    sock = free_socket()
+    settings = build_settings(slack, database_url, sock.getsockname()[1])
+    runtime = build_runtime(settings, policy, engine=engine)
+    served = ServedApp(runtime, sock).start()
+    sender = SlackRequests(
+        base_url=served.base_url,
+        signing_secret=SIGNING_SECRET,
+        response_url_for=slack.response_url,
+        trigger_id=slack.new_trigger_id,
+    )
+    try:
+        yield Bot(served=served, slack=slack, engine=engine, send=sender)
+    finally:
+        sender.http.close()
+        served.stop()
+
+
+def minutes(n: int) -> timedelta:
+    return timedelta(minutes=n)

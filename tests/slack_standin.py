@@ -1,0 +1,1033 @@
+"""A wire-level stand-in for the Slack Web API, for tests (DESIGN.md section 5).
+
+Slack cannot be reached from the test machines, so the real ``slack_sdk.WebClient`` is pointed at
+this server instead (``WebClient(token=..., base_url=standin.api_url)``). It speaks HTTP on
+127.0.0.1 and answers the way Slack does: HTTP 200 with ``{"ok": false, "error": ...}`` for
+refusals, HTTP 429 with ``Retry-After`` for rate limits. It refuses what Slack refuses (bad token,
+unknown method, malformed channel ids, Block Kit limits) so a test that passes here does not
+depend on Slack being lenient, and it records every call so tests can assert on what was sent.
+
+Refusals are sorted into kinds, because tests care about them differently:
+
+- ``rejected``: the request was malformed -- Slack would refuse it whatever the workspace holds
+  (validation, auth, unknown method, reused trigger, updating a message that does not exist).
+  These are bugs in the code under test; tests assert ``standin.rejected() == []``.
+- ``not_found``: a well-formed lookup of something the workspace does not hold (unknown user or
+  usergroup). Code is expected to handle these, so they are not counted as rejections.
+- ``injected``: failures a test asked for with ``fail_next``.
+
+Wire facts this relies on (slack_sdk 3.x, sync ``WebClient``): every request is a POST, even for
+methods slack_sdk declares as GET; "json" methods (chat.*, views.*) send a JSON body, "params"
+methods (auth.test, users.info, usergroups.users.list, conversations.open) send a form body; the
+token always travels in ``Authorization: Bearer``. Query strings are accepted too, as Slack does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import inspect
+import itertools
+import json
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+T = TypeVar("T")
+
+# Channel ids as Slack issues them (C public, G private/mpim, D direct message, U user => DM).
+# Slack also accepts channel *names* in chat.postMessage; the bot must not rely on that.
+CHANNEL_ID = re.compile(r"^[CGDU][A-Z0-9]{2,}$")
+USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+
+BOT_USER_ID = "U0JITBOT01"
+BOT_ID = "B0JITBOT01"
+TEAM_ID = "T0STANDIN1"
+APP_ID = "A0JITBOT01"
+
+MAX_MESSAGE_TEXT = 40_000
+MAX_MARKDOWN_TEXT = 12_000
+MAX_MESSAGE_BLOCKS = 50
+MAX_MODAL_BLOCKS = 100
+RESPONSE_URL_USES = 5  # Slack allows a response_url to be used five times (within 30 minutes)
+
+# Element types by where Slack lets them appear.
+_SELECTS = {
+    "static_select",
+    "external_select",
+    "users_select",
+    "conversations_select",
+    "channels_select",
+    "multi_static_select",
+    "multi_external_select",
+    "multi_users_select",
+    "multi_conversations_select",
+    "multi_channels_select",
+}
+_INTERACTIVE = _SELECTS | {
+    "button",
+    "checkboxes",
+    "datepicker",
+    "datetimepicker",
+    "overflow",
+    "radio_buttons",
+    "timepicker",
+    "workflow_button",
+}
+_INPUT_ELEMENTS = _SELECTS | {
+    "plain_text_input",
+    "checkboxes",
+    "radio_buttons",
+    "datepicker",
+    "datetimepicker",
+    "timepicker",
+    "email_text_input",
+    "url_text_input",
+    "number_input",
+    "rich_text_input",
+    "file_input",
+}
+_SECTION_ACCESSORIES = _INTERACTIVE | {"image"}
+_KNOWN_BLOCKS = {
+    "section",
+    "divider",
+    "header",
+    "context",
+    "actions",
+    "input",
+    "image",
+    "rich_text",
+    "file",
+    "video",
+    "markdown",
+}
+_TEXT_TYPES = ("plain_text", "mrkdwn")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the stand-in answered (Web API method, or ``"response_url"``)."""
+
+    method: str
+    args: dict[str, Any]
+    ok: bool
+    error: str | None
+    response: dict[str, Any]
+    kind: str = "ok"  # "ok" | "rejected" | "not_found" | "injected"
+    key: str | None = None  # the response_url key, for response_url posts
+
+
+@dataclass(frozen=True)
+class ResponseUrlPost:
+    """One POST to a response_url, accepted or not."""
+
+    key: str
+    payload: dict[str, Any]
+    ok: bool
+    error: str | None
+
+
+class _Refusal(Exception):
+    """Raised inside a method handler to answer ``ok: false`` the way Slack would."""
+
+    def __init__(self, error: str, *, kind: str = "rejected", problems: list[str] | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.kind = kind
+        self.problems = problems or []
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ok": False, "error": self.error}
+        if self.problems:
+            # Slack lists block problems in both places; slack_sdk surfaces response_metadata.
+            body["errors"] = list(self.problems)
+            body["response_metadata"] = {"messages": [f"[ERROR] {p}" for p in self.problems]}
+        return body
+
+
+@dataclass
+class _Message:
+    channel: str
+    ts: str
+    text: str | None
+    blocks: list[dict[str, Any]] | None
+    thread_ts: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    deleted: bool = False
+
+    def replace(self, text: str | None, blocks: list[dict[str, Any]] | None) -> None:
+        self.history.append({"text": self.text, "blocks": copy.deepcopy(self.blocks)})
+        self.text, self.blocks = text, blocks
+
+    def wire(self) -> dict[str, Any]:
+        """The message as Slack returns it in API responses."""
+        out: dict[str, Any] = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": self.ts}
+        out["text"] = self.text or ""
+        if self.blocks is not None:
+            out["blocks"] = copy.deepcopy(self.blocks)
+        if self.thread_ts:
+            out["thread_ts"] = self.thread_ts
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """The message as tests see it: current state plus earlier versions, oldest first."""
+        return {
+            "channel": self.channel,
+            "ts": self.ts,
+            "text": self.text,
+            "blocks": copy.deepcopy(self.blocks),
+            "thread_ts": self.thread_ts,
+            "history": copy.deepcopy(self.history),
+            "deleted": self.deleted,
+        }
+
+
+class _BlockKit:
+    """Checks blocks against Slack's Block Kit limits, collecting problems as Slack words them:
+    ``"<what is wrong> [json-pointer:/blocks/0/text/text]"``. One instance per message or view,
+    because action_id and block_id must be unique within one."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self._action_ids: set[str] = set()
+        self._block_ids: set[str] = set()
+
+    def fail(self, pointer: str, what: str) -> None:
+        self.problems.append(f"{what} [json-pointer:{pointer}]")
+
+    # -- primitives -------------------------------------------------------------------------
+
+    def string(self, value: Any, ptr: str, max_len: int, *, required: bool = False) -> None:
+        if value is None:
+            if required:
+                self.fail(ptr, "missing required field")
+            return
+        if not isinstance(value, str):
+            self.fail(ptr, "must be a string")
+        elif len(value) > max_len:
+            self.fail(ptr, f"must be less than {max_len + 1} characters")
+
+    def items(self, value: Any, ptr: str, max_items: int, *, min_items: int = 1) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(ptr, "must be an array")
+            return []
+        if len(value) > max_items:
+            self.fail(ptr, f"must provide no more than {max_items} items")
+        if len(value) < min_items:
+            self.fail(ptr, f"must provide at least {min_items} items")
+        return value
+
+    def text(self, obj: Any, ptr: str, max_len: int, *, plain: bool = False, required: bool = True) -> None:
+        """A text composition object. ``plain`` where Slack accepts only plain_text."""
+        if obj is None:
+            if required:
+                self.fail(ptr, "missing required field")
+            return
+        if not isinstance(obj, dict):
+            self.fail(ptr, "must be a text object")
+            return
+        allowed = ("plain_text",) if plain else _TEXT_TYPES
+        if obj.get("type") not in allowed:
+            self.fail(f"{ptr}/type", f"must be one of {', '.join(allowed)}")
+        text = obj.get("text")
+        if not isinstance(text, str):
+            self.fail(f"{ptr}/text", "must be a string")
+        elif text == "":
+            self.fail(f"{ptr}/text", "must be more than 0 characters")
+        elif len(text) > max_len:
+            self.fail(f"{ptr}/text", f"must be less than {max_len + 1} characters")
+
+    def unique_id(self, value: Any, ptr: str, seen: set[str], name: str) -> None:
+        if value is None:
+            return
+        self.string(value, ptr, 255)
+        if isinstance(value, str):
+            if value == "":
+                self.fail(ptr, "must be more than 0 characters")
+            elif value in seen:
+                self.fail(ptr, f"duplicate {name} {value!r}")
+            seen.add(value)
+
+    # -- blocks -----------------------------------------------------------------------------
+
+    def blocks(self, blocks: Any, ptr: str, max_blocks: int) -> None:
+        for i, block in enumerate(self.items(blocks, ptr, max_blocks, min_items=0)):
+            self.block(block, f"{ptr}/{i}")
+
+    def block(self, block: Any, ptr: str) -> None:
+        if not isinstance(block, dict):
+            self.fail(ptr, "must be an object")
+            return
+        kind = block.get("type")
+        if kind not in _KNOWN_BLOCKS:
+            self.fail(f"{ptr}/type", f"unknown block type {kind!r}")
+            return
+        self.unique_id(block.get("block_id"), f"{ptr}/block_id", self._block_ids, "block_id")
+        if kind == "section":
+            if block.get("text") is None and block.get("fields") is None:
+                self.fail(ptr, "must provide either text or fields")
+            self.text(block.get("text"), f"{ptr}/text", 3000, required=False)
+            if block.get("fields") is not None:
+                for i, f in enumerate(self.items(block["fields"], f"{ptr}/fields", 10)):
+                    self.text(f, f"{ptr}/fields/{i}", 2000)
+            if block.get("accessory") is not None:
+                self.element(block["accessory"], f"{ptr}/accessory", _SECTION_ACCESSORIES)
+        elif kind == "header":
+            self.text(block.get("text"), f"{ptr}/text", 150, plain=True)
+        elif kind == "actions":
+            for i, el in enumerate(self.items(block.get("elements"), f"{ptr}/elements", 25)):
+                self.element(el, f"{ptr}/elements/{i}", _INTERACTIVE)
+        elif kind == "context":
+            for i, el in enumerate(self.items(block.get("elements"), f"{ptr}/elements", 10)):
+                if isinstance(el, dict) and el.get("type") == "image":
+                    self.element(el, f"{ptr}/elements/{i}", {"image"})
+                else:
+                    self.text(el, f"{ptr}/elements/{i}", 3000)
+        elif kind == "input":
+            self.text(block.get("label"), f"{ptr}/label", 2000, plain=True)
+            self.text(block.get("hint"), f"{ptr}/hint", 2000, plain=True, required=False)
+            if block.get("element") is None:
+                self.fail(f"{ptr}/element", "missing required field")
+            else:
+                self.element(block["element"], f"{ptr}/element", _INPUT_ELEMENTS)
+        elif kind == "image":
+            self.image(block, ptr)
+            self.text(block.get("title"), f"{ptr}/title", 2000, plain=True, required=False)
+        elif kind == "markdown":
+            self.string(block.get("text"), f"{ptr}/text", MAX_MARKDOWN_TEXT, required=True)
+        elif kind == "rich_text":
+            self.items(block.get("elements"), f"{ptr}/elements", 10_000, min_items=0)
+        # divider, file, video: nothing the bot would get wrong that we model.
+
+    def image(self, obj: dict[str, Any], ptr: str) -> None:
+        if obj.get("image_url") is None and obj.get("slack_file") is None:
+            self.fail(ptr, "must provide either image_url or slack_file")
+        self.string(obj.get("image_url"), f"{ptr}/image_url", 3000)
+        self.string(obj.get("alt_text"), f"{ptr}/alt_text", 2000, required=True)
+
+    # -- elements ---------------------------------------------------------------------------
+
+    def element(self, el: Any, ptr: str, allowed: set[str]) -> None:
+        if not isinstance(el, dict):
+            self.fail(ptr, "must be an object")
+            return
+        kind = el.get("type")
+        if kind not in allowed:
+            self.fail(f"{ptr}/type", f"element type {kind!r} is not allowed here")
+            return
+        if kind == "image":
+            self.image(el, ptr)
+            return
+        self.unique_id(el.get("action_id"), f"{ptr}/action_id", self._action_ids, "action_id")
+        self.text(el.get("placeholder"), f"{ptr}/placeholder", 150, plain=True, required=False)
+        if el.get("confirm") is not None:
+            self.confirm(el["confirm"], f"{ptr}/confirm")
+        if kind in ("button", "workflow_button"):
+            self.text(el.get("text"), f"{ptr}/text", 75, plain=True)
+            self.string(el.get("value"), f"{ptr}/value", 2000)
+            self.string(el.get("url"), f"{ptr}/url", 3000)
+            self.string(el.get("accessibility_label"), f"{ptr}/accessibility_label", 75)
+            if el.get("style") not in (None, "primary", "danger"):
+                self.fail(f"{ptr}/style", "must be one of primary, danger")
+        elif kind in ("static_select", "multi_static_select"):
+            self.select_options(el, ptr)
+        elif kind == "overflow":
+            self.options(el.get("options"), f"{ptr}/options", 5, plain=True, min_items=1)
+        elif kind in ("checkboxes", "radio_buttons"):
+            values = self.options(el.get("options"), f"{ptr}/options", 10, plain=False, min_items=1)
+            self.initial(el, ptr, values)
+        elif kind == "plain_text_input":
+            self.string(el.get("initial_value"), f"{ptr}/initial_value", 3000)
+
+    def select_options(self, el: dict[str, Any], ptr: str) -> None:
+        has_options, has_groups = el.get("options") is not None, el.get("option_groups") is not None
+        if has_options == has_groups:
+            self.fail(ptr, "must provide exactly one of options or option_groups")
+            return
+        if has_options:
+            values = self.options(el["options"], f"{ptr}/options", 100, plain=True)
+        else:
+            values = set()
+            for i, group in enumerate(self.items(el["option_groups"], f"{ptr}/option_groups", 100)):
+                gptr = f"{ptr}/option_groups/{i}"
+                if not isinstance(group, dict):
+                    self.fail(gptr, "must be an object")
+                    continue
+                self.text(group.get("label"), f"{gptr}/label", 75, plain=True)
+                values |= self.options(group.get("options"), f"{gptr}/options", 100, plain=True)
+        self.initial(el, ptr, values)
+
+    def options(self, options: Any, ptr: str, max_items: int, *, plain: bool, min_items: int = 1) -> set[str]:
+        """Checks option objects; returns their values so initial_option(s) can be checked."""
+        values: set[str] = set()
+        for i, opt in enumerate(self.items(options, ptr, max_items, min_items=min_items)):
+            optr = f"{ptr}/{i}"
+            if not isinstance(opt, dict):
+                self.fail(optr, "must be an object")
+                continue
+            self.text(opt.get("text"), f"{optr}/text", 75, plain=plain)
+            self.string(opt.get("value"), f"{optr}/value", 150, required=True)
+            self.text(opt.get("description"), f"{optr}/description", 75, plain=plain, required=False)
+            if isinstance(opt.get("value"), str):
+                values.add(opt["value"])
+        return values
+
+    def initial(self, el: dict[str, Any], ptr: str, values: set[str]) -> None:
+        # Slack refuses an initial option that is not one of the element's options.
+        chosen = [el["initial_option"]] if el.get("initial_option") is not None else []
+        chosen += el.get("initial_options") or []
+        for opt in chosen:
+            if not isinstance(opt, dict) or opt.get("value") not in values:
+                self.fail(ptr, "initial option must exactly match one of the options")
+
+    def confirm(self, obj: Any, ptr: str) -> None:
+        if not isinstance(obj, dict):
+            self.fail(ptr, "must be an object")
+            return
+        self.text(obj.get("title"), f"{ptr}/title", 100, plain=True)
+        self.text(obj.get("text"), f"{ptr}/text", 300)
+        self.text(obj.get("confirm"), f"{ptr}/confirm", 30, plain=True)
+        self.text(obj.get("deny"), f"{ptr}/deny", 30, plain=True)
+
+    # -- surfaces ---------------------------------------------------------------------------
+
+    def modal(self, view: Any, ptr: str = "/view") -> None:
+        if not isinstance(view, dict):
+            self.fail(ptr, "must be a view object")
+            return
+        if view.get("type") != "modal":
+            self.fail(f"{ptr}/type", "must be modal")
+        self.text(view.get("title"), f"{ptr}/title", 24, plain=True)
+        self.text(view.get("submit"), f"{ptr}/submit", 24, plain=True, required=False)
+        self.text(view.get("close"), f"{ptr}/close", 24, plain=True, required=False)
+        self.string(view.get("callback_id"), f"{ptr}/callback_id", 255)
+        self.string(view.get("private_metadata"), f"{ptr}/private_metadata", 3000)
+        self.string(view.get("external_id"), f"{ptr}/external_id", 255)
+        if view.get("blocks") is None:
+            self.fail(f"{ptr}/blocks", "missing required field")
+            return
+        self.blocks(view["blocks"], f"{ptr}/blocks", MAX_MODAL_BLOCKS)
+        has_input = any(isinstance(b, dict) and b.get("type") == "input" for b in view["blocks"] or [])
+        if has_input and view.get("submit") is None:
+            self.fail(f"{ptr}/submit", "submit is required when an input block is present")
+
+
+def _as_json(value: Any) -> Any:
+    """Form-encoded calls carry blocks/view as JSON strings; Slack decodes them. Leaves
+    undecodable strings alone so the method reports them as malformed."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value
+
+
+def _truthy(value: Any) -> bool:
+    # Booleans arrive as JSON booleans, or as "1"/"0"/"true" in form bodies.
+    return value is True or (isinstance(value, str) and value.lower() in ("1", "true"))
+
+
+class SlackStandIn:
+    """Serves a subset of the Slack Web API on 127.0.0.1, validating and recording every call.
+
+    ``users`` maps user ids to user fields for users.info; ``email``, ``real_name`` and
+    ``display_name`` go into the profile, anything else into the user object. ``usergroups`` maps
+    usergroup ids (S...) to member user ids. When ``users`` is given, DMs and ephemerals to users
+    not in it fail as they would for a user outside the workspace.
+    """
+
+    def __init__(
+        self,
+        bot_token: str,
+        *,
+        users: dict[str, dict[str, Any]] | None = None,
+        usergroups: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.bot_token = bot_token
+        self._users = copy.deepcopy(users) if users is not None else None
+        self._usergroups = copy.deepcopy(usergroups or {})
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._chat_post_message,
+            "chat.update": self._chat_update,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "views.open": self._views_open,
+            "views.push": self._views_push,
+            "views.update": self._views_update,
+            "users.info": self._users_info,
+            "usergroups.users.list": self._usergroups_users_list,
+            "conversations.open": self._conversations_open,
+        }
+        self._delays: dict[str, float] = {}
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._calls: list[Call] = []
+        self._responses: list[ResponseUrlPost] = []
+        self._channels: dict[str, dict[str, _Message]] = {}
+        self._ephemerals: list[dict[str, Any]] = []
+        self._views: dict[str, dict[str, Any]] = {}
+        self._used_triggers: set[str] = set()
+        self._response_links: dict[str, tuple[str, str]] = {}
+        self._response_uses: dict[str, int] = {}
+        self._failures: dict[str, deque[tuple[str, int]]] = {}
+        self._counter = itertools.count(1)
+        # Slack ts values are "<unix seconds>.<6 digits>"; a single counter keeps them unique.
+        self._ts_base = int(time.time())
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> SlackStandIn:
+        if self._server is not None:
+            raise RuntimeError("stand-in already started")
+        self._stopping.clear()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.standin = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="slack-standin",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._stopping.set()  # cuts injected delays short so shutdown does not wait on them
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server, self._thread = None, None
+
+    def __enter__(self) -> SlackStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("stand-in not started; call start() or use it as a context manager")
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def api_url(self) -> str:
+        """slack_sdk's ``base_url``: it appends the method name, so the trailing slash matters."""
+        return f"{self.base_url}/api/"
+
+    def response_url(self, key: str, *, channel: str | None = None, ts: str | None = None) -> str:
+        """A response_url for an interaction payload. Linked to a posted message (channel, ts),
+        ``replace_original`` / ``delete_original`` act on that message as Slack's would."""
+        if channel is not None and ts is not None:
+            with self._lock:
+                self._response_links[key] = (self._resolve_channel(channel), ts)
+        return f"{self.base_url}/response/{key}"
+
+    def new_trigger_id(self) -> str:
+        """A fresh trigger id in Slack's format, for interaction payloads built by tests."""
+        return f"{next(self._counter) + 100_000}.424242.{secrets.token_hex(16)}"
+
+    # -- failure injection ------------------------------------------------------------------
+
+    def fail_next(
+        self, method: str, error: str = "ratelimited", times: int = 1, *, retry_after: int = 1
+    ) -> None:
+        """Make the next ``times`` calls of ``method`` fail with ``error``. ``ratelimited`` is
+        answered as Slack does: HTTP 429 with a Retry-After header (``retry_after`` seconds).
+        ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body)."""
+        with self._lock:
+            self._failures.setdefault(method, deque()).extend([(error, retry_after)] * times)
+
+    def set_delay(self, method: str, seconds: float) -> None:
+        """Delay every answer to ``method`` (or ``"response_url"``); 0 removes the delay."""
+        with self._lock:
+            if seconds > 0:
+                self._delays[method] = seconds
+            else:
+                self._delays.pop(method, None)
+
+    # -- recordings -------------------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def calls_to(self, method: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self._calls if c.method == method]
+
+    def rejected(self) -> list[Call]:
+        """Calls Slack would have refused as malformed. Tests assert this is empty."""
+        with self._lock:
+            return [c for c in self._calls if c.kind == "rejected"]
+
+    @property
+    def responses(self) -> list[ResponseUrlPost]:
+        with self._lock:
+            return list(self._responses)
+
+    def messages(self, channel: str) -> list[dict[str, Any]]:
+        """Current state of the bot's messages in ``channel`` (a user id means the DM with them),
+        oldest first; deleted ones are left out."""
+        with self._lock:
+            found = self._channels.get(self._resolve_channel(channel), {})
+            return [m.snapshot() for m in found.values() if not m.deleted]
+
+    def message(self, channel: str, ts: str) -> dict[str, Any]:
+        with self._lock:
+            found = self._channels.get(self._resolve_channel(channel), {})
+            if ts not in found:
+                raise KeyError(f"no message {ts} in {channel}; there: {sorted(found)}")
+            return found[ts].snapshot()
+
+    def ephemerals(self, channel: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [copy.deepcopy(e) for e in self._ephemerals if channel in (None, e["channel"])]
+
+    def views(self) -> list[dict[str, Any]]:
+        """Views opened or pushed, in their current state (after views.update)."""
+        with self._lock:
+            return [copy.deepcopy(v) for v in self._views.values()]
+
+    def view(self, view_id: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._views[view_id])
+
+    def wait_for(
+        self, predicate: Callable[[], T], timeout: float = 10.0, description: str | None = None
+    ) -> T:
+        """Poll ``predicate`` until it returns something truthy and return that. Exceptions from
+        the predicate count as "not yet" (``messages(c)[0]`` before the post); on timeout the
+        last one is chained to the AssertionError."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while True:
+            try:
+                result = predicate()
+                if result:
+                    return result
+            except Exception as exc:
+                last_error = exc
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        what = description or _describe(predicate)
+        recent = "\n".join(
+            f"  {c.method}: {'ok' if c.ok else f'{c.error} ({c.kind})'}" for c in self.calls[-15:]
+        )
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}\n"
+            f"last error: {last_error!r}\nrecent calls:\n{recent or '  (none)'}"
+        ) from last_error
+
+    def reset(self) -> None:
+        """Forget calls, messages, views, responses and injected failures (users stay)."""
+        with self._lock:
+            self._init_state()
+            self._delays.clear()
+
+    # -- request handling (called from server threads) ---------------------------------------
+
+    def _delay(self, method: str) -> None:
+        with self._lock:
+            seconds = self._delays.get(method, 0.0)
+        if seconds:
+            self._stopping.wait(seconds)
+
+    def _injected(self, method: str) -> tuple[str, int] | None:
+        queue = self._failures.get(method)
+        return queue.popleft() if queue else None
+
+    def _api(
+        self, method: str, authorization: str | None, args: dict[str, Any], parse_error: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Answers one Web API call: (HTTP status, JSON body, extra headers)."""
+        self._delay(method)
+        status, headers = 200, {}
+        with self._lock:
+            try:
+                if not authorization:
+                    raise _Refusal("not_authed")
+                if authorization != f"Bearer {self.bot_token}":
+                    raise _Refusal("invalid_auth")
+                handler = self._methods.get(method)
+                if handler is None:
+                    raise _Refusal("unknown_method")
+                if parse_error:
+                    raise _Refusal(parse_error)
+                injected = self._injected(method)
+                if injected is not None:
+                    error, retry_after = injected
+                    if error == "ratelimited":
+                        status, headers = 429, {"Retry-After": str(retry_after)}
+                    raise _Refusal(error, kind="injected")
+                body, kind = {"ok": True, **handler(args)}, "ok"
+            except _Refusal as refusal:
+                body, kind = refusal.body(), refusal.kind
+            self._calls.append(Call(method, copy.deepcopy(args), body["ok"], body.get("error"), body, kind))
+        return status, body, headers
+
+    def _response_post(self, key: str, payload: Any) -> tuple[int, str]:
+        """Answers a POST to a response_url: (HTTP status, plain-text body) as Slack does."""
+        self._delay("response_url")
+        with self._lock:
+            status, kind, error = 200, "ok", None
+            injected = self._injected("response_url")
+            if injected is not None:
+                status, kind, error = 404, "injected", injected[0]
+            else:
+                try:
+                    self._apply_response(key, payload)
+                    self._response_uses[key] = self._response_uses.get(key, 0) + 1
+                except _Refusal as refusal:
+                    kind, error = refusal.kind, refusal.error
+                    status = 404 if error == "used_url" else 400
+                    if refusal.problems:
+                        error = f"{error}: {'; '.join(refusal.problems)}"
+            record = payload if isinstance(payload, dict) else {"_raw": payload}
+            self._responses.append(ResponseUrlPost(key, copy.deepcopy(record), error is None, error))
+            body = {"ok": error is None, **({"error": error} if error else {})}
+            self._calls.append(
+                Call("response_url", copy.deepcopy(record), error is None, error, body, kind, key=key)
+            )
+        return status, error or "ok"
+
+    def _apply_response(self, key: str, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            raise _Refusal("invalid_payload")
+        if self._response_uses.get(key, 0) >= RESPONSE_URL_USES:
+            raise _Refusal("used_url")
+        if payload.get("response_type") not in (None, "in_channel", "ephemeral"):
+            raise _Refusal("invalid_payload")
+        link = self._response_links.get(key)
+        if _truthy(payload.get("delete_original")):
+            if link and link[1] in self._channels.get(link[0], {}):
+                self._channels[link[0]][link[1]].deleted = True
+            return
+        text, blocks = self._content(payload, required=True)
+        if link is None:
+            return
+        channel, ts = link
+        if _truthy(payload.get("replace_original")):
+            if ts in self._channels.get(channel, {}):
+                self._channels[channel][ts].replace(text, blocks)
+        elif payload.get("response_type") == "in_channel":
+            self._store(channel, text, blocks, None)
+
+    # -- helpers for method handlers (lock held) ----------------------------------------------
+
+    def _resolve_channel(self, channel: str) -> str:
+        # Posting to a user id posts in the bot's DM with them; the DM id is derived so tests
+        # can predict it and conversations.open agrees with chat.postMessage.
+        return "D" + channel[1:] if USER_ID.match(channel) else channel
+
+    def _known_user(self, user: str) -> bool:
+        return self._users is None or user in self._users
+
+    def _channel(self, args: dict[str, Any], *, allow_user: bool = True) -> str:
+        channel = args.get("channel")
+        if not isinstance(channel, str) or not CHANNEL_ID.match(channel):
+            raise _Refusal("channel_not_found")
+        if USER_ID.match(channel):
+            if not allow_user:  # chat.update wants the DM id (D...), not the user id
+                raise _Refusal("channel_not_found")
+            if not self._known_user(channel):
+                raise _Refusal("channel_not_found", kind="not_found")
+        return self._resolve_channel(channel)
+
+    def _content(
+        self, args: dict[str, Any], *, required: bool
+    ) -> tuple[str | None, list[dict[str, Any]] | None]:
+        """Validates message text/blocks. Returns (text, blocks); None means "not given"."""
+        text, blocks, markdown = args.get("text"), args.get("blocks"), args.get("markdown_text")
+        if text is not None and not isinstance(text, str):
+            raise _Refusal("invalid_arguments", problems=["must be a string [json-pointer:/text]"])
+        if blocks is not None and not isinstance(blocks, list):
+            raise _Refusal("invalid_blocks_format")
+        if markdown is not None:
+            if text or blocks:
+                raise _Refusal("markdown_text_conflict")
+            if len(markdown) > MAX_MARKDOWN_TEXT:
+                raise _Refusal("msg_too_long")
+            return markdown, None
+        if required and not text and not blocks and not args.get("attachments"):
+            raise _Refusal("no_text")
+        if text is not None and len(text) > MAX_MESSAGE_TEXT:
+            raise _Refusal("msg_too_long")
+        if blocks is not None:
+            kit = _BlockKit()
+            kit.blocks(blocks, "/blocks", MAX_MESSAGE_BLOCKS)
+            if kit.problems:
+                raise _Refusal("invalid_blocks", problems=kit.problems)
+        return text, blocks
+
+    def _next_ts(self) -> str:
+        n = next(self._counter)
+        return f"{self._ts_base + n // 1_000_000}.{n % 1_000_000:06d}"
+
+    def _store(self, channel: str, text: str | None, blocks: Any, thread_ts: str | None) -> _Message:
+        msg = _Message(channel, self._next_ts(), text, copy.deepcopy(blocks), thread_ts)
+        self._channels.setdefault(channel, {})[msg.ts] = msg
+        return msg
+
+    def _trigger(self, args: dict[str, Any]) -> None:
+        trigger = args.get("trigger_id") or args.get("interactivity_pointer")
+        if not trigger:
+            raise _Refusal("invalid_arguments", problems=["missing required field: trigger_id"])
+        if not isinstance(trigger, str):
+            raise _Refusal("invalid_trigger_id")
+        # Any string is accepted as a trigger (test harnesses invent their own); Slack's
+        # single-use rule is what catches a bot that opens two views from one interaction.
+        if trigger in self._used_triggers:
+            # Documented for views.open/push: "The trigger_id was already exchanged".
+            raise _Refusal("exchanged_trigger_id")
+        self._used_triggers.add(trigger)
+
+    def _checked_view(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = args.get("view")
+        kit = _BlockKit()
+        kit.modal(view)
+        if kit.problems:
+            raise _Refusal("invalid_arguments", problems=kit.problems)
+        assert isinstance(view, dict)
+        return view
+
+    def _store_view(
+        self, view: dict[str, Any], view_id: str | None = None, root: str | None = None
+    ) -> dict[str, Any]:
+        view_id = view_id or f"V{next(self._counter):09d}"
+        external_id = view.get("external_id")
+        if external_id and any(
+            v["external_id"] == external_id and v["id"] != view_id for v in self._views.values()
+        ):
+            raise _Refusal("duplicate_external_id")
+        stored = {
+            "id": view_id,
+            "team_id": TEAM_ID,
+            "app_id": APP_ID,
+            "bot_id": BOT_ID,
+            "type": "modal",
+            "title": view["title"],
+            "submit": view.get("submit"),
+            "close": view.get("close"),
+            "blocks": copy.deepcopy(view["blocks"]),
+            "private_metadata": view.get("private_metadata", ""),
+            "callback_id": view.get("callback_id", ""),
+            "external_id": external_id or "",
+            "state": {"values": {}},
+            "hash": f"{int(time.time())}.{secrets.token_hex(4)}",
+            "clear_on_close": _truthy(view.get("clear_on_close")),
+            "notify_on_close": _truthy(view.get("notify_on_close")),
+            "root_view_id": root or view_id,
+            "previous_view_id": None,
+        }
+        self._views[view_id] = stored
+        return copy.deepcopy(stored)
+
+    # -- Web API methods (lock held; return the body without "ok") -----------------------------
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002 - uniform signature
+        return {
+            "url": "https://standin.slack.com/",
+            "team": "Stand-in",
+            "user": "jit-bot",
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(args)
+        text, blocks = self._content(args, required=True)
+        msg = self._store(channel, text, blocks, args.get("thread_ts"))
+        return {"channel": channel, "ts": msg.ts, "message": msg.wire()}
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(args, allow_user=False)
+        ts = args.get("ts")
+        if not isinstance(ts, str) or ts not in self._channels.get(channel, {}):
+            raise _Refusal("message_not_found")
+        msg = self._channels[channel][ts]
+        if msg.deleted:
+            raise _Refusal("message_not_found")
+        text, blocks = self._content(args, required=True)
+        # Slack keeps what the update leaves out; an empty blocks array removes the blocks.
+        msg.replace(text if text is not None else msg.text, blocks if blocks is not None else msg.blocks)
+        return {"channel": channel, "ts": ts, "text": msg.text or "", "message": msg.wire()}
+
+    def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(args)
+        user = args.get("user")
+        if not isinstance(user, str) or not USER_ID.match(user):
+            raise _Refusal("user_not_found")
+        if not self._known_user(user):
+            raise _Refusal("user_not_found", kind="not_found")
+        text, blocks = self._content(args, required=True)
+        ts = self._next_ts()
+        self._ephemerals.append({"channel": channel, "user": user, "ts": ts, "text": text, "blocks": blocks})
+        return {"message_ts": ts}
+
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = self._checked_view(args)
+        self._trigger(args)  # after validation: Slack does not burn a trigger on a bad view
+        return {"view": self._store_view(view)}
+
+    def _views_push(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = self._checked_view(args)
+        self._trigger(args)
+        return {"view": self._store_view(view)}
+
+    def _views_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        view_id, external_id = args.get("view_id"), args.get("external_id")
+        if not view_id and not external_id:
+            raise _Refusal("invalid_arguments", problems=["missing required field: view_id or external_id"])
+        current = None
+        for candidate in self._views.values():
+            if (view_id and candidate["id"] == view_id) or (
+                not view_id and candidate["external_id"] == external_id
+            ):
+                current = candidate
+        if current is None:
+            raise _Refusal("not_found")
+        if args.get("hash") and args["hash"] != current["hash"]:
+            raise _Refusal("hash_conflict")
+        view = self._checked_view(args)
+        view.setdefault("external_id", current["external_id"])  # an update keeps the view's external_id
+        return {"view": self._store_view(view, current["id"], current["root_view_id"])}
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user = args.get("user")
+        if not isinstance(user, str) or not user:
+            raise _Refusal("invalid_arguments", problems=["missing required field: user"])
+        if not self._users or user not in self._users:
+            raise _Refusal("user_not_found", kind="not_found")
+        fields = copy.deepcopy(self._users[user])
+        profile = fields.pop("profile", {})
+        # Convenience: profile fields may be given flat; real_name lives in both places.
+        for name in ("email", "display_name"):
+            if name in fields:
+                profile[name] = fields.pop(name)
+        if "real_name" in fields:
+            profile.setdefault("real_name", fields["real_name"])
+        info = {"id": user, "team_id": TEAM_ID, "name": user.lower(), "deleted": False, "is_bot": False}
+        return {"user": {**info, **fields, "profile": profile}}
+
+    def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        group = args.get("usergroup")
+        if not isinstance(group, str) or not group:
+            raise _Refusal("invalid_arguments", problems=["missing required field: usergroup"])
+        if group not in self._usergroups:
+            raise _Refusal("no_such_subteam", kind="not_found")
+        return {"users": list(self._usergroups[group])}
+
+    def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        users = args.get("users")
+        if not users:
+            if args.get("channel"):
+                return {"channel": {"id": self._channel(args)}}
+            raise _Refusal("users_list_not_supplied")
+        ids = users.split(",") if isinstance(users, str) else users
+        if not isinstance(ids, list) or not all(isinstance(u, str) and USER_ID.match(u) for u in ids):
+            raise _Refusal("user_not_found")
+        if len(ids) > 8:
+            raise _Refusal("too_many_users")
+        if not all(self._known_user(u) for u in ids):
+            raise _Refusal("user_not_found", kind="not_found")
+        if len(ids) == 1:
+            return {"channel": {"id": self._resolve_channel(ids[0])}}
+        digest = hashlib.sha1(",".join(sorted(ids)).encode()).hexdigest()[:10].upper()
+        return {"channel": {"id": f"G{digest}"}}
+
+
+def _describe(predicate: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    standin: SlackStandIn
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep pytest output clean; calls are recorded instead
+
+    def do_GET(self) -> None:
+        self._route()
+
+    def do_POST(self) -> None:
+        self._route()
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if url.path.startswith("/api/"):
+            args, parse_error = self._args(url.query, body)
+            status, reply, headers = self.server.standin._api(
+                url.path[len("/api/") :], self.headers.get("Authorization"), args, parse_error
+            )
+            self._send(status, json.dumps(reply).encode(), "application/json; charset=utf-8", headers)
+        elif url.path.startswith("/response/") and self.command == "POST":
+            try:
+                payload: Any = json.loads(body or b"null")
+            except ValueError:
+                payload = body.decode("utf-8", "replace")
+            status, text = self.server.standin._response_post(url.path[len("/response/") :], payload)
+            self._send(status, text.encode(), "text/plain; charset=utf-8", {})
+        else:
+            self._send(404, b"not found", "text/plain", {})
+
+    def _args(self, query: str, body: bytes) -> tuple[dict[str, Any], str | None]:
+        """Merges query-string and body arguments; JSON-ish arguments are decoded."""
+        args: dict[str, Any] = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        ctype = self.headers.get_content_type()
+        if body and ctype == "application/json":
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                return args, "invalid_json"
+            if not isinstance(decoded, dict):
+                return args, "invalid_json"
+            args.update(decoded)
+        elif body and ctype == "application/x-www-form-urlencoded":
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+            args.update({k: v[-1] for k, v in form.items()})
+        elif body:
+            return args, "invalid_post_type"
+        args.pop("token", None)  # only the Authorization header counts here
+        for name in ("blocks", "view", "attachments", "metadata"):
+            if name in args:
+                args[name] = _as_json(args[name])
+        return args, None
+
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
