@@ -69,12 +69,13 @@ class Listeners:
 
     def ack_command(self, ack: Ack, command: dict[str, Any]) -> None:
         parsed = parse_command(command.get("text") or "", self.policy)
+        # Answers that need no I/O go straight back in the ack, as JSON so they are explicitly ephemeral.
         if isinstance(parsed, HelpCommand):
-            ack(text=help_text())
+            ack(text=help_text(), response_type="ephemeral")
         elif isinstance(parsed, ResourcesCommand):
-            ack(text=resources_text(self.policy))
+            ack(text=resources_text(self.policy), response_type="ephemeral")
         elif isinstance(parsed, CommandError):
-            ack(text=parsed.message)
+            ack(text=parsed.message, response_type="ephemeral")
         else:
             ack()
 
