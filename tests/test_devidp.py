@@ -1,0 +1,577 @@
+"""The development IdP over real HTTP: token exchange (DESIGN.md section 3), introspection,
+revocation and the admin endpoints the bot's tests rely on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from tests.devidp import DevIdP, DevIdPError, free_port
+
+CLIENT_ID = "jit-bot"
+CLIENT_SECRET = "s3cret-for-tests"
+DB = "https://db.internal.example"
+WIKI = "https://wiki.internal.example"
+RESOURCES = {DB: ["read", "write"], WIKI: ["view"]}
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+class BotKeys:
+    """The bot side: signing keys and a loopback server for its JWKS."""
+
+    def __init__(self) -> None:
+        self.ec_key = ec.generate_private_key(ec.SECP256R1())
+        self.rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.jwks_requests = 0
+        keys = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/.well-known/jwks.json":
+                    self.send_error(404)
+                    return
+                keys.jwks_requests += 1
+                body = json.dumps(keys.jwks()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def jwks(self) -> dict[str, Any]:
+        ec_jwk = ECAlgorithm.to_jwk(self.ec_key.public_key(), as_dict=True)
+        rsa_jwk = RSAAlgorithm.to_jwk(self.rsa_key.public_key(), as_dict=True)
+        ec_jwk.update(kid="bot-es256", alg="ES256", use="sig")
+        rsa_jwk.update(kid="bot-rs256", alg="RS256", use="sig")
+        return {"keys": [ec_jwk, rsa_jwk]}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def bot() -> Iterator[BotKeys]:
+    keys = BotKeys()
+    yield keys
+    keys.close()
+
+
+def make_idp(bot: BotKeys, **overrides: Any) -> DevIdP:
+    options: dict[str, Any] = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "trusted_issuer": bot.url,
+        "trusted_jwks_url": f"{bot.url}/.well-known/jwks.json",
+        "resources": RESOURCES,
+        "lifetime_param": "requested_lifetime",
+    }
+    options.update(overrides)
+    return DevIdP(**options)
+
+
+@pytest.fixture(scope="module")
+def idp_process(bot: BotKeys) -> Iterator[DevIdP]:
+    idp = make_idp(bot)
+    with idp:
+        yield idp
+    idp.close()
+
+
+@pytest.fixture
+def idp(idp_process: DevIdP) -> DevIdP:
+    if not idp_process.running:
+        idp_process.start()
+    idp_process.reset()
+    return idp_process
+
+
+def claims_for(idp: DevIdP, bot: BotKeys, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": bot.url,
+        "sub": "alice@example.com",
+        "aud": idp.issuer,
+        "iat": now,
+        "exp": now + 60,
+        "jti": str(uuid.uuid4()),
+        "jit": {
+            "request_id": "req-123",
+            "resource": "prod-db",
+            "scopes": ["read", "write"],
+            "approvers": ["U0APPROVER"],
+            "reason": "incident 42",
+            "expires_at": now + 900,
+        },
+    }
+    jit_overrides = overrides.pop("jit", {})
+    claims.update(overrides)
+    claims["jit"] = {**claims["jit"], **jit_overrides}
+    return claims
+
+
+def sign(claims: dict[str, Any], key: Any, *, alg: str = "ES256", kid: str | None = "bot-es256") -> str:
+    headers = {"kid": kid} if kid is not None else {}
+    return jwt.encode(claims, key, algorithm=alg, headers=headers)
+
+
+def discovery(idp: DevIdP) -> dict[str, Any]:
+    result: dict[str, Any] = httpx.get(idp.discovery_url).json()
+    return result
+
+
+def exchange(
+    idp: DevIdP,
+    assertion: str,
+    *,
+    audience: str = DB,
+    scope: str = "read",
+    lifetime: int | None = None,
+    auth: tuple[str, str] | None = (CLIENT_ID, CLIENT_SECRET),
+    extra: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> httpx.Response:
+    data = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": assertion,
+        "subject_token_type": JWT_TYPE,
+        "requested_token_type": ACCESS_TOKEN_TYPE,
+        "audience": audience,
+        "scope": scope,
+    }
+    if lifetime is not None:
+        data[idp.lifetime_param] = str(lifetime)
+    data.update(extra or {})
+    return httpx.post(discovery(idp)["token_endpoint"], data=data, auth=auth, timeout=timeout)
+
+
+def introspect(idp: DevIdP, token: str) -> dict[str, Any]:
+    response = httpx.post(
+        discovery(idp)["introspection_endpoint"], data={"token": token}, auth=(CLIENT_ID, CLIENT_SECRET)
+    )
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def revoke(idp: DevIdP, token: str) -> httpx.Response:
+    return httpx.post(
+        discovery(idp)["revocation_endpoint"],
+        data={"token": token, "token_type_hint": "access_token"},
+        auth=(CLIENT_ID, CLIENT_SECRET),
+    )
+
+
+def assert_error(response: httpx.Response, status: int, error: str, description_part: str = "") -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error, body
+    assert "access_token" not in body
+    assert description_part in body.get("error_description", ""), body
+
+
+# ---------------------------------------------------------------------------- happy path
+
+
+def test_discovery_advertises_the_endpoints(idp: DevIdP) -> None:
+    meta = discovery(idp)
+    assert meta["issuer"] == idp.issuer == f"http://127.0.0.1:{idp.port}"
+    assert TOKEN_EXCHANGE in meta["grant_types_supported"]
+    assert meta["token_endpoint"] == f"{idp.issuer}/token"
+    assert meta["revocation_endpoint"] == f"{idp.issuer}/token/revocation"
+    assert meta["introspection_endpoint"] == f"{idp.issuer}/token/introspection"
+    jwks = httpx.get(meta["jwks_uri"]).json()
+    assert {k["alg"] for k in jwks["keys"]} == {"RS256", "ES256"}
+    assert all("d" not in k for k in jwks["keys"])
+
+
+def test_exchange_introspect_revoke(idp: DevIdP, bot: BotKeys) -> None:
+    claims = claims_for(idp, bot)
+    response = exchange(idp, sign(claims, bot.ec_key), scope="read")
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert set(body) == {"access_token", "issued_token_type", "token_type", "expires_in", "scope"}
+    assert body["issued_token_type"] == ACCESS_TOKEN_TYPE
+    assert body["token_type"] == "Bearer"
+    assert body["scope"] == "read"
+    # default TTL is 3600 s, capped by jit.expires_at (now + 900)
+    assert 895 <= body["expires_in"] <= 900
+    token = body["access_token"]
+    assert token.count(".") == 0  # opaque
+
+    info = introspect(idp, token)
+    assert info["active"] is True
+    assert info["sub"] == "alice@example.com"
+    assert info["scope"] == "read"
+    assert info["aud"] == DB
+    assert info["act"] == {"sub": CLIENT_ID}
+    assert info["client_id"] == CLIENT_ID
+    assert info["iss"] == idp.issuer
+    assert info["token_type"] == "Bearer"
+    assert abs(info["exp"] - (int(time.time()) + body["expires_in"])) <= 2
+
+    assert idp.last_assertion() == claims
+
+    assert revoke(idp, token).status_code == 200
+    assert introspect(idp, token) == {"active": False}
+
+    stats = idp.stats()
+    assert stats["exchanges"] == 1
+    assert stats["exchange_errors"] == 0
+    assert stats["revocations"] == {hashlib.sha256(token.encode()).hexdigest(): 1}
+    assert stats["introspections"] == 2
+    assert stats["jwks_fetches"] == 1  # the IdP fetched the bot's JWKS during the exchange
+
+
+def test_rs256_assertion_and_several_scopes(idp: DevIdP, bot: BotKeys) -> None:
+    assertion = sign(claims_for(idp, bot), bot.rsa_key, alg="RS256", kid="bot-rs256")
+    response = exchange(idp, assertion, scope="write read")
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "write read"
+    assert introspect(idp, response.json()["access_token"])["scope"] == "write read"
+
+
+def test_assertion_lifetime_of_exactly_120_seconds_is_accepted(idp: DevIdP, bot: BotKeys) -> None:
+    now = int(time.time())
+    response = exchange(idp, sign(claims_for(idp, bot, iat=now, exp=now + 120), bot.ec_key))
+    assert response.status_code == 200, response.text
+
+
+def test_every_exchange_fetches_the_bot_jwks(idp: DevIdP, bot: BotKeys) -> None:
+    before = bot.jwks_requests
+    for _ in range(3):
+        assert exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).status_code == 200
+    assert bot.jwks_requests - before == 3
+    assert idp.stats()["jwks_fetches"] == 3
+
+
+# ---------------------------------------------------------------------------- lifetime
+
+
+def test_lifetime_param_is_respected(idp: DevIdP, bot: BotKeys) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), lifetime=300)
+    assert response.status_code == 200, response.text
+    assert response.json()["expires_in"] == 300
+    info = introspect(idp, response.json()["access_token"])
+    assert abs(info["exp"] - (int(time.time()) + 300)) <= 2
+
+
+def test_lifetime_param_is_capped_by_grant_expiry(idp: DevIdP, bot: BotKeys) -> None:
+    now = int(time.time())
+    claims = claims_for(idp, bot, jit={"expires_at": now + 600})
+    response = exchange(idp, sign(claims, bot.ec_key), lifetime=3000)
+    assert response.status_code == 200, response.text
+    assert 597 <= response.json()["expires_in"] <= 600
+
+
+def test_default_ttl_applies_without_lifetime_param(idp: DevIdP, bot: BotKeys) -> None:
+    claims = claims_for(idp, bot, jit={"expires_at": int(time.time()) + 7200})
+    response = exchange(idp, sign(claims, bot.ec_key))
+    assert response.status_code == 200, response.text
+    assert response.json()["expires_in"] == 3600
+
+
+def test_grant_already_expired_is_refused(idp: DevIdP, bot: BotKeys) -> None:
+    claims = claims_for(idp, bot, jit={"expires_at": int(time.time()) - 1})
+    assert_error(exchange(idp, sign(claims, bot.ec_key)), 400, "invalid_grant", "expires_at")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "1.5"])
+def test_bad_lifetime_param_is_invalid_request(idp: DevIdP, bot: BotKeys, value: str) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), extra={"requested_lifetime": value})
+    assert_error(response, 400, "invalid_request", "requested_lifetime")
+
+
+# ---------------------------------------------------------------------------- assertion checks
+
+
+def test_wrong_signing_key_with_a_trusted_kid(idp: DevIdP, bot: BotKeys) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    response = exchange(idp, sign(claims_for(idp, bot), other, kid="bot-es256"))
+    assert_error(response, 400, "invalid_grant", "signature")
+
+
+def test_unknown_kid(idp: DevIdP, bot: BotKeys) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    response = exchange(idp, sign(claims_for(idp, bot), other, kid="somebody-else"))
+    assert_error(response, 400, "invalid_grant", "no trusted key")
+
+
+def test_missing_kid(idp: DevIdP, bot: BotKeys) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key, kid=None))
+    assert_error(response, 400, "invalid_grant", "kid")
+
+
+def test_hs256_is_refused(idp: DevIdP, bot: BotKeys) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot), CLIENT_SECRET * 2, alg="HS256"))
+    assert_error(response, 400, "invalid_grant")
+
+
+def test_wrong_issuer(idp: DevIdP, bot: BotKeys) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot, iss="https://evil.example"), bot.ec_key))
+    assert_error(response, 400, "invalid_grant", '"iss"')
+
+
+def test_wrong_audience_claim(idp: DevIdP, bot: BotKeys) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot, aud="https://other-idp.example"), bot.ec_key))
+    assert_error(response, 400, "invalid_grant", '"aud"')
+
+
+def test_expired_assertion(idp: DevIdP, bot: BotKeys) -> None:
+    now = int(time.time())
+    response = exchange(idp, sign(claims_for(idp, bot, iat=now - 100, exp=now - 10), bot.ec_key))
+    assert_error(response, 400, "invalid_grant", "expired")
+
+
+def test_assertion_living_longer_than_120_seconds(idp: DevIdP, bot: BotKeys) -> None:
+    now = int(time.time())
+    response = exchange(idp, sign(claims_for(idp, bot, iat=now, exp=now + 121), bot.ec_key))
+    assert_error(response, 400, "invalid_grant", "120")
+
+
+def test_assertion_issued_in_the_future(idp: DevIdP, bot: BotKeys) -> None:
+    now = int(time.time())
+    response = exchange(idp, sign(claims_for(idp, bot, iat=now + 60, exp=now + 120), bot.ec_key))
+    assert_error(response, 400, "invalid_grant", "iat")
+
+
+@pytest.mark.parametrize("claim", ["sub", "jti", "exp", "iat", "jit"])
+def test_missing_claim(idp: DevIdP, bot: BotKeys, claim: str) -> None:
+    claims = claims_for(idp, bot)
+    del claims[claim]
+    response = exchange(idp, sign(claims, bot.ec_key))
+    assert_error(response, 400, "invalid_grant", claim)
+
+
+@pytest.mark.parametrize("field", ["request_id", "resource", "scopes", "expires_at"])
+def test_missing_jit_field(idp: DevIdP, bot: BotKeys, field: str) -> None:
+    claims = claims_for(idp, bot)
+    del claims["jit"][field]
+    response = exchange(idp, sign(claims, bot.ec_key))
+    assert_error(response, 400, "invalid_grant", f"jit.{field}")
+
+
+def test_jti_replay(idp: DevIdP, bot: BotKeys) -> None:
+    assertion = sign(claims_for(idp, bot), bot.ec_key)
+    assert exchange(idp, assertion).status_code == 200
+    assert_error(exchange(idp, assertion), 400, "invalid_grant", "already been used")
+    stats = idp.stats()
+    assert (stats["exchanges"], stats["exchange_errors"]) == (1, 1)
+
+
+def test_jti_is_remembered_across_restart(idp: DevIdP, bot: BotKeys) -> None:
+    assertion = sign(claims_for(idp, bot), bot.ec_key)
+    token = exchange(idp, assertion).json()["access_token"]
+    port = idp.port
+    idp.restart()
+    assert idp.port == port
+    assert introspect(idp, token)["active"] is True
+    assert_error(exchange(idp, assertion), 400, "invalid_grant", "already been used")
+
+
+# ---------------------------------------------------------------------------- audience and scope
+
+
+def test_scope_not_allowed_for_the_resource(idp: DevIdP, bot: BotKeys) -> None:
+    claims = claims_for(idp, bot, jit={"scopes": ["read", "admin"]})
+    response = exchange(idp, sign(claims, bot.ec_key), scope="read admin")
+    assert_error(response, 400, "invalid_scope", "audience")
+    assert response.json()["scope"] == "admin"
+
+
+def test_scope_not_approved_in_the_assertion(idp: DevIdP, bot: BotKeys) -> None:
+    claims = claims_for(idp, bot, jit={"scopes": ["read"]})
+    response = exchange(idp, sign(claims, bot.ec_key), scope="read write")
+    assert_error(response, 400, "invalid_scope", "jit.scopes")
+    assert response.json()["scope"] == "write"
+
+
+def test_scope_of_another_resource(idp: DevIdP, bot: BotKeys) -> None:
+    claims = claims_for(idp, bot, jit={"scopes": ["view"]})
+    assert_error(exchange(idp, sign(claims, bot.ec_key), scope="view"), 400, "invalid_scope")
+    response = exchange(idp, sign(claims_for(idp, bot, jit={"scopes": ["view"]}), bot.ec_key),
+                        audience=WIKI, scope="view")
+    assert response.status_code == 200, response.text
+    assert introspect(idp, response.json()["access_token"])["aud"] == WIKI
+
+
+def test_unknown_audience(idp: DevIdP, bot: BotKeys) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), audience="https://unknown.example")
+    assert_error(response, 400, "invalid_target")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+        ("requested_token_type", "urn:ietf:params:oauth:token-type:refresh_token"),
+        ("scope", ""),
+    ],
+)
+def test_bad_request_parameters(idp: DevIdP, bot: BotKeys, field: str, value: str) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), extra={field: value})
+    assert_error(response, 400, "invalid_request", field)
+
+
+# ---------------------------------------------------------------------------- client authentication
+
+
+def test_wrong_client_secret(idp: DevIdP, bot: BotKeys) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), auth=(CLIENT_ID, "wrong"))
+    assert_error(response, 401, "invalid_client")
+    assert idp.stats()["exchange_errors"] == 1
+
+
+def test_client_secret_post_is_accepted_too(idp: DevIdP, bot: BotKeys) -> None:
+    creds = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), auth=None, extra=creds)
+    assert response.status_code == 200, response.text
+    both = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), extra=creds)
+    assert_error(both, 400, "invalid_request", "one mechanism")
+
+
+def test_other_client_cannot_revoke(idp: DevIdP, bot: BotKeys) -> None:
+    token = exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).json()["access_token"]
+    response = httpx.post(discovery(idp)["revocation_endpoint"], data={"token": token}, auth=(CLIENT_ID, "x"))
+    assert response.status_code == 401
+    assert introspect(idp, token)["active"] is True
+
+
+# ---------------------------------------------------------------------------- admin: faults
+
+
+def test_fail_next_answers_the_injected_status_then_recovers(idp: DevIdP, bot: BotKeys) -> None:
+    assertion = sign(claims_for(idp, bot), bot.ec_key)
+    idp.fail_next(503, 2)
+    for _ in range(2):
+        assert_error(exchange(idp, assertion), 503, "temporarily_unavailable")
+    # the failed calls never reached the grant: the same assertion is still unused
+    response = exchange(idp, assertion)
+    assert response.status_code == 200, response.text
+    stats = idp.stats()
+    assert (stats["exchanges"], stats["injected_failures"], stats["jwks_fetches"]) == (1, 2, 1)
+
+
+def test_fail_next_on_revocation(idp: DevIdP, bot: BotKeys) -> None:
+    token = exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).json()["access_token"]
+    idp.fail_next(500, 1, endpoint="revocation")
+    assert_error(revoke(idp, token), 500, "server_error")
+    assert introspect(idp, token)["active"] is True
+    assert idp.revocation_count(token) == 0
+    assert revoke(idp, token).status_code == 200
+    assert introspect(idp, token)["active"] is False
+    assert idp.revocation_count(token) == 1
+
+
+def test_delay_holds_responses_until_cleared(idp: DevIdP, bot: BotKeys) -> None:
+    idp.set_delay(2000)
+    with pytest.raises(httpx.ReadTimeout):
+        exchange(idp, sign(claims_for(idp, bot), bot.ec_key), timeout=0.3)
+    idp.set_delay(0)
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def test_admin_rejects_bad_input(idp: DevIdP) -> None:
+    with pytest.raises(DevIdPError):
+        idp.fail_next(200, 1)
+    with pytest.raises(DevIdPError):
+        idp.set_delay(-1)
+    assert idp.last_assertion() is None
+
+
+def test_admin_is_off_unless_enabled(bot: BotKeys) -> None:
+    idp = make_idp(bot, admin=False)
+    with idp:
+        assert httpx.get(f"{idp.issuer}/__admin/stats").status_code == 404
+    idp.close()
+
+
+# ---------------------------------------------------------------------------- other configurations
+
+
+def test_jwt_access_tokens(bot: BotKeys) -> None:
+    idp = make_idp(bot, token_format="jwt")
+    with idp:
+        response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key), scope="write", lifetime=120)
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+        assert response.json()["expires_in"] == 120
+
+        header = jwt.get_unverified_header(token)
+        assert header["typ"] == "at+jwt"
+        assert header["alg"] == "RS256"
+        jwk_client = jwt.PyJWKClient(discovery(idp)["jwks_uri"])
+        claims = jwt.decode(
+            token, jwk_client.get_signing_key_from_jwt(token).key, algorithms=["RS256"],
+            audience=DB, issuer=idp.issuer,
+        )
+        assert claims["sub"] == "alice@example.com"
+        assert claims["scope"] == "write"
+        assert claims["act"] == {"sub": CLIENT_ID}
+        assert claims["client_id"] == CLIENT_ID
+        assert claims["exp"] - claims["iat"] == 120
+
+        info = introspect(idp, token)
+        assert info["active"] is True
+        assert (info["sub"], info["scope"], info["aud"], info["act"]) == (
+            "alice@example.com", "write", DB, {"sub": CLIENT_ID},
+        )
+        assert revoke(idp, token).status_code == 200
+        assert introspect(idp, token) == {"active": False}
+        assert idp.revocation_count(token) == 1
+    idp.close()
+
+
+def test_unreachable_trusted_jwks_is_temporarily_unavailable(bot: BotKeys) -> None:
+    idp = make_idp(bot, trusted_jwks_url=f"http://127.0.0.1:{free_port()}/.well-known/jwks.json")
+    with idp:
+        response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key))
+        assert_error(response, 503, "temporarily_unavailable", "JWKS")
+    idp.close()
+
+
+def test_missing_node_modules_message(bot: BotKeys, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import tests.devidp as devidp_module
+
+    monkeypatch.setattr(devidp_module, "DEVIDP_DIR", tmp_path)
+    idp = make_idp(bot)
+    with pytest.raises(DevIdPError, match="run npm ci in devidp/"):
+        idp.start()
+    idp.close()
+
+
+def test_log_keeps_no_tokens(idp: DevIdP, bot: BotKeys) -> None:
+    assertion = sign(claims_for(idp, bot), bot.ec_key)
+    token = exchange(idp, assertion).json()["access_token"]
+    exchange(idp, assertion)  # replay: logged as an error
+    revoke(idp, token)
+    log = idp.log_path.read_text()
+    assert "invalid_grant" in log
+    assert token not in log
+    assert assertion not in log
+    assert assertion.split(".")[1] not in log
+    assert CLIENT_SECRET not in log
