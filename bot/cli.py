@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
-from bot.config import ConfigError, Settings, load_policy, load_settings
+from bot.config import ConfigError, Settings, StoreSettings, load_policy, load_settings
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 
@@ -25,8 +26,16 @@ def _err(line: str) -> None:
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Client libraries log request details at DEBUG; keep them well above that so no token can slip out.
-    for name in ("slack_sdk", "slack_bolt", "urllib3", "httpx", "httpcore", "authlib"):
+    for name in ("slack_sdk", "slack_bolt", "urllib3", "httpx", "httpcore", "authlib", "alembic.runtime.plugins"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Bolt reads SLACK_BOT_TOKEN from the environment itself and warns that it is unused, since we hand
+    # it a ready client; the warning is noise on every start.
+    logging.getLogger("slack_bolt.App").addFilter(lambda record: "will be unused" not in record.getMessage())
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown; SystemExit lets cmd_serve's `finally` run.
+    raise SystemExit(0)
 
 
 def _load() -> tuple[Settings, Policy]:
@@ -65,8 +74,7 @@ def _redact_url(url: str) -> str:
 def cmd_migrate(_args: argparse.Namespace) -> int:
     from bot.store.db import make_engine, migrate
 
-    settings = load_settings()
-    engine = make_engine(settings.jit_database_url)
+    engine = make_engine(StoreSettings().jit_database_url)
     migrate(engine)
     engine.dispose()
     _out("database is at the newest schema")
@@ -80,6 +88,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     from bot.runtime import build_runtime
     from bot.store.db import make_engine, migrate
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings, policy = _load()
     engine = make_engine(settings.jit_database_url)
     migrate(engine)
@@ -114,19 +123,36 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(_args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     from bot.store.audit import verify_chain
     from bot.store.db import make_engine, session_scope
 
-    settings = load_settings()
-    engine = make_engine(settings.jit_database_url)
-    with session_scope(engine) as session:
-        report = verify_chain(session=session)
-    engine.dispose()
+    engine = make_engine(StoreSettings().jit_database_url)
+    try:
+        with session_scope(engine) as session:
+            report = verify_chain(session=session)
+    except (OperationalError, ProgrammingError) as exc:
+        raise ConfigError(
+            [
+                f"JIT_DATABASE_URL: cannot read the audit trail ({type(exc.orig).__name__}); "
+                "is it the right database, migrated?"
+            ]
+        ) from None
+    finally:
+        engine.dispose()
     if report.intact:
         _out(f"audit trail intact: {report.events} events")
         return 0
     _err(f"audit trail BROKEN at event {report.first_bad_seq}: {report.problem}")
     return 1
+
+
+def cmd_keygen(_args: argparse.Namespace) -> int:
+    from bot.store.crypto import TokenCipher
+
+    _out(TokenCipher.generate_key())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run migrations, then serve Slack and HTTP").set_defaults(func=cmd_serve)
     commands.add_parser("check", help="validate settings and the policy file").set_defaults(func=cmd_check)
     commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+    commands.add_parser("keygen", help="print a new JIT_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
     audit = commands.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_command", required=True)
     audit.add_parser("verify", help="check the hash chain of the audit trail").set_defaults(func=cmd_audit_verify)
     return parser

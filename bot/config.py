@@ -6,11 +6,14 @@ import time.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.domain.policy import Policy
@@ -32,8 +35,17 @@ def _is_placeholder(value: str) -> bool:
     return not lowered or any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
 
 
+class ClientAuth(StrEnum):
+    CLIENT_SECRET_BASIC = "client_secret_basic"
+    CLIENT_SECRET_POST = "client_secret_post"
+    PRIVATE_KEY_JWT = "private_key_jwt"
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # hide_input_in_errors: pydantic would otherwise quote a rejected secret in its error text.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     slack_bot_token: SecretStr
     slack_signing_secret: SecretStr
@@ -45,6 +57,77 @@ class Settings(BaseSettings):
     jit_http_host: str = "127.0.0.1"
     jit_http_port: int = Field(default=3000, ge=0, le=65535)
     jit_public_url: str | None = None
+
+    # The IdP. Without OIDC_ISSUER, approved requests stay `approved` and nothing is minted.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_client_auth: ClientAuth = ClientAuth.CLIENT_SECRET_BASIC
+    oidc_token_lifetime_param: str | None = None
+    jit_signing_key_file: Path | None = None
+    jit_encryption_key: SecretStr | None = None
+
+    @field_validator(
+        "oidc_issuer",
+        "oidc_client_id",
+        "oidc_client_secret",
+        "oidc_token_lifetime_param",
+        "jit_signing_key_file",
+        "jit_encryption_key",
+        "jit_public_url",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("oidc_client_secret", "jit_encryption_key")
+    @classmethod
+    def _secret_not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and _is_placeholder(value.get_secret_value()):
+            raise ValueError("still holds a placeholder; put the real value here")
+        return value
+
+    @field_validator("jit_encryption_key")
+    @classmethod
+    def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        try:
+            raw = base64.urlsafe_b64decode(value.get_secret_value().encode())
+        except (ValueError, binascii.Error):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError("must be 32 random bytes in URL-safe base64 (run `jit-bot keygen`)")
+        return value
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be the IdP's issuer URL, e.g. https://idp.example.com")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _idp_complete(self) -> Settings:
+        if self.oidc_issuer is None:
+            return self
+        problems = []
+        if not self.oidc_client_id:
+            problems.append("OIDC_CLIENT_ID is not set (needed because OIDC_ISSUER is set)")
+        if self.oidc_client_auth is not ClientAuth.PRIVATE_KEY_JWT and self.oidc_client_secret is None:
+            problems.append("OIDC_CLIENT_SECRET is not set (needed because OIDC_ISSUER is set)")
+        if self.jit_encryption_key is None:
+            problems.append(
+                "JIT_ENCRYPTION_KEY is not set (needed to store tokens encrypted; `jit-bot keygen` prints one)"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))  # load_settings reports one line each
+        return self
+
+    @property
+    def idp_configured(self) -> bool:
+        return self.oidc_issuer is not None
 
     @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token")
     @classmethod
@@ -91,20 +174,52 @@ class Settings(BaseSettings):
         return self.slack_app_token is not None
 
 
+class StoreSettings(BaseSettings):
+    """Just the database, for commands that need nothing else (`jit-bot migrate`, `jit-bot audit verify`)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
+
+    jit_database_url: str = "sqlite:///jit.db"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning pydantic's report into one line per variable."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError([_settings_line(error) for error in exc.errors()]) from None
+        lines = [line for error in exc.errors() for line in _settings_line(error).splitlines()]
+        raise ConfigError(lines) from None
 
 
 def _settings_line(error: Any) -> str:
-    name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+    if not error["loc"]:  # a rule across several variables already names them
+        return str(error["msg"]).removeprefix("Value error, ")
+    name = str(error["loc"][0]).upper()
     if error["type"] == "missing":
         return f"{name} is not set (copy .env.example to .env and fill it in)"
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{name} {message}"
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice is an error instead of the last one silently winning."""
+
+
+def _unique_mapping(loader: _PolicyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"found duplicate key '{key}'", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_PolicyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_policy(path: Path) -> Policy:
@@ -116,7 +231,7 @@ def load_policy(path: Path) -> Policy:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_PolicyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -138,4 +253,6 @@ def _policy_line(error: Any) -> str:
         message = "is required"
     elif error["type"] == "extra_forbidden":
         message = "is not a known key (typo?)"
+    elif error["type"] == "too_short":
+        message = "must list at least one entry"
     return f"{key or 'policy'}: {message}"

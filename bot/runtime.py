@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from fastapi import FastAPI
 from slack_bolt import App
 from slack_sdk import WebClient
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from bot.config import Settings
 from bot.domain.policy import Policy
+from bot.idp.client import IdPClient, IdPConfig
+from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
+from bot.services.minting import MintService, RetryPolicy
+from bot.services.pickup import PickupService
 from bot.services.requests import RequestService
 from bot.services.voting import VotingService
 from bot.slack.adapters import SlackDirectory, SlackNotifier
 from bot.slack.app import build_bolt_app
 from bot.slack.listeners import Listeners
+from bot.store.crypto import TokenCipher
 from bot.store.db import make_engine
 from bot.store.types import utcnow
 from bot.web.app import create_web_app
+
+log = logging.getLogger(__name__)
 
 # Lazy listeners do the slow part of each Slack interaction (database, Slack Web API) on these.
 LISTENER_THREADS = 16
@@ -38,6 +48,8 @@ class Runtime:
     executor: ThreadPoolExecutor
     requests: RequestService
     voting: VotingService
+    minting: MintService | None = None
+    signing_key: SigningKey | None = None
 
     def close(self) -> None:
         # Finish work already acked to Slack before letting go of the database.
@@ -51,6 +63,7 @@ def build_runtime(
     *,
     engine: Engine | None = None,
     clock: Callable[[], datetime] = utcnow,
+    mint_retry: RetryPolicy | None = None,
 ) -> Runtime:
     engine = engine or make_engine(settings.jit_database_url)
     client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10)
@@ -58,6 +71,36 @@ def build_runtime(
     notifier = SlackNotifier(client)
     requests = RequestService(engine=engine, policy=policy, directory=directory, notifier=notifier, clock=clock)
     voting = VotingService(engine=engine, policy=policy, directory=directory, notifier=notifier, clock=clock)
+    minting: MintService | None = None
+    pickup: PickupService | None = None
+    signing_key: SigningKey | None = None
+    if settings.idp_configured:
+        signing_key = signing_key_for(settings)
+        assert settings.jit_encryption_key is not None and settings.oidc_issuer and settings.oidc_client_id
+        cipher = TokenCipher(settings.jit_encryption_key.get_secret_value())
+        idp = IdPClient(
+            IdPConfig(
+                issuer=settings.oidc_issuer,
+                client_id=settings.oidc_client_id,
+                client_secret=settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None,
+                client_auth=settings.oidc_client_auth,
+                lifetime_param=settings.oidc_token_lifetime_param,
+            ),
+            signing_key=signing_key,
+        )
+        minting = MintService(
+            engine=engine,
+            policy=policy,
+            idp=idp,
+            signing_key=signing_key,
+            cipher=cipher,
+            notifier=notifier,
+            clock=clock,
+            public_url=settings.public_url,
+            retry=mint_retry or RetryPolicy(),
+        )
+        voting.on_approved = minting.mint
+        pickup = PickupService(engine=engine, cipher=cipher, clock=clock)
     listeners = Listeners(policy=policy, requests=requests, voting=voting, directory=directory)
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
     bolt_app = build_bolt_app(
@@ -75,7 +118,12 @@ def build_runtime(
         except Exception as exc:  # a health probe reports, it does not raise
             return {"database": f"error: {type(exc).__name__}"}
 
-    web_app = create_web_app(bolt_app=None if settings.socket_mode else bolt_app, health=health)
+    web_app = create_web_app(
+        bolt_app=None if settings.socket_mode else bolt_app,
+        health=health,
+        jwks=jwks([signing_key]) if signing_key is not None else None,
+        pickup=pickup,
+    )
     return Runtime(
         settings=settings,
         policy=policy,
@@ -86,4 +134,29 @@ def build_runtime(
         executor=executor,
         requests=requests,
         voting=voting,
+        minting=minting,
+        signing_key=signing_key,
     )
+
+
+def signing_key_for(settings: Settings) -> SigningKey:
+    """JIT_SIGNING_KEY_FILE, or a key generated on first start and kept beside the database."""
+    if settings.jit_signing_key_file is not None:
+        return load_signing_key(settings.jit_signing_key_file)
+    path = default_signing_key_path(settings.jit_database_url)
+    key, created = load_or_create_signing_key(path)
+    if created:
+        log.warning(
+            "generated a new signing key at %s (kid %s); set JIT_SIGNING_KEY_FILE to manage it yourself, "
+            "and keep it: every replica must use the same key",
+            path,
+            key.kid,
+        )
+    return key
+
+
+def default_signing_key_path(database_url: str) -> Path:
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return Path(url.database).resolve().parent / "jit-signing-key.pem"
+    return Path.cwd() / "jit-signing-key.pem"

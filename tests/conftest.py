@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -214,3 +215,122 @@ def bot(engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn) 
 
 def minutes(n: int) -> timedelta:
     return timedelta(minutes=n)
+
+
+# --- with a real IdP -------------------------------------------------------------------------------
+
+IDP_CLIENT_ID = "jit-bot"
+# Characters that RFC 6749 section 2.3.1 requires us to form-encode inside HTTP Basic.
+IDP_CLIENT_SECRET = "s3cret+/%:&=bits"
+IDP_RESOURCES = {
+    "https://db.internal.example": ["read", "write"],
+    "https://billing.internal.example": ["read", "refund"],
+    "https://k8s.internal.example": ["view", "edit"],
+}
+
+
+class TestClock:
+    """The bot's clock, movable forward by tests (pickup links and grants expire by it)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> Any:
+        from bot.store.types import utcnow
+
+        return utcnow() + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+
+
+@dataclass
+class MintingBot(Bot):
+    idp: Any = None
+    clock: Any = None
+    public_url: str = ""
+    log_records: Any = None
+
+
+@pytest.fixture
+def idp_resources() -> dict[str, list[str]]:
+    return IDP_RESOURCES
+
+
+@pytest.fixture
+def minting_bot(
+    engine: Engine,
+    database_url: str,
+    policy: Policy,
+    slack: SlackStandIn,
+    tmp_path: Path,
+    idp_resources: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> Iterator[MintingBot]:
+    from cryptography.fernet import Fernet
+
+    from bot.services.minting import RetryPolicy
+    from tests.devidp import DevIdP
+
+    caplog.set_level(logging.DEBUG)
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    public_url = f"http://127.0.0.1:{port}"
+    idp = DevIdP(
+        client_id=IDP_CLIENT_ID,
+        client_secret=IDP_CLIENT_SECRET,
+        trusted_issuer=public_url,
+        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
+        resources=idp_resources,
+        lifetime_param="requested_lifetime",
+    )
+    idp.start()
+    clock = TestClock()
+    settings = build_settings(
+        slack,
+        database_url,
+        port,
+        oidc_issuer=idp.issuer,
+        oidc_client_id=IDP_CLIENT_ID,
+        oidc_client_secret=IDP_CLIENT_SECRET,
+        oidc_token_lifetime_param="requested_lifetime",
+        jit_encryption_key=Fernet.generate_key().decode(),
+        jit_signing_key_file=None,
+        jit_database_url=database_url,
+    )
+    if not database_url.startswith("sqlite"):
+        # Keep generated keys out of the working directory when the database is not a file.
+        from bot.idp.keys import generate_signing_key
+
+        key_file = tmp_path / "signing-key.pem"
+        key_file.write_bytes(generate_signing_key().pem())
+        settings = settings.model_copy(update={"jit_signing_key_file": key_file})
+    runtime = build_runtime(
+        settings,
+        policy,
+        engine=engine,
+        clock=clock,
+        mint_retry=RetryPolicy(budget_seconds=3.0, first_delay=0.2, attempt_timeout=1.0),
+    )
+    served = ServedApp(runtime, sock).start()
+    sender = SlackRequests(
+        base_url=served.base_url,
+        signing_secret=SIGNING_SECRET,
+        response_url_for=slack.response_url,
+        trigger_id=slack.new_trigger_id,
+    )
+    try:
+        yield MintingBot(
+            served=served,
+            slack=slack,
+            engine=engine,
+            send=sender,
+            idp=idp,
+            clock=clock,
+            public_url=public_url,
+            log_records=caplog,
+        )
+    finally:
+        sender.http.close()
+        served.stop()
+        idp.close()

@@ -544,9 +544,7 @@ class SlackStandIn:
 
     # -- failure injection ------------------------------------------------------------------
 
-    def fail_next(
-        self, method: str, error: str = "ratelimited", times: int = 1, *, retry_after: int = 1
-    ) -> None:
+    def fail_next(self, method: str, error: str = "ratelimited", times: int = 1, *, retry_after: int = 1) -> None:
         """Make the next ``times`` calls of ``method`` fail with ``error``. ``ratelimited`` is
         answered as Slack does: HTTP 429 with a Retry-After header (``retry_after`` seconds).
         ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body)."""
@@ -609,9 +607,7 @@ class SlackStandIn:
         with self._lock:
             return copy.deepcopy(self._views[view_id])
 
-    def wait_for(
-        self, predicate: Callable[[], T], timeout: float = 10.0, description: str | None = None
-    ) -> T:
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0, description: str | None = None) -> T:
         """Poll ``predicate`` until it returns something truthy and return that. Exceptions from
         the predicate count as "not yet" (``messages(c)[0]`` before the post); on timeout the
         last one is chained to the AssertionError."""
@@ -628,9 +624,7 @@ class SlackStandIn:
                 break
             time.sleep(0.02)
         what = description or _describe(predicate)
-        recent = "\n".join(
-            f"  {c.method}: {'ok' if c.ok else f'{c.error} ({c.kind})'}" for c in self.calls[-15:]
-        )
+        recent = "\n".join(f"  {c.method}: {'ok' if c.ok else f'{c.error} ({c.kind})'}" for c in self.calls[-15:])
         raise AssertionError(
             f"timed out after {timeout}s waiting for {what}\n"
             f"last error: {last_error!r}\nrecent calls:\n{recent or '  (none)'}"
@@ -703,9 +697,7 @@ class SlackStandIn:
             record = payload if isinstance(payload, dict) else {"_raw": payload}
             self._responses.append(ResponseUrlPost(key, copy.deepcopy(record), error is None, error))
             body = {"ok": error is None, **({"error": error} if error else {})}
-            self._calls.append(
-                Call("response_url", copy.deepcopy(record), error is None, error, body, kind, key=key)
-            )
+            self._calls.append(Call("response_url", copy.deepcopy(record), error is None, error, body, kind, key=key))
         return status, error or "ok"
 
     def _apply_response(self, key: str, payload: Any) -> None:
@@ -751,9 +743,7 @@ class SlackStandIn:
                 raise _Refusal("channel_not_found", kind="not_found")
         return self._resolve_channel(channel)
 
-    def _content(
-        self, args: dict[str, Any], *, required: bool
-    ) -> tuple[str | None, list[dict[str, Any]] | None]:
+    def _content(self, args: dict[str, Any], *, required: bool) -> tuple[str | None, list[dict[str, Any]] | None]:
         """Validates message text/blocks. Returns (text, blocks); None means "not given"."""
         text, blocks, markdown = args.get("text"), args.get("blocks"), args.get("markdown_text")
         if text is not None and not isinstance(text, str):
@@ -808,14 +798,10 @@ class SlackStandIn:
         assert isinstance(view, dict)
         return view
 
-    def _store_view(
-        self, view: dict[str, Any], view_id: str | None = None, root: str | None = None
-    ) -> dict[str, Any]:
+    def _store_view(self, view: dict[str, Any], view_id: str | None = None, root: str | None = None) -> dict[str, Any]:
         view_id = view_id or f"V{next(self._counter):09d}"
         external_id = view.get("external_id")
-        if external_id and any(
-            v["external_id"] == external_id and v["id"] != view_id for v in self._views.values()
-        ):
+        if external_id and any(v["external_id"] == external_id and v["id"] != view_id for v in self._views.values()):
             raise _Refusal("duplicate_external_id")
         stored = {
             "id": view_id,
@@ -900,9 +886,7 @@ class SlackStandIn:
             raise _Refusal("invalid_arguments", problems=["missing required field: view_id or external_id"])
         current = None
         for candidate in self._views.values():
-            if (view_id and candidate["id"] == view_id) or (
-                not view_id and candidate["external_id"] == external_id
-            ):
+            if (view_id and candidate["id"] == view_id) or (not view_id and candidate["external_id"] == external_id):
                 current = candidate
         if current is None:
             raise _Refusal("not_found")

@@ -412,8 +412,9 @@ def test_scope_not_approved_in_the_assertion(idp: DevIdP, bot: BotKeys) -> None:
 def test_scope_of_another_resource(idp: DevIdP, bot: BotKeys) -> None:
     claims = claims_for(idp, bot, jit={"scopes": ["view"]})
     assert_error(exchange(idp, sign(claims, bot.ec_key), scope="view"), 400, "invalid_scope")
-    response = exchange(idp, sign(claims_for(idp, bot, jit={"scopes": ["view"]}), bot.ec_key),
-                        audience=WIKI, scope="view")
+    response = exchange(
+        idp, sign(claims_for(idp, bot, jit={"scopes": ["view"]}), bot.ec_key), audience=WIKI, scope="view"
+    )
     assert response.status_code == 200, response.text
     assert introspect(idp, response.json()["access_token"])["aud"] == WIKI
 
@@ -526,8 +527,11 @@ def test_jwt_access_tokens(bot: BotKeys) -> None:
         assert header["alg"] == "RS256"
         jwk_client = jwt.PyJWKClient(discovery(idp)["jwks_uri"])
         claims = jwt.decode(
-            token, jwk_client.get_signing_key_from_jwt(token).key, algorithms=["RS256"],
-            audience=DB, issuer=idp.issuer,
+            token,
+            jwk_client.get_signing_key_from_jwt(token).key,
+            algorithms=["RS256"],
+            audience=DB,
+            issuer=idp.issuer,
         )
         assert claims["sub"] == "alice@example.com"
         assert claims["scope"] == "write"
@@ -538,7 +542,10 @@ def test_jwt_access_tokens(bot: BotKeys) -> None:
         info = introspect(idp, token)
         assert info["active"] is True
         assert (info["sub"], info["scope"], info["aud"], info["act"]) == (
-            "alice@example.com", "write", DB, {"sub": CLIENT_ID},
+            "alice@example.com",
+            "write",
+            DB,
+            {"sub": CLIENT_ID},
         )
         assert revoke(idp, token).status_code == 200
         assert introspect(idp, token) == {"active": False}

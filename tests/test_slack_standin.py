@@ -238,9 +238,7 @@ def _call(slack: SlackStandIn, client: WebClient, method: str, kwargs: dict[str,
     return client.chat_postMessage(**kwargs)
 
 
-@pytest.mark.parametrize(
-    ("rule", "method", "error", "pointer", "bad", "good"), RULES, ids=[r[0] for r in RULES]
-)
+@pytest.mark.parametrize(("rule", "method", "error", "pointer", "bad", "good"), RULES, ids=[r[0] for r in RULES])
 def test_validation_rule(
     slack: SlackStandIn,
     client: WebClient,
@@ -275,9 +273,7 @@ def test_post_and_update_keep_history(slack: SlackStandIn, client: WebClient) ->
     assert first["channel"] == "C0REQUESTS"
     assert first["ts"] != second["ts"]
 
-    updated = client.chat_update(
-        channel="C0REQUESTS", ts=first["ts"], text="approved", blocks=[section("*approved*")]
-    )
+    updated = client.chat_update(channel="C0REQUESTS", ts=first["ts"], text="approved", blocks=[section("*approved*")])
     assert updated["ts"] == first["ts"]
 
     current = slack.message("C0REQUESTS", first["ts"])
@@ -290,9 +286,7 @@ def test_post_and_update_keep_history(slack: SlackStandIn, client: WebClient) ->
     assert slack.rejected() == []
 
 
-def test_update_keeps_omitted_blocks_and_empty_list_removes_them(
-    slack: SlackStandIn, client: WebClient
-) -> None:
+def test_update_keeps_omitted_blocks_and_empty_list_removes_them(slack: SlackStandIn, client: WebClient) -> None:
     ts = client.chat_postMessage(channel="C0REQUESTS", text="t", blocks=[section()])["ts"]
     client.chat_update(channel="C0REQUESTS", ts=ts, text="text only")
     assert slack.message("C0REQUESTS", ts)["blocks"] == [section()]
@@ -457,9 +451,7 @@ def test_views_update_and_push(slack: SlackStandIn, client: WebClient) -> None:
         trigger_id=slack.new_trigger_id(),
         view=modal(section("step 1"), external_id="req-1", private_metadata="r1"),
     )["view"]
-    updated = client.views_update(view_id=view["id"], hash=view["hash"], view=modal(section("step 2")))[
-        "view"
-    ]
+    updated = client.views_update(view_id=view["id"], hash=view["hash"], view=modal(section("step 2")))["view"]
     assert updated["id"] == view["id"]
     assert slack.view(view["id"])["blocks"] == [section("step 2")]
     with pytest.raises(SlackApiError) as refused:
@@ -492,9 +484,7 @@ def test_response_url_posts_are_recorded(slack: SlackStandIn) -> None:
 def test_response_url_replaces_and_deletes_linked_message(slack: SlackStandIn, client: WebClient) -> None:
     ts = client.chat_postMessage(channel="C0REQUESTS", text="pending", blocks=[actions(button())])["ts"]
     url = slack.response_url("click-1", channel="C0REQUESTS", ts=ts)
-    WebhookClient(url).send(
-        text="approved", blocks=[section("Approved by <@U0BOB0001>")], replace_original=True
-    )
+    WebhookClient(url).send(text="approved", blocks=[section("Approved by <@U0BOB0001>")], replace_original=True)
     assert slack.message("C0REQUESTS", ts)["blocks"] == [section("Approved by <@U0BOB0001>")]
     assert slack.message("C0REQUESTS", ts)["history"][0]["text"] == "pending"
     WebhookClient(url).send_dict({"delete_original": True})

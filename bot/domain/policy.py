@@ -65,8 +65,9 @@ class Resource(_Strict):
         for scope in value:
             if not SCOPE_NAME.fullmatch(scope):
                 raise ValueError(f"'{scope}' is not a valid scope name (no spaces or commas)")
-        if len(set(value)) != len(value):
-            raise ValueError("lists a scope twice")
+        twice = sorted({scope for scope in value if value.count(scope) > 1})
+        if twice:
+            raise ValueError(f"lists scope '{twice[0]}' twice")
         return value
 
     @field_validator("approver_channel")

@@ -20,6 +20,12 @@ class AuditEventType(StrEnum):
     REQUEST_DENIED = "request_denied"
     UNAUTHORIZED_ATTEMPT = "unauthorized_attempt"
     DELIVERY_FAILED = "delivery_failed"
+    MINT_STARTED = "mint_started"
+    MINT_RETRY = "mint_retry"
+    MINT_FAILED = "mint_failed"
+    GRANT_ACTIVE = "grant_active"
+    TOKEN_PICKED_UP = "token_picked_up"
+    PICKUP_REFUSED = "pickup_refused"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes (DESIGN.md section 7).

@@ -38,6 +38,9 @@ class RequestSnapshot:
     approver_channel: str
     card_channel: str | None
     card_ts: str | None
+    active_until: datetime | None = None
+    failure_code: str | None = None
+    failure_detail: str | None = None
 
     @property
     def approvers_so_far(self) -> tuple[str, ...]:
@@ -72,3 +75,11 @@ class Notifier(Protocol):
     def tell_requester(self, request: RequestSnapshot) -> None: ...
 
     def audit_summary(self, channel: str, request: RequestSnapshot, event: str) -> None: ...
+
+    def send_pickup_link(self, request: RequestSnapshot, url: str, link_expires_at: datetime) -> None:
+        """DM the requester the one-time link. The URL is a secret: it goes nowhere else."""
+        ...
+
+    def alert(self, channel: str, text: str) -> None:
+        """Something a security lead must look at (e.g. the IdP granted more than was approved)."""
+        ...

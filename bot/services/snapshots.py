@@ -7,10 +7,12 @@ from datetime import timedelta
 
 from bot.domain.policy import Policy
 from bot.services.ports import RequestSnapshot, VoteView
-from bot.store.models import AccessRequest, Vote
+from bot.store.models import AccessRequest, Grant, Vote
 
 
-def snapshot(request: AccessRequest, votes: Sequence[Vote], *, policy: Policy) -> RequestSnapshot:
+def snapshot(
+    request: AccessRequest, votes: Sequence[Vote], *, policy: Policy, grant: Grant | None = None
+) -> RequestSnapshot:
     resource = policy.resource(request.resource)
     return RequestSnapshot(
         id=request.id,
@@ -29,4 +31,7 @@ def snapshot(request: AccessRequest, votes: Sequence[Vote], *, policy: Policy) -
         approver_channel=request.approver_channel,
         card_channel=request.card_channel,
         card_ts=request.card_ts,
+        active_until=grant.expires_at if grant is not None else None,
+        failure_code=request.failure_code,
+        failure_detail=request.failure_detail,
     )

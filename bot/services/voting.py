@@ -52,6 +52,8 @@ class VotingService:
     directory: Directory
     notifier: Notifier
     clock: Callable[[], datetime]
+    # Called with the request id once a request is approved (minting, when an IdP is configured).
+    on_approved: Callable[[str], object] | None = None
 
     def preflight(self, request_id: str, *, voter: str, choice: VoteChoice) -> VoteResult:
         """Would this vote be accepted? Used before opening the Deny modal; refusals are audited."""
@@ -221,6 +223,10 @@ class VotingService:
     def _after_vote(self, result: VoteResult) -> None:
         request = result.request
         assert request is not None
+        if result.decided and request.status == RequestStatus.APPROVED.value and self.on_approved is not None:
+            # Minting updates the card and tells the requester itself, once the token exists.
+            self.on_approved(request.id)
+            return
         try:
             self.notifier.update_card(request)
         except DeliveryError as exc:

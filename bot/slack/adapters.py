@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.services.ports import DeliveryError, DirectoryError, RequestSnapshot
-from bot.slack.blocks import approval_card, audit_summary_text, card_text, outcome_text
+from bot.slack.blocks import approval_card, audit_summary_text, card_text, outcome_text, pickup_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +72,21 @@ class SlackNotifier:
             ),
             DeliveryError,
         )
+
+    def send_pickup_link(self, request: RequestSnapshot, url: str, link_expires_at: datetime) -> None:
+        # No unfurling: Slack's unfurler would fetch the link and use up the one-time pickup.
+        _call(
+            lambda: self._client.chat_postMessage(
+                channel=request.requester,
+                text=pickup_text(request, url, link_expires_at),
+                unfurl_links=False,
+                unfurl_media=False,
+            ),
+            DeliveryError,
+        )
+
+    def alert(self, channel: str, text: str) -> None:
+        _call(lambda: self._client.chat_postMessage(channel=channel, text=text, unfurl_links=False), DeliveryError)
 
 
 class SlackDirectory:

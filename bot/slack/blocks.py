@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from slack_sdk.models.blocks import (
     ActionsBlock,
@@ -36,6 +36,10 @@ _STATUS_LINE = {
     RequestStatus.DENIED: ":no_entry: Denied",
     RequestStatus.CANCELLED: ":heavy_multiplication_x: Cancelled",
     RequestStatus.EXPIRED: ":alarm_clock: Expired without a decision",
+    RequestStatus.MINTING: ":key: Approved; the IdP is issuing the token",
+    RequestStatus.ACTIVE: ":large_green_circle: Active",
+    RequestStatus.FAILED: ":x: Failed",
+    RequestStatus.REVOKED: ":lock: Revoked",
 }
 
 # Offered in the modal, trimmed to each resource's max_duration.
@@ -65,9 +69,19 @@ def _status_summary(request: RequestSnapshot) -> str:
         if request.deny_reason:
             line += f": {escape(request.deny_reason)}"
         return line
+    approved_by = f"approved by {mentions(request.approvers_so_far)}"
     if status is RequestStatus.APPROVED:
         return f"{_STATUS_LINE[status]} by {mentions(request.approvers_so_far)}"
-    return _STATUS_LINE.get(status, status.value)
+    if status is RequestStatus.ACTIVE and request.active_until is not None:
+        return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
+    if status is RequestStatus.FAILED:
+        return f"{_STATUS_LINE[status]}: {_failure(request)}; {approved_by}"
+    return f"{_STATUS_LINE.get(status, status.value)}; {approved_by}"
+
+
+def _failure(request: RequestSnapshot) -> str:
+    detail = f" ({escape(clip(request.failure_detail, 300))})" if request.failure_detail else ""
+    return f"the token could not be issued: IdP said `{escape(request.failure_code or 'unknown')}`{detail}"
 
 
 def approval_card(request: RequestSnapshot) -> list[Block]:
@@ -120,7 +134,20 @@ def outcome_text(request: RequestSnapshot) -> str:
     if status is RequestStatus.DENIED:
         reason = f" Reason: {escape(request.deny_reason)}" if request.deny_reason else ""
         return f"{head} was denied by {mentions(request.deniers)}.{reason}"
+    if status is RequestStatus.FAILED:
+        return f"{head} was approved, but {_failure(request)}. Nothing was issued to you."
     return f"{head} is now {status.value}."
+
+
+def pickup_text(request: RequestSnapshot, url: str, link_expires_at: datetime) -> str:
+    """The only place a pickup URL is ever written: the requester's DM. It holds no token."""
+    until = when(request.active_until) if request.active_until else "its expiry"
+    return (
+        f"Your access to {code(request.resource)} ({', '.join(request.scopes)}) was approved by "
+        f"{mentions(request.approvers_so_far)} and is active until {until}.\n"
+        f"Pick up your token once, before {when(link_expires_at)}: {url}\n"
+        "The link works one time only. Never paste the token into Slack."
+    )
 
 
 def submitted_text(request: RequestSnapshot) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from bot.store.types import UTCDateTime, utcnow
@@ -35,6 +35,8 @@ class AccessRequest(AccessRequestBase, table=True):
     deny_reason: str | None = Field(default=None, max_length=1000)
     card_channel: str | None = Field(default=None, max_length=32)
     card_ts: str | None = Field(default=None, max_length=32)
+    failure_code: str | None = Field(default=None, max_length=64)
+    failure_detail: str | None = Field(default=None, max_length=500)
 
     @property
     def scope_list(self) -> tuple[str, ...]:
@@ -77,3 +79,24 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     seq: int = 0
     hash: str = Field(max_length=64)
+
+
+class Grant(SQLModel, table=True):
+    """The minted token for one approved request. The token itself is only ever stored encrypted."""
+
+    __tablename__ = "grant"
+
+    request_id: str = Field(primary_key=True, foreign_key="access_request.id", max_length=16)
+    status: str = Field(max_length=16, index=True)
+    audience: str = Field(max_length=512)
+    granted_scopes: str = Field(max_length=2048)
+    token_type: str = Field(max_length=32)
+    token_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    token_fingerprint: str = Field(max_length=64)
+    issued_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    idp_expires_in: int | None = None
+    pickup_hash: str | None = Field(default=None, max_length=64, unique=True)
+    pickup_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    picked_up_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))

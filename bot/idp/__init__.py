@@ -1,0 +1,1 @@
+"""The IdP side: our signing key and JWKS, subject assertions, discovery, token exchange, revocation."""

@@ -1,0 +1,521 @@
+"""The real ``jit-bot`` console script, run as a subprocess with a clean environment."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from bot.slack.blocks import help_text
+from bot.store.audit import append_event
+from bot.store.db import MIGRATIONS, make_engine, migrate, session_scope
+from tests.conftest import BOT_TOKEN, POLICY, REQUESTER, SIGNING_SECRET
+from tests.harness import SlackRequests
+from tests.slack_standin import SlackStandIn
+
+JIT_BOT = Path(sys.executable).parent / "jit-bot"
+SECRETS = (BOT_TOKEN, SIGNING_SECRET)
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """Only what a process needs to run: nothing SLACK_* or JIT_* leaks in from the test runner."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(JIT_BOT), *args],
+        cwd=tmp_path,
+        env={**base_env(tmp_path), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write_dotenv(tmp_path: Path, **values: str) -> None:
+    (tmp_path / ".env").write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+
+
+def write_policy(tmp_path: Path, data: dict[str, Any] = POLICY, name: str = "policy.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def assert_no_secrets(*outputs: str) -> None:
+    for output in outputs:
+        for secret in SECRETS:
+            assert secret not in output
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ")
+
+
+def messages(stderr: str) -> list[str]:
+    """stderr without INFO/WARNING log records (alembic logs a few on import): what the person is told."""
+    return [line for line in stderr.splitlines() if not LOG_LINE.match(line)]
+
+
+def assert_no_traceback(output: str) -> None:
+    assert "Traceback" not in output, output
+    assert "Error:" not in output, output
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- jit-bot check --------------------------------------------------------------------------------
+
+
+def test_check_with_good_settings_and_policy(tmp_path: Path) -> None:
+    write_dotenv(
+        tmp_path,
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        SLACK_APP_TOKEN="",
+        JIT_DATABASE_URL="postgresql+psycopg://jit:dbpassw0rd@db.internal:5432/jit",
+        JIT_PUBLIC_URL="https://jit.example.com/",
+    )
+    write_policy(tmp_path)
+
+    result = run_cli(tmp_path, "check")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0] == "settings: ok"
+    assert "  mode: HTTP" in lines
+    assert "  Slack API: https://slack.com/api/" in lines
+    assert "  database: postgresql+psycopg://jit:***@db.internal:5432/jit" in lines
+    assert "  listening on: 127.0.0.1:3000; public URL https://jit.example.com" in lines
+    assert "policy: policy.yml: ok" in lines
+    assert "  request_timeout: 30m" in lines
+    assert "  audit channel: C0AUDIT0001" in lines
+    assert "  identities: 4 mapped; email fallback off" in lines
+    resources = [line for line in lines if line.startswith("  resource ")]
+    assert resources == [
+        "  resource prod-db: scopes read, write; max 2h; 1 of U0APPROVER1, U0APPROVER2 in C0APPROVERS",
+        "  resource billing: scopes read, refund; max 1h; 2 of U0APPROVER1, U0APPROVER2 in C0APPROVERS",
+        "  resource k8s: scopes view, edit; max 30m; 1 of S0PLATFORM in C0APPROVERS",
+    ]
+    assert "dbpassw0rd" not in result.stdout
+    assert_no_secrets(result.stdout, result.stderr)
+
+
+def test_check_reads_the_environment_and_the_policy_path(tmp_path: Path) -> None:
+    policy = copy.deepcopy(POLICY)
+    policy["resources"] = policy["resources"][2:]
+    write_policy(tmp_path, policy, name="custom.yml")
+    env = {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_APP_TOKEN": "xapp-1-A0JITBOT01-1234567890-0a1b2c3d4e5f",
+        "JIT_POLICY_FILE": "custom.yml",
+        "JIT_HTTP_PORT": "8080",
+    }
+
+    result = run_cli(tmp_path, "check", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "  mode: Socket Mode" in result.stdout
+    assert "policy: custom.yml: ok" in result.stdout
+    assert "public URL http://127.0.0.1:8080" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith("  resource ")] == [
+        "  resource k8s: scopes view, edit; max 30m; 1 of S0PLATFORM in C0APPROVERS"
+    ]
+    assert env["SLACK_APP_TOKEN"] not in result.stdout + result.stderr
+
+
+def test_check_missing_signing_secret_is_one_line(tmp_path: Path) -> None:
+    write_dotenv(tmp_path, SLACK_BOT_TOKEN=BOT_TOKEN)
+    write_policy(tmp_path)
+
+    result = run_cli(tmp_path, "check")
+
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert_no_traceback(result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("jit-bot: SLACK_SIGNING_SECRET is not set"), lines
+    assert_no_secrets(result.stdout, result.stderr)
+
+
+def test_check_placeholder_tokens_name_the_variables(tmp_path: Path) -> None:
+    # As copied straight from .env.example.
+    write_dotenv(tmp_path, SLACK_BOT_TOKEN="xoxb-replace-me", SLACK_SIGNING_SECRET="replace-me", SLACK_APP_TOKEN="")
+    write_policy(tmp_path)
+
+    result = run_cli(tmp_path, "check")
+
+    assert result.returncode != 0
+    assert_no_traceback(result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("jit-bot: SLACK_BOT_TOKEN still holds a placeholder"), lines
+    assert lines[1].startswith("jit-bot: SLACK_SIGNING_SECRET still holds a placeholder"), lines
+    assert "xoxb-replace-me" not in result.stderr
+
+
+def test_check_wrong_token_never_echoes_it(tmp_path: Path) -> None:
+    user_token = "xoxp-9999999999-8888888888-userTOKENsecret"
+    write_dotenv(tmp_path, SLACK_BOT_TOKEN=user_token, SLACK_SIGNING_SECRET=SIGNING_SECRET)
+    write_policy(tmp_path)
+
+    result = run_cli(tmp_path, "check")
+
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        "jit-bot: SLACK_BOT_TOKEN must be a bot token starting with xoxb- (OAuth & Permissions page)"
+    ]
+    assert user_token not in result.stdout + result.stderr
+    assert_no_secrets(result.stdout, result.stderr)
+
+
+def test_check_bad_policy_names_the_key(tmp_path: Path) -> None:
+    policy = copy.deepcopy(POLICY)
+    policy["resources"][2]["approver_channel"] = "#approvers"
+    write_dotenv(tmp_path, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET)
+    write_policy(tmp_path, policy)
+
+    result = run_cli(tmp_path, "check")
+
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert_no_traceback(result.stderr)
+    assert result.stderr.splitlines() == [
+        "jit-bot: policy.yml: resources[2].approver_channel: '#approvers' is not a Slack channel id (like C0123ABCD)"
+    ]
+    assert_no_secrets(result.stdout, result.stderr)
+
+
+def test_check_missing_policy_file(tmp_path: Path) -> None:
+    write_dotenv(tmp_path, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET)
+
+    result = run_cli(tmp_path, "check")
+
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        "jit-bot: policy.yml: policy file not found (set JIT_POLICY_FILE or create it)"
+    ]
+
+
+# --- jit-bot serve (against the `slack` stand-in from conftest) -------------------------------------
+
+
+class Served:
+    """A ``jit-bot serve`` process; its output goes to files so a full pipe can never stall it."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.stdout_path = tmp_path / "serve.stdout"
+        self.stderr_path = tmp_path / "serve.stderr"
+        self._stdout = self.stdout_path.open("w")
+        self._stderr = self.stderr_path.open("w")
+        self.process = subprocess.Popen(
+            [str(JIT_BOT), "serve"],
+            cwd=tmp_path,
+            env={**base_env(tmp_path), **env},
+            stdout=self._stdout,
+            stderr=self._stderr,
+        )
+
+    def output(self) -> str:
+        return self.stdout_path.read_text() + self.stderr_path.read_text()
+
+    def wait_healthy(self, base_url: str, timeout: float = 30) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"jit-bot serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                response = httpx.get(f"{base_url}/healthz", timeout=2)
+                if response.status_code == 200:
+                    return response
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"jit-bot serve did not become healthy:\n{self.output()}")
+
+    def terminate(self, timeout: float = 10) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._stdout.close()
+        self._stderr.close()
+
+
+def serve_env(slack: SlackStandIn, database_url: str, port: int, **extra: str) -> dict[str, str]:
+    return {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "JIT_DATABASE_URL": database_url,
+        "JIT_HTTP_HOST": "127.0.0.1",
+        "JIT_HTTP_PORT": str(port),
+        **extra,
+    }
+
+
+def head_revision() -> str:
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
+
+
+def test_serve_migrates_serves_and_stops(tmp_path: Path, slack: SlackStandIn, database_url: str) -> None:
+    write_policy(tmp_path)
+    port = free_port()
+    served = Served(tmp_path, serve_env(slack, database_url, port))
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        health = served.wait_healthy(base_url)
+        assert health.json()["status"] == "ok"
+        assert health.json()["database"] == "ok"
+
+        engine = make_engine(database_url)
+        try:
+            tables = set(inspect(engine).get_table_names())
+            assert {"access_request", "vote", "audit_event", "audit_head", "alembic_version"} <= tables
+            with engine.connect() as connection:
+                versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+            assert versions == [head_revision()]
+        finally:
+            engine.dispose()
+
+        # The bot checked its token with Slack before serving.
+        assert [call.ok for call in slack.calls_to("auth.test")] == [True]
+
+        sender = SlackRequests(
+            base_url=base_url,
+            signing_secret=SIGNING_SECRET,
+            response_url_for=slack.response_url,
+            trigger_id=slack.new_trigger_id,
+        )
+        forger = SlackRequests(
+            base_url=base_url,
+            signing_secret="0" * 32,
+            response_url_for=slack.response_url,
+            trigger_id=slack.new_trigger_id,
+        )
+        try:
+            response, _key, _trigger = sender.slash(REQUESTER, "help")
+            assert response.status_code == 200, response.text
+            assert response.json()["text"] == help_text()
+
+            forged, _key, _trigger = forger.slash(REQUESTER, "help")
+            assert forged.status_code == 401
+            assert forged.json() == {"error": "invalid request"}
+            assert "*jit-bot*" not in forged.text
+
+            tampered, _key, _trigger = sender.slash(REQUESTER, "help", signature="v0=" + "ab" * 32)
+            assert tampered.status_code == 401
+
+            stale, _key, _trigger = sender.slash(REQUESTER, "help", timestamp=int(time.time()) - 3600)
+            assert stale.status_code == 401
+        finally:
+            sender.http.close()
+            forger.http.close()
+        assert slack.rejected() == []
+
+        code = served.terminate(timeout=10)
+    finally:
+        served.close()
+
+    output = served.output()
+    # uvicorn's graceful path ran: it stopped accepting and finished in-flight work.
+    assert "Finished server process" in output, output
+    # See test_serve_exits_zero_on_sigterm for why -SIGTERM is still accepted here.
+    assert code in (0, -signal.SIGTERM), output
+    assert_no_traceback(output)
+    assert_no_secrets(output)
+
+
+def test_serve_exits_zero_on_sigterm(tmp_path: Path, slack: SlackStandIn) -> None:
+    write_policy(tmp_path)
+    port = free_port()
+    served = Served(tmp_path, serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", port))
+    try:
+        served.wait_healthy(f"http://127.0.0.1:{port}")
+        code = served.terminate(timeout=10)
+    finally:
+        served.close()
+    assert code == 0, served.output()
+
+
+def test_serve_with_a_refused_token_names_it(tmp_path: Path, slack: SlackStandIn) -> None:
+    refused = "xoxb-3333333333-4444444444-revokedtoken"
+    write_policy(tmp_path)
+    env = serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", free_port(), SLACK_BOT_TOKEN=refused)
+
+    result = run_cli(tmp_path, "serve", env=env)
+
+    assert result.returncode != 0
+    assert_no_traceback(result.stderr)
+    assert messages(result.stderr) == ["jit-bot: SLACK_BOT_TOKEN was refused by Slack: invalid_auth"], result.stderr
+    assert [call.ok for call in slack.calls_to("auth.test")] == [False]
+    for output in (result.stdout, result.stderr):
+        assert refused not in output
+        assert_no_secrets(output)
+
+
+def test_serve_refuses_to_start_on_bad_settings(tmp_path: Path, slack: SlackStandIn) -> None:
+    write_policy(tmp_path)
+    env = serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", free_port(), SLACK_SIGNING_SECRET="replace-me")
+
+    result = run_cli(tmp_path, "serve", env=env)
+
+    assert result.returncode != 0
+    assert_no_traceback(result.stderr)
+    assert messages(result.stderr) == [
+        "jit-bot: SLACK_SIGNING_SECRET still holds a placeholder; put the real value from your Slack app here"
+    ]
+    # Nothing was touched: no Slack call, no database file.
+    assert slack.calls == []
+    assert not (tmp_path / "jit.db").exists()
+
+
+def test_serve_bad_settings_print_nothing_but_the_line(tmp_path: Path, slack: SlackStandIn) -> None:
+    write_policy(tmp_path)
+    env = serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", free_port(), SLACK_BOT_TOKEN="xoxb-replace-me")
+
+    result = run_cli(tmp_path, "serve", env=env)
+
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        "jit-bot: SLACK_BOT_TOKEN still holds a placeholder; put the real value from your Slack app here"
+    ]
+
+
+# --- jit-bot audit verify -------------------------------------------------------------------------
+
+
+def append_events(database_url: str, count: int) -> None:
+    engine = make_engine(database_url)
+    migrate(engine)
+    start = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    try:
+        for n in range(count):
+            with session_scope(engine) as session:
+                append_event(
+                    session=session,
+                    at=start + timedelta(seconds=n),
+                    event_type="request.submitted" if n == 0 else "request.voted",
+                    actor=REQUESTER,
+                    request_id="R000000001",
+                    details={"resource": "prod-db", "scopes": ["read"], "n": n},
+                )
+    finally:
+        engine.dispose()
+
+
+def tamper(database_url: str, statement: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            changed = connection.execute(text(statement)).rowcount
+        assert changed == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        pytest.param(
+            """UPDATE audit_event SET details = '{"resource": "prod-db", "scopes": ["read", "write"], "n": 1}'
+               WHERE seq = 2""",
+            "audit trail BROKEN at event 2: event 2 was altered after it was written",
+            id="details-edited",
+        ),
+        pytest.param(
+            "DELETE FROM audit_event WHERE seq = 2",
+            "audit trail BROKEN at event 2: event 2 is missing",
+            id="event-deleted",
+        ),
+        pytest.param(
+            "UPDATE audit_event SET actor = 'U0OUTSIDER1' WHERE seq = 3",
+            "audit trail BROKEN at event 3: event 3 was altered after it was written",
+            id="actor-edited",
+        ),
+        pytest.param(
+            "DELETE FROM audit_event WHERE seq = 3",
+            "audit trail BROKEN at event 3: the chain ends at event 2 but 3 were written",
+            id="last-event-deleted",
+        ),
+    ],
+)
+def test_audit_verify(tmp_path: Path, database_url: str, statement: str, expected: str) -> None:
+    env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JIT_DATABASE_URL": database_url}
+    append_events(database_url, 3)
+
+    intact = run_cli(tmp_path, "audit", "verify", env=env)
+
+    assert intact.returncode == 0, intact.stderr
+    assert intact.stdout == "audit trail intact: 3 events\n"
+
+    tamper(database_url, statement)
+    broken = run_cli(tmp_path, "audit", "verify", env=env)
+
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert broken.stdout == ""
+    assert_no_traceback(broken.stderr)
+    assert messages(broken.stderr) == [expected]
+
+
+def test_audit_verify_on_an_empty_trail(tmp_path: Path, database_url: str) -> None:
+    env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JIT_DATABASE_URL": database_url}
+    migrated = run_cli(tmp_path, "migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout == "database is at the newest schema\n"
+
+    result = run_cli(tmp_path, "audit", "verify", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "audit trail intact: 0 events\n"
+
+
+def test_audit_verify_before_migrations_is_one_clear_line(tmp_path: Path) -> None:
+    env = {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "JIT_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
+    }
+
+    result = run_cli(tmp_path, "audit", "verify", env=env)
+
+    # Exit 1 means "the trail is broken"; a database without the schema is a different problem.
+    assert result.returncode not in (0, 1)
+    assert_no_traceback(result.stderr)
+    lines = messages(result.stderr)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("jit-bot: ") and "JIT_DATABASE_URL" in lines[0], lines

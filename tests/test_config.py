@@ -1,0 +1,565 @@
+"""Settings from the environment / .env, and the policy file: defaults, and errors that name the problem."""
+
+from __future__ import annotations
+
+import copy
+import os
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from bot.config import ConfigError, Settings, load_policy, load_settings
+from tests.conftest import (
+    APPROVER_1,
+    APPROVER_2,
+    APPROVERS_CHANNEL,
+    AUDIT_CHANNEL,
+    BOT_TOKEN,
+    GROUP_MEMBER,
+    POLICY,
+    REQUESTER,
+    SIGNING_SECRET,
+)
+
+APP_TOKEN = "xapp-1-A0JITBOT01-1234567890-0a1b2c3d4e5f6a7b8c9d"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No variable from the developer's shell and no stray .env may leak into these tests."""
+    for name in list(os.environ):
+        if name.lower() in Settings.model_fields:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def good_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+
+
+def config_lines(**overrides: Any) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    return caught.value.lines
+
+
+# --- settings: values and defaults ----------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    settings = Settings(_env_file=None, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET)  # type: ignore[call-arg]
+    assert settings.slack_bot_token.get_secret_value() == BOT_TOKEN
+    assert settings.slack_signing_secret.get_secret_value() == SIGNING_SECRET
+    assert settings.slack_app_token is None
+    assert settings.socket_mode is False
+    assert settings.slack_api_url == "https://slack.com/api/"
+    assert settings.jit_database_url == "sqlite:///jit.db"
+    assert settings.jit_policy_file == Path("policy.yml")
+    assert settings.jit_http_host == "127.0.0.1"
+    assert settings.jit_http_port == 3000
+    assert settings.public_url == "http://127.0.0.1:3000"
+
+
+def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+    monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:9999/api")
+    monkeypatch.setenv("JIT_DATABASE_URL", "postgresql+psycopg://jit@db.internal/jit")
+    monkeypatch.setenv("JIT_POLICY_FILE", "/etc/jit/policy.yml")
+    monkeypatch.setenv("JIT_HTTP_HOST", "0.0.0.0")
+    monkeypatch.setenv("JIT_HTTP_PORT", "8080")
+
+    settings = load_settings()
+
+    assert settings.slack_bot_token.get_secret_value() == BOT_TOKEN
+    assert settings.slack_signing_secret.get_secret_value() == SIGNING_SECRET
+    assert settings.slack_app_token is not None and settings.slack_app_token.get_secret_value() == APP_TOKEN
+    assert settings.socket_mode is True
+    # slack_sdk appends the method name to the base URL, so the slash is added when missing.
+    assert settings.slack_api_url == "http://127.0.0.1:9999/api/"
+    assert settings.jit_database_url == "postgresql+psycopg://jit@db.internal/jit"
+    assert settings.jit_policy_file == Path("/etc/jit/policy.yml")
+    assert (settings.jit_http_host, settings.jit_http_port) == ("0.0.0.0", 8080)
+    assert settings.public_url == "http://0.0.0.0:8080"
+
+
+def test_dotenv_is_read_and_the_environment_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"SLACK_BOT_TOKEN={BOT_TOKEN}\n"
+        f"SLACK_SIGNING_SECRET={SIGNING_SECRET}\n"
+        "SLACK_APP_TOKEN=\n"
+        "JIT_HTTP_PORT=4000\n"
+        "JIT_POLICY_FILE=from-dotenv.yml\n"
+    )
+    monkeypatch.setenv("JIT_HTTP_PORT", "5000")
+
+    settings = load_settings()
+
+    assert settings.slack_bot_token.get_secret_value() == BOT_TOKEN
+    assert settings.jit_policy_file == Path("from-dotenv.yml")
+    assert settings.jit_http_port == 5000
+    # An empty SLACK_APP_TOKEN= line, as in .env.example, means HTTP mode.
+    assert settings.slack_app_token is None
+    assert settings.socket_mode is False
+
+
+@pytest.mark.parametrize(
+    ("public_url", "expected"),
+    [
+        pytest.param(None, "http://10.0.0.5:8443", id="default-from-host-and-port"),
+        pytest.param("https://jit.example.com", "https://jit.example.com", id="override"),
+        pytest.param("https://jit.example.com/bot/", "https://jit.example.com/bot", id="trailing-slash-dropped"),
+    ],
+)
+def test_public_url(monkeypatch: pytest.MonkeyPatch, public_url: str | None, expected: str) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv("JIT_HTTP_HOST", "10.0.0.5")
+    monkeypatch.setenv("JIT_HTTP_PORT", "8443")
+    if public_url is not None:
+        monkeypatch.setenv("JIT_PUBLIC_URL", public_url)
+    assert load_settings().public_url == expected
+
+
+# --- settings: secrets never shown --------------------------------------------------------------
+
+
+def test_secrets_are_hidden_in_repr_str_and_dumps() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET, slack_app_token=APP_TOKEN
+    )
+    for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
+        for secret in (BOT_TOKEN, SIGNING_SECRET, APP_TOKEN):
+            assert secret not in shown
+        assert "**********" in shown
+
+
+def test_config_errors_never_carry_the_rejected_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    user_token = "xoxp-9999999999-8888888888-userTOKENsecret"
+    app_token_in_wrong_place = "xoxb-7777777777-6666666666-botTOKENsecret"
+    monkeypatch.setenv("SLACK_BOT_TOKEN", user_token)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+    monkeypatch.setenv("SLACK_APP_TOKEN", app_token_in_wrong_place)
+    monkeypatch.setenv("JIT_HTTP_PORT", "not-a-port")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    error = caught.value
+    assert len(error.lines) == 3
+    rendered = "".join(traceback.format_exception(error)) + repr(error) + str(error)
+    for secret in (user_token, app_token_in_wrong_place, SIGNING_SECRET):
+        assert secret not in rendered
+    # pydantic's report (which quotes the input) is not chained into the traceback.
+    assert "input_value" not in rendered
+
+
+def test_validation_error_from_settings_itself_hides_the_token() -> None:
+    user_token = "xoxp-9999999999-8888888888-userTOKENsecret"
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, slack_bot_token=user_token, slack_signing_secret=SIGNING_SECRET)  # type: ignore[call-arg]
+    assert user_token not in str(caught.value)
+
+
+# --- settings: one line per problem, naming the variable ----------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"])
+def test_each_missing_secret_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    good_env(monkeypatch)
+    monkeypatch.delenv(missing)
+
+    lines = config_lines()
+
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{missing} is not set"), lines
+
+
+def test_every_problem_gets_its_own_line() -> None:
+    lines = config_lines(_env_file=None, jit_http_port=70000)
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("SLACK_BOT_TOKEN is not set")
+    assert lines[1].startswith("SLACK_SIGNING_SECRET is not set")
+    assert lines[2].startswith("JIT_HTTP_PORT ")
+    assert "65535" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        pytest.param("SLACK_BOT_TOKEN", "xoxb-replace-me", id="bot-token-from-env-example"),
+        pytest.param("SLACK_SIGNING_SECRET", "replace-me", id="signing-secret-from-env-example"),
+        pytest.param("SLACK_APP_TOKEN", "xapp-replace-me", id="app-token-from-env-example"),
+        pytest.param("SLACK_BOT_TOKEN", "xoxb-your-bot-token", id="your-token"),
+        pytest.param("SLACK_BOT_TOKEN", "xoxb-xxxxxxxxxx-xxxxxxxxxx", id="xxxx"),
+        pytest.param("SLACK_SIGNING_SECRET", "<signing secret>", id="angle-brackets"),
+        pytest.param("SLACK_SIGNING_SECRET", "CHANGEME", id="changeme-any-case"),
+        pytest.param("SLACK_SIGNING_SECRET", "", id="empty"),
+        pytest.param("SLACK_BOT_TOKEN", "   ", id="blank"),
+    ],
+)
+def test_placeholder_secret_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv(variable, value)
+
+    lines = config_lines()
+
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{variable} "), lines
+    assert "placeholder" in lines[0]
+    if value.strip():
+        assert value not in lines[0]
+
+
+def test_placeholders_in_dotenv_are_caught(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "SLACK_BOT_TOKEN=xoxb-replace-me\nSLACK_SIGNING_SECRET=replace-me\nSLACK_APP_TOKEN=\n"
+    )
+    lines = config_lines()
+    assert [line.split()[0] for line in lines] == ["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"]
+    assert all("placeholder" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        pytest.param(
+            "SLACK_BOT_TOKEN",
+            "xoxp-1111111111-2222222222-usertoken",
+            "SLACK_BOT_TOKEN must be a bot token starting with xoxb-",
+            id="user-token-as-bot-token",
+        ),
+        pytest.param(
+            "SLACK_BOT_TOKEN", APP_TOKEN, "SLACK_BOT_TOKEN must be a bot token starting with xoxb-", id="app-as-bot"
+        ),
+        pytest.param(
+            "SLACK_APP_TOKEN",
+            BOT_TOKEN,
+            "SLACK_APP_TOKEN must be an app-level token starting with xapp-",
+            id="bot-token-as-app-token",
+        ),
+        pytest.param("SLACK_API_URL", "slack.com/api", "SLACK_API_URL must be an http(s) URL", id="api-url-scheme"),
+    ],
+)
+def test_wrong_shape_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv(variable, value)
+
+    lines = config_lines()
+
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(expected), lines
+    assert value not in lines[0]
+
+
+# --- policy file --------------------------------------------------------------------------------
+
+
+def write_policy(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "policy.yml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_good_policy_parses_with_the_right_values(tmp_path: Path) -> None:
+    policy = load_policy(write_policy(tmp_path, POLICY))
+
+    assert policy.request_timeout == timedelta(minutes=30)
+    assert policy.channels.audit == AUDIT_CHANNEL
+    assert policy.identities == {REQUESTER: "alice", APPROVER_1: "bob", APPROVER_2: "carol", GROUP_MEMBER: "dave"}
+    assert policy.identity.email_fallback is False
+    assert policy.resource_names == ("prod-db", "billing", "k8s")
+
+    prod = policy.resource("prod-db")
+    assert prod is not None
+    assert prod.description == "Production Postgres"
+    assert prod.audience == "https://db.internal.example"
+    assert prod.scopes == ("read", "write")
+    assert prod.max_duration == timedelta(hours=2)
+    assert prod.approver_channel == APPROVERS_CHANNEL
+    assert prod.approvers == (APPROVER_1, APPROVER_2)
+    assert prod.approvals_required == 1
+    assert prod.user_approvers == {APPROVER_1, APPROVER_2}
+    assert prod.usergroup_approvers == frozenset()
+
+    billing = policy.resource("billing")
+    assert billing is not None
+    assert (billing.approvals_required, billing.max_duration) == (2, timedelta(hours=1))
+
+    k8s = policy.resource("k8s")
+    assert k8s is not None
+    assert k8s.usergroup_approvers == {"S0PLATFORM"}
+    assert k8s.user_approvers == frozenset()
+    assert k8s.max_duration == timedelta(minutes=30)
+
+    assert policy.resource("nope") is None
+
+
+def test_minimal_policy_gets_the_defaults(tmp_path: Path) -> None:
+    text = (
+        "resources:\n"
+        "  - name: wiki\n"
+        "    audience: https://wiki.example\n"
+        "    scopes: [edit]\n"
+        "    max_duration: 900\n"  # bare integers are seconds
+        f"    approver_channel: {APPROVERS_CHANNEL}\n"
+        "    approvers: [S0PLATFORM]\n"
+        "    approvals_required: 3\n"  # a usergroup may hold any number of people
+    )
+    policy = load_policy(write_policy(tmp_path, text))
+
+    assert policy.request_timeout == timedelta(minutes=30)
+    assert policy.channels.audit is None
+    assert policy.identities == {}
+    assert policy.identity.email_fallback is False
+    (wiki,) = policy.resources
+    assert wiki.description == ""
+    assert wiki.max_duration == timedelta(minutes=15)
+    assert wiki.approvals_required == 3
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Mutation:
+    """A mutation setting e.g. ``resources.0.approvers`` on a copy of POLICY."""
+
+    def mutate(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = data
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[int(last) if last.isdigit() else last] = value
+
+    return mutate
+
+
+def _rename_key(index: int, old: str, new: str) -> Mutation:
+    def mutate(data: dict[str, Any]) -> None:
+        resource = data["resources"][index]
+        resource[new] = resource.pop(old)
+
+    return mutate
+
+
+def _duplicate_resource(data: dict[str, Any]) -> None:
+    data["resources"].append(copy.deepcopy(data["resources"][0]))
+
+
+# (mutation of POLICY, or raw file text) -> lines that must appear, each as (key path, problem).
+BAD_POLICIES = [
+    pytest.param(
+        _rename_key(0, "max_duration", "max_durration"),
+        [("resources[0].max_durration", "is not a known key"), ("resources[0].max_duration", "is required")],
+        id="unknown-resource-key-typo",
+    ),
+    pytest.param(
+        _set("resources.1.max_duration", "2 hours"),
+        [("resources[1].max_duration", "'2 hours' is not a duration like 90s, 15m, 2h or 1h30m")],
+        id="bad-duration",
+    ),
+    pytest.param(
+        _set("resources.1.max_duration", "8d"),
+        [("resources[1].max_duration", "longer than the 7-day limit")],
+        id="duration-over-a-week",
+    ),
+    pytest.param(
+        _set("resources.1.max_duration", "0m"),
+        [("resources[1].max_duration", "longer than zero")],
+        id="zero-duration",
+    ),
+    pytest.param(
+        _set("request_timeout", "forever"),
+        [("request_timeout", "'forever' is not a duration")],
+        id="bad-request-timeout",
+    ),
+    pytest.param(
+        _set("resources.0.approvers", [APPROVER_1, "bob@example.com"]),
+        [("resources[0].approvers", "'bob@example.com' is neither a Slack user id (U…) nor a usergroup id (S…)")],
+        id="approver-not-a-slack-id",
+    ),
+    pytest.param(
+        _set("resources.0.approvers", []),
+        [("resources[0].approvers", "must list at least one entry")],
+        id="no-approvers",
+    ),
+    pytest.param(
+        _set("resources.2.approver_channel", "#approvers"),
+        [("resources[2].approver_channel", "'#approvers' is not a Slack channel id")],
+        id="approver-channel-not-an-id",
+    ),
+    pytest.param(
+        _set("channels.audit", "audit-log"),
+        [("channels.audit", "'audit-log' is not a Slack channel id")],
+        id="audit-channel-not-an-id",
+    ),
+    pytest.param(
+        _set("resources.1.approvals_required", 3),
+        [("resources[1]", "approvals_required is 3 but only 2 approver(s) are listed")],
+        id="approvals-required-above-approvers",
+    ),
+    pytest.param(
+        _set("resources.1.approvers", [APPROVER_1, APPROVER_1]),
+        [("resources[1]", "approvals_required is 2 but only 1 approver(s) are listed")],
+        id="approvals-required-above-distinct-approvers",
+    ),
+    pytest.param(
+        _set("resources.0.approvals_required", 0),
+        [("resources[0].approvals_required", "greater than or equal to 1")],
+        id="zero-approvals-required",
+    ),
+    pytest.param(
+        _duplicate_resource,
+        [("resources", "resource 'prod-db' is defined twice")],
+        id="duplicate-resource-name",
+    ),
+    pytest.param(
+        _set("resources.0.scopes", ["read", "write", "read"]),
+        [("resources[0].scopes", "lists scope 'read' twice")],
+        id="duplicate-scope",
+    ),
+    pytest.param(
+        _set("resources.0.scopes", ["read write"]),
+        [("resources[0].scopes", "'read write' is not a valid scope name")],
+        id="scope-with-space",
+    ),
+    pytest.param(
+        _set("resources.0.name", "Prod DB"),
+        [("resources[0].name", "must be lower-case letters")],
+        id="bad-resource-name",
+    ),
+    pytest.param(
+        _set("resources", []),
+        [("resources", "must list at least one entry")],
+        id="empty-resources",
+    ),
+    pytest.param(
+        _set("identities", {"alice@example.com": "alice"}),
+        [("identities", "key 'alice@example.com' is not a Slack user id")],
+        id="identities-key-not-a-user-id",
+    ),
+    pytest.param(
+        _set("identities", {REQUESTER: " "}),
+        [("identities", f"'{REQUESTER}' maps to an empty IdP subject")],
+        id="identities-empty-subject",
+    ),
+    pytest.param(
+        _set("approvers", [APPROVER_1]),
+        [("approvers", "is not a known key")],
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        _set("identity", {"email_fallbak": True}),
+        [("identity.email_fallbak", "is not a known key")],
+        id="unknown-nested-key",
+    ),
+    pytest.param(
+        "resources:\n  - name: prod-db\n     audience: https://db.internal.example\n",
+        [(None, "not valid YAML (line 3): mapping values are not allowed here")],
+        id="invalid-yaml-bad-indent",
+    ),
+    pytest.param(
+        "request_timeout: 30m\nresources: [\n  {name: prod-db,\n  scopes: [read}\n",
+        [(None, "not valid YAML (line 4)")],
+        id="invalid-yaml-unclosed-bracket",
+    ),
+    pytest.param(
+        "- prod-db\n- billing\n",
+        [(None, "must be a mapping with at least a 'resources' key")],
+        id="top-level-list",
+    ),
+    pytest.param("", [(None, "must be a mapping with at least a 'resources' key")], id="empty-file"),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), BAD_POLICIES)
+def test_bad_policy_names_the_key_and_the_problem(
+    tmp_path: Path, change: Mutation | str, expected: list[tuple[str | None, str]]
+) -> None:
+    if isinstance(change, str):
+        path = write_policy(tmp_path, change)
+    else:
+        data = copy.deepcopy(POLICY)
+        change(data)
+        path = write_policy(tmp_path, data)
+
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path)
+
+    lines = caught.value.lines
+    assert len(lines) == len(expected), lines
+    for key, problem in expected:
+        prefix = f"{path}: {key}: " if key is not None else f"{path}: "
+        assert any(line.startswith(prefix) and problem in line for line in lines), (prefix, problem, lines)
+
+
+def test_missing_policy_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "policy.yml"
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path)
+    assert caught.value.lines == [f"{path}: policy file not found (set JIT_POLICY_FILE or create it)"]
+
+
+def test_policy_that_is_a_directory_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_policy(tmp_path)
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith(f"{tmp_path}: cannot be read")
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    # A second approvals_required silently winning would weaken a rule the author thought was there.
+    data = yaml.safe_dump(POLICY, sort_keys=False)
+    text = data.replace("  approvals_required: 2\n", "  approvals_required: 2\n  approvals_required: 1\n", 1)
+    assert text != data
+    with pytest.raises(ConfigError) as caught:
+        load_policy(write_policy(tmp_path, text))
+    assert any("approvals_required" in line and "duplicate" in line for line in caught.value.lines)
+
+
+def test_idp_settings_need_client_and_encryption_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1-2-abc")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "abc123def456")
+    monkeypatch.setenv("OIDC_ISSUER", "https://idp.example.com/")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    lines = caught.value.lines
+    assert len(lines) == 3, lines
+    assert any(line.startswith("OIDC_CLIENT_ID is not set") for line in lines)
+    assert any(line.startswith("OIDC_CLIENT_SECRET is not set") for line in lines)
+    assert any(line.startswith("JIT_ENCRYPTION_KEY is not set") and "jit-bot keygen" in line for line in lines)
+
+
+def test_encryption_key_must_be_a_fernet_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1-2-abc")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "abc123def456")
+    monkeypatch.setenv("JIT_ENCRYPTION_KEY", "too-short-to-be-a-key")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    (line,) = caught.value.lines
+    assert line.startswith("JIT_ENCRYPTION_KEY must be 32 random bytes") and "too-short" not in line
+
+
+def test_complete_idp_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.fernet import Fernet
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1-2-abc")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "abc123def456")
+    monkeypatch.setenv("OIDC_ISSUER", "https://idp.example.com/")
+    monkeypatch.setenv("OIDC_CLIENT_ID", "jit-bot")
+    monkeypatch.setenv("OIDC_CLIENT_SECRET", "s3cret")
+    monkeypatch.setenv("OIDC_CLIENT_AUTH", "client_secret_post")
+    monkeypatch.setenv("JIT_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    settings = load_settings()
+    assert settings.idp_configured
+    assert settings.oidc_issuer == "https://idp.example.com"
+    assert settings.oidc_client_auth.value == "client_secret_post"
+    assert settings.oidc_token_lifetime_param is None

@@ -1,0 +1,234 @@
+"""Approval -> RFC 8693 token exchange at the real dev IdP -> encrypted grant -> one-time pickup."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import text
+from sqlmodel import Session
+
+from bot.store.models import Grant
+from tests.conftest import (
+    APPROVER_1,
+    APPROVER_2,
+    IDP_CLIENT_ID,
+    IDP_CLIENT_SECRET,
+    REQUESTER,
+    MintingBot,
+)
+
+PICKUP = re.compile(r"(http://127\.0\.0\.1:\d+/pickup/[A-Za-z0-9_-]+)")
+
+
+def approve(bot: MintingBot, text_: str = "request prod-db read 30m checking INC-1234") -> str:
+    request_id, channel, ts = bot.request(REQUESTER, text_)
+    bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+    bot.slack.wait_for(lambda: bot.stored(request_id).status in ("active", "failed"), timeout=15)
+    return request_id
+
+
+def dm_texts(bot: MintingBot) -> list[str]:
+    return [
+        str(c.args.get("text"))
+        for c in bot.slack.calls_to("chat.postMessage")
+        if c.ok and c.args.get("channel") == REQUESTER
+    ]
+
+
+def pickup_url(bot: MintingBot) -> str:
+    dms = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if PICKUP.search(t)])
+    match = PICKUP.search(dms[-1])
+    assert match is not None
+    return match.group(1)
+
+
+def _grant(bot: MintingBot, request_id: str) -> Grant:
+    with Session(bot.engine) as session:
+        grant = session.get(Grant, request_id)
+        assert grant is not None
+        return grant
+
+
+def _basic(client_id: str, secret: str) -> tuple[str, str]:
+    # RFC 6749 2.3.1: form-encode before Basic; httpx's auth tuple does not, so do it here.
+    from urllib.parse import quote
+
+    return quote(client_id, safe=""), quote(secret, safe="")
+
+
+def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    request_id = approve(bot)
+    assert bot.stored(request_id).status == "active"
+    assert bot.idp.stats()["exchanges"] == 1
+
+    # The subject assertion as the IdP received and verified it.
+    claims = bot.idp.last_assertion()
+    assert claims["iss"] == bot.public_url
+    assert claims["sub"] == "alice"
+    assert claims["aud"] == bot.idp.issuer
+    assert 0 < claims["exp"] - claims["iat"] <= 120
+    assert claims["jit"]["request_id"] == request_id
+    assert claims["jit"]["resource"] == "prod-db"
+    assert claims["jit"]["scopes"] == ["read"]
+    assert claims["jit"]["approvers"] == [APPROVER_1]
+    assert claims["jit"]["reason"] == "checking INC-1234"
+    grant = _grant(bot, request_id)
+    assert abs(claims["jit"]["expires_at"] - grant.expires_at.timestamp()) < 1
+    assert grant.expires_at - grant.issued_at == timedelta(minutes=30)
+
+    # The requester's DM carries a pickup link and no token.
+    url = pickup_url(bot)
+    picked = httpx.get(url, headers={"Accept": "application/json"})
+    assert picked.status_code == 200
+    body = picked.json()
+    token = body["access_token"]
+    assert set(body) == {"access_token", "token_type", "expires_at", "scope", "audience"}
+    assert (body["scope"], body["audience"], body["token_type"]) == ("read", "https://db.internal.example", "Bearer")
+    assert abs(body["expires_at"] - grant.expires_at.timestamp()) < 1
+
+    info = httpx.post(
+        httpx.get(bot.idp.discovery_url).json()["introspection_endpoint"],
+        data={"token": token},
+        auth=_basic(IDP_CLIENT_ID, IDP_CLIENT_SECRET),
+    ).json()
+    assert info["active"] is True
+    assert info["sub"] == "alice"
+    assert info["scope"] == "read"
+    assert info["aud"] == "https://db.internal.example"
+    assert info["act"] == {"sub": IDP_CLIENT_ID}
+    # The IdP's own lifetime was asked for and capped at the grant's expiry.
+    assert info["exp"] <= grant.expires_at.timestamp() + 1
+
+    # The card says until when; the audit trail has the fingerprint, not the token.
+    card = bot.slack.message(bot.stored(request_id).card_channel, bot.stored(request_id).card_ts)
+    assert "Active" in json.dumps(card["blocks"]) and "until" in json.dumps(card["blocks"])
+    events = [e.event_type for e in bot.audit(request_id)]
+    assert events[-3:] == ["mint_started", "grant_active", "token_picked_up"]
+    active = [e for e in bot.audit(request_id) if e.event_type == "grant_active"][0]
+    assert active.details["token_fingerprint"] == grant.token_fingerprint
+    assert bot.slack.rejected() == []
+
+
+def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    approve(bot)
+    url = pickup_url(bot)
+
+    page = httpx.get(url)
+    assert page.status_code == 200
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "text/html" in page.headers["content-type"]
+    token_in_page = re.search(r'<pre id="token">([^<]+)</pre>', page.text)
+    assert token_in_page is not None and len(token_in_page.group(1)) > 20
+    assert "curl -H" in page.text and "https://db.internal.example" in page.text
+
+    again = httpx.get(url)
+    assert again.status_code == 410
+    assert token_in_page.group(1) not in again.text
+    assert again.headers["cache-control"] == "no-store"
+    assert httpx.get(url, headers={"Accept": "application/json"}).status_code == 410
+
+    unknown = httpx.get(f"{bot.public_url}/pickup/not-a-real-link-id")
+    assert unknown.status_code == 404
+    assert "already used" not in unknown.text, "an unknown link must not look like a used one"
+
+    # A second grant whose link is left unopened past 10 minutes.
+    second = approve(bot, "request prod-db write 1h second grant")
+    url2 = pickup_url(bot)
+    assert url2 != url
+    bot.clock.advance(timedelta(minutes=10, seconds=1))
+    expired = httpx.get(url2)
+    assert expired.status_code == 410
+    assert _grant(bot, second).picked_up_at is None
+    refusals = [e.details["why"] for e in bot.audit() if e.event_type == "pickup_refused"]
+    assert refusals == ["already used", "already used", "expired or grant ended"]
+
+
+def test_idp_down_is_retried_then_failed_and_the_bot_stays_healthy(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.fail_next(503, count=100)
+    request_id = approve(bot)
+    row = bot.stored(request_id)
+    assert row.status == "failed"
+    assert row.failure_code == "temporarily_unavailable"
+    assert "gave up after" in (row.failure_detail or "")
+    retries = [e for e in bot.audit(request_id) if e.event_type == "mint_retry"]
+    assert 2 <= len(retries) <= 10, "bounded retries with backoff"
+    health = httpx.get(f"{bot.public_url}/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+    # The IdP recovers: the next approval mints normally.
+    bot.idp.reset()
+    assert approve(bot, "request prod-db read 15m after recovery") and bot.idp.stats()["exchanges"] >= 1
+
+
+def test_slow_idp_times_out_within_the_budget(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.set_delay(2500)  # longer than the 1 s attempt timeout the fixture configures
+    request_id = approve(bot)
+    row = bot.stored(request_id)
+    assert row.status == "failed"
+    assert row.failure_code == "idp_timeout"
+    assert httpx.get(f"{bot.public_url}/healthz").status_code == 200
+
+
+def test_racing_approvals_mint_once(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    for round_no in range(5):
+        request_id, channel, ts = bot.request(REQUESTER, f"request prod-db read 30m race {round_no}")
+        bodies = [
+            bot.send.payload_body(bot.send.click_payload(user, "jit_approve", request_id, channel=channel, ts=ts)[0])
+            for user in (APPROVER_1, APPROVER_2)
+        ]
+        barrier = threading.Barrier(2)
+
+        def fire(body: str, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            bot.send.post_signed(body)
+
+        threads = [threading.Thread(target=fire, args=(b,)) for b in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bot.slack.wait_for(lambda rid=request_id: bot.stored(rid).status == "active", timeout=15)
+        bot.slack.wait_for(lambda rid=request_id: len(bot.audit(rid)) >= 7)
+    assert bot.idp.stats()["exchanges"] == 5
+
+
+def test_jwks_is_served_with_kid(minting_bot: MintingBot) -> None:
+    document = httpx.get(f"{minting_bot.public_url}/.well-known/jwks.json").json()
+    (key,) = document["keys"]
+    assert key["kid"] and key["alg"] in ("ES256", "RS256") and key["use"] == "sig"
+    assert "d" not in key, "the private part must never be published"
+
+
+def test_token_leaks_nowhere(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    request_id = approve(bot)
+    token = httpx.get(pickup_url(bot), headers={"Accept": "application/json"}).json()["access_token"]
+    assert len(token) >= 20
+
+    # Not in any Slack call, argument or answer.
+    slack_traffic = json.dumps([(c.method, c.args, c.response) for c in bot.slack.calls], default=str)
+    slack_traffic += json.dumps([r.payload for r in bot.slack.responses], default=str)
+    assert token not in slack_traffic
+    # Not in any log line of the bot's process (captured at DEBUG).
+    for record in bot.log_records.records:
+        assert token not in record.getMessage() and token not in str(record.args)
+    # Not in the audit trail, and not in plaintext anywhere in the database.
+    assert token not in json.dumps([e.model_dump(mode="json") for e in bot.audit()])
+    with bot.engine.connect() as connection:
+        for table in ("access_request", "vote", "audit_event", "audit_head", "grant"):
+            rows = connection.execute(text(f'SELECT * FROM "{table}"')).fetchall()
+            dump = repr(rows)
+            assert token not in dump, table
+            assert token.encode() not in dump.encode()
+    grant = _grant(bot, request_id)
+    assert grant.token_ciphertext is not None and token.encode() not in grant.token_ciphertext
