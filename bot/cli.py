@@ -51,6 +51,14 @@ def cmd_check(_args: argparse.Namespace) -> int:
     _out(f"  Slack API: {settings.slack_api_url}")
     _out(f"  database: {_redact_url(settings.jit_database_url)}")
     _out(f"  listening on: {settings.jit_http_host}:{settings.jit_http_port}; public URL {settings.public_url}")
+    if settings.idp_configured:
+        _out(
+            f"  IdP: {settings.oidc_issuer} as client {settings.oidc_client_id} "
+            f"({settings.oidc_client_auth.value}); lifetime parameter: {settings.oidc_token_lifetime_param or '(none)'}"
+        )
+        _out(f"  subject assertions: iss {settings.public_url}, JWKS {settings.public_url}/.well-known/jwks.json")
+    else:
+        _out("  IdP: not configured (OIDC_ISSUER unset): approvals only, no tokens minted")
     _out(f"policy: {settings.jit_policy_file}: ok")
     _out(f"  request_timeout: {format_duration(policy.request_timeout)}")
     _out(f"  audit channel: {policy.channels.audit or '(none)'}")

@@ -293,6 +293,10 @@ function parseScopes(value) {
   return value.split(' ').filter(Boolean);
 }
 
+// Set by POST /__admin/misbehave: the next exchange answers as a faulty IdP would (claims a wider
+// scope and/or a longer expires_in than asked for), so tests can check the bot's response checks.
+const misbehaviour = { next: null };
+
 function makeTokenExchange(config, state, trustedKeys) {
   const allowedScopes = new Map(Object.entries(config.resources).map(([aud, s]) => [aud, new Set(s)]));
 
@@ -416,6 +420,12 @@ function makeTokenExchange(config, state, trustedKeys) {
       expires_in: lifetime,
       scope: token.scope,
     };
+    if (misbehaviour.next) {
+      const { extra_scope: extraScope, expires_in: expiresIn } = misbehaviour.next;
+      misbehaviour.next = null;
+      if (extraScope) ctx.body.scope = `${ctx.body.scope} ${extraScope}`;
+      if (expiresIn) ctx.body.expires_in = expiresIn;
+    }
   };
 }
 
@@ -755,7 +765,18 @@ async function main() {
         ctx.body = { status, count, endpoint };
         return;
       }
+      case 'POST /__admin/misbehave':
+        if ((body.extra_scope !== undefined && typeof body.extra_scope !== 'string')
+          || (body.expires_in !== undefined && !Number.isInteger(body.expires_in))) {
+          ctx.status = 400;
+          ctx.body = { error: 'expected {"extra_scope"?: string, "expires_in"?: integer}' };
+          return;
+        }
+        misbehaviour.next = { extra_scope: body.extra_scope, expires_in: body.expires_in };
+        ctx.body = misbehaviour.next;
+        return;
       case 'POST /__admin/reset':
+        misbehaviour.next = null;
         state.stats = emptyStats();
         state.lastAssertion = null;
         injections.delayMs = 0;

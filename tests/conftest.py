@@ -258,7 +258,13 @@ def idp_resources() -> dict[str, list[str]]:
 
 
 @pytest.fixture
+def idp_token_format() -> str:
+    return "opaque"
+
+
+@pytest.fixture
 def minting_bot(
+    idp_token_format: str,
     engine: Engine,
     database_url: str,
     policy: Policy,
@@ -283,6 +289,7 @@ def minting_bot(
         trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
         resources=idp_resources,
         lifetime_param="requested_lifetime",
+        token_format=idp_token_format,
     )
     idp.start()
     clock = TestClock()

@@ -239,6 +239,15 @@ class DevIdP:
             body["error"] = error
         self._admin("POST", "fail", body)
 
+    def misbehave_next(self, *, extra_scope: str | None = None, expires_in: int | None = None) -> None:
+        """Make the next exchange claim a wider scope and/or a longer expires_in than it should."""
+        body: dict[str, Any] = {}
+        if extra_scope is not None:
+            body["extra_scope"] = extra_scope
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        self._admin("POST", "misbehave", body)
+
     def last_assertion(self) -> dict[str, Any] | None:
         response = self._admin("GET", "last_assertion")
         if response.status_code == 404:

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
@@ -15,6 +16,7 @@ from bot.store.models import Grant
 from tests.conftest import (
     APPROVER_1,
     APPROVER_2,
+    AUDIT_CHANNEL,
     IDP_CLIENT_ID,
     IDP_CLIENT_SECRET,
     REQUESTER,
@@ -232,3 +234,75 @@ def test_token_leaks_nowhere(minting_bot: MintingBot) -> None:
             assert token.encode() not in dump.encode()
     grant = _grant(bot, request_id)
     assert grant.token_ciphertext is not None and token.encode() not in grant.token_ciphertext
+
+
+def test_scope_wider_than_approved_is_revoked_at_once_and_alerted(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.misbehave_next(extra_scope="write")
+    request_id = approve(bot)  # asks for read only
+    row = bot.stored(request_id)
+    assert row.status == "failed"
+    assert row.failure_code == "scope_wider_than_approved"
+    assert "revoked at the IdP" in (row.failure_detail or "")
+    with Session(bot.engine) as session:
+        assert session.get(Grant, request_id) is None
+    assert sum(bot.idp.stats()["revocations"].values()) == 1, "the over-broad token was revoked"
+    alert = bot.slack.wait_for(
+        lambda: [
+            c
+            for c in bot.slack.calls_to("chat.postMessage")
+            if c.args.get("channel") == AUDIT_CHANNEL and ":rotating_light:" in str(c.args.get("text"))
+        ]
+    )
+    assert request_id in str(alert[0].args["text"]) and "write" in str(alert[0].args["text"])
+    dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if "could not be issued" in t])[0]
+    assert "scope_wider_than_approved" in dm and "/pickup/" not in dm
+
+
+def test_idp_lifetime_longer_than_approved_is_a_warning(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.misbehave_next(expires_in=86400)
+    request_id = approve(bot)
+    assert bot.stored(request_id).status == "active", "a longer IdP lifetime does not fail the grant"
+    grant = _grant(bot, request_id)
+    assert grant.idp_expires_in == 86400
+    assert grant.expires_at - grant.issued_at == timedelta(minutes=30), "our expiry stays the approved one"
+    (active,) = [e for e in bot.audit(request_id) if e.event_type == "grant_active"]
+    assert active.details["idp_lifetime_exceeds_grant"] is True
+    assert any("longer than the approved" in r.getMessage() for r in bot.log_records.records)
+
+
+def test_revocation_and_introspection_functions(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    request_id = approve(bot)
+    token = httpx.get(pickup_url(bot), headers={"Accept": "application/json"}).json()["access_token"]
+    minting = bot.served.runtime.minting
+    assert minting is not None
+    idp = minting.idp
+    assert idp.introspect(token)["active"] is True
+    idp.revoke(token)
+    assert idp.introspect(token) == {"active": False}
+    assert bot.idp.revocation_count(token) == 1
+    idp.revoke(token)  # RFC 7009: revoking an already revoked token still succeeds
+    assert request_id
+
+
+def test_revocation_reports_idp_trouble_as_transient(minting_bot: MintingBot) -> None:
+    from bot.idp.errors import IdPError
+
+    bot = minting_bot
+    approve(bot)
+    token = httpx.get(pickup_url(bot), headers={"Accept": "application/json"}).json()["access_token"]
+    minting = bot.served.runtime.minting
+    assert minting is not None
+    bot.idp.fail_next(503, endpoint="revocation")
+    with pytest.raises(IdPError) as caught:
+        minting.idp.revoke(token)
+    assert caught.value.transient and caught.value.status == 503
+    assert token not in str(caught.value)
+    bot.idp.stop()
+    with pytest.raises(IdPError) as down:
+        minting.idp.introspect(token)
+    assert down.value.transient and down.value.code == "idp_unreachable"
+    bot.idp.start()
+    assert minting.idp.introspect(token)["active"] is True

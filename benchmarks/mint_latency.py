@@ -1,0 +1,182 @@
+"""Mint latency: Approve click -> token exchanged at the dev IdP -> stored encrypted -> card updated.
+
+Starts the app as the tests do (in-process uvicorn on loopback, the Slack Web API stand-in, the dev
+IdP from devidp/ as a subprocess), creates ``--grants`` pending requests, then approves them one at a
+time (or ``--concurrency`` at a time) and measures, for each, the wall time from sending the signed
+Approve click to the moment the stand-in receives the ``chat.update`` that shows the card as Active.
+That span covers the guarded transition, the subject assertion, the RFC 8693 exchange (including the
+IdP fetching the bot's JWKS), the checks on the answer, the encrypted insert and the card update.
+
+    .venv/bin/python benchmarks/mint_latency.py [--grants 200] [--concurrency 1] [--database-url URL]
+
+Prints one JSON line: grants, p50_ms, p99_ms, max_ms, exchanges (as counted by the IdP), errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from cryptography.fernet import Fernet  # noqa: E402
+
+from bot.idp.keys import generate_signing_key  # noqa: E402
+from bot.runtime import build_runtime  # noqa: E402
+from bot.store.db import make_engine, migrate  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    APPROVER_1,
+    BOT_TOKEN,
+    CARD_ID,
+    IDP_CLIENT_ID,
+    IDP_CLIENT_SECRET,
+    IDP_RESOURCES,
+    REQUESTER,
+    SIGNING_SECRET,
+    SLACK_USERS,
+    USERGROUPS,
+    build_settings,
+    make_policy,
+)
+from tests.devidp import DevIdP  # noqa: E402
+from tests.harness import ServedApp, SlackRequests, free_socket  # noqa: E402
+from tests.slack_standin import Call, SlackStandIn  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grants", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    workdir = Path(tempfile.mkdtemp(prefix="jit-mint-bench-"))
+    database_url = args.database_url or f"sqlite:///{workdir / 'jit.db'}"
+    engine = make_engine(database_url)
+    migrate(engine)
+    key_file = workdir / "signing-key.pem"
+    key_file.write_bytes(generate_signing_key().pem())
+
+    slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    public_url = f"http://127.0.0.1:{port}"
+    idp = DevIdP(
+        client_id=IDP_CLIENT_ID,
+        client_secret=IDP_CLIENT_SECRET,
+        trusted_issuer=public_url,
+        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
+        resources=IDP_RESOURCES,
+        lifetime_param="requested_lifetime",
+    ).start()
+    settings = build_settings(
+        slack,
+        database_url,
+        port,
+        oidc_issuer=idp.issuer,
+        oidc_client_id=IDP_CLIENT_ID,
+        oidc_client_secret=IDP_CLIENT_SECRET,
+        oidc_token_lifetime_param="requested_lifetime",
+        jit_encryption_key=Fernet.generate_key().decode(),
+        jit_signing_key_file=key_file,
+    )
+    served = ServedApp(build_runtime(settings, make_policy(), engine=engine), sock).start()
+    send = SlackRequests(
+        base_url=served.base_url,
+        signing_secret=SIGNING_SECRET,
+        response_url_for=slack.response_url,
+        trigger_id=slack.new_trigger_id,
+    )
+
+    cards: dict[str, tuple[str, str]] = {}
+    active_at: dict[str, float] = {}
+    done: dict[str, threading.Event] = {}
+    lock = threading.Lock()
+
+    def observe(call: Call) -> None:
+        text = str(call.args.get("text", ""))
+        match = CARD_ID.search(text)
+        if not call.ok or match is None:
+            return
+        request_id = match.group(1)
+        with lock:
+            if call.method == "chat.postMessage" and call.args.get("blocks"):
+                cards[request_id] = (call.response["channel"], call.response["ts"])
+            elif call.method == "chat.update" and "Active" in text and request_id not in active_at:
+                active_at[request_id] = time.perf_counter()
+                if request_id in done:
+                    done[request_id].set()
+
+    slack.observers.append(observe)
+    try:
+        total = args.grants + 5  # a few to warm up the IdP, the JWKS path and the connection pools
+        for n in range(total):
+            send.slash(REQUESTER, f"request prod-db read 30m bench {n}")
+        deadline = time.monotonic() + 60
+        while len(cards) < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(cards) < total:
+            print(f"only {len(cards)} of {total} cards were posted", file=sys.stderr)
+            return 1
+        ids = list(cards)
+        latencies: list[float] = []
+        errors = 0
+
+        def approve(request_id: str, measured: bool) -> None:
+            nonlocal errors
+            with lock:
+                event = done.setdefault(request_id, threading.Event())
+            channel, ts = cards[request_id]
+            started = time.perf_counter()
+            response, _ = send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+            if response.status_code != 200 or not event.wait(timeout=20):
+                errors += 1
+                return
+            if measured:
+                latencies.append((active_at[request_id] - started) * 1000)
+
+        for request_id in ids[:5]:
+            approve(request_id, measured=False)
+        exchanges_before = idp.stats()["exchanges"]
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            list(pool.map(lambda rid: approve(rid, measured=True), ids[5:]))
+        exchanges = idp.stats()["exchanges"] - exchanges_before
+        result = {
+            "grants": args.grants,
+            "concurrency": args.concurrency,
+            "database": engine.dialect.name,
+            "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+            "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+            "max_ms": round(max(latencies), 1) if latencies else None,
+            "exchanges": exchanges,
+            "errors": errors,
+        }
+        print(json.dumps(result))
+        return 0 if errors == 0 and exchanges == args.grants else 1
+    finally:
+        send.http.close()
+        served.stop()
+        idp.close()
+        slack.stop()
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
