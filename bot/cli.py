@@ -113,6 +113,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         socket_handler = SocketModeHandler(runtime.bolt_app, settings.slack_app_token.get_secret_value())
         socket_handler.connect()  # type: ignore[no-untyped-call]
         log.info("Socket Mode connected")
+    runtime.start_background()
     log.info("serving on http://%s:%s", settings.jit_http_host, settings.jit_http_port)
     try:
         uvicorn.run(

@@ -19,9 +19,13 @@ from bot.config import Settings
 from bot.domain.policy import Policy
 from bot.idp.client import IdPClient, IdPConfig
 from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
+from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpiryScheduler
+from bot.services.early import EarlyEndService
 from bot.services.minting import MintService, RetryPolicy
 from bot.services.pickup import PickupService
 from bot.services.requests import RequestService
+from bot.services.revocation import RevocationService
+from bot.services.timeouts import TimeoutService
 from bot.services.voting import VotingService
 from bot.slack.adapters import SlackDirectory, SlackNotifier
 from bot.slack.app import build_bolt_app
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Lazy listeners do the slow part of each Slack interaction (database, Slack Web API) on these.
 LISTENER_THREADS = 16
+# Revocations in flight at once; each is two short IdP calls and a few database writes.
+REVOCATION_THREADS = 8
 
 
 @dataclass
@@ -50,10 +56,22 @@ class Runtime:
     voting: VotingService
     minting: MintService | None = None
     signing_key: SigningKey | None = None
+    revocation: RevocationService | None = None
+    scheduler: ExpiryScheduler | None = None
+    revocation_workers: ThreadPoolExecutor | None = None
+
+    def start_background(self) -> None:
+        """Start the expiry engine (its first act is a reconciling sweep)."""
+        if self.scheduler is not None:
+            self.scheduler.start()
 
     def close(self) -> None:
-        # Finish work already acked to Slack before letting go of the database.
+        # Stop new sweeps, finish work already acked to Slack or claimed, then let go of the database.
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.executor.shutdown(wait=True)
+        if self.revocation_workers is not None:
+            self.revocation_workers.shutdown(wait=True)
         self.engine.dispose()
 
 
@@ -64,6 +82,7 @@ def build_runtime(
     engine: Engine | None = None,
     clock: Callable[[], datetime] = utcnow,
     mint_retry: RetryPolicy | None = None,
+    sweep_interval: float = SWEEP_INTERVAL_SECONDS,
 ) -> Runtime:
     engine = engine or make_engine(settings.jit_database_url)
     client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10)
@@ -74,6 +93,10 @@ def build_runtime(
     minting: MintService | None = None
     pickup: PickupService | None = None
     signing_key: SigningKey | None = None
+    revocation: RevocationService | None = None
+    revocation_workers: ThreadPoolExecutor | None = None
+    early = EarlyEndService(engine=engine, policy=policy, directory=directory, notifier=notifier, clock=clock)
+    timeouts = TimeoutService(engine=engine, policy=policy, notifier=notifier, clock=clock)
     if settings.idp_configured:
         signing_key = signing_key_for(settings)
         assert settings.jit_encryption_key is not None and settings.oidc_issuer and settings.oidc_client_id
@@ -100,8 +123,24 @@ def build_runtime(
             retry=mint_retry or RetryPolicy(),
         )
         voting.on_approved = minting.mint
+        timeouts.mint = minting.mint
         pickup = PickupService(engine=engine, cipher=cipher, clock=clock)
-    listeners = Listeners(policy=policy, requests=requests, voting=voting, directory=directory)
+        revocation_workers = ThreadPoolExecutor(max_workers=REVOCATION_THREADS, thread_name_prefix="jit-revoke")
+        revocation = RevocationService(
+            engine=engine,
+            policy=policy,
+            idp=idp,
+            cipher=cipher,
+            notifier=notifier,
+            clock=clock,
+            workers=revocation_workers,
+        )
+    scheduler = ExpiryScheduler(revocation=revocation, timeouts=timeouts, interval=sweep_interval)
+    if revocation is not None and minting is not None:
+        revocation.on_schedule = scheduler.wake_at
+        minting.on_grant_active = scheduler.wake_at
+        early.on_schedule = scheduler.wake_at
+    listeners = Listeners(policy=policy, requests=requests, voting=voting, early=early, directory=directory)
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
     bolt_app = build_bolt_app(
         client=client,
@@ -136,6 +175,9 @@ def build_runtime(
         voting=voting,
         minting=minting,
         signing_key=signing_key,
+        revocation=revocation,
+        scheduler=scheduler,
+        revocation_workers=revocation_workers,
     )
 
 

@@ -41,8 +41,8 @@ def dm_texts(bot: MintingBot) -> list[str]:
     ]
 
 
-def pickup_url(bot: MintingBot) -> str:
-    dms = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if PICKUP.search(t)])
+def pickup_url(bot: MintingBot, request_id: str) -> str:
+    dms = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if PICKUP.search(t) and request_id in t])
     match = PICKUP.search(dms[-1])
     assert match is not None
     return match.group(1)
@@ -84,7 +84,7 @@ def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> Non
     assert grant.expires_at - grant.issued_at == timedelta(minutes=30)
 
     # The requester's DM carries a pickup link and no token.
-    url = pickup_url(bot)
+    url = pickup_url(bot, request_id)
     picked = httpx.get(url, headers={"Accept": "application/json"})
     assert picked.status_code == 200
     body = picked.json()
@@ -118,8 +118,8 @@ def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> Non
 
 def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    approve(bot)
-    url = pickup_url(bot)
+    first = approve(bot)
+    url = pickup_url(bot, first)
 
     page = httpx.get(url)
     assert page.status_code == 200
@@ -142,7 +142,7 @@ def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
 
     # A second grant whose link is left unopened past 10 minutes.
     second = approve(bot, "request prod-db write 1h second grant")
-    url2 = pickup_url(bot)
+    url2 = pickup_url(bot, second)
     assert url2 != url
     bot.clock.advance(timedelta(minutes=10, seconds=1))
     expired = httpx.get(url2)
@@ -214,7 +214,7 @@ def test_jwks_is_served_with_kid(minting_bot: MintingBot) -> None:
 def test_token_leaks_nowhere(minting_bot: MintingBot) -> None:
     bot = minting_bot
     request_id = approve(bot)
-    token = httpx.get(pickup_url(bot), headers={"Accept": "application/json"}).json()["access_token"]
+    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
     assert len(token) >= 20
 
     # Not in any Slack call, argument or answer.
@@ -275,7 +275,7 @@ def test_idp_lifetime_longer_than_approved_is_a_warning(minting_bot: MintingBot)
 def test_revocation_and_introspection_functions(minting_bot: MintingBot) -> None:
     bot = minting_bot
     request_id = approve(bot)
-    token = httpx.get(pickup_url(bot), headers={"Accept": "application/json"}).json()["access_token"]
+    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
     minting = bot.served.runtime.minting
     assert minting is not None
     idp = minting.idp
@@ -291,8 +291,8 @@ def test_revocation_reports_idp_trouble_as_transient(minting_bot: MintingBot) ->
     from bot.idp.errors import IdPError
 
     bot = minting_bot
-    approve(bot)
-    token = httpx.get(pickup_url(bot), headers={"Accept": "application/json"}).json()["access_token"]
+    request_id = approve(bot)
+    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
     minting = bot.served.runtime.minting
     assert minting is not None
     bot.idp.fail_next(503, endpoint="revocation")

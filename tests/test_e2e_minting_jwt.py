@@ -22,7 +22,7 @@ def test_jwt_access_token_is_verified_and_minted(minting_bot: MintingBot) -> Non
     bot = minting_bot
     request_id = approve(bot)
     assert bot.stored(request_id).status == "active"
-    token = httpx.get(pickup_url(bot), headers={"Accept": "application/json"}).json()["access_token"]
+    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
     assert token.count(".") == 2
     minting = bot.served.runtime.minting
     assert minting is not None

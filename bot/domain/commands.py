@@ -27,6 +27,7 @@ class CommandErrorCode(StrEnum):
     EMPTY_REASON = "empty_reason"
     REASON_TOO_LONG = "reason_too_long"
     UNMAPPED_REQUESTER = "unmapped_requester"
+    MISSING_REQUEST_ID = "missing_request_id"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ class ResourcesCommand:
 
 
 @dataclass(frozen=True)
+class ListCommand:
+    pass
+
+
+@dataclass(frozen=True)
+class RevokeCommand:
+    request_id: str
+
+
+@dataclass(frozen=True)
 class OpenRequestModal:
     """``/jit request`` with missing arguments: ask in a modal, prefilled with what was typed."""
 
@@ -67,7 +78,7 @@ class SubmitRequest:
     draft: RequestDraft
 
 
-Command = HelpCommand | ResourcesCommand | OpenRequestModal | SubmitRequest | CommandError
+Command = HelpCommand | ResourcesCommand | ListCommand | RevokeCommand | OpenRequestModal | SubmitRequest | CommandError
 
 
 def _code(text: str) -> str:
@@ -90,6 +101,15 @@ def parse_command(text: str, policy: Policy) -> Command:
     sub = words[0].lower()
     if sub == "resources":
         return ResourcesCommand()
+    if sub == "list":
+        return ListCommand()
+    if sub in ("revoke", "cancel"):
+        if len(words) != 2:
+            return CommandError(
+                CommandErrorCode.MISSING_REQUEST_ID,
+                "Which request? Use `/jit revoke <request id>`; `/jit list` shows yours.",
+            )
+        return RevokeCommand(request_id=words[1].strip().upper())
     if sub != "request":
         return CommandError(
             CommandErrorCode.UNKNOWN_SUBCOMMAND,

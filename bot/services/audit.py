@@ -26,6 +26,10 @@ class AuditEventType(StrEnum):
     GRANT_ACTIVE = "grant_active"
     TOKEN_PICKED_UP = "token_picked_up"
     PICKUP_REFUSED = "pickup_refused"
+    GRANT_REVOKED = "grant_revoked"
+    REVOCATION_FAILED = "revocation_failed"
+    REVOKE_REQUESTED = "revoke_requested"
+    REQUEST_EXPIRED = "request_expired"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes (DESIGN.md section 7).

@@ -52,6 +52,8 @@ class MintService:
     clock: Callable[[], datetime]
     public_url: str
     retry: RetryPolicy = RetryPolicy()
+    # Told each new grant's expiry, so the revocation engine wakes exactly then.
+    on_grant_active: Callable[[datetime], None] = lambda _expires_at: None
     sleep: Callable[[float], None] = time.sleep
 
     def mint(self, request_id: str) -> RequestSnapshot | None:
@@ -282,6 +284,7 @@ class MintService:
                 idp_lifetime_exceeds_grant=lifetime_warning,
             )
             active = self._snapshot(session, request.id)
+        self.on_grant_active(expires_at)
         self._tell(active, link=(f"{self.public_url}/pickup/{pickup_id}", link_expires_at))
         return active
 

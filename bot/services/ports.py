@@ -39,6 +39,8 @@ class RequestSnapshot:
     card_channel: str | None
     card_ts: str | None
     active_until: datetime | None = None
+    revoked_at: datetime | None = None
+    revocation_pending: bool = False
     failure_code: str | None = None
     failure_detail: str | None = None
 

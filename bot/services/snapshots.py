@@ -32,6 +32,8 @@ def snapshot(
         card_channel=request.card_channel,
         card_ts=request.card_ts,
         active_until=grant.expires_at if grant is not None else None,
+        revoked_at=grant.revoked_at if grant is not None else None,
+        revocation_pending=grant is not None and grant.status == "revoking" and grant.attempts > 0,
         failure_code=request.failure_code,
         failure_detail=request.failure_detail,
     )

@@ -58,6 +58,10 @@ def card_text(request: RequestSnapshot) -> str:
 
 def _status_summary(request: RequestSnapshot) -> str:
     status = RequestStatus(request.status)
+    if status is RequestStatus.EXPIRED:
+        return f"{_STATUS_LINE[status]} (no decision within the request timeout)"
+    if status is RequestStatus.CANCELLED:
+        return f"{_STATUS_LINE[status]}"
     if status is RequestStatus.PENDING:
         got = len(request.approvers_so_far)
         line = f"{_STATUS_LINE[status]}: {got} of {request.approvals_required} approval(s)"
@@ -72,8 +76,12 @@ def _status_summary(request: RequestSnapshot) -> str:
     approved_by = f"approved by {mentions(request.approvers_so_far)}"
     if status is RequestStatus.APPROVED:
         return f"{_STATUS_LINE[status]} by {mentions(request.approvers_so_far)}"
+    if status is RequestStatus.ACTIVE and request.revocation_pending:
+        return f":warning: Revocation pending: the IdP has not confirmed it yet; retrying. {approved_by}"
     if status is RequestStatus.ACTIVE and request.active_until is not None:
         return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
+    if status is RequestStatus.REVOKED and request.revoked_at is not None:
+        return f"{_STATUS_LINE[status]} at {when(request.revoked_at)}; {approved_by}"
     if status is RequestStatus.FAILED:
         return f"{_STATUS_LINE[status]}: {_failure(request)}; {approved_by}"
     return f"{_STATUS_LINE.get(status, status.value)}; {approved_by}"
@@ -121,6 +129,19 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
                 ]
             )
         )
+    if request.status == RequestStatus.ACTIVE.value and not request.revocation_pending:
+        blocks.append(
+            ActionsBlock(
+                elements=[
+                    ButtonElement(
+                        text=PlainTextObject(text="Revoke now"),
+                        action_id=ActionId.REVOKE.value,
+                        value=request.id,
+                        style="danger",
+                    )
+                ]
+            )
+        )
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Requested {when(request.created_at)}")]))
     return blocks
 
@@ -136,15 +157,45 @@ def outcome_text(request: RequestSnapshot) -> str:
         return f"{head} was denied by {mentions(request.deniers)}.{reason}"
     if status is RequestStatus.FAILED:
         return f"{head} was approved, but {_failure(request)}. Nothing was issued to you."
+    if status is RequestStatus.REVOKED:
+        at = when(request.revoked_at) if request.revoked_at else "now"
+        return f"{head} has ended: the token was revoked at the IdP at {at}."
+    if status is RequestStatus.EXPIRED:
+        return f"{head} expired without a decision. Ask again if you still need it."
+    if status is RequestStatus.CANCELLED:
+        return f"{head} was cancelled."
     return f"{head} is now {status.value}."
+
+
+def list_text(requests: list[RequestSnapshot], now: datetime) -> str:
+    """``/jit list``: the caller's open requests and live grants."""
+    if not requests:
+        return "You have no pending requests and no active grants."
+    lines = ["*Your requests and grants*"]
+    for request in requests:
+        what = f"`{request.id}` {code(request.resource)} ({', '.join(request.scopes)})"
+        status = RequestStatus(request.status)
+        if status is RequestStatus.ACTIVE and request.active_until is not None:
+            left = max(request.active_until - now, timedelta(0))
+            lines.append(
+                f"• {what}: active, {format_duration(timedelta(seconds=int(left.total_seconds())))} left "
+                f"(until {when(request.active_until)})"
+            )
+        elif status is RequestStatus.PENDING:
+            lines.append(
+                f"• {what}: pending, {len(request.approvers_so_far)} of {request.approvals_required} approval(s)"
+            )
+        else:
+            lines.append(f"• {what}: {status.value}")
+    return clip("\n".join(lines), 3000)
 
 
 def pickup_text(request: RequestSnapshot, url: str, link_expires_at: datetime) -> str:
     """The only place a pickup URL is ever written: the requester's DM. It holds no token."""
     until = when(request.active_until) if request.active_until else "its expiry"
     return (
-        f"Your access to {code(request.resource)} ({', '.join(request.scopes)}) was approved by "
-        f"{mentions(request.approvers_so_far)} and is active until {until}.\n"
+        f"Your access to {code(request.resource)} ({', '.join(request.scopes)}), request `{request.id}`, "
+        f"was approved by {mentions(request.approvers_so_far)} and is active until {until}.\n"
         f"Pick up your token once, before {when(link_expires_at)}: {url}\n"
         "The link works one time only. Never paste the token into Slack."
     )
@@ -174,6 +225,8 @@ def help_text() -> str:
             "durations look like `90s`, `15m`, `2h`, `1h30m`.",
             "• `/jit request`: the same, in a form.",
             "• `/jit resources`: what you can ask for, with scopes and maximum durations.",
+            "• `/jit list`: your pending requests and active grants, with time left.",
+            "• `/jit revoke <request id>`: end an active grant now (or cancel your pending request).",
             "• `/jit help`: this text.",
         ]
     )

@@ -8,6 +8,7 @@ from enum import StrEnum
 class ActionId(StrEnum):
     APPROVE = "jit_approve"
     DENY = "jit_deny"
+    REVOKE = "jit_revoke"
     MODAL_RESOURCE = "jit_modal_resource"
     MODAL_SCOPES = "jit_modal_scopes"
     MODAL_DURATION = "jit_modal_duration"

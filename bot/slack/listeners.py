@@ -16,20 +16,23 @@ from bot.domain.commands import (
     CommandError,
     CommandErrorCode,
     HelpCommand,
+    ListCommand,
     OpenRequestModal,
     RequestDraft,
     ResourcesCommand,
+    RevokeCommand,
     SubmitRequest,
     check_request,
     parse_command,
 )
 from bot.domain.policy import Policy
 from bot.domain.status import VoteChoice
+from bot.services.early import EarlyEndService
 from bot.services.identity import resolve_subject
 from bot.services.ports import Directory
 from bot.services.requests import RequestService
 from bot.services.voting import VotingService
-from bot.slack.blocks import deny_modal, help_text, request_modal, resources_text, submitted_text
+from bot.slack.blocks import deny_modal, help_text, list_text, request_modal, resources_text, submitted_text
 from bot.slack.ids import ActionId, BlockId, CallbackId
 from bot.slack.replies import Reply, ephemeral, user_errors, via_response_url
 
@@ -55,12 +58,14 @@ class Listeners:
     policy: Policy
     requests: RequestService
     voting: VotingService
+    early: EarlyEndService
     directory: Directory
 
     def register(self, app: App) -> None:
         app.command("/jit")(ack=self.ack_command, lazy=[self.run_command])
         app.action(ActionId.APPROVE.value)(ack=self.ack_only, lazy=[self.approve])
         app.action(ActionId.DENY.value)(ack=self.ack_only, lazy=[self.deny_clicked])
+        app.action(ActionId.REVOKE.value)(ack=self.ack_only, lazy=[self.revoke_clicked])
         app.action(ActionId.MODAL_RESOURCE.value)(ack=self.ack_only, lazy=[self.modal_resource_chosen])
         app.view(CallbackId.REQUEST_MODAL.value)(ack=self.ack_request_modal, lazy=[self.request_modal_submitted])
         app.view(CallbackId.DENY_MODAL.value)(ack=self.ack_deny_modal, lazy=[self.deny_modal_submitted])
@@ -86,6 +91,11 @@ class Listeners:
         if isinstance(parsed, SubmitRequest):
             submitted = self.requests.submit(parsed.draft, requester=user)
             respond(text=submitted_text(submitted), response_type="ephemeral")
+        elif isinstance(parsed, ListCommand):
+            listing = self.early.list_for(user)
+            respond(text=list_text(listing, self.requests.clock()), response_type="ephemeral")
+        elif isinstance(parsed, RevokeCommand):
+            respond(text=self.early.revoke(parsed.request_id, actor=user), response_type="ephemeral")
         elif isinstance(parsed, OpenRequestModal):
             # Say "you are not mapped" now rather than after the person has filled in the form.
             resolve_subject(user, policy=self.policy, directory=self.directory)
@@ -103,6 +113,11 @@ class Listeners:
         result = self.voting.cast(str(action.get("value", "")), voter=body["user"]["id"], choice=VoteChoice.APPROVE)
         if not result.accepted:
             ephemeral(respond)(result.message)
+
+    @user_errors(_respond_reply)
+    def revoke_clicked(self, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        reply = self.early.revoke(str(action.get("value", "")), actor=body["user"]["id"])
+        ephemeral(respond)(reply)
 
     @user_errors(_respond_reply)
     def deny_clicked(self, body: dict[str, Any], action: dict[str, Any], respond: Any, client: Any) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from bot.store.models import Grant
@@ -36,3 +37,94 @@ def claim_pickup(*, session: Session, hashed: str, now: datetime) -> bool:
 
 def get_grant_by_pickup(*, session: Session, hashed: str) -> Grant | None:
     return session.exec(select(Grant).where(Grant.pickup_hash == hashed)).first()
+
+
+def _due(now: datetime) -> Any:
+    """Active grants past expiry, and revocations whose lease ran out (a retry, or a crashed worker)."""
+    return or_(
+        and_(col(Grant.status) == "active", col(Grant.expires_at) <= now),
+        and_(col(Grant.status) == "revoking", col(Grant.lease_until) <= now),
+    )
+
+
+def claim_due(
+    *,
+    session: Session,
+    now: datetime,
+    claim_id: str,
+    lease_until: datetime,
+    limit: int,
+    request_ids: list[str] | None = None,
+) -> list[str]:
+    """Claim up to ``limit`` due grants for this worker; returns their request ids.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets replicas claim disjoint sets at the same moment.
+    SQLite: the statement is a guarded ``UPDATE … WHERE status = 'active'`` inside BEGIN IMMEDIATE,
+    so claims are serialised. Either way a grant is claimed by one worker at a time.
+    """
+    due = select(Grant.request_id).where(_due(now))
+    if request_ids is not None:
+        due = due.where(col(Grant.request_id).in_(request_ids))
+    due = due.order_by(col(Grant.expires_at)).limit(limit).with_for_update(skip_locked=True)
+    result = session.execute(
+        update(Grant)
+        .where(col(Grant.request_id).in_(due.scalar_subquery()), _due(now))
+        .values(status="revoking", claim_id=claim_id, lease_until=lease_until)
+        .returning(col(Grant.request_id))
+    )
+    return [row[0] for row in result.all()]
+
+
+def next_due(*, session: Session) -> datetime | None:
+    """When the sweep next has work: the earliest expiry or retry. Two index lookups."""
+    expiry = session.exec(select(func.min(Grant.expires_at)).where(col(Grant.status) == "active")).one()
+    retry = session.exec(select(func.min(Grant.lease_until)).where(col(Grant.status) == "revoking")).one()
+    moments = [m for m in (expiry, retry) if m is not None]
+    if not moments:
+        return None
+    earliest = min(m if m.tzinfo else m.replace(tzinfo=UTC) for m in moments)
+    return earliest
+
+
+def finish_revocation(*, session: Session, request_id: str, claim_id: str, now: datetime) -> bool:
+    """revoking -> revoked and wipe the ciphertext, only while this worker still holds the claim."""
+    result = session.execute(
+        update(Grant)
+        .where(
+            col(Grant.request_id) == request_id,
+            col(Grant.status) == "revoking",
+            col(Grant.claim_id) == claim_id,
+        )
+        .values(status="revoked", revoked_at=now, token_ciphertext=None, lease_until=None, last_error=None)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def record_failure(*, session: Session, request_id: str, claim_id: str, retry_at: datetime, error: str) -> int | None:
+    """Count a failed attempt and set when to try again; None if the claim was lost meanwhile."""
+    result = session.execute(
+        update(Grant)
+        .where(
+            col(Grant.request_id) == request_id,
+            col(Grant.status) == "revoking",
+            col(Grant.claim_id) == claim_id,
+        )
+        .values(attempts=col(Grant.attempts) + 1, lease_until=retry_at, last_error=error[:300])
+        .returning(col(Grant.attempts))
+    )
+    row = result.first()
+    return int(row[0]) if row is not None else None
+
+
+def expire_now(*, session: Session, request_id: str, now: datetime) -> bool:
+    """Early revocation: bring an active grant's expiry forward to now, so the sweep takes it."""
+    result = session.execute(
+        update(Grant).where(col(Grant.request_id) == request_id, col(Grant.status) == "active").values(expires_at=now)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def active_for(*, session: Session, request_ids: list[str]) -> list[Grant]:
+    if not request_ids:
+        return []
+    return list(session.exec(select(Grant).where(col(Grant.request_id).in_(request_ids))).all())

@@ -100,3 +100,9 @@ class Grant(SQLModel, table=True):
     pickup_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     picked_up_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # Revocation: whoever holds claim_id until lease_until is revoking it; after a failure the lease
+    # doubles as the time of the next attempt.
+    claim_id: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    last_error: str | None = Field(default=None, max_length=300)

@@ -71,3 +71,59 @@ def votes_for(*, session: Session, request_id: str) -> Sequence[Vote]:
 def add_vote(*, session: Session, vote: Vote) -> None:
     session.add(vote)
     session.flush()
+
+
+def expire_stale_pending(*, session: Session, created_before: datetime, now: datetime, limit: int) -> list[str]:
+    """pending -> expired for requests older than the timeout; returns the ids this call moved.
+
+    A concurrent replica's identical UPDATE waits on the row locks and then finds the rows no longer
+    pending, so each request is expired (and announced) once.
+    """
+    stale = (
+        select(AccessRequest.id)
+        .where(
+            col(AccessRequest.status) == RequestStatus.PENDING.value, col(AccessRequest.created_at) <= created_before
+        )
+        .order_by(col(AccessRequest.created_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        update(AccessRequest)
+        .where(
+            col(AccessRequest.id).in_(stale.scalar_subquery()),
+            col(AccessRequest.status) == RequestStatus.PENDING.value,
+        )
+        .values(status=RequestStatus.EXPIRED.value, decided_at=now, updated_at=now)
+        .returning(col(AccessRequest.id))
+    )
+    return [row[0] for row in result.all()]
+
+
+def ids_in_status(*, session: Session, status: RequestStatus, updated_before: datetime, limit: int) -> list[str]:
+    return list(
+        session.exec(
+            select(AccessRequest.id)
+            .where(col(AccessRequest.status) == status.value, col(AccessRequest.updated_at) <= updated_before)
+            .order_by(col(AccessRequest.updated_at))
+            .limit(limit)
+        ).all()
+    )
+
+
+def open_requests_of(*, session: Session, requester: str) -> Sequence[AccessRequest]:
+    return session.exec(
+        select(AccessRequest)
+        .where(
+            AccessRequest.requester_slack_id == requester,
+            col(AccessRequest.status).in_(
+                [
+                    RequestStatus.PENDING.value,
+                    RequestStatus.APPROVED.value,
+                    RequestStatus.MINTING.value,
+                    RequestStatus.ACTIVE.value,
+                ]
+            ),
+        )
+        .order_by(col(AccessRequest.created_at))
+    ).all()

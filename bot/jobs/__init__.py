@@ -1,0 +1,1 @@
+"""Scheduler wiring: expiry timers, sweeps."""
