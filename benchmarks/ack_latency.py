@@ -32,9 +32,12 @@ import argparse
 import gc
 import json
 import logging
+import os
 import random
 import re
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +54,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
+import yaml  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from bot.runtime import build_runtime  # noqa: E402
@@ -60,6 +64,7 @@ from tests.conftest import (  # noqa: E402
     APPROVER_2,
     BOT_TOKEN,
     CARD_ID,
+    POLICY,
     REQUESTER,
     SIGNING_SECRET,
     SLACK_USERS,
@@ -95,6 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for background work")
     parser.add_argument("--seed", type=int, default=1, help="seed for the request mix")
     parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="serve the app inside this process, as the tests do, instead of a `jit-bot serve` subprocess",
+    )
+    parser.add_argument(
         "--harness-socket",
         action="store_true",
         help="serve on tests.harness.free_socket() as the tests do; it leaves Nagle on (see serving_socket)",
@@ -110,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @dataclass
 class Stack:
-    served: ServedApp
+    base_url: str
     slack: SlackStandIn
     send: SlackRequests
     backend: str
@@ -154,7 +164,7 @@ def running_stack(database_url: str | None, *, harness_socket: bool = False) -> 
                 trigger_id=slack.new_trigger_id,
             )
             try:
-                yield Stack(served=served, slack=slack, send=send, backend=make_url(url).get_backend_name())
+                yield Stack(base_url=served.base_url, slack=slack, send=send, backend=make_url(url).get_backend_name())
             finally:
                 send.http.close()
         finally:
@@ -163,6 +173,67 @@ def running_stack(database_url: str | None, *, harness_socket: bool = False) -> 
             else:
                 engine.dispose()
             slack.stop()
+
+
+@contextmanager
+def bot_process(database_url: str | None) -> Iterator[Stack]:
+    """The real ``jit-bot serve`` in its own process, as deployed; Slack (the stand-in) and the load
+    generator stay in this process, so they do not compete with the bot for its interpreter lock."""
+    with tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp:
+        url = database_url or f"sqlite:///{Path(tmp) / 'jit.db'}"
+        policy_file = Path(tmp) / "policy.yml"
+        policy_file.write_text(yaml.safe_dump(POLICY))
+        slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": tmp,
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": slack.api_url,
+            "JIT_DATABASE_URL": url,
+            "JIT_POLICY_FILE": str(policy_file),
+            "JIT_HTTP_PORT": str(port),
+        }
+        log_path = Path(tmp) / "bot.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "jit-bot"), "serve"],
+                env=env,
+                cwd=tmp,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            if not wait_until(lambda: _healthy(base_url), 30):
+                raise RuntimeError(f"jit-bot serve did not come up:\n{log_path.read_text()[-2000:]}")
+            send = SlackRequests(
+                base_url=base_url,
+                signing_secret=SIGNING_SECRET,
+                response_url_for=slack.response_url,
+                trigger_id=slack.new_trigger_id,
+            )
+            try:
+                yield Stack(base_url=base_url, slack=slack, send=send, backend=make_url(url).get_backend_name())
+            finally:
+                send.http.close()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            slack.stop()
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # --- what the stand-in has seen ------------------------------------------------------------------
@@ -416,7 +487,7 @@ def summary(seconds: list[float]) -> dict[str, float]:
 def warm_up(stack: Stack, load: Load, tracker: Tracker, count: int, timeout: float) -> None:
     """Untimed: ``count`` requests with their cards, a few clicks on them, all background work done."""
     rng = random.Random(0)
-    url = f"{stack.served.base_url}/slack/events"
+    url = f"{stack.base_url}/slack/events"
     with httpx.Client(timeout=30) as http:
 
         def post(kind: str) -> None:
@@ -461,7 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     rng = random.Random(args.seed)
-    with running_stack(args.database_url, harness_socket=args.harness_socket) as stack:
+    stack_cm = (
+        running_stack(args.database_url, harness_socket=args.harness_socket)
+        if args.in_process
+        else bot_process(args.database_url)
+    )
+    with stack_cm as stack:
         tracker = Tracker(stack.slack)
         load = Load(send=stack.send, tracker=tracker)
         warm_up(stack, load, tracker, args.warmup, args.drain_timeout)
@@ -471,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds = plan(args.requests, rng)
         with tracker.following():
             with gc_pauses() as pauses:
-                url = f"{stack.served.base_url}/slack/events"
+                url = f"{stack.base_url}/slack/events"
                 samples, wall, cpu_seconds = drive(load, url, kinds, args.clients, args.seed)
             drain_began = time.perf_counter()
             drained = wait_until(lambda: tracker.drained(load.sent), args.drain_timeout)
@@ -502,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
         # Diagnostics for the timed part: CPU of the whole process (app, stand-in and clients share it)
         # in cores, and the longest stop-the-world garbage collection.
         "cpu_cores": round(cpu_seconds / wall, 2),
-        "gc_max_pause_ms": round(max(pauses, default=0.0) * 1000, 1),
+        # Only meaningful with --in-process: otherwise it is this load generator's own collector.
+        "gc_max_pause_ms": round(max(pauses, default=0.0) * 1000, 1) if args.in_process else None,
+        "mode": "in-process" if args.in_process else "jit-bot serve subprocess",
         "background_drained": drained,
         "drain_s": round(drain_seconds, 2),
         # Totals since start, warm-up included: what the background work did at the stand-in.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -113,6 +114,10 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         socket_handler = SocketModeHandler(runtime.bolt_app, settings.slack_app_token.get_secret_value())
         socket_handler.connect()  # type: ignore[no-untyped-call]
         log.info("Socket Mode connected")
+    # Everything built so far lives as long as the process: moving it out of the collector's reach
+    # keeps full collections (which stop every thread) short, and so keeps acks fast.
+    gc.collect()
+    gc.freeze()
     runtime.start_background()
     log.info("serving on http://%s:%s", settings.jit_http_host, settings.jit_http_port)
     try:

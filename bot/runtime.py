@@ -38,9 +38,12 @@ from bot.web.app import create_web_app
 log = logging.getLogger(__name__)
 
 # Lazy listeners do the slow part of each Slack interaction (database, Slack Web API) on these.
-LISTENER_THREADS = 16
+# Few on purpose: SQLite takes one writer at a time anyway, and every extra thread competes with the
+# event loop for the interpreter lock, which is what Slack's 3-second acknowledgement waits on.
+LISTENER_THREADS = 4
 # Revocations in flight at once; each is two short IdP calls and a few database writes.
 REVOCATION_THREADS = 8
+MINT_THREADS = 4
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Runtime:
     revocation: RevocationService | None = None
     scheduler: ExpiryScheduler | None = None
     revocation_workers: ThreadPoolExecutor | None = None
+    mint_workers: ThreadPoolExecutor | None = None
 
     def start_background(self) -> None:
         """Start the expiry engine (its first act is a reconciling sweep)."""
@@ -70,6 +74,8 @@ class Runtime:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.executor.shutdown(wait=True)
+        if self.mint_workers is not None:
+            self.mint_workers.shutdown(wait=True)
         if self.revocation_workers is not None:
             self.revocation_workers.shutdown(wait=True)
         self.engine.dispose()
@@ -95,6 +101,7 @@ def build_runtime(
     signing_key: SigningKey | None = None
     revocation: RevocationService | None = None
     revocation_workers: ThreadPoolExecutor | None = None
+    mint_workers: ThreadPoolExecutor | None = None
     early = EarlyEndService(engine=engine, policy=policy, directory=directory, notifier=notifier, clock=clock)
     timeouts = TimeoutService(engine=engine, policy=policy, notifier=notifier, clock=clock)
     if settings.idp_configured:
@@ -122,7 +129,11 @@ def build_runtime(
             public_url=settings.public_url,
             retry=mint_retry or RetryPolicy(),
         )
-        voting.on_approved = minting.mint
+        # Mints run on their own threads: an IdP that is slow or down (10 s of retries) must not
+        # hold up the listener threads that answer Slack.
+        mint_workers = ThreadPoolExecutor(max_workers=MINT_THREADS, thread_name_prefix="jit-mint")
+        mint = minting.mint
+        voting.on_approved = lambda request_id: mint_workers.submit(mint, request_id)
         timeouts.mint = minting.mint
         pickup = PickupService(engine=engine, cipher=cipher, clock=clock)
         revocation_workers = ThreadPoolExecutor(max_workers=REVOCATION_THREADS, thread_name_prefix="jit-revoke")
@@ -178,6 +189,7 @@ def build_runtime(
         revocation=revocation,
         scheduler=scheduler,
         revocation_workers=revocation_workers,
+        mint_workers=mint_workers,
     )
 
 

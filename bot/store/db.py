@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,9 +45,27 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
+    # Threads of this process queue on a lock instead of SQLite's busy handler, which sleeps and
+    # polls; BEGIN IMMEDIATE still guards against other processes. Re-entrant so that a nested
+    # transaction on the same thread fails on SQLite's busy timeout rather than hanging forever.
+    writer = threading.RLock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        writer.acquire()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writer.release()
+            raise
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(_connection: Any) -> None:
+        try:
+            writer.release()
+        except RuntimeError:
+            pass  # a rollback of a transaction whose BEGIN failed: nothing is held
 
 
 @contextmanager

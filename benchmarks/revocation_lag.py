@@ -1,0 +1,677 @@
+"""Revocation lag: real grants expiring within one minute, revoked by `jit-bot serve` at the dev IdP.
+
+The bot runs as the real ``jit-bot serve`` subprocess (so its memory is its own), against the Slack
+Web API stand-in and the dev IdP, both run from this process. The database (a SQLite file in a temp
+dir, or with ``--database-url`` a scratch database created on that PostgreSQL server and dropped
+afterwards) first receives ``--active`` synthetic active grants that expire one to two hours out
+(valid ``access_request`` + ``grant`` rows, bulk inserted; their ciphertext is a Fernet encryption of
+a dummy string), so every sweep runs against that many live grants.
+
+``sweep_ms`` is measured in this process before the bot starts, against that database with nothing
+due: a ``RevocationService`` built by ``bot.runtime.build_runtime`` from the bot's own settings runs
+its claim path (``sweep()``: one guarded claim with nothing to claim) and ``next_due()``, as each
+expiry sweep does; median of ``--sweep-runs``. ``full_sweep_ms`` is one whole
+``ExpiryScheduler.sweep()`` (claim, request timeouts, interrupted mints, next due, arming the timer).
+
+Then ``--grants`` real grants are minted THROUGH SLACK, over the subprocess's HTTP: a signed
+``/jit request prod-db read <n>s bench-<i>`` slash command, the card seen at the stand-in, a signed
+Approve click, and the card's update to Active (``--concurrency`` pipelines at once). Each grant's
+duration is chosen when its command is sent so that the expiries fall evenly over ``--spread``
+seconds starting ``--lead`` seconds after minting began; the IdP holds a real token for each (the
+benchmark decrypts the stored ciphertexts with the key it gave the bot, to know their hashes).
+It then polls the ``grant`` table until all are revoked and reports, from that table, the lag
+``revoked_at - expires_at`` (``revoked_at`` is written after the IdP accepted the revocation and
+introspection called the token inactive). It fails (exit 1) unless every grant is ``revoked`` with
+its ciphertext wiped, and the IdP counted exactly one revocation for each token and no other.
+
+``peak_rss_mb`` is the bot process's VmHWM (from /proc) at the end: the peak over its whole life,
+the minting phase included.
+
+By default the dev IdP keeps its state in memory only: with its state file it rewrites all its
+tokens as JSON on every change, several times per exchange and per revocation, which makes the IdP
+the bottleneck (``--idp-state-file`` turns it back on, to see that).
+
+    .venv/bin/python benchmarks/revocation_lag.py [--grants 1000] [--active 100000] [--spread 58]
+        [--lead 120] [--concurrency 8] [--database-url postgresql+psycopg://...]
+
+Prints one JSON line (stdout): grants, p50_lag_ms, p99_lag_ms, max_lag_ms, sweep_ms, peak_rss_mb,
+active_grants, database, and details. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
+from sqlalchemy import Engine, create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from bot.idp.keys import generate_signing_key  # noqa: E402
+from bot.runtime import build_runtime  # noqa: E402
+from bot.store.db import make_engine, migrate  # noqa: E402
+from bot.store.models import AccessRequest, Grant  # noqa: E402
+from bot.store.types import utcnow  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    APPROVER_1,
+    APPROVERS_CHANNEL,
+    BOT_TOKEN,
+    CARD_ID,
+    IDP_CLIENT_ID,
+    IDP_CLIENT_SECRET,
+    IDP_RESOURCES,
+    POLICY,
+    REQUESTER,
+    SIGNING_SECRET,
+    SLACK_USERS,
+    USERGROUPS,
+    build_settings,
+    make_policy,
+)
+from tests.devidp import DevIdP, free_port  # noqa: E402
+from tests.harness import SlackRequests  # noqa: E402
+from tests.slack_standin import Call, SlackStandIn  # noqa: E402
+
+JIT_BOT = Path(sys.executable).parent / "jit-bot"
+LIFETIME_PARAM = "requested_lifetime"
+TAG = re.compile(r"bench-(\d{5})")
+SYNTHETIC_PREFIX = "B"  # the bot's own ids start with R
+# A grant whose command would leave it less than this before expiry means minting fell behind.
+MIN_DURATION_S = 5
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[revocation_lag {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
+class InMemoryDevIdP(DevIdP):
+    """The dev IdP without its state file: same server, state in memory only."""
+
+    def __init__(self, *, persist: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.persist = persist
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        if not self.persist:
+            env.pop("DEVIDP_STATE_FILE", None)
+        return env
+
+
+# --- the database ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch_database(url: str | None, workdir: Path) -> Iterator[str]:
+    """A SQLite file in ``workdir``, or a fresh database on the given PostgreSQL server."""
+    if url is None or make_url(url).get_backend_name() == "sqlite":
+        yield url or f"sqlite:///{workdir / 'jit.db'}"
+        return
+    name = f"jit_bench_{secrets.token_hex(6)}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def reader_engine(database_url: str) -> Engine:
+    """For polling: on SQLite a plain engine, so our reads never take the write lock (the bot's
+    engine opens every transaction with BEGIN IMMEDIATE) and cannot delay a revocation."""
+    if make_url(database_url).get_backend_name() == "sqlite":
+        return create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
+    return make_engine(database_url)
+
+
+def insert_synthetic_grants(engine: Engine, count: int, encryption_key: str) -> None:
+    """``count`` approved requests with active grants expiring one to two hours from now."""
+    resource = POLICY["resources"][0]
+    ciphertext = Fernet(encryption_key.encode()).encrypt(b"synthetic-token-never-issued")
+    now = utcnow()
+    rng = random.Random(1)
+    chunk = 5000
+    for start in range(0, count, chunk):
+        requests: list[dict[str, Any]] = []
+        grants: list[dict[str, Any]] = []
+        for n in range(start, min(count, start + chunk)):
+            request_id = f"{SYNTHETIC_PREFIX}{n:09d}"
+            issued_at = now - timedelta(seconds=rng.uniform(0, 3600))
+            expires_at = issued_at + timedelta(hours=2)
+            requests.append(
+                {
+                    "id": request_id,
+                    "requester_slack_id": REQUESTER,
+                    "requester_subject": "alice",
+                    "resource": resource["name"],
+                    "audience": resource["audience"],
+                    "scopes": "read",
+                    "duration_seconds": 7200,
+                    "reason": f"synthetic load {n}",
+                    "approvals_required": 1,
+                    "approver_channel": APPROVERS_CHANNEL,
+                    "status": "active",
+                    "created_at": issued_at - timedelta(minutes=1),
+                    "updated_at": issued_at,
+                    "decided_at": issued_at,
+                    "decided_by": APPROVER_1,
+                }
+            )
+            grants.append(
+                {
+                    "request_id": request_id,
+                    "status": "active",
+                    "audience": resource["audience"],
+                    "granted_scopes": "read",
+                    "token_type": "Bearer",
+                    "token_ciphertext": ciphertext,
+                    "token_fingerprint": "sha256:" + hashlib.sha256(request_id.encode()).hexdigest()[:32],
+                    "issued_at": issued_at,
+                    "expires_at": expires_at,
+                    "idp_expires_in": 7200,
+                    "attempts": 0,
+                }
+            )
+        with engine.begin() as connection:
+            connection.execute(insert(AccessRequest.__table__), requests)  # type: ignore[attr-defined]
+            connection.execute(insert(Grant.__table__), grants)  # type: ignore[attr-defined]
+
+
+def analyse(engine: Engine) -> None:
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text('ANALYZE access_request, "grant"'))
+            connection.commit()
+    else:
+        with engine.begin() as connection:
+            connection.execute(text("ANALYZE"))
+
+
+# --- sweep cost -----------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def measure_sweep(settings: Any, runs: int) -> dict[str, Any]:
+    """Time the bot's own sweep code against the database, nothing due, no bot running."""
+    engine = make_engine(settings.jit_database_url)
+    runtime = build_runtime(settings, make_policy(), engine=engine)
+    try:
+        revocation = runtime.revocation
+        scheduler = runtime.scheduler
+        assert revocation is not None and scheduler is not None
+
+        def claim_path() -> None:
+            claimed = revocation.sweep()
+            if claimed:
+                raise RuntimeError(f"the sweep claimed {len(claimed)} grants; nothing should be due")
+            revocation.next_due()
+
+        claim = timed(claim_path, runs)
+        claim_only = timed(revocation.sweep, runs)
+        full = timed(scheduler.sweep, runs)
+    finally:
+        # The scheduler was never started, so Runtime.close() (which stops it) does not apply.
+        runtime.executor.shutdown(wait=True)
+        if runtime.revocation_workers is not None:
+            runtime.revocation_workers.shutdown(wait=True)
+        engine.dispose()
+    return {
+        "sweep_ms": round(statistics.median(claim), 2),
+        "sweep_max_ms": round(max(claim), 2),
+        "claim_ms": round(statistics.median(claim_only), 2),
+        "full_sweep_ms": round(statistics.median(full), 2),
+        "full_sweep_max_ms": round(max(full), 2),
+    }
+
+
+# --- the bot --------------------------------------------------------------------------------------
+
+
+class BotProcess:
+    """``jit-bot serve`` with a clean environment; output to files so a full pipe never stalls it."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.log_path = workdir / "serve.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [str(JIT_BOT), "serve"],
+            cwd=workdir,
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(workdir),
+                "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_healthy(self, base_url: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"jit-bot serve exited with {self.process.returncode}:\n{self.tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"jit-bot serve did not become healthy:\n{self.tail()}")
+
+    def memory_mb(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                values[key] = int(rest.split()[0]) / 1024  # kB
+        return values
+
+    def tail(self, size: int = 3000) -> str:
+        return self.log_path.read_bytes()[-size:].decode(errors="replace")
+
+    def log_lines(self, level: str) -> list[str]:
+        return [line for line in self.log_path.read_text().splitlines() if f" {level} " in line]
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+        return self.process.returncode
+
+
+# --- minting through Slack ------------------------------------------------------------------------
+
+
+class Cards:
+    """Watches the stand-in: which card belongs to which benchmark tag, and when it shows Active."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_tag: dict[int, tuple[str, str, str]] = {}  # tag -> (request id, channel, ts)
+        self._tag_of: dict[str, int] = {}
+        self.active: set[str] = set()
+        self._posted: dict[int, threading.Event] = {}
+        self._activated: dict[str, threading.Event] = {}
+
+    def posted_event(self, tag: int) -> threading.Event:
+        with self._lock:
+            return self._posted.setdefault(tag, threading.Event())
+
+    def active_event(self, request_id: str) -> threading.Event:
+        with self._lock:
+            return self._activated.setdefault(request_id, threading.Event())
+
+    def observe(self, call: Call) -> None:
+        if not call.ok or call.method not in ("chat.postMessage", "chat.update"):
+            return
+        match = CARD_ID.search(str(call.args.get("text", "")))
+        if match is None:
+            return
+        request_id = match.group(1)
+        if call.method == "chat.postMessage" and call.args.get("blocks"):
+            tag = TAG.search(json.dumps(call.args["blocks"]))
+            if tag is None:
+                return
+            with self._lock:
+                self.by_tag[int(tag.group(1))] = (request_id, call.response["channel"], call.response["ts"])
+                self._tag_of[request_id] = int(tag.group(1))
+                event = self._posted.setdefault(int(tag.group(1)), threading.Event())
+            event.set()
+        elif call.method == "chat.update" and "Active" in str(call.args.get("text", "")):
+            with self._lock:
+                self.active.add(request_id)
+                event = self._activated.setdefault(request_id, threading.Event())
+            event.set()
+
+
+def mint_through_slack(
+    *,
+    send: SlackRequests,
+    cards: Cards,
+    reader: Engine,
+    grants: int,
+    concurrency: int,
+    first_expiry: float,
+    spread: float,
+) -> list[str]:
+    """Request and approve ``grants`` grants; returns their request ids once all are Active."""
+    failures: list[str] = []
+
+    def card_stored(request_id: str) -> bool:
+        with reader.connect() as connection:
+            ts = connection.execute(
+                select(AccessRequest.card_ts).where(AccessRequest.id == request_id)  # type: ignore[arg-type]
+            ).scalar()
+        return ts is not None
+
+    def mint_one(i: int) -> str | None:
+        if failures:
+            return None
+        target = first_expiry + spread * i / max(1, grants - 1)
+        seconds = math.ceil(target - time.time())
+        if seconds < MIN_DURATION_S:
+            failures.append(f"grant {i}: minting fell behind schedule (raise --lead)")
+            return None
+        posted = cards.posted_event(i)
+        response, _key, _trigger = send.slash(REQUESTER, f"request prod-db read {seconds}s bench-{i:05d}")
+        if response.status_code != 200 or not posted.wait(timeout=30):
+            failures.append(f"grant {i}: no card (HTTP {response.status_code})")
+            return None
+        request_id, channel, ts = cards.by_tag[i]
+        deadline = time.monotonic() + 10
+        while not card_stored(request_id):  # the vote updates the card from the stored coordinates
+            if time.monotonic() > deadline:
+                failures.append(f"grant {i}: card coordinates never stored")
+                return None
+            time.sleep(0.01)
+        activated = cards.active_event(request_id)
+        response, _key = send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+        if response.status_code != 200 or not activated.wait(timeout=30):
+            failures.append(f"grant {i} ({request_id}): never Active (HTTP {response.status_code})")
+            return None
+        return request_id
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        minted = list(pool.map(mint_one, range(grants)))
+    if failures:
+        raise RuntimeError("; ".join(failures[:5]))
+    return [rid for rid in minted if rid is not None]
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def grant_rows(reader: Engine, request_ids: list[str]) -> list[Any]:
+    table = Grant.__table__  # type: ignore[attr-defined]
+    with reader.connect() as connection:
+        return list(
+            connection.execute(
+                select(
+                    table.c.request_id,
+                    table.c.status,
+                    table.c.expires_at,
+                    table.c.revoked_at,
+                    table.c.token_ciphertext,
+                    table.c.attempts,
+                ).where(table.c.request_id.in_(request_ids))
+            ).all()
+        )
+
+
+def count_status(reader: Engine, status: str) -> int:
+    table = Grant.__table__  # type: ignore[attr-defined]
+    query = select(func.count()).select_from(table).where(table.c.status == status)
+    with reader.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def run(args: argparse.Namespace, workdir: Path, database_url: str) -> tuple[dict[str, Any], list[str]]:
+    problems: list[str] = []
+    engine = make_engine(database_url)
+    migrate(engine)
+    encryption_key = Fernet.generate_key().decode()
+    started = time.monotonic()
+    insert_synthetic_grants(engine, args.active, encryption_key)
+    analyse(engine)
+    engine.dispose()
+    log(f"inserted {args.active} synthetic active grants in {time.monotonic() - started:.1f}s")
+
+    key_file = workdir / "signing-key.pem"
+    key_file.write_bytes(generate_signing_key().pem())
+    (workdir / "policy.yml").write_text(yaml.safe_dump(POLICY, sort_keys=False))
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}"
+
+    slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
+    idp = InMemoryDevIdP(
+        persist=args.idp_state_file,
+        client_id=IDP_CLIENT_ID,
+        client_secret=IDP_CLIENT_SECRET,
+        trusted_issuer=public_url,
+        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
+        resources=IDP_RESOURCES,
+        lifetime_param=LIFETIME_PARAM,
+    )
+    reader = reader_engine(database_url)
+    bot: BotProcess | None = None
+    send: SlackRequests | None = None
+    try:
+        idp.start()
+        settings = build_settings(
+            slack,
+            database_url,
+            port,
+            oidc_issuer=idp.issuer,
+            oidc_client_id=IDP_CLIENT_ID,
+            oidc_client_secret=IDP_CLIENT_SECRET,
+            oidc_token_lifetime_param=LIFETIME_PARAM,
+            jit_encryption_key=encryption_key,
+            jit_signing_key_file=key_file,
+        )
+        sweep = measure_sweep(settings, args.sweep_runs)
+        log(f"sweep with {args.active} active grants, nothing due: {sweep}")
+
+        bot = BotProcess(
+            workdir,
+            {
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+                "SLACK_API_URL": slack.api_url,
+                "JIT_DATABASE_URL": database_url,
+                "JIT_HTTP_HOST": "127.0.0.1",
+                "JIT_HTTP_PORT": str(port),
+                "JIT_POLICY_FILE": str(workdir / "policy.yml"),
+                "OIDC_ISSUER": idp.issuer,
+                "OIDC_CLIENT_ID": IDP_CLIENT_ID,
+                "OIDC_CLIENT_SECRET": IDP_CLIENT_SECRET,
+                "OIDC_TOKEN_LIFETIME_PARAM": LIFETIME_PARAM,
+                "JIT_ENCRYPTION_KEY": encryption_key,
+                "JIT_SIGNING_KEY_FILE": str(key_file),
+            },
+        )
+        bot.wait_healthy(public_url)
+        log(f"jit-bot serve is up (pid {bot.process.pid}); minting {args.grants} grants through Slack")
+
+        cards = Cards()
+        slack.observers.append(cards.observe)
+        send = SlackRequests(
+            base_url=public_url,
+            signing_secret=SIGNING_SECRET,
+            response_url_for=slack.response_url,
+            trigger_id=slack.new_trigger_id,
+            http=httpx.Client(timeout=30, limits=httpx.Limits(max_connections=args.concurrency * 2)),
+        )
+        lead = args.lead if args.lead is not None else 20 + args.grants / 10
+        mint_started = time.time()
+        request_ids = mint_through_slack(
+            send=send,
+            cards=cards,
+            reader=reader,
+            grants=args.grants,
+            concurrency=args.concurrency,
+            first_expiry=mint_started + lead,
+            spread=args.spread,
+        )
+        mint_seconds = time.time() - mint_started
+        log(f"minted {len(request_ids)} grants in {mint_seconds:.1f}s ({len(request_ids) / mint_seconds:.1f}/s)")
+
+        rows = grant_rows(reader, request_ids)
+        cipher = Fernet(encryption_key.encode())
+        token_hashes = {
+            row.request_id: hashlib.sha256(cipher.decrypt(row.token_ciphertext)).hexdigest()
+            for row in rows
+            if row.token_ciphertext is not None
+        }
+        if len(token_hashes) != args.grants or len(set(token_hashes.values())) != args.grants:
+            problems.append(f"{len(token_hashes)} stored tokens before expiry, expected {args.grants} distinct")
+        expiries = [row.expires_at for row in rows]
+        first, last = min(expiries), max(expiries)
+        active_now = count_status(reader, "active")
+        log(
+            f"{active_now} active grants; the real ones expire from {first:%H:%M:%S} to {last:%H:%M:%S} "
+            f"({(last - first).total_seconds():.1f}s); first expiry in {(first - utcnow()).total_seconds():.1f}s"
+        )
+        if (first - utcnow()).total_seconds() < 0:
+            problems.append("minting overran the first expiry: the lag was measured while still minting")
+        if len(idp.stats()["revocations"]) != 0:
+            problems.append("the IdP counted revocations before any grant expired")
+
+        deadline = time.monotonic() + (last - utcnow()).total_seconds() + args.drain_timeout
+        revoked = 0
+        while time.monotonic() < deadline:
+            revoked = count_status(reader, "revoked")
+            if revoked >= args.grants:
+                break
+            time.sleep(0.5)
+        log(f"{revoked} of {args.grants} revoked, {(utcnow() - last).total_seconds():.1f}s after the last expiry")
+        memory = bot.memory_mb()
+
+        rows = grant_rows(reader, request_ids)
+        lags = [(row.revoked_at - row.expires_at).total_seconds() * 1000 for row in rows if row.revoked_at is not None]
+        not_revoked = [row.request_id for row in rows if row.status != "revoked"]
+        not_wiped = [row.request_id for row in rows if row.token_ciphertext is not None]
+        retried = sum(1 for row in rows if row.attempts > 0)
+        if not_revoked:
+            problems.append(f"{len(not_revoked)} grants not revoked, e.g. {not_revoked[:3]}")
+        if not_wiped:
+            problems.append(f"{len(not_wiped)} revoked grants still hold their ciphertext")
+        early = [lag for lag in lags if lag < 0]
+        if early:
+            problems.append(f"{len(early)} grants revoked BEFORE they expired")
+
+        stats = idp.stats()
+        counts: dict[str, int] = stats["revocations"]
+        wrong = [rid for rid, digest in token_hashes.items() if counts.get(digest) != 1]
+        strangers = set(counts) - set(token_hashes.values())
+        if wrong:
+            problems.append(f"{len(wrong)} tokens not revoked exactly once at the IdP, e.g. {wrong[:3]}")
+        if strangers:
+            problems.append(f"the IdP revoked {len(strangers)} tokens the benchmark did not mint")
+        if count_status(reader, "active") != args.active:
+            problems.append("the synthetic grants did not all stay active")
+        errors = bot.log_lines("ERROR")
+        if errors:
+            problems.append(f"the bot logged {len(errors)} errors, e.g. {errors[0][:300]}")
+        if slack.rejected():
+            problems.append(f"the Slack stand-in rejected {len(slack.rejected())} calls")
+
+        result = {
+            "grants": args.grants,
+            "p50_lag_ms": round(statistics.median(lags), 1) if lags else None,
+            "p99_lag_ms": round(percentile(lags, 0.99), 1) if lags else None,
+            "max_lag_ms": round(max(lags), 1) if lags else None,
+            "min_lag_ms": round(min(lags), 1) if lags else None,
+            **sweep,
+            "peak_rss_mb": round(memory["VmHWM"], 1),
+            "end_rss_mb": round(memory["VmRSS"], 1),
+            "active_grants": args.active,
+            "database": make_url(database_url).get_backend_name(),
+            "revoked": len(lags),
+            "idp_revocations": sum(counts.values()),
+            "idp_tokens_revoked_once": sum(1 for digest in token_hashes.values() if counts.get(digest) == 1),
+            "idp_introspections": stats["introspections"],
+            "retried": retried,
+            "expiry_window_s": round((last - first).total_seconds(), 1),
+            "mint_seconds": round(mint_seconds, 1),
+            "concurrency": args.concurrency,
+            "idp_state_file": args.idp_state_file,
+            "bot_warnings": len(bot.log_lines("WARNING")),
+            "cpus": os.cpu_count(),
+        }
+        return result, problems
+    except BaseException:
+        if bot is not None:
+            log(f"bot log tail:\n{bot.tail()}")
+        raise
+    finally:
+        if send is not None:
+            send.http.close()
+        if bot is not None:
+            code = bot.stop()
+            log(f"jit-bot serve exited with {code}")
+        idp.close()
+        slack.stop()
+        reader.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grants", type=int, default=1000, help="real grants to mint and see revoked")
+    parser.add_argument("--active", type=int, default=100_000, help="synthetic active grants in the database")
+    parser.add_argument("--spread", type=float, default=58.0, help="seconds over which the real grants expire")
+    parser.add_argument(
+        "--lead",
+        type=float,
+        default=None,
+        help="seconds from the start of minting to the first expiry (default: 20 + 0.1 per grant)",
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="grants being requested/approved at once")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL server to create a scratch database on")
+    parser.add_argument("--sweep-runs", type=int, default=20)
+    parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait after the last expiry")
+    parser.add_argument("--idp-state-file", action="store_true", help="let the dev IdP persist its state to a file")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="jit-revocation-bench-"))
+    log(f"work dir {workdir}")
+    with scratch_database(args.database_url, workdir) as database_url:
+        result, problems = run(args, workdir, database_url)
+    print(json.dumps(result))
+    for problem in problems:
+        log(f"FAILED: {problem}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
