@@ -295,7 +295,7 @@ function parseScopes(value) {
 
 // Set by POST /__admin/misbehave: the next exchange answers as a faulty IdP would (claims a wider
 // scope and/or a longer expires_in than asked for), so tests can check the bot's response checks.
-const misbehaviour = { next: null };
+const misbehaviour = { next: null, ignoreRevocations: 0 };
 
 function makeTokenExchange(config, state, trustedKeys) {
   const allowedScopes = new Map(Object.entries(config.resources).map(([aud, s]) => [aud, new Set(s)]));
@@ -684,6 +684,16 @@ async function main() {
       return;
     }
 
+    if (route === 'revocation' && misbehaviour.ignoreRevocations > 0) {
+      // A faulty IdP: says "revoked" (RFC 7009's 200) but leaves the token active.
+      misbehaviour.ignoreRevocations -= 1;
+      state.stats.ignored_revocations = (state.stats.ignored_revocations ?? 0) + 1;
+      state.persist();
+      ctx.status = 200;
+      ctx.body = '';
+      return;
+    }
+
     let tokenParam;
     if (config.tokenFormat === 'jwt' && route !== 'token') {
       // Read the form here; oidc-provider then takes the parsed body from ctx.request.body.
@@ -767,16 +777,21 @@ async function main() {
       }
       case 'POST /__admin/misbehave':
         if ((body.extra_scope !== undefined && typeof body.extra_scope !== 'string')
-          || (body.expires_in !== undefined && !Number.isInteger(body.expires_in))) {
+          || (body.expires_in !== undefined && !Number.isInteger(body.expires_in))
+          || (body.ignore_revocations !== undefined && !Number.isInteger(body.ignore_revocations))) {
           ctx.status = 400;
-          ctx.body = { error: 'expected {"extra_scope"?: string, "expires_in"?: integer}' };
+          ctx.body = { error: 'expected {"extra_scope"?: string, "expires_in"?: integer, "ignore_revocations"?: integer}' };
           return;
         }
-        misbehaviour.next = { extra_scope: body.extra_scope, expires_in: body.expires_in };
-        ctx.body = misbehaviour.next;
+        if (body.extra_scope !== undefined || body.expires_in !== undefined) {
+          misbehaviour.next = { extra_scope: body.extra_scope, expires_in: body.expires_in };
+        }
+        if (body.ignore_revocations !== undefined) misbehaviour.ignoreRevocations = body.ignore_revocations;
+        ctx.body = { next: misbehaviour.next, ignore_revocations: misbehaviour.ignoreRevocations };
         return;
       case 'POST /__admin/reset':
         misbehaviour.next = null;
+        misbehaviour.ignoreRevocations = 0;
         state.stats = emptyStats();
         state.lastAssertion = null;
         injections.delayMs = 0;

@@ -239,9 +239,14 @@ class DevIdP:
             body["error"] = error
         self._admin("POST", "fail", body)
 
-    def misbehave_next(self, *, extra_scope: str | None = None, expires_in: int | None = None) -> None:
-        """Make the next exchange claim a wider scope and/or a longer expires_in than it should."""
+    def misbehave_next(
+        self, *, extra_scope: str | None = None, expires_in: int | None = None, ignore_revocations: int | None = None
+    ) -> None:
+        """Make the next exchange claim a wider scope and/or a longer expires_in than it should, and/or
+        the next N revocations answer 200 without revoking."""
         body: dict[str, Any] = {}
+        if ignore_revocations is not None:
+            body["ignore_revocations"] = ignore_revocations
         if extra_scope is not None:
             body["extra_scope"] = extra_scope
         if expires_in is not None:

@@ -164,3 +164,22 @@ def test_list_shows_pending_and_active_with_time_left(minting_bot: MintingBot) -
     _, key, _ = bot.send.slash(OUTSIDER, "list")
     (empty,) = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
     assert "no pending requests and no active grants" in empty.payload["text"]
+
+
+def test_token_still_active_after_revocation_is_an_alert_and_retried(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    # A long grant revoked early: its token is still alive at the IdP, so only a real revocation ends it.
+    request_id = approve(bot, "request prod-db read 1h lying idp")
+    token = _token(bot, request_id)
+    bot.idp.misbehave_next(ignore_revocations=1)
+    bot.send.slash(REQUESTER, f"revoke {request_id}")
+
+    alert = bot.slack.wait_for(lambda: _audit_channel(bot, "still introspects as ACTIVE"), timeout=15)
+    assert request_id in alert[0]
+    (failure,) = [e for e in bot.audit(request_id) if e.event_type == "revocation_failed"][:1]
+    assert failure.details["error"] == "still_active"
+
+    bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=15)
+    assert _introspect(bot, token) == {"active": False}
+    assert bot.idp.stats()["ignored_revocations"] == 1
+    assert bot.idp.revocation_count(token) == 1

@@ -1,0 +1,575 @@
+"""The revocation engine as it runs in production: real ``jit-bot serve`` processes, crashed, restarted, replicated.
+
+Everything outside the test process is real: the console script, its database (SQLite or PostgreSQL), the
+dev IdP. Slack is the wire-level stand-in. Grants are made the way people make them (a signed slash command,
+a signed Approve click), and the test reads the outcome from the database, the IdP's own counters and the
+Slack calls the bot made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from bot.idp.keys import generate_signing_key
+from bot.store.db import make_engine
+from bot.store.models import AccessRequest, AuditEvent, Grant
+from tests.conftest import (
+    APPROVER_1,
+    APPROVERS_CHANNEL,
+    AUDIT_CHANNEL,
+    BOT_TOKEN,
+    CARD_ID,
+    IDP_CLIENT_ID,
+    IDP_CLIENT_SECRET,
+    IDP_RESOURCES,
+    REQUESTER,
+    SIGNING_SECRET,
+)
+from tests.devidp import DevIdP
+from tests.harness import SlackRequests
+from tests.slack_standin import SlackStandIn
+from tests.test_cli import JIT_BOT, base_env, free_port, write_policy
+
+T = TypeVar("T")
+
+PICKUP = re.compile(r"(http://127\.0\.0\.1:\d+/pickup/[A-Za-z0-9_-]+)")
+LOG_LEVEL = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) ", re.MULTILINE)
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    """One ``jit-bot serve``; its stdout and stderr go to files in tmp_path, so a full pipe never stalls it."""
+
+    def __init__(self, tmp_path: Path, name: str, env: dict[str, str], port: int) -> None:
+        self.name = name
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.stdout_path = tmp_path / f"{name}.stdout"
+        self.stderr_path = tmp_path / f"{name}.stderr"
+        self._stdout = self.stdout_path.open("w")
+        self._stderr = self.stderr_path.open("w")
+        self.process = subprocess.Popen(
+            [str(JIT_BOT), "serve"],
+            cwd=tmp_path,
+            env={**base_env(tmp_path), **env, "JIT_HTTP_PORT": str(port)},
+            stdout=self._stdout,
+            stderr=self._stderr,
+        )
+
+    def output(self) -> str:
+        return self.stdout_path.read_text() + self.stderr_path.read_text()
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        def healthy() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
+            with contextlib.suppress(httpx.TransportError):
+                return httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200
+            return False
+
+        wait_until(healthy, timeout=timeout, what=f"{self.name} to become healthy", interval=0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no finishing of work in flight, like a crash or an OOM kill."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._stdout.close()
+        self._stderr.close()
+
+
+class SlackTap:
+    """A pass-through proxy in front of the stand-in, one per replica, so the test can tell which process
+    made which Slack call (the stand-in itself cannot: both replicas send the same token)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._http = httpx.Client(timeout=30)
+        tap = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                answer = tap._http.post(f"{tap.upstream}{self.path}", content=body, headers=headers)
+                tap._record(self.path, self.headers.get_content_type(), body)
+                self.send_response(answer.status_code)
+                for name in ("Content-Type", "Retry-After"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+
+    def _record(self, path: str, content_type: str, body: bytes) -> None:
+        method = path.split("?")[0].removeprefix("/api/")
+        args: dict[str, Any]
+        if content_type == "application/json" and body:
+            args = json.loads(body)
+        else:
+            args = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+        with self._lock:
+            self.calls.append((method, args))
+
+    def start(self) -> SlackTap:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._http.close()
+
+
+@dataclass
+class Deployment:
+    """What every ``jit-bot serve`` process of one test shares: database, IdP, Slack, keys, policy."""
+
+    tmp_path: Path
+    slack: SlackStandIn
+    idp: DevIdP
+    engine: Engine
+    public_port: int
+    env: dict[str, str]
+    secrets: list[str]
+    processes: list[Process] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self.public_port}"
+
+    def start(self, name: str, port: int | None = None, **env: str) -> Process:
+        process = Process(self.tmp_path, name, {**self.env, **env}, port or self.public_port)
+        self.processes.append(process)
+        return process
+
+    def sender(self, process: Process) -> SlackRequests:
+        return SlackRequests(
+            base_url=process.base_url,
+            signing_secret=SIGNING_SECRET,
+            response_url_for=self.slack.response_url,
+            trigger_id=self.slack.new_trigger_id,
+            http=httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32)),
+        )
+
+    @contextlib.contextmanager
+    def dumped_on_failure(self) -> Iterator[None]:
+        """On failure, put every process's output (and the IdP's log) into the test report."""
+        try:
+            yield
+        except BaseException:
+            for process in self.processes:
+                sys.stderr.write(f"\n===== {process.name} (exit {process.process.poll()}) =====\n{process.output()}")
+            with contextlib.suppress(OSError):
+                sys.stderr.write(f"\n===== dev IdP =====\n{self.idp.log_path.read_text()[-5000:]}")
+            raise
+
+    def assert_no_secrets_in_output(self) -> None:
+        assert self.tokens, "the test never learned a token, so it cannot check that none leaked"
+        for process in self.processes:
+            output = process.output()
+            for n, secret in enumerate([*self.secrets, *self.tokens]):
+                assert secret not in output, f"secret #{n} appears in the output of {process.name}"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterator[Deployment]:
+    public_port = free_port()
+    public_url = f"http://127.0.0.1:{public_port}"
+    idp = DevIdP(
+        client_id=IDP_CLIENT_ID,
+        client_secret=IDP_CLIENT_SECRET,
+        trusted_issuer=public_url,
+        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
+        resources=IDP_RESOURCES,
+        lifetime_param="requested_lifetime",
+        admin=True,
+    )
+    idp.start()
+    key_file = tmp_path / "signing-key.pem"
+    pem = generate_signing_key().pem()
+    key_file.write_bytes(pem)
+    encryption_key = Fernet.generate_key().decode()
+    write_policy(tmp_path)
+    env = {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "JIT_DATABASE_URL": database_url,
+        "JIT_HTTP_HOST": "127.0.0.1",
+        "JIT_PUBLIC_URL": public_url,
+        "JIT_POLICY_FILE": str(tmp_path / "policy.yml"),
+        "OIDC_ISSUER": idp.issuer,
+        "OIDC_CLIENT_ID": IDP_CLIENT_ID,
+        "OIDC_CLIENT_SECRET": IDP_CLIENT_SECRET,
+        "OIDC_TOKEN_LIFETIME_PARAM": "requested_lifetime",
+        "JIT_ENCRYPTION_KEY": encryption_key,
+        "JIT_SIGNING_KEY_FILE": str(key_file),
+    }
+    # The private key's base64 body lines, each long enough to be unmistakable if it were ever printed.
+    key_lines = [line for line in pem.decode().splitlines() if len(line) >= 40]
+    engine = make_engine(database_url)
+    found = Deployment(
+        tmp_path=tmp_path,
+        slack=slack,
+        idp=idp,
+        engine=engine,
+        public_port=public_port,
+        env=env,
+        secrets=[BOT_TOKEN, SIGNING_SECRET, IDP_CLIENT_SECRET, encryption_key, *key_lines],
+    )
+    try:
+        yield found
+    finally:
+        for process in found.processes:
+            process.close()
+        idp.close()
+        engine.dispose()
+
+
+# --- making grants the way people do --------------------------------------------------------------
+
+
+def cards_posted(slack: SlackStandIn) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
+    for call in slack.calls_to("chat.postMessage"):
+        match = CARD_ID.search(str(call.args.get("text", "")))
+        if call.ok and match and call.args.get("blocks") and call.args.get("channel") == APPROVERS_CHANNEL:
+            found[match.group(1)] = (call.response["channel"], call.response["ts"])
+    return found
+
+
+def rows(engine: Engine, ids: list[str]) -> dict[str, tuple[AccessRequest, Grant | None]]:
+    with Session(engine) as session:
+        requests = session.exec(select(AccessRequest).where(col(AccessRequest.id).in_(ids))).all()
+        grants = {g.request_id: g for g in session.exec(select(Grant).where(col(Grant.request_id).in_(ids))).all()}
+        return {r.id: (r, grants.get(r.id)) for r in requests}
+
+
+def statuses(engine: Engine, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    return {rid: (r.status, g.status if g else None) for rid, (r, g) in rows(engine, ids).items()}
+
+
+def mint(dep: Deployment, sender: SlackRequests, durations: list[str], *, threads: int) -> list[str]:
+    """``/jit request`` for each duration, an approver clicks Approve on each card, and wait for ``active``."""
+    before = set(cards_posted(dep.slack))
+
+    def slash(n_duration: tuple[int, str]) -> None:
+        n, duration = n_duration
+        response, _key, _trigger = sender.slash(REQUESTER, f"request prod-db read {duration} drill {n}")
+        assert response.status_code == 200, response.text
+
+    t = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(slash, enumerate(durations)))
+    sys.stdout.write(f"\nslashes acked {time.monotonic()-t:.2f}\n")
+    cards = wait_until(
+        lambda: (
+            (new := {k: v for k, v in cards_posted(dep.slack).items() if k not in before})
+            and len(new) == len(durations)
+            and new
+        ),
+        timeout=30 + len(durations) / 5,
+        what=f"{len(durations)} approval cards",
+    )
+    ids = sorted(cards)
+    sys.stdout.write(f"cards {time.monotonic()-t:.2f}\n")
+    # Votes update the card, so its coordinates must be stored before the click.
+    wait_until(
+        lambda: all(r.card_ts is not None for r, _g in rows(dep.engine, ids).values()),
+        timeout=10,
+        what="card coordinates in the database",
+    )
+
+    def approve(request_id: str) -> None:
+        channel, ts = cards[request_id]
+        response, _key = sender.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+        assert response.status_code == 200, response.text
+
+    sys.stdout.write(f"card_ts {time.monotonic()-t:.2f}\n")
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(approve, ids))
+    sys.stdout.write(f"clicks acked {time.monotonic()-t:.2f}\n")
+
+    def settled() -> dict[str, tuple[str, str | None]] | None:
+        now = statuses(dep.engine, ids)
+        return now if all(s in ("active", "failed", "revoked") for s, _g in now.values()) else None
+
+    final = wait_until(settled, timeout=30 + len(ids) / 5, what="every approved request to be minted")
+    sys.stdout.write(f"active {time.monotonic()-t:.2f}\n")
+    assert {s for s, _g in final.values()} == {"active"}, Counter(s for s, _g in final.values())
+    return ids
+
+
+def dm_texts(slack: SlackStandIn) -> list[str]:
+    return [str(c.args.get("text")) for c in slack.calls_to("chat.postMessage") if c.args.get("channel") == REQUESTER]
+
+
+def pick_up(dep: Deployment, ids: list[str], *, threads: int) -> dict[str, str]:
+    """Fetch each grant's one-time pickup link, as the requester would; returns request id -> access token."""
+
+    def links() -> dict[str, str] | None:
+        found = {}
+        for text in dm_texts(dep.slack):
+            match = PICKUP.search(text)
+            for request_id in ids:
+                if match and f"`{request_id}`" in text:
+                    found[request_id] = match.group(1)
+        return found if len(found) == len(ids) else None
+
+    urls = wait_until(links, timeout=15, what="a pickup link in a DM for every grant")
+    assert all(url.startswith(f"{dep.public_url}/pickup/") for url in urls.values())
+
+    def fetch(request_id: str) -> tuple[str, str]:
+        answer = httpx.get(urls[request_id], headers={"Accept": "application/json"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return request_id, str(answer.json()["access_token"])
+
+    with ThreadPoolExecutor(threads) as pool:
+        tokens = dict(pool.map(fetch, ids))
+    dep.tokens.extend(tokens.values())
+    assert len(set(tokens.values())) == len(ids), "every grant has its own token"
+    return tokens
+
+
+def introspect(idp: DevIdP, token: str) -> dict[str, Any]:
+    endpoint = httpx.get(idp.discovery_url, timeout=5).json()["introspection_endpoint"]
+    # RFC 6749 2.3.1: client id and secret are form-encoded before they go into HTTP Basic.
+    auth = (quote(IDP_CLIENT_ID, safe=""), quote(IDP_CLIENT_SECRET, safe=""))
+    answer = httpx.post(endpoint, data={"token": token}, auth=auth, timeout=5)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def revoked_updates(calls: list[tuple[str, dict[str, Any]]], request_id: str) -> int:
+    return sum(
+        1
+        for method, args in calls
+        if method == "chat.update"
+        and str(args.get("text", "")).startswith(f"Access request {request_id}:")
+        and "Revoked" in str(args.get("text"))
+    )
+
+
+def revoked_dms(slack: SlackStandIn, request_id: str) -> int:
+    return sum(1 for text in dm_texts(slack) if f"`{request_id}`" in text and "revoked at the IdP" in text)
+
+
+def audit_summaries(slack: SlackStandIn, request_id: str) -> int:
+    return sum(
+        1
+        for c in slack.calls_to("chat.postMessage")
+        if c.args.get("channel") == AUDIT_CHANNEL and str(c.args.get("text")).startswith(f"[revoked] `{request_id}`")
+    )
+
+
+def revoked_events(engine: Engine, ids: list[str]) -> Counter[str]:
+    with Session(engine) as session:
+        events = session.exec(
+            select(AuditEvent).where(col(AuditEvent.request_id).in_(ids), AuditEvent.event_type == "grant_revoked")
+        ).all()
+        return Counter(str(e.request_id) for e in events)
+
+
+def standin_calls(slack: SlackStandIn) -> list[tuple[str, dict[str, Any]]]:
+    return [(c.method, c.args) for c in slack.calls if c.ok]
+
+
+def assert_clean(process: Process, code: int) -> None:
+    output = process.output()
+    assert code == 0, f"{process.name} exited with {code}"
+    assert "Finished server process" in output, f"{process.name} did not shut down gracefully"
+    assert "Traceback" not in output, f"{process.name} printed a traceback"
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+
+def test_grants_expired_while_down_are_revoked_within_5s_of_start(deployment: Deployment) -> None:
+    dep = deployment
+    with dep.dumped_on_failure():
+        first = dep.start("first")
+        first.wait_healthy()
+        sender = dep.sender(first)
+        ids = mint(dep, sender, ["5s", "6s", "6s", "7s", "8s"], threads=5)
+        tokens = pick_up(dep, ids, threads=5)
+        assert all(introspect(dep.idp, token)["active"] is True for token in tokens.values())
+
+        assert statuses(dep.engine, ids) == dict.fromkeys(ids, ("active", "active")), "all live at the crash"
+        first.kill()
+        sender.http.close()
+
+        expiries = {rid: g.expires_at for rid, (_r, g) in rows(dep.engine, ids).items() if g is not None}
+        last_expiry = max(expiries.values())
+        time.sleep(max(0.0, (last_expiry - datetime.now(UTC)).total_seconds()) + 1.0)
+        # Nobody was around to revoke them: the restart has to.
+        assert statuses(dep.engine, ids) == dict.fromkeys(ids, ("active", "active"))
+        assert dep.idp.stats()["revocations"] == {}
+
+        t0 = datetime.now(UTC)
+        second = dep.start("second")
+
+        def all_revoked() -> dict[str, tuple[AccessRequest, Grant | None]] | None:
+            now = rows(dep.engine, ids)
+            return now if all(g is not None and g.status == "revoked" for _r, g in now.values()) else None
+
+        # Poll longer than the promise, so a slow revocation fails on the lag it had, not on a timeout.
+        done = wait_until(all_revoked, timeout=30, what="every grant to be revoked after the restart")
+        for request_id, (request, grant) in done.items():
+            assert grant is not None and grant.revoked_at is not None
+            assert request.status == "revoked"
+            assert grant.revoked_at >= expiries[request_id], "never revoked before its expiry"
+            assert grant.revoked_at >= t0, "revoked by the restarted process, not before the crash"
+            lag = (grant.revoked_at - t0).total_seconds()
+            assert lag <= 5.0, f"{request_id} was revoked {lag:.2f}s after the start"
+            assert grant.token_ciphertext is None, "the stored token is wiped"
+
+        # Exactly one revocation per token at the IdP, and the IdP agrees they are dead.
+        revocations = dep.idp.stats()["revocations"]
+        assert revocations == {sha256(token): 1 for token in tokens.values()}
+        assert all(introspect(dep.idp, token) == {"active": False} for token in tokens.values())
+
+        # Cards say Revoked, the requester is told once, the audit channel once, the audit trail once.
+        second.wait_healthy()
+        wait_until(lambda: all(revoked_dms(dep.slack, r) for r in ids), timeout=10, what="the 'revoked' DMs")
+        wait_until(lambda: all(audit_summaries(dep.slack, r) for r in ids), timeout=10, what="the audit summaries")
+        time.sleep(2.5)  # a full sweep interval: a duplicate announcement would show up now
+        for request_id in ids:
+            request, _grant = rows(dep.engine, [request_id])[request_id]
+            card = dep.slack.message(str(request.card_channel), str(request.card_ts))
+            assert "Revoked" in json.dumps(card["blocks"]), card
+            assert "Revoke now" not in json.dumps(card["blocks"]), "no button on an ended grant"
+            assert revoked_updates(standin_calls(dep.slack), request_id) == 1
+            assert revoked_dms(dep.slack, request_id) == 1
+            assert audit_summaries(dep.slack, request_id) == 1
+        assert revoked_events(dep.engine, ids) == Counter(dict.fromkeys(ids, 1))
+        assert dep.slack.rejected() == []
+
+        assert_clean(second, second.terminate())
+        assert not LOG_LEVEL.search(second.output()), "the restarted process logged an error"
+        dep.assert_no_secrets_in_output()
+
+
+REPLICA_GRANTS = 200
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_replicas_revoke_each_grant_exactly_once(deployment: Deployment) -> None:
+    dep = deployment
+    taps = {name: SlackTap(dep.slack.base_url).start() for name in ("A", "B")}
+    try:
+        with dep.dumped_on_failure():
+            # One after the other: see test_replicas_started_together_on_a_fresh_database for why.
+            replica_a = dep.start("replica-A", SLACK_API_URL=taps["A"].api_url)
+            replica_a.wait_healthy()
+            replica_b = dep.start("replica-B", free_port(), SLACK_API_URL=taps["B"].api_url)
+            replica_b.wait_healthy()
+
+            sender = dep.sender(replica_a)
+            started = time.monotonic()
+            ids = mint(dep, sender, ["60s"] * REPLICA_GRANTS, threads=16)
+            minted_in = time.monotonic() - started
+            tokens = pick_up(dep, ids, threads=16)
+            sender.http.close()
+            assert statuses(dep.engine, ids) == dict.fromkeys(ids, ("active", "active")), "picked up in time"
+            expiries = [g.expires_at for _r, g in rows(dep.engine, ids).values() if g is not None]
+
+            def all_revoked() -> bool:
+                return set(statuses(dep.engine, ids).values()) == {("revoked", "revoked")}
+
+            wait_until(all_revoked, timeout=60, what="all grants revoked", interval=0.2)
+            wait_until(lambda: all(audit_summaries(dep.slack, r) for r in ids), timeout=20, what="the summaries")
+            time.sleep(2.5)  # a full sweep interval on both replicas: a second revocation would show up now
+
+            revocations = dep.idp.stats()["revocations"]
+            assert sum(revocations.values()) == REPLICA_GRANTS
+            assert revocations == {sha256(token): 1 for token in tokens.values()}
+            assert revoked_events(dep.engine, ids) == Counter(dict.fromkeys(ids, 1))
+            everything = standin_calls(dep.slack)
+            for request_id in ids:
+                assert revoked_updates(everything, request_id) == 1, request_id
+                assert revoked_dms(dep.slack, request_id) == 1, request_id
+                assert audit_summaries(dep.slack, request_id) == 1, request_id
+            for _request, grant in rows(dep.engine, ids).values():
+                assert grant is not None and grant.revoked_at is not None and grant.token_ciphertext is None
+                assert grant.revoked_at >= grant.expires_at
+            assert dep.slack.rejected() == []
+
+            # Who did the work: each replica's Slack calls went through its own tap. Not asserted, since
+            # the split depends on timing (A's timers fire at each expiry; B only has its periodic sweep).
+            split = {name: sum(revoked_updates(tap.calls, rid) for rid in ids) for name, tap in taps.items()}
+            assert sum(split.values()) == REPLICA_GRANTS
+            spread = (max(expiries) - min(expiries)).total_seconds()
+            sys.stdout.write(
+                f"\n{REPLICA_GRANTS} grants minted in {minted_in:.1f}s, expiring within {spread:.1f}s; "
+                f"revocations announced by replica A: {split['A']}, replica B: {split['B']}\n"
+            )
+
+            code_a, code_b = replica_a.terminate(), replica_b.terminate()
+            assert_clean(replica_a, code_a)
+            assert_clean(replica_b, code_b)
+            for replica in (replica_a, replica_b):
+                assert not LOG_LEVEL.search(replica.output()), f"{replica.name} logged an error"
+            dep.assert_no_secrets_in_output()
+    finally:
+        for tap in taps.values():
+            tap.stop()
