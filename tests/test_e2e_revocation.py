@@ -101,7 +101,9 @@ def test_revoke_now_button_and_command(minting_bot: MintingBot) -> None:
     bot = minting_bot
     first = approve(bot, "request prod-db read 1h first")
     row = bot.stored(first)
-    buttons = [e for b in _card(bot, first)["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    # The card is updated just after the grant is stored; wait for it like a person would.
+    card = bot.slack.wait_for(lambda: (c := _card(bot, first)) and "Active" in json.dumps(c["blocks"]) and c)
+    buttons = [e for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert [b["text"]["text"] for b in buttons] == ["Revoke now"]
 
     # Someone else: refused, audited, nothing changes.

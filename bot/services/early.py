@@ -10,9 +10,10 @@ from sqlalchemy import Engine
 
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
+from bot.services.announce import Announcer, load_snapshot
 from bot.services.audit import AuditEventType, record
 from bot.services.identity import resolve_approvers
-from bot.services.ports import DeliveryError, Directory, DirectoryError, Notifier, RequestSnapshot
+from bot.services.ports import Directory, DirectoryError, Notifier, RequestSnapshot
 from bot.services.snapshots import snapshot
 from bot.store import grants as grant_store
 from bot.store import requests as store
@@ -92,14 +93,8 @@ class EarlyEndService:
                 request_id=request_id,
                 cause="cancelled by the requester",
             )
-            request = store.get_request(session=session, request_id=request_id)
-            assert request is not None
-            session.refresh(request)
-            cancelled = snapshot(request, store.votes_for(session=session, request_id=request_id), policy=self.policy)
-        try:
-            self.notifier.update_card(cancelled)
-        except DeliveryError:
-            pass  # the card is a convenience; the database and the audit trail have the cancellation
+            cancelled = load_snapshot(session, request_id, policy=self.policy)
+        Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock).card(cancelled)
         return f"Request `{request_id}` was cancelled."
 
     def _approvers(self, resource_name: str) -> frozenset[str]:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus, VoteChoice
@@ -18,9 +17,9 @@ from bot.idp.assertion import ApprovalClaims, subject_assertion
 from bot.idp.client import ExchangedToken, IdPClient
 from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey
+from bot.services.announce import Announcer, load_snapshot
 from bot.services.audit import AuditEventType, record
-from bot.services.ports import DeliveryError, Notifier, RequestSnapshot
-from bot.services.snapshots import snapshot
+from bot.services.ports import Notifier, RequestSnapshot
 from bot.store import grants as grant_store
 from bot.store import requests as store
 from bot.store.crypto import TokenCipher, fingerprint, pickup_hash
@@ -55,6 +54,9 @@ class MintService:
     # Told each new grant's expiry, so the revocation engine wakes exactly then.
     on_grant_active: Callable[[datetime], None] = lambda _expires_at: None
     sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        self._announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
 
     def mint(self, request_id: str) -> RequestSnapshot | None:
         """Mint the token for an approved request. Returns None if someone else is minting it.
@@ -185,16 +187,10 @@ class MintService:
         except IdPError as exc:
             revoked = f"REVOCATION FAILED ({exc.code}); revoke it at the IdP by hand"
             log.error("could not revoke refused token for %s: %s", request.id, exc.code)
-        channel = self.policy.channels.audit
-        if channel is not None:
-            try:
-                self.notifier.alert(
-                    channel,
-                    f":rotating_light: Grant `{request.id}` was failed: {detail}. The token "
-                    f"(fingerprint `{fingerprint(token.access_token)}`) was {revoked}.",
-                )
-            except DeliveryError as exc:
-                log.error("alert for %s could not be posted: %s", request.id, exc)
+        self._announce.alert(
+            f":rotating_light: Grant `{request.id}` was failed: {detail}. The token "
+            f"(fingerprint `{fingerprint(token.access_token)}`) was {revoked}."
+        )
         return self._fail(
             request.id, code, f"{detail}; token {revoked}", token_fingerprint=fingerprint(token.access_token)
         )
@@ -225,8 +221,8 @@ class MintService:
                 detail=detail,
                 token_fingerprint=token_fingerprint,
             )
-            failed = self._snapshot(session, request_id)
-        self._tell(failed, link=None)
+            failed = load_snapshot(session, request_id, policy=self.policy)
+        self._announce.outcome(failed)
         return failed
 
     def _activate(
@@ -283,44 +279,7 @@ class MintService:
                 idp_expires_in=token.expires_in,
                 idp_lifetime_exceeds_grant=lifetime_warning,
             )
-            active = self._snapshot(session, request.id)
+            active = load_snapshot(session, request.id, policy=self.policy)
         self.on_grant_active(expires_at)
-        self._tell(active, link=(f"{self.public_url}/pickup/{pickup_id}", link_expires_at))
+        self._announce.outcome(active, pickup=(f"{self.public_url}/pickup/{pickup_id}", link_expires_at))
         return active
-
-    def _snapshot(self, session: Session, request_id: str) -> RequestSnapshot:
-        request = store.get_request(session=session, request_id=request_id)
-        assert request is not None
-        session.refresh(request)
-        votes = store.votes_for(session=session, request_id=request_id)
-        grant = grant_store.get_grant(session=session, request_id=request_id)
-        return snapshot(request, votes, policy=self.policy, grant=grant)
-
-    def _tell(self, request: RequestSnapshot, *, link: tuple[str, datetime] | None) -> None:
-        try:
-            self.notifier.update_card(request)
-        except DeliveryError as exc:
-            log.warning("card for %s could not be updated: %s", request.id, exc)
-        try:
-            if link is not None:
-                self.notifier.send_pickup_link(request, link[0], link[1])
-            else:
-                self.notifier.tell_requester(request)
-        except DeliveryError as exc:
-            log.error("requester of %s could not be told: %s", request.id, exc)
-            with session_scope(self.engine) as session:
-                record(
-                    AuditEventType.DELIVERY_FAILED,
-                    session=session,
-                    at=self.clock(),
-                    actor="jit-bot",
-                    request_id=request.id,
-                    what="pickup link DM" if link else "outcome DM",
-                    slack_error=str(exc),
-                )
-        channel = self.policy.channels.audit
-        if channel is not None:
-            try:
-                self.notifier.audit_summary(channel, request, request.status)
-            except DeliveryError as exc:
-                log.warning("audit summary for %s could not be posted: %s", request.id, exc)

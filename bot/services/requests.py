@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from bot.domain.commands import RequestDraft
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
+from bot.services.announce import Announcer
 from bot.services.audit import AuditEventType, record
 from bot.services.errors import DeliveryFailed
 from bot.services.identity import resolve_subject
@@ -110,7 +111,9 @@ class RequestService:
             stored = store.get_request(session=session, request_id=row.id)
             assert stored is not None
             posted = snapshot(stored, [], policy=self.policy)
-        self._summarise(posted, "submitted")
+        Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock).summary(
+            posted, "submitted"
+        )
         return posted
 
     def _cancel_unposted(self, request_id: str, requester: str, slack_error: str) -> None:
@@ -134,13 +137,3 @@ class RequestService:
                 slack_error=slack_error,
                 requester=requester,
             )
-
-    def _summarise(self, request: RequestSnapshot, event: str) -> None:
-        channel = self.policy.channels.audit
-        if channel is None:
-            return
-        try:
-            self.notifier.audit_summary(channel, request, event)
-        except DeliveryError as exc:
-            # The audit table is the record; the channel is a convenience, so a failure is logged only.
-            log.warning("audit summary for %s could not be posted: %s", request.id, exc)

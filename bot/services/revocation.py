@@ -18,15 +18,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
 from bot.idp.client import IdPClient
 from bot.idp.errors import IdPError
+from bot.services.announce import Announcer, load_snapshot
 from bot.services.audit import AuditEventType, record
-from bot.services.ports import DeliveryError, Notifier, RequestSnapshot
-from bot.services.snapshots import snapshot
+from bot.services.ports import Notifier
 from bot.store import grants as grant_store
 from bot.store import requests as store
 from bot.store.crypto import TokenCipher
@@ -61,6 +60,9 @@ class RevocationService:
     lease: timedelta = timedelta(seconds=60)
     batch: int = 200
     _in_flight: set[Future[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
 
     def sweep(self) -> list[str]:
         """Claim what is due and hand each grant to a worker. Returns the claimed request ids."""
@@ -144,8 +146,8 @@ class RevocationService:
                 lag_ms=int((now - expires_at).total_seconds() * 1000),
                 proof=proof,
             )
-            revoked = self._snapshot(session, request_id)
-        self._announce(revoked, "revoked")
+            revoked = load_snapshot(session, request_id, policy=self.policy)
+        self._announce.outcome(revoked)
 
     def _failed(self, request_id: str, claim_id: str, exc: Exception) -> None:
         still_active = isinstance(exc, StillActive)
@@ -172,57 +174,18 @@ class RevocationService:
                 error=code,
                 retry_at=retry_at.isoformat(),
             )
-            pending = self._snapshot(session, request_id)
+            pending = load_snapshot(session, request_id, policy=self.policy)
         log.warning("revocation of %s failed (attempt %d, %s); retrying at %s", request_id, attempts, code, retry_at)
         self.on_schedule(retry_at)
         if attempts == 1:
-            self._update_card(pending)
+            self._announce.card(pending)
         if still_active or attempts == ALERT_AFTER_FAILURES:
             why = (
                 "the IdP accepted the revocation but the token still introspects as ACTIVE"
                 if still_active
                 else f"{attempts} attempts failed ({code})"
             )
-            self._alert(
+            self._announce.alert(
                 f":rotating_light: Revocation of grant `{request_id}` is not done: {why}. "
                 "jit-bot keeps retrying; check the IdP."
             )
-
-    # --- reporting -----------------------------------------------------------------------------
-
-    def _snapshot(self, session: Session, request_id: str) -> RequestSnapshot:
-        request = store.get_request(session=session, request_id=request_id)
-        assert request is not None
-        session.refresh(request)
-        votes = store.votes_for(session=session, request_id=request_id)
-        grant = grant_store.get_grant(session=session, request_id=request_id)
-        return snapshot(request, votes, policy=self.policy, grant=grant)
-
-    def _update_card(self, request: RequestSnapshot) -> None:
-        try:
-            self.notifier.update_card(request)
-        except DeliveryError as exc:
-            log.warning("card for %s could not be updated: %s", request.id, exc)
-
-    def _alert(self, text: str) -> None:
-        channel = self.policy.channels.audit
-        if channel is None:
-            log.error("ALERT (no audit channel configured): %s", text)
-            return
-        try:
-            self.notifier.alert(channel, text)
-        except DeliveryError as exc:
-            log.error("ALERT could not be posted (%s): %s", exc, text)
-
-    def _announce(self, request: RequestSnapshot, event: str) -> None:
-        self._update_card(request)
-        try:
-            self.notifier.tell_requester(request)
-        except DeliveryError as exc:
-            log.error("requester of %s could not be told of the revocation: %s", request.id, exc)
-        channel = self.policy.channels.audit
-        if channel is not None:
-            try:
-                self.notifier.audit_summary(channel, request, event)
-            except DeliveryError as exc:
-                log.warning("audit summary for %s could not be posted: %s", request.id, exc)

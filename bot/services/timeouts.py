@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
+from bot.services.announce import Announcer, load_snapshot
 from bot.services.audit import AuditEventType, record
-from bot.services.ports import DeliveryError, Notifier
-from bot.services.snapshots import snapshot
+from bot.services.ports import Notifier
 from bot.store import requests as store
 from bot.store.db import session_scope
 
@@ -103,11 +103,7 @@ class TimeoutService:
 
     def _tell(self, request_id: str) -> None:
         with session_scope(self.engine) as session:
-            request = store.get_request(session=session, request_id=request_id)
-            assert request is not None
-            view = snapshot(request, store.votes_for(session=session, request_id=request_id), policy=self.policy)
-        for action in (self.notifier.update_card, self.notifier.tell_requester):
-            try:
-                action(view)
-            except DeliveryError as exc:
-                log.warning("could not tell Slack about %s (%s): %s", request_id, view.status, exc)
+            view = load_snapshot(session, request_id, policy=self.policy)
+        announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
+        announce.card(view)
+        announce.requester(view)

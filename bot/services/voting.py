@@ -14,10 +14,11 @@ from sqlmodel import Session
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus, VoteChoice
 from bot.domain.votes import REFUSAL_TEXT, VoteDecision, VoteFacts, VoteRefusal, decide_vote
+from bot.services.announce import Announcer
 from bot.services.audit import AuditEventType, record
 from bot.services.errors import UserFacingError
 from bot.services.identity import resolve_approvers
-from bot.services.ports import DeliveryError, Directory, DirectoryError, Notifier, RequestSnapshot
+from bot.services.ports import Directory, DirectoryError, Notifier, RequestSnapshot
 from bot.services.snapshots import snapshot
 from bot.store import requests as store
 from bot.store.db import session_scope
@@ -227,29 +228,8 @@ class VotingService:
             # Minting updates the card and tells the requester itself, once the token exists.
             self.on_approved(request.id)
             return
-        try:
-            self.notifier.update_card(request)
-        except DeliveryError as exc:
-            log.warning("card for %s could not be updated: %s", request.id, exc)
-        if not result.decided:
-            return
-        try:
-            self.notifier.tell_requester(request)
-        except DeliveryError as exc:
-            log.error("requester of %s could not be told the outcome: %s", request.id, exc)
-            with session_scope(self.engine) as session:
-                record(
-                    AuditEventType.DELIVERY_FAILED,
-                    session=session,
-                    at=self.clock(),
-                    actor="jit-bot",
-                    request_id=request.id,
-                    what="outcome DM",
-                    slack_error=str(exc),
-                )
-        channel = self.policy.channels.audit
-        if channel is not None:
-            try:
-                self.notifier.audit_summary(channel, request, request.status)
-            except DeliveryError as exc:
-                log.warning("audit summary for %s could not be posted: %s", request.id, exc)
+        announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
+        if result.decided:
+            announce.outcome(request)
+        else:
+            announce.card(request)
