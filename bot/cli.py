@@ -112,8 +112,15 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         socket_handler = SocketModeHandler(runtime.bolt_app, settings.slack_app_token.get_secret_value())
-        socket_handler.connect()  # type: ignore[no-untyped-call]
-        log.info("Socket Mode connected")
+        try:
+            socket_handler.connect()  # type: ignore[no-untyped-call]
+        except SlackApiError as exc:
+            raise ConfigError([f"SLACK_APP_TOKEN was refused by Slack: {exc.response.get('error')}"]) from None
+        if socket_handler.client.is_connected():
+            log.info("Socket Mode connected")
+        else:
+            # slack_sdk keeps retrying in the background; say so instead of claiming success.
+            log.warning("Socket Mode is not connected yet; retrying in the background")
     # Everything built so far lives as long as the process: moving it out of the collector's reach
     # keeps full collections (which stop every thread) short, and so keeps acks fast.
     gc.collect()

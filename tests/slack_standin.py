@@ -20,6 +20,11 @@ Wire facts this relies on (slack_sdk 3.x, sync ``WebClient``): every request is 
 methods slack_sdk declares as GET; "json" methods (chat.*, views.*) send a JSON body, "params"
 methods (auth.test, users.info, usergroups.users.list, conversations.open) send a form body; the
 token always travels in ``Authorization: Bearer``. Query strings are accepted too, as Slack does.
+
+Socket Mode: ``apps.connections.open`` takes the app-level token (``xapp-``, the ``app_token``
+constructor argument) and every other method the bot token, as on Slack, where each token type is
+refused by the other's methods with ``not_allowed_token_type``. It answers with ``socket_url``,
+which a test points at its own websocket server (``tests/socket_mode_server.py``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ MAX_MARKDOWN_TEXT = 12_000
 MAX_MESSAGE_BLOCKS = 50
 MAX_MODAL_BLOCKS = 100
 RESPONSE_URL_USES = 5  # Slack allows a response_url to be used five times (within 30 minutes)
+_APP_TOKEN_METHOD = "apps.connections.open"  # the one method here that takes the app-level token
 
 # Element types by where Slack lets them appear.
 _SELECTS = {
@@ -449,8 +455,12 @@ class SlackStandIn:
         *,
         users: dict[str, dict[str, Any]] | None = None,
         usergroups: dict[str, list[str]] | None = None,
+        app_token: str | None = None,
     ) -> None:
         self.bot_token = bot_token
+        self.app_token = app_token
+        # What apps.connections.open hands out; a test sets it once its websocket server listens.
+        self.socket_url: str | None = None
         self._users = copy.deepcopy(users) if users is not None else None
         self._usergroups = copy.deepcopy(usergroups or {})
         self._lock = threading.Lock()
@@ -468,6 +478,7 @@ class SlackStandIn:
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.open": self._conversations_open,
+            _APP_TOKEN_METHOD: self._apps_connections_open,
         }
         self._delays: dict[str, float] = {}
         # Called with each recorded Web API call, outside the lock (benchmarks time events with it).
@@ -658,10 +669,7 @@ class SlackStandIn:
         status, headers = 200, {}
         with self._lock:
             try:
-                if not authorization:
-                    raise _Refusal("not_authed")
-                if authorization != f"Bearer {self.bot_token}":
-                    raise _Refusal("invalid_auth")
+                self._authorize(method, authorization)
                 handler = self._methods.get(method)
                 if handler is None:
                     raise _Refusal("unknown_method")
@@ -681,6 +689,20 @@ class SlackStandIn:
         for observer in self.observers:
             observer(call)
         return status, body, headers
+
+    def _authorize(self, method: str, authorization: str | None) -> None:
+        """apps.connections.open takes only the app-level token, every other method only the bot token."""
+        if not authorization:
+            raise _Refusal("not_authed")
+        wants_app_token = method == _APP_TOKEN_METHOD
+        expected = self.app_token if wants_app_token else self.bot_token
+        if expected is not None and authorization == f"Bearer {expected}":
+            return
+        other = self.bot_token if wants_app_token else self.app_token
+        if other is not None and authorization == f"Bearer {other}":
+            # A real token of the wrong type: Slack names the mistake rather than calling it invalid.
+            raise _Refusal("not_allowed_token_type")
+        raise _Refusal("invalid_auth")
 
     def _response_post(self, key: str, payload: Any) -> tuple[int, str]:
         """Answers a POST to a response_url: (HTTP status, plain-text body) as Slack does."""
@@ -943,6 +965,12 @@ class SlackStandIn:
             return {"channel": {"id": self._resolve_channel(ids[0])}}
         digest = hashlib.sha1(",".join(sorted(ids)).encode()).hexdigest()[:10].upper()
         return {"channel": {"id": f"G{digest}"}}
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002 - uniform signature
+        if self.socket_url is None:
+            # Not a Slack error code: the test has not pointed the stand-in at a websocket server.
+            raise _Refusal("standin_no_socket_url", kind="not_found")
+        return {"url": self.socket_url}
 
 
 def _describe(predicate: Callable[..., Any]) -> str:

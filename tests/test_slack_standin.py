@@ -386,6 +386,63 @@ def test_bad_token_is_invalid_auth(slack: SlackStandIn) -> None:
     assert [c.error for c in slack.rejected()] == ["invalid_auth", "not_authed"]
 
 
+APP_TOKEN = "xapp-1-A0JITBOT01-0000-standin-app-token"
+
+
+def test_apps_connections_open_takes_only_the_app_level_token() -> None:
+    with SlackStandIn(TOKEN, app_token=APP_TOKEN) as standin:
+        client = WebClient(token=TOKEN, base_url=standin.api_url)
+        # No websocket server yet: refused, and not counted as the caller's mistake.
+        with pytest.raises(SlackApiError) as refused:
+            client.apps_connections_open(app_token=APP_TOKEN)
+        assert refused.value.response["error"] == "standin_no_socket_url"
+        assert standin.rejected() == []
+
+        standin.socket_url = "ws://127.0.0.1:9/link/?ticket=t0&app_id=A0JITBOT01"
+        opened = client.apps_connections_open(app_token=APP_TOKEN)
+        assert opened["url"] == standin.socket_url
+
+        # Each token type is refused by the other's methods, as Slack does.
+        with pytest.raises(SlackApiError) as refused:
+            client.apps_connections_open(app_token=TOKEN)
+        assert refused.value.response["error"] == "not_allowed_token_type"
+        with pytest.raises(SlackApiError) as refused:
+            WebClient(token=APP_TOKEN, base_url=standin.api_url).chat_postMessage(channel="C0REQUESTS", text="hi")
+        assert refused.value.response["error"] == "not_allowed_token_type"
+        with pytest.raises(SlackApiError) as refused:
+            client.apps_connections_open(app_token="xapp-1-A0JITBOT01-0000-wrong")
+        assert refused.value.response["error"] == "invalid_auth"
+        # Slack wants the app token in the Authorization header; as a POST parameter it does not count.
+        form = urllib.request.Request(
+            f"{standin.api_url}apps.connections.open",
+            data=f"token={APP_TOKEN}".encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        with urllib.request.urlopen(form, timeout=5) as reply:
+            assert json.loads(reply.read()) == {"ok": False, "error": "not_authed"}
+        # The bot token keeps working for everything else.
+        assert client.auth_test()["ok"]
+
+        assert [(c.method, c.error) for c in standin.rejected()] == [
+            ("apps.connections.open", "not_allowed_token_type"),
+            ("chat.postMessage", "not_allowed_token_type"),
+            ("apps.connections.open", "invalid_auth"),
+            ("apps.connections.open", "not_authed"),
+        ]
+        # Recorded arguments never hold a token, though slack_sdk also sends it in the form body.
+        assert all(APP_TOKEN not in json.dumps(c.args) for c in standin.calls)
+
+
+def test_apps_connections_open_without_an_app_token_refuses_every_token() -> None:
+    with SlackStandIn(TOKEN) as standin:
+        standin.socket_url = "ws://127.0.0.1:9/link/"
+        client = WebClient(base_url=standin.api_url)
+        for token, error in ((APP_TOKEN, "invalid_auth"), (TOKEN, "not_allowed_token_type")):
+            with pytest.raises(SlackApiError) as refused:
+                client.apps_connections_open(app_token=token)
+            assert refused.value.response["error"] == error
+
+
 def test_unknown_method(slack: SlackStandIn, client: WebClient) -> None:
     with pytest.raises(SlackApiError) as refused:
         client.api_call("chat.explode", json={"channel": "C0REQUESTS"})
