@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, quote
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
 from bot.idp.keys import generate_signing_key
@@ -56,6 +56,7 @@ from tests.test_cli import JIT_BOT, base_env, free_port, write_policy
 T = TypeVar("T")
 
 PICKUP = re.compile(r"(http://127\.0\.0\.1:\d+/pickup/[A-Za-z0-9_-]+)")
+PICKUP_REQUEST = re.compile(r"request `(R[0-9A-Z]{9})`")
 LOG_LEVEL = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) ", re.MULTILINE)
 
 
@@ -218,8 +219,9 @@ class Deployment:
                 sys.stderr.write(f"\n===== dev IdP =====\n{self.idp.log_path.read_text()[-5000:]}")
             raise
 
-    def assert_no_secrets_in_output(self) -> None:
-        assert self.tokens, "the test never learned a token, so it cannot check that none leaked"
+    def assert_no_secrets_in_output(self, *, tokens_expected: bool = True) -> None:
+        if tokens_expected:
+            assert self.tokens, "the test never learned a token, so it cannot check that none leaked"
         for process in self.processes:
             output = process.output()
             for n, secret in enumerate([*self.secrets, *self.tokens]):
@@ -313,10 +315,8 @@ def mint(dep: Deployment, sender: SlackRequests, durations: list[str], *, thread
         response, _key, _trigger = sender.slash(REQUESTER, f"request prod-db read {duration} drill {n}")
         assert response.status_code == 200, response.text
 
-    t = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(slash, enumerate(durations)))
-    sys.stdout.write(f"\nslashes acked {time.monotonic()-t:.2f}\n")
     cards = wait_until(
         lambda: (
             (new := {k: v for k, v in cards_posted(dep.slack).items() if k not in before})
@@ -327,7 +327,6 @@ def mint(dep: Deployment, sender: SlackRequests, durations: list[str], *, thread
         what=f"{len(durations)} approval cards",
     )
     ids = sorted(cards)
-    sys.stdout.write(f"cards {time.monotonic()-t:.2f}\n")
     # Votes update the card, so its coordinates must be stored before the click.
     wait_until(
         lambda: all(r.card_ts is not None for r, _g in rows(dep.engine, ids).values()),
@@ -340,18 +339,16 @@ def mint(dep: Deployment, sender: SlackRequests, durations: list[str], *, thread
         response, _key = sender.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
         assert response.status_code == 200, response.text
 
-    sys.stdout.write(f"card_ts {time.monotonic()-t:.2f}\n")
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(approve, ids))
-    sys.stdout.write(f"clicks acked {time.monotonic()-t:.2f}\n")
 
     def settled() -> dict[str, tuple[str, str | None]] | None:
         now = statuses(dep.engine, ids)
         return now if all(s in ("active", "failed", "revoked") for s, _g in now.values()) else None
 
     final = wait_until(settled, timeout=30 + len(ids) / 5, what="every approved request to be minted")
-    sys.stdout.write(f"active {time.monotonic()-t:.2f}\n")
-    assert {s for s, _g in final.values()} == {"active"}, Counter(s for s, _g in final.values())
+    # Revoked is fine too: in a big batch the first grants may run out while the last are minted.
+    assert {s for s, _g in final.values()} <= {"active", "revoked"}, Counter(s for s, _g in final.values())
     return ids
 
 
@@ -359,31 +356,64 @@ def dm_texts(slack: SlackStandIn) -> list[str]:
     return [str(c.args.get("text")) for c in slack.calls_to("chat.postMessage") if c.args.get("channel") == REQUESTER]
 
 
-def pick_up(dep: Deployment, ids: list[str], *, threads: int) -> dict[str, str]:
-    """Fetch each grant's one-time pickup link, as the requester would; returns request id -> access token."""
+class Picker:
+    """The requester, fetching each pickup link once (as JSON) as soon as it arrives in a DM.
 
-    def links() -> dict[str, str] | None:
-        found = {}
-        for text in dm_texts(dep.slack):
-            match = PICKUP.search(text)
-            for request_id in ids:
-                if match and f"`{request_id}`" in text:
-                    found[request_id] = match.group(1)
-        return found if len(found) == len(ids) else None
+    Runs beside the minting, so a grant's token is fetched within moments of its activation however long
+    the whole batch takes to mint.
+    """
 
-    urls = wait_until(links, timeout=15, what="a pickup link in a DM for every grant")
-    assert all(url.startswith(f"{dep.public_url}/pickup/") for url in urls.values())
+    def __init__(self, dep: Deployment, *, threads: int) -> None:
+        self._dep = dep
+        self._pool = ThreadPoolExecutor(threads)
+        self._http = httpx.Client(timeout=15, limits=httpx.Limits(max_connections=threads * 2))
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self.tokens: dict[str, str] = {}
+        self.refused: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
 
-    def fetch(request_id: str) -> tuple[str, str]:
-        answer = httpx.get(urls[request_id], headers={"Accept": "application/json"}, timeout=10)
-        assert answer.status_code == 200, answer.text
-        return request_id, str(answer.json()["access_token"])
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            for dm in dm_texts(self._dep.slack):
+                link, request = PICKUP.search(dm), PICKUP_REQUEST.search(dm)
+                if link and request and request.group(1) not in self._seen:
+                    self._seen.add(request.group(1))
+                    self._pool.submit(self._fetch, request.group(1), link.group(1))
 
-    with ThreadPoolExecutor(threads) as pool:
-        tokens = dict(pool.map(fetch, ids))
-    dep.tokens.extend(tokens.values())
-    assert len(set(tokens.values())) == len(ids), "every grant has its own token"
-    return tokens
+    def _fetch(self, request_id: str, url: str) -> None:
+        try:
+            assert url.startswith(f"{self._dep.public_url}/pickup/"), url
+            answer = self._http.get(url, headers={"Accept": "application/json"})
+            outcome = (True, str(answer.json()["access_token"])) if answer.status_code == 200 else (False, answer.text)
+        except Exception as exc:  # reported by wait(), not lost in the pool
+            outcome = (False, repr(exc))
+        with self._lock:
+            if outcome[0]:
+                self.tokens[request_id] = outcome[1]
+                self._dep.tokens.append(outcome[1])
+            else:
+                self.refused[request_id] = outcome[1]
+
+    def wait(self, ids: list[str], timeout: float = 20) -> dict[str, str]:
+        def done() -> bool:
+            with self._lock:
+                return set(ids) <= set(self.tokens) | set(self.refused)
+
+        wait_until(done, timeout=timeout, what="a picked-up token for every grant")
+        with self._lock:
+            assert {rid: self.refused[rid] for rid in ids if rid in self.refused} == {}, "pickups refused"
+            tokens = {rid: self.tokens[rid] for rid in ids}
+        assert len(set(tokens.values())) == len(ids), "every grant has its own token"
+        return tokens
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True)
+        self._http.close()
 
 
 def introspect(idp: DevIdP, token: str) -> dict[str, Any]:
@@ -450,17 +480,20 @@ def test_grants_expired_while_down_are_revoked_within_5s_of_start(deployment: De
         first = dep.start("first")
         first.wait_healthy()
         sender = dep.sender(first)
-        ids = mint(dep, sender, ["5s", "6s", "6s", "7s", "8s"], threads=5)
-        tokens = pick_up(dep, ids, threads=5)
+        picker = Picker(dep, threads=5)
+        try:
+            ids = mint(dep, sender, ["6s", "6s", "7s", "7s", "8s"], threads=5)
+            tokens = picker.wait(ids)
+        finally:
+            picker.close()
+            sender.http.close()
         assert all(introspect(dep.idp, token)["active"] is True for token in tokens.values())
 
         assert statuses(dep.engine, ids) == dict.fromkeys(ids, ("active", "active")), "all live at the crash"
         first.kill()
-        sender.http.close()
 
         expiries = {rid: g.expires_at for rid, (_r, g) in rows(dep.engine, ids).items() if g is not None}
-        last_expiry = max(expiries.values())
-        time.sleep(max(0.0, (last_expiry - datetime.now(UTC)).total_seconds()) + 1.0)
+        time.sleep(max(0.0, (max(expiries.values()) - datetime.now(UTC)).total_seconds()) + 1.0)
         # Nobody was around to revoke them: the restart has to.
         assert statuses(dep.engine, ids) == dict.fromkeys(ids, ("active", "active"))
         assert dep.idp.stats()["revocations"] == {}
@@ -474,31 +507,33 @@ def test_grants_expired_while_down_are_revoked_within_5s_of_start(deployment: De
 
         # Poll longer than the promise, so a slow revocation fails on the lag it had, not on a timeout.
         done = wait_until(all_revoked, timeout=30, what="every grant to be revoked after the restart")
+        lags = {}
         for request_id, (request, grant) in done.items():
             assert grant is not None and grant.revoked_at is not None
             assert request.status == "revoked"
             assert grant.revoked_at >= expiries[request_id], "never revoked before its expiry"
             assert grant.revoked_at >= t0, "revoked by the restarted process, not before the crash"
-            lag = (grant.revoked_at - t0).total_seconds()
-            assert lag <= 5.0, f"{request_id} was revoked {lag:.2f}s after the start"
+            lags[request_id] = (grant.revoked_at - t0).total_seconds()
             assert grant.token_ciphertext is None, "the stored token is wiped"
+        assert max(lags.values()) <= 5.0, f"revoked this long after the start (s): {lags}"
+        sys.stdout.write(f"\nrevoked {min(lags.values()):.2f}s to {max(lags.values()):.2f}s after the restart\n")
 
         # Exactly one revocation per token at the IdP, and the IdP agrees they are dead.
-        revocations = dep.idp.stats()["revocations"]
-        assert revocations == {sha256(token): 1 for token in tokens.values()}
+        assert dep.idp.stats()["revocations"] == {sha256(token): 1 for token in tokens.values()}
         assert all(introspect(dep.idp, token) == {"active": False} for token in tokens.values())
 
-        # Cards say Revoked, the requester is told once, the audit channel once, the audit trail once.
+        # Cards say Revoked; the requester is told once, the audit channel once, the audit trail once.
         second.wait_healthy()
         wait_until(lambda: all(revoked_dms(dep.slack, r) for r in ids), timeout=10, what="the 'revoked' DMs")
         wait_until(lambda: all(audit_summaries(dep.slack, r) for r in ids), timeout=10, what="the audit summaries")
         time.sleep(2.5)  # a full sweep interval: a duplicate announcement would show up now
+        calls = standin_calls(dep.slack)
         for request_id in ids:
             request, _grant = rows(dep.engine, [request_id])[request_id]
             card = dep.slack.message(str(request.card_channel), str(request.card_ts))
             assert "Revoked" in json.dumps(card["blocks"]), card
             assert "Revoke now" not in json.dumps(card["blocks"]), "no button on an ended grant"
-            assert revoked_updates(standin_calls(dep.slack), request_id) == 1
+            assert revoked_updates(calls, request_id) == 1
             assert revoked_dms(dep.slack, request_id) == 1
             assert audit_summaries(dep.slack, request_id) == 1
         assert revoked_events(dep.engine, ids) == Counter(dict.fromkeys(ids, 1))
@@ -525,12 +560,15 @@ def test_two_replicas_revoke_each_grant_exactly_once(deployment: Deployment) -> 
             replica_b.wait_healthy()
 
             sender = dep.sender(replica_a)
+            picker = Picker(dep, threads=16)
             started = time.monotonic()
-            ids = mint(dep, sender, ["60s"] * REPLICA_GRANTS, threads=16)
-            minted_in = time.monotonic() - started
-            tokens = pick_up(dep, ids, threads=16)
-            sender.http.close()
-            assert statuses(dep.engine, ids) == dict.fromkeys(ids, ("active", "active")), "picked up in time"
+            try:
+                ids = mint(dep, sender, ["20s"] * REPLICA_GRANTS, threads=16)
+                minted_in = time.monotonic() - started
+                tokens = picker.wait(ids)
+            finally:
+                picker.close()
+                sender.http.close()
             expiries = [g.expires_at for _r, g in rows(dep.engine, ids).values() if g is not None]
 
             def all_revoked() -> bool:
@@ -544,9 +582,9 @@ def test_two_replicas_revoke_each_grant_exactly_once(deployment: Deployment) -> 
             assert sum(revocations.values()) == REPLICA_GRANTS
             assert revocations == {sha256(token): 1 for token in tokens.values()}
             assert revoked_events(dep.engine, ids) == Counter(dict.fromkeys(ids, 1))
-            everything = standin_calls(dep.slack)
+            calls = standin_calls(dep.slack)
             for request_id in ids:
-                assert revoked_updates(everything, request_id) == 1, request_id
+                assert revoked_updates(calls, request_id) == 1, request_id
                 assert revoked_dms(dep.slack, request_id) == 1, request_id
                 assert audit_summaries(dep.slack, request_id) == 1, request_id
             for _request, grant in rows(dep.engine, ids).values():
@@ -554,8 +592,8 @@ def test_two_replicas_revoke_each_grant_exactly_once(deployment: Deployment) -> 
                 assert grant.revoked_at >= grant.expires_at
             assert dep.slack.rejected() == []
 
-            # Who did the work: each replica's Slack calls went through its own tap. Not asserted, since
-            # the split depends on timing (A's timers fire at each expiry; B only has its periodic sweep).
+            # Who did the work: each replica's Slack calls went through its own tap. Not asserted beyond the
+            # total, since the split depends on timing (A arms timers for its mints; B only sweeps).
             split = {name: sum(revoked_updates(tap.calls, rid) for rid in ids) for name, tap in taps.items()}
             assert sum(split.values()) == REPLICA_GRANTS
             spread = (max(expiries) - min(expiries)).total_seconds()
@@ -573,3 +611,37 @@ def test_two_replicas_revoke_each_grant_exactly_once(deployment: Deployment) -> 
     finally:
         for tap in taps.values():
             tap.stop()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_replicas_started_together_on_a_fresh_database(deployment: Deployment) -> None:
+    """A Deployment with ``replicas: 2`` rolls out both pods at once, and each migrates before serving."""
+    dep = deployment
+    with dep.dumped_on_failure(), dep.engine.connect() as gate:
+        # Make the race certain instead of likely: an uncommitted alembic_version table is invisible to both
+        # replicas' "does it exist?" check, and blocks their CREATE TABLE until the gate rolls back. (With
+        # migrations serialised, the second replica waits on that lock instead; both count as waiting.)
+        gate.begin()
+        gate.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        replicas = [dep.start("replica-A"), dep.start("replica-B", free_port())]
+        with dep.engine.connect() as watcher:
+
+            def both_waiting() -> bool:
+                for replica in replicas:
+                    assert replica.process.poll() is None, f"{replica.name} exited early"
+                waiting = watcher.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+                watcher.rollback()  # pg_stat_activity is a snapshot taken once per transaction
+                return waiting == len(replicas)
+
+            wait_until(both_waiting, timeout=30, what="both replicas to be migrating")
+        gate.rollback()
+        for replica in replicas:
+            replica.wait_healthy()
+        for replica in replicas:
+            assert_clean(replica, replica.terminate())
+        dep.assert_no_secrets_in_output(tokens_expected=False)

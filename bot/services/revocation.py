@@ -57,7 +57,9 @@ class RevocationService:
     workers: Executor
     # Told about every future moment the engine must wake up (new expiries, retries).
     on_schedule: Callable[[datetime], None] = lambda _when: None
-    lease: timedelta = timedelta(seconds=60)
+    # Long enough for one attempt (discovery, revocation, introspection at 5 s each, worst case),
+    # short enough that a grant held by a crashed worker is retried soon after a restart.
+    lease: timedelta = timedelta(seconds=30)
     batch: int = 200
     _in_flight: set[Future[Any]] = field(default_factory=set)
 

@@ -10,11 +10,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant shared by every jit-bot process; it names the advisory lock that serialises migrations.
+MIGRATION_LOCK_KEY = 0x6A69745F6D696772
 
 
 def make_engine(url: str) -> Engine:
@@ -85,5 +87,9 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together would both create the schema; the second waits here, then
+            # finds it current. (SQLite is already serialised by BEGIN IMMEDIATE.)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
