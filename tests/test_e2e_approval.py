@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bot.store.audit import verify_chain
@@ -240,6 +241,9 @@ def test_slack_retry_of_a_click_changes_state_once(bot: Bot) -> None:
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "approved")
     bot.slack.wait_for(lambda: len([e for e in bot.audit(request_id) if e.event_type == "unauthorized_attempt"]) == 1)
     assert [e.event_type for e in bot.audit(request_id)].count("request_approved") == 1
+    # The DM goes out just after the commit; wait for it, then make sure it was the only one.
+    bot.slack.wait_for(lambda: _dms_to(bot, REQUESTER))
+    time.sleep(0.3)
     assert len(_dms_to(bot, REQUESTER)) == 1
 
 

@@ -36,6 +36,7 @@ class ExpiryScheduler:
         self._interval = interval
         self._lock = threading.Lock()
         self._armed_for: datetime | None = None
+        self._stopping = False
         # Never drop a run for being late: a late revocation is still owed (misfire_grace_time=None),
         # and several missed runs of the same job collapse into one (coalesce).
         self._scheduler = BackgroundScheduler(
@@ -50,6 +51,11 @@ class ExpiryScheduler:
         self._scheduler.add_job(self.sweep, "interval", seconds=self._interval, id=SWEEP_JOB)
 
     def stop(self) -> None:
+        # APScheduler's shutdown(wait=True) holds its job-store lock while it waits for running jobs,
+        # and a running sweep re-arms the timer through add_job, which needs that lock. So: first
+        # make sure no sweep will add a job again, then shut down.
+        with self._lock:
+            self._stopping = True
         self._scheduler.shutdown(wait=True)
 
     def sweep(self) -> None:
@@ -75,15 +81,17 @@ class ExpiryScheduler:
     def wake_at(self, when: datetime) -> None:
         """Make sure a sweep runs at ``when`` (a new grant's expiry, a retry, an early revocation)."""
         with self._lock:
-            if self._armed_for is not None and self._armed_for <= when:
+            if self._stopping or (self._armed_for is not None and self._armed_for <= when):
                 return
             self._armed_for = when
-        run_date = max(when, datetime.now(UTC))
-        try:
-            self._scheduler.add_job(self._timer_fired, "date", run_date=run_date, id=TIMER_JOB, replace_existing=True)
-        except Exception:
-            # The scheduler is shut down (we are stopping); the next process's start-up sweep covers it.
-            log.warning("could not arm the expiry timer for %s", when.isoformat())
+            run_date = max(when, datetime.now(UTC))
+            try:
+                self._scheduler.add_job(
+                    self._timer_fired, "date", run_date=run_date, id=TIMER_JOB, replace_existing=True
+                )
+            except Exception:
+                # Not running (yet or any more); the next start-up sweep covers what is due.
+                log.warning("could not arm the expiry timer for %s", when.isoformat())
 
     def _timer_fired(self) -> None:
         with self._lock:
