@@ -121,6 +121,9 @@ def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
     first = approve(bot)
     url = pickup_url(bot, first)
 
+    # A link checker's HEAD does not use the link up.
+    head = httpx.head(url)
+    assert head.status_code == 405 and head.headers["allow"] == "GET"
     page = httpx.get(url)
     assert page.status_code == 200
     assert page.headers["cache-control"] == "no-store"

@@ -30,6 +30,9 @@ def pickup_router(service: PickupService) -> APIRouter:
 
     @router.get("/pickup/{pickup_id}")
     async def pickup(pickup_id: str, request: Request) -> Response:
+        if request.method != "GET":
+            # Starlette answers HEAD through GET routes; a link checker's HEAD must not use up the link.
+            return Response(status_code=405, headers={**SECURITY_HEADERS, "Allow": "GET"})
         result = await run_in_threadpool(service.claim, pickup_id)
         wants_json = "application/json" in request.headers.get("accept", "")
         if result.outcome is PickupOutcome.OK and result.token is not None:
