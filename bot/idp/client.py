@@ -77,6 +77,8 @@ class IdPClient:
         self._config = config
         self._signing_key = signing_key
         self.discovery = Discovery(config.issuer, timeout=config.timeout)
+        # Built once: a new httpx client otherwise loads the CA bundle again, ~20 ms of CPU per IdP call.
+        self._tls = httpx.create_ssl_context()
         self._jwks_lock = threading.Lock()
         self._jwks: jwt.PyJWKSet | None = None
 
@@ -98,6 +100,7 @@ class IdPClient:
             client_secret=secret,
             token_endpoint_auth_method=config.client_auth.value,
             timeout=timeout,
+            verify=self._tls,
         )
         client.register_client_auth_method(("client_secret_basic", _basic_auth_rfc6749))
         if config.client_auth is ClientAuth.PRIVATE_KEY_JWT:
@@ -222,7 +225,7 @@ class IdPClient:
 
     def _fetch_jwks(self, jwks_uri: str) -> jwt.PyJWKSet:
         try:
-            response = httpx.get(jwks_uri, timeout=self._config.timeout)
+            response = httpx.get(jwks_uri, timeout=self._config.timeout, verify=self._tls)
             response.raise_for_status()
             return jwt.PyJWKSet.from_dict(response.json())
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:

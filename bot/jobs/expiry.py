@@ -86,8 +86,16 @@ class ExpiryScheduler:
             self._armed_for = when
             run_date = max(when, datetime.now(UTC))
             try:
+                # The timer re-arms itself from inside its own run when the next expiry is already
+                # due; with the default max_instances=1 APScheduler would skip that run and the
+                # wake-up would wait for the periodic sweep. Claims are exclusive, so overlap is safe.
                 self._scheduler.add_job(
-                    self._timer_fired, "date", run_date=run_date, id=TIMER_JOB, replace_existing=True
+                    self._timer_fired,
+                    "date",
+                    run_date=run_date,
+                    id=TIMER_JOB,
+                    replace_existing=True,
+                    max_instances=4,
                 )
             except Exception:
                 # Not running (yet or any more); the next start-up sweep covers what is due.

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, update
 from sqlmodel import Session, col, select
 
 from bot.store.models import Grant
@@ -39,14 +38,6 @@ def get_grant_by_pickup(*, session: Session, hashed: str) -> Grant | None:
     return session.exec(select(Grant).where(Grant.pickup_hash == hashed)).first()
 
 
-def _due(now: datetime) -> Any:
-    """Active grants past expiry, and revocations whose lease ran out (a retry, or a crashed worker)."""
-    return or_(
-        and_(col(Grant.status) == "active", col(Grant.expires_at) <= now),
-        and_(col(Grant.status) == "revoking", col(Grant.lease_until) <= now),
-    )
-
-
 def claim_due(
     *,
     session: Session,
@@ -58,21 +49,30 @@ def claim_due(
 ) -> list[str]:
     """Claim up to ``limit`` due grants for this worker; returns their request ids.
 
+    Two claims, each an index range scan: active grants past expiry (ix_grant_status_expires_at),
+    then revocations whose lease ran out (ix_grant_status_lease_until). A single statement with an
+    OR of the two makes SQLite walk every grant in expiry order (~200 ms with 100,000 live grants).
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets replicas claim disjoint sets at the same moment.
-    SQLite: the statement is a guarded ``UPDATE … WHERE status = 'active'`` inside BEGIN IMMEDIATE,
+    SQLite: each statement is a guarded ``UPDATE … WHERE status = …`` inside BEGIN IMMEDIATE,
     so claims are serialised. Either way a grant is claimed by one worker at a time.
     """
-    due = select(Grant.request_id).where(_due(now))
-    if request_ids is not None:
-        due = due.where(col(Grant.request_id).in_(request_ids))
-    due = due.order_by(col(Grant.expires_at)).limit(limit).with_for_update(skip_locked=True)
-    result = session.execute(
-        update(Grant)
-        .where(col(Grant.request_id).in_(due.scalar_subquery()), _due(now))
-        .values(status="revoking", claim_id=claim_id, lease_until=lease_until)
-        .returning(col(Grant.request_id))
-    )
-    return [row[0] for row in result.all()]
+    claimed: list[str] = []
+    for status, moment in (("active", Grant.expires_at), ("revoking", Grant.lease_until)):
+        due = and_(col(Grant.status) == status, col(moment) <= now)
+        pick = select(Grant.request_id).where(due)
+        if request_ids is not None:
+            pick = pick.where(col(Grant.request_id).in_(request_ids))
+        pick = pick.order_by(col(moment)).limit(limit - len(claimed)).with_for_update(skip_locked=True)
+        result = session.execute(
+            update(Grant)
+            .where(col(Grant.request_id).in_(pick.scalar_subquery()), due)
+            .values(status="revoking", claim_id=claim_id, lease_until=lease_until)
+            .returning(col(Grant.request_id))
+        )
+        claimed += [row[0] for row in result.all()]
+        if len(claimed) >= limit:
+            break
+    return claimed
 
 
 def next_due(*, session: Session) -> datetime | None:
