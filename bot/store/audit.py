@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from bot.store.models import AuditEvent, AuditHead
@@ -50,14 +51,18 @@ def append_event(
     actor: str,
     request_id: str | None,
     details: dict[str, Any],
-) -> AuditEvent:
+) -> None:
+    """Append one event. Plain SQL statements rather than ORM objects: this runs in every
+    transaction the bot makes, and the unit-of-work bookkeeping was most of its cost."""
     # FOR UPDATE serialises appenders on PostgreSQL; SQLite's BEGIN IMMEDIATE already did.
-    head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).one()
-    seq = head.seq + 1
+    head_seq, head_hash = session.execute(
+        select(AuditHead.seq, AuditHead.hash).where(col(AuditHead.id) == 1).with_for_update()
+    ).one()
+    seq = head_seq + 1
     # Round-trip through JSON now, so the digest is over exactly what the database will give back.
     stored_details = json.loads(json.dumps(details, sort_keys=True))
     digest = event_digest(
-        prev_hash=head.hash,
+        prev_hash=head_hash,
         seq=seq,
         at=at,
         event_type=event_type,
@@ -65,22 +70,19 @@ def append_event(
         request_id=request_id,
         details=stored_details,
     )
-    event = AuditEvent(
-        seq=seq,
-        at=at,
-        event_type=event_type,
-        actor=actor,
-        request_id=request_id,
-        details=stored_details,
-        prev_hash=head.hash,
-        hash=digest,
+    session.execute(
+        insert(AuditEvent).values(
+            seq=seq,
+            at=at,
+            event_type=event_type,
+            actor=actor,
+            request_id=request_id,
+            details=stored_details,
+            prev_hash=head_hash,
+            hash=digest,
+        )
     )
-    head.seq = seq
-    head.hash = digest
-    session.add(event)
-    session.add(head)
-    session.flush()
-    return event
+    session.execute(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=digest))
 
 
 @dataclass(frozen=True)
