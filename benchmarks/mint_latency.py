@@ -40,15 +40,15 @@ from tests.conftest import (  # noqa: E402
     CARD_ID,
     IDP_CLIENT_ID,
     IDP_CLIENT_SECRET,
-    IDP_RESOURCES,
     REQUESTER,
     SIGNING_SECRET,
     SLACK_USERS,
     USERGROUPS,
     build_settings,
+    dev_idp_trusting,
+    fresh_postgres_database,
     make_policy,
 )
-from tests.devidp import DevIdP  # noqa: E402
 from tests.harness import ServedApp, SlackRequests, free_socket  # noqa: E402
 from tests.slack_standin import Call, SlackStandIn  # noqa: E402
 
@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     workdir = Path(tempfile.mkdtemp(prefix="jit-mint-bench-"))
-    database_url = args.database_url or f"sqlite:///{workdir / 'jit.db'}"
+    if args.database_url and not args.database_url.startswith("sqlite"):
+        with fresh_postgres_database(args.database_url, prefix="jit_bench") as url:
+            return run(args, workdir, url)
+    return run(args, workdir, args.database_url or f"sqlite:///{workdir / 'jit.db'}")
+
+
+def run(args: argparse.Namespace, workdir: Path, database_url: str) -> int:
     engine = make_engine(database_url)
     migrate(engine)
     key_file = workdir / "signing-key.pem"
@@ -78,14 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = free_socket()
     port = sock.getsockname()[1]
     public_url = f"http://127.0.0.1:{port}"
-    idp = DevIdP(
-        client_id=IDP_CLIENT_ID,
-        client_secret=IDP_CLIENT_SECRET,
-        trusted_issuer=public_url,
-        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
-        resources=IDP_RESOURCES,
-        lifetime_param="requested_lifetime",
-    ).start()
+    idp = dev_idp_trusting(public_url).start()
     settings = build_settings(
         slack,
         database_url,

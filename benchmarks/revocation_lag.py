@@ -56,7 +56,6 @@ import math
 import os
 import random
 import re
-import secrets
 import shutil
 import signal
 import statistics
@@ -100,6 +99,7 @@ from tests.conftest import (  # noqa: E402
     SLACK_USERS,
     USERGROUPS,
     build_settings,
+    fresh_postgres_database,
     make_policy,
 )
 from tests.devidp import DevIdP, free_port  # noqa: E402
@@ -190,16 +190,8 @@ def scratch_database(url: str | None, workdir: Path) -> Iterator[str]:
     if url is None or make_url(url).get_backend_name() == "sqlite":
         yield url or f"sqlite:///{workdir / 'jit.db'}"
         return
-    name = f"jit_bench_{secrets.token_hex(6)}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database(url, prefix="jit_bench") as fresh:
+        yield fresh
 
 
 def reader_engine(database_url: str) -> Engine:

@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -100,7 +101,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     admin_url = os.environ.get("JIT_TEST_POSTGRES_URL")
     if not admin_url:
         pytest.fail("JIT_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL")
-    name = f"jit_test_{secrets.token_hex(6)}"
+    with fresh_postgres_database(admin_url) as url:
+        yield url
+
+
+@contextmanager
+def fresh_postgres_database(admin_url: str, prefix: str = "jit_test") -> Iterator[str]:
+    """A new, empty database on the server at ``admin_url``, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -252,6 +260,23 @@ class MintingBot(Bot):
     log_records: Any = None
 
 
+def dev_idp_trusting(
+    public_url: str, *, resources: dict[str, list[str]] | None = None, token_format: str = "opaque"
+) -> Any:
+    """A dev IdP (not started) that trusts a bot at ``public_url``, with the test client and resources."""
+    from tests.devidp import DevIdP
+
+    return DevIdP(
+        client_id=IDP_CLIENT_ID,
+        client_secret=IDP_CLIENT_SECRET,
+        trusted_issuer=public_url,
+        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
+        resources=resources or IDP_RESOURCES,
+        lifetime_param="requested_lifetime",
+        token_format=token_format,
+    )
+
+
 @pytest.fixture
 def idp_resources() -> dict[str, list[str]]:
     return IDP_RESOURCES
@@ -276,21 +301,12 @@ def minting_bot(
     from cryptography.fernet import Fernet
 
     from bot.services.minting import RetryPolicy
-    from tests.devidp import DevIdP
 
     caplog.set_level(logging.DEBUG)
     sock = free_socket()
     port = sock.getsockname()[1]
     public_url = f"http://127.0.0.1:{port}"
-    idp = DevIdP(
-        client_id=IDP_CLIENT_ID,
-        client_secret=IDP_CLIENT_SECRET,
-        trusted_issuer=public_url,
-        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
-        resources=idp_resources,
-        lifetime_param="requested_lifetime",
-        token_format=idp_token_format,
-    )
+    idp = dev_idp_trusting(public_url, resources=idp_resources, token_format=idp_token_format)
     idp.start()
     clock = TestClock()
     settings = build_settings(

@@ -44,9 +44,9 @@ from tests.conftest import (
     CARD_ID,
     IDP_CLIENT_ID,
     IDP_CLIENT_SECRET,
-    IDP_RESOURCES,
     REQUESTER,
     SIGNING_SECRET,
+    dev_idp_trusting,
 )
 from tests.devidp import DevIdP
 from tests.harness import SlackRequests
@@ -232,15 +232,7 @@ class Deployment:
 def deployment(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterator[Deployment]:
     public_port = free_port()
     public_url = f"http://127.0.0.1:{public_port}"
-    idp = DevIdP(
-        client_id=IDP_CLIENT_ID,
-        client_secret=IDP_CLIENT_SECRET,
-        trusted_issuer=public_url,
-        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
-        resources=IDP_RESOURCES,
-        lifetime_param="requested_lifetime",
-        admin=True,
-    )
+    idp = dev_idp_trusting(public_url)
     idp.start()
     key_file = tmp_path / "signing-key.pem"
     pem = generate_signing_key().pem()
