@@ -149,6 +149,8 @@ function emptyStats() {
     introspections: 0,
     jwks_fetches: 0,
     injected_failures: 0,
+    faults_applied: 0,
+    faults: {}, // endpoint -> mode -> n (POST /__admin/fault)
   };
 }
 
@@ -158,6 +160,9 @@ class State {
     this.models = {}; // model name -> id -> { payload, exp (epoch s) | null }
     this.seenJtis = {}; // iss + NUL + jti -> exp
     this.issuedJwts = {}; // jti of JWT access tokens still valid -> exp
+    // Every access token issued by token exchange: { sha256, format, jti (jwt only), exp, scope,
+    // audience, sub, request_id }. Never the token value itself (GET /__admin/tokens).
+    this.tokens = [];
     this.stats = emptyStats();
     this.lastAssertion = null;
     if (file) {
@@ -172,6 +177,7 @@ class State {
           models: data.models ?? {},
           seenJtis: data.seenJtis ?? {},
           issuedJwts: data.issuedJwts ?? {},
+          tokens: data.tokens ?? [],
           stats: { ...emptyStats(), ...data.stats },
           lastAssertion: data.lastAssertion ?? null,
         });
@@ -186,6 +192,7 @@ class State {
       models: this.models,
       seenJtis: this.seenJtis,
       issuedJwts: this.issuedJwts,
+      tokens: this.tokens,
       stats: this.stats,
       lastAssertion: this.lastAssertion,
     }), { mode: 0o600 });
@@ -294,10 +301,25 @@ function parseScopes(value) {
 }
 
 // Set by POST /__admin/misbehave: the next exchange answers as a faulty IdP would (claims a wider
-// scope and/or a longer expires_in than asked for), so tests can check the bot's response checks.
+// scope and/or a longer expires_in than asked for, and/or, in jwt mode, signs the access token with
+// a JSON-number kid), so tests can check the bot's response checks.
 const misbehaviour = { next: null, ignoreRevocations: 0 };
 
-function makeTokenExchange(config, state, trustedKeys) {
+// A broken IdP's JWS header: still RS256 with the provider's own RSA key, but "kid" is a number.
+async function resignWithOddKid(value, jwks) {
+  const [headerPart, payloadPart] = value.split('.');
+  const { kid } = JSON.parse(new TextDecoder().decode(jose.base64url.decode(headerPart)));
+  const rsaKeys = jwks.keys.filter((k) => k.kty === 'RSA' && k.d);
+  const jwk = rsaKeys.find((k) => k.kid === kid) ?? rsaKeys[0];
+  // eslint-disable-next-line no-unused-vars
+  const { key_ops, use, ...importable } = jwk;
+  const key = await jose.importJWK(importable, 'RS256');
+  return new jose.CompactSign(jose.base64url.decode(payloadPart))
+    .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 123 })
+    .sign(key);
+}
+
+function makeTokenExchange(config, state, trustedKeys, jwks) {
   const allowedScopes = new Map(Object.entries(config.resources).map(([aud, s]) => [aud, new Set(s)]));
 
   return async function tokenExchange(ctx) {
@@ -405,13 +427,27 @@ function makeTokenExchange(config, state, trustedKeys) {
       }),
     });
     ctx.oidc.entity('AccessToken', token);
-    const value = await token.save();
+    let value = await token.save();
+    const next = misbehaviour.next ?? {};
+    misbehaviour.next = null;
 
+    const record = {
+      format: config.tokenFormat,
+      scope: token.scope,
+      audience,
+      sub: claims.sub,
+      request_id: jit.request_id,
+    };
     if (config.tokenFormat === 'jwt') {
+      if (next.odd_kid) value = await resignWithOddKid(value, jwks);
       const { jti, exp } = jose.decodeJwt(value);
       state.issuedJwts[jti] = exp;
-      state.persist();
+      Object.assign(record, { jti, exp });
+    } else {
+      record.exp = state.models.AccessToken?.[value]?.payload?.exp ?? epoch() + lifetime;
     }
+    state.tokens.push({ sha256: sha256(value), ...record });
+    state.persist();
 
     ctx.body = {
       access_token: value,
@@ -420,12 +456,9 @@ function makeTokenExchange(config, state, trustedKeys) {
       expires_in: lifetime,
       scope: token.scope,
     };
-    if (misbehaviour.next) {
-      const { extra_scope: extraScope, expires_in: expiresIn } = misbehaviour.next;
-      misbehaviour.next = null;
-      if (extraScope) ctx.body.scope = `${ctx.body.scope} ${extraScope}`;
-      if (expiresIn) ctx.body.expires_in = expiresIn;
-    }
+    const { extra_scope: extraScope, expires_in: expiresIn } = next;
+    if (extraScope) ctx.body.scope = `${ctx.body.scope} ${extraScope}`;
+    if (expiresIn) ctx.body.expires_in = expiresIn;
   };
 }
 
@@ -463,7 +496,26 @@ function authenticateClient(ctx, body) {
   }
 }
 
-async function handleJwtAccessToken(ctx, route, body, config, state, ownKeys, issuer) {
+// jose's local JWKS matches a kid only when it is a string, so a token whose header carries a
+// JSON-number kid (misbehave odd_kid) finds no key: then each of the provider's own public keys is tried.
+async function verifyOwnJws(token, ownKeys, publicKeys) {
+  const options = { algorithms: ['RS256', 'ES256'] };
+  try {
+    return await jose.compactVerify(token, ownKeys, options);
+  } catch (err) {
+    if (err.code !== 'ERR_JWKS_NO_MATCHING_KEY' && err.code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err;
+    for (const key of publicKeys) {
+      try {
+        return await jose.compactVerify(token, key, options); // eslint-disable-line no-await-in-loop
+      } catch {
+        // try the next key
+      }
+    }
+    throw err;
+  }
+}
+
+async function handleJwtAccessToken(ctx, route, body, config, state, ownKeys, publicKeys, issuer) {
   const credentials = authenticateClient(ctx, body);
   if (!credentials || !safeEqual(credentials.id, config.clientId) || !safeEqual(credentials.secret, config.clientSecret)) {
     ctx.status = 401;
@@ -474,7 +526,7 @@ async function handleJwtAccessToken(ctx, route, body, config, state, ownKeys, is
 
   let payload;
   try {
-    const { payload: bytes, protectedHeader } = await jose.compactVerify(body.token, ownKeys);
+    const { payload: bytes, protectedHeader } = await verifyOwnJws(body.token, ownKeys, publicKeys);
     payload = JSON.parse(new TextDecoder().decode(bytes));
     if (protectedHeader.typ !== 'at+jwt' || payload.iss !== issuer) payload = undefined;
   } catch {
@@ -530,6 +582,168 @@ const FAIL_ERRORS = {
   503: 'temporarily_unavailable',
 };
 
+// POST /__admin/fault: the answer of a handled (or, for replace with process false, unhandled)
+// request is delivered the way a hostile IdP or a bad network would.
+
+const FAULT_ENDPOINTS = ['token', 'revocation', 'introspection', 'jwks', 'discovery'];
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+const isPositiveInteger = (value) => Number.isSafeInteger(value) && value >= 1;
+
+// Each mode: its parameters, and a check that returns the parameters with defaults or an error string.
+const FAULT_MODES = {
+  trickle: {
+    usage: '{"bytes_per_second"?: integer >= 1 (default 1)}',
+    parse: ({ bytes_per_second: rate = 1 }) => (
+      isPositiveInteger(rate) ? { bytes_per_second: rate } : 'bytes_per_second must be an integer >= 1'),
+  },
+  stall: {
+    usage: '{} (no parameters)',
+    parse: () => ({}),
+  },
+  late: {
+    usage: `{"ms": integer 0-${MAX_TIMER_MS}}`,
+    parse: ({ ms }) => (
+      Number.isInteger(ms) && ms >= 0 && ms <= MAX_TIMER_MS ? { ms } : `ms must be an integer 0-${MAX_TIMER_MS}`),
+  },
+  replace: {
+    usage: '{"status": 100-599, "body"?: string, "content_type"?: string, "headers"?: {name: string}, "process"?: boolean}',
+    parse: ({ status, body = '', content_type: contentType = 'application/json', headers = {}, process: handle = true }) => {
+      if (!Number.isInteger(status) || status < 100 || status > 599) return 'status must be an integer 100-599';
+      if (typeof body !== 'string') return 'body must be a string';
+      if (typeof contentType !== 'string' || !contentType || !HEADER_VALUE.test(contentType)) {
+        return 'content_type must be a non-empty header value';
+      }
+      if (typeof handle !== 'boolean') return 'process must be a boolean';
+      if (!isObject(headers)) return 'headers must be an object {name: string value}';
+      for (const [name, value] of Object.entries(headers)) {
+        if (!HEADER_NAME.test(name)) return `header name ${JSON.stringify(name)} is not an HTTP token`;
+        if (['content-length', 'transfer-encoding'].includes(name.toLowerCase())) {
+          return `header ${name} is computed by devidp and cannot be set`;
+        }
+        if (typeof value !== 'string' || !HEADER_VALUE.test(value)) {
+          return `header ${name} must have a string value without control characters`;
+        }
+      }
+      return { status, body, content_type: contentType, headers, process: handle };
+    },
+  },
+  oversize: {
+    usage: '{"bytes": integer >= 1} (token endpoint only)',
+    parse: ({ bytes }, endpoint) => {
+      if (endpoint !== 'token') return 'oversize applies to the token endpoint only';
+      return isPositiveInteger(bytes) ? { bytes } : 'bytes must be an integer >= 1';
+    },
+  },
+};
+const FAULT_PARAMS = {
+  trickle: ['bytes_per_second'],
+  stall: [],
+  late: ['ms'],
+  replace: ['status', 'body', 'content_type', 'headers', 'process'],
+  oversize: ['bytes'],
+};
+
+// Returns { rule } or { error }.
+function parseFault(body) {
+  const usage = `expected {"endpoint": ${FAULT_ENDPOINTS.join('|')}, "mode": ${Object.keys(FAULT_MODES).join('|')}, "count"?: >=1, ...mode parameters}`;
+  if (!isObject(body)) return { error: usage };
+  const { endpoint, mode, count = 1, ...params } = body;
+  if (!FAULT_ENDPOINTS.includes(endpoint)) return { error: `endpoint must be one of ${FAULT_ENDPOINTS.join('|')}; ${usage}` };
+  if (!Object.hasOwn(FAULT_MODES, mode)) return { error: `mode must be one of ${Object.keys(FAULT_MODES).join('|')}; ${usage}` };
+  if (!isPositiveInteger(count)) return { error: `count must be an integer >= 1; ${usage}` };
+  const { usage: modeUsage, parse } = FAULT_MODES[mode];
+  const unknown = Object.keys(params).filter((name) => !FAULT_PARAMS[mode].includes(name));
+  if (unknown.length > 0) return { error: `unknown parameter(s) for ${mode}: ${unknown.join(', ')}; ${mode} takes ${modeUsage}` };
+  const parsed = parse(params, endpoint);
+  if (typeof parsed === 'string') return { error: `${parsed}; ${mode} takes ${modeUsage}` };
+  return { rule: { endpoint, mode, count, ...parsed } };
+}
+
+const EMPTY_STATUS = (status) => (status >= 100 && status < 200) || status === 204 || status === 304;
+
+// The complete HTTP/1.1 answer Koa would have sent for ctx, ending with Connection: close.
+function rawAnswer(ctx) {
+  const { status, body } = ctx;
+  let bytes;
+  if (body === null || body === undefined || EMPTY_STATUS(status)) bytes = Buffer.alloc(0);
+  else if (Buffer.isBuffer(body)) bytes = body;
+  else if (typeof body === 'string') bytes = Buffer.from(body, 'utf8');
+  else bytes = Buffer.from(JSON.stringify(body), 'utf8');
+  const lines = [`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Unknown'}`];
+  const computed = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'date']);
+  for (const name of ctx.res.getRawHeaderNames()) {
+    if (!computed.has(name.toLowerCase())) {
+      const value = ctx.res.getHeader(name);
+      for (const item of Array.isArray(value) ? value : [value]) lines.push(`${name}: ${item}`);
+    }
+  }
+  lines.push(`Date: ${new Date().toUTCString()}`);
+  if (!EMPTY_STATUS(status)) lines.push(`Content-Length: ${bytes.length}`);
+  lines.push('Connection: close', '', '');
+  return Buffer.concat([Buffer.from(lines.join('\r\n'), 'latin1'), bytes]);
+}
+
+// Writes data to the socket at bytesPerSecond, the first byte at once; ends the socket when done.
+function trickle(socket, data, bytesPerSecond) {
+  const start = Date.now();
+  let sent = 0;
+  const tick = () => {
+    if (socket.destroyed || socket.writableEnded) return;
+    const allowed = Math.min(data.length, 1 + Math.floor(((Date.now() - start) * bytesPerSecond) / 1000));
+    if (allowed > sent) {
+      socket.write(data.subarray(sent, allowed));
+      sent = allowed;
+    }
+    if (sent >= data.length) {
+      socket.end();
+      return;
+    }
+    // the allowance reaches sent + 1 at sent / bytesPerSecond seconds after start
+    const wait = Math.ceil((sent * 1000) / bytesPerSecond) - (Date.now() - start);
+    socket.devidpTimer = setTimeout(tick, Math.max(10, wait));
+  };
+  tick();
+}
+
+// The token answer's fields plus a "padding" string, exactly `size` bytes (or the answer itself
+// when it is already longer), written in 64 KiB chunks as fast as the client reads them.
+async function writeOversize(res, fields, size) {
+  const head = Buffer.from(`${JSON.stringify(fields).slice(0, -1)},"padding":"`, 'utf8');
+  const tail = Buffer.from('"}', 'utf8');
+  let left = Math.max(0, size - head.length - tail.length);
+  let closed = false;
+  res.once('close', () => { closed = true; });
+  res.writeHead(200, {
+    'Content-Type': 'application/json',
+    'Content-Length': String(head.length + left + tail.length),
+    'Cache-Control': 'no-store',
+  });
+  const chunk = Buffer.alloc(64 * 1024, 'x');
+  let ok = res.write(head);
+  while (left > 0 && !closed) {
+    if (!ok) {
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((resolve) => {
+        const done = () => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
+      if (closed) break;
+    }
+    const n = Math.min(left, chunk.length);
+    ok = res.write(n === chunk.length ? chunk : chunk.subarray(0, n));
+    left -= n;
+  }
+  if (!closed) res.end(tail);
+}
+
 // ---------------------------------------------------------------- main
 
 async function main() {
@@ -562,10 +776,13 @@ async function main() {
       throw new JwksUnavailable();
     }
   };
-  const ownKeys = jose.createLocalJWKSet({
-    // eslint-disable-next-line no-unused-vars
-    keys: jwks.keys.map(({ d, p, q, dp, dq, qi, oth, key_ops, ...pub }) => pub),
-  });
+  // eslint-disable-next-line no-unused-vars
+  const publicJwks = jwks.keys.map(({ d, p, q, dp, dq, qi, oth, key_ops, ...pub }) => pub);
+  const ownKeys = jose.createLocalJWKSet({ keys: publicJwks });
+  const ownPublicKeys = await Promise.all(publicJwks
+    .map((k) => ({ ...k, alg: k.alg ?? { RSA: 'RS256', EC: 'ES256' }[k.kty] }))
+    .filter((k) => k.alg === 'RS256' || (k.alg === 'ES256' && k.crv === 'P-256'))
+    .map((k) => jose.importJWK(k, k.alg)));
 
   const scopeUnion = [...new Set(Object.values(config.resources).flat())];
   const provider = new Provider(issuer, {
@@ -623,7 +840,7 @@ async function main() {
 
   provider.registerGrantType(
     TOKEN_EXCHANGE,
-    makeTokenExchange(config, state, trustedKeys),
+    makeTokenExchange(config, state, trustedKeys, jwks),
     ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope',
       'actor_token', 'actor_token_type', config.lifetimeParam],
   );
@@ -651,39 +868,121 @@ async function main() {
     [provider.pathFor('revocation')]: 'revocation',
     [provider.pathFor('introspection')]: 'introspection',
   };
-  const injections = { delayMs: 0, failures: { token: [], revocation: [], introspection: [] } };
+  const getRoutes = {
+    [provider.pathFor('jwks')]: 'jwks',
+    '/.well-known/openid-configuration': 'discovery',
+  };
+  const injections = {
+    delayMs: 0,
+    failures: { token: [], revocation: [], introspection: [] },
+    faults: Object.fromEntries(FAULT_ENDPOINTS.map((endpoint) => [endpoint, []])),
+    held: new Set(), // sockets of stall, trickle and oversize answers in progress
+  };
 
-  provider.use(async (ctx, next) => {
-    if (ctx.path.startsWith('/__admin/') && config.admin) {
-      if (!isLoopback(ctx.socket.remoteAddress)) {
-        ctx.status = 403;
+  function countFault(route, mode) {
+    state.stats.faults_applied = (state.stats.faults_applied ?? 0) + 1;
+    state.stats.faults ??= {};
+    state.stats.faults[route] ??= {};
+    state.stats.faults[route][mode] = (state.stats.faults[route][mode] ?? 0) + 1;
+    state.persist();
+  }
+
+  function takeFault(route) {
+    const queue = injections.faults[route];
+    const rule = queue[0];
+    if (!rule) return undefined;
+    rule.left -= 1;
+    if (rule.left <= 0) queue.shift();
+    return rule;
+  }
+
+  // Keeps the socket for ourselves: Koa and node:http send nothing more on it.
+  function hold(ctx) {
+    ctx.respond = false;
+    const { socket } = ctx.req;
+    if (socket.destroyed) return undefined;
+    // Before node:http's own handler, which could write a 400 into the middle of our answer. A
+    // client resetting a held connection is expected here: expose keeps Koa from logging the error.
+    socket.prependListener('error', (err) => {
+      if (err) err.expose = true;
+      socket.destroy();
+    });
+    injections.held.add(socket);
+    socket.once('close', () => {
+      clearTimeout(socket.devidpTimer);
+      injections.held.delete(socket);
+    });
+    return socket;
+  }
+
+  function replaceAnswer(ctx, rule) {
+    ctx.respond = false;
+    const { res } = ctx;
+    if (res.headersSent || res.destroyed || ctx.req.socket.destroyed) return;
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    res.setHeader('Content-Type', rule.content_type);
+    for (const [name, value] of Object.entries(rule.headers)) res.setHeader(name, value);
+    const body = Buffer.from(rule.body, 'utf8');
+    const reason = http.STATUS_CODES[rule.status] ?? 'Unknown';
+    if (EMPTY_STATUS(rule.status)) {
+      res.writeHead(rule.status, reason);
+      res.end();
+    } else {
+      res.setHeader('Content-Length', String(body.length));
+      res.writeHead(rule.status, reason);
+      res.end(body);
+    }
+  }
+
+  async function applyFault(ctx, route, rule) {
+    switch (rule.mode) {
+      case 'late':
+        countFault(route, rule.mode);
+        await sleep(rule.ms);
+        return;
+      case 'replace':
+        countFault(route, rule.mode);
+        replaceAnswer(ctx, rule);
+        return;
+      case 'stall':
+        countFault(route, rule.mode);
+        hold(ctx);
+        return;
+      case 'trickle': {
+        countFault(route, rule.mode);
+        const data = rawAnswer(ctx);
+        const socket = hold(ctx);
+        if (!socket) return;
+        socket.once('end', () => socket.destroy()); // the client went away: stop writing
+        trickle(socket, data, rule.bytes_per_second);
         return;
       }
-      await admin(ctx);
-      return;
+      case 'oversize': {
+        const answer = ctx.body;
+        // only a successful exchange is blown up; an error answer goes out as it is
+        if (ctx.status !== 200 || !isObject(answer) || typeof answer.access_token !== 'string') return;
+        countFault(route, rule.mode);
+        const socket = hold(ctx);
+        if (!socket) return;
+        const fields = {
+          access_token: answer.access_token,
+          token_type: answer.token_type,
+          expires_in: answer.expires_in,
+          scope: answer.scope,
+          issued_token_type: answer.issued_token_type,
+        };
+        for (const name of ctx.res.getHeaderNames()) ctx.res.removeHeader(name);
+        ctx.res.once('finish', () => injections.held.delete(socket));
+        writeOversize(ctx.res, fields, rule.bytes).catch(() => socket.destroy());
+        return;
+      }
+      default:
+        throw new Error(`unknown fault mode ${rule.mode}`);
     }
+  }
 
-    const route = ctx.method === 'POST' ? routes[ctx.path] : undefined;
-    if (!route) {
-      await next();
-      return;
-    }
-
-    const rule = injections.failures[route][0];
-    if (rule) {
-      rule.count -= 1;
-      if (rule.count <= 0) injections.failures[route].shift();
-      state.stats.injected_failures += 1;
-      state.persist();
-      ctx.status = rule.status;
-      ctx.set('Cache-Control', 'no-store');
-      ctx.body = {
-        error: rule.error ?? FAIL_ERRORS[rule.status] ?? (rule.status >= 500 ? 'server_error' : 'invalid_request'),
-        error_description: 'failure injected by devidp',
-      };
-      return;
-    }
-
+  // A token, revocation or introspection request, handled for real (with misbehaviour and delay).
+  async function handleEndpoint(ctx, next, route) {
     if (route === 'revocation' && misbehaviour.ignoreRevocations > 0) {
       // A faulty IdP: says "revoked" (RFC 7009's 200) but leaves the token active.
       misbehaviour.ignoreRevocations -= 1;
@@ -706,7 +1005,7 @@ async function main() {
         isJwt = false;
       }
       if (isJwt) {
-        await handleJwtAccessToken(ctx, route, body, config, state, ownKeys, issuer);
+        await handleJwtAccessToken(ctx, route, body, config, state, ownKeys, ownPublicKeys, issuer);
       } else {
         ctx.request.body = body;
         await next();
@@ -726,6 +1025,54 @@ async function main() {
       state.persist();
     }
     if (injections.delayMs > 0) await sleep(injections.delayMs);
+  }
+
+  provider.use(async (ctx, next) => {
+    if (ctx.path.startsWith('/__admin/') && config.admin) {
+      if (!isLoopback(ctx.socket.remoteAddress)) {
+        ctx.status = 403;
+        return;
+      }
+      await admin(ctx);
+      return;
+    }
+
+    let route;
+    if (ctx.method === 'POST') route = routes[ctx.path];
+    else if (ctx.method === 'GET') route = getRoutes[ctx.path];
+    if (!route) {
+      await next();
+      return;
+    }
+
+    // A request meets at most one rule: a /__admin/fail rule first, else a /__admin/fault rule.
+    const rule = injections.failures[route]?.[0];
+    if (rule) {
+      rule.count -= 1;
+      if (rule.count <= 0) injections.failures[route].shift();
+      state.stats.injected_failures += 1;
+      state.persist();
+      ctx.status = rule.status;
+      ctx.set('Cache-Control', 'no-store');
+      if (rule.retry_after !== undefined) ctx.set('Retry-After', String(rule.retry_after));
+      if (rule.content_type !== undefined || rule.body !== undefined) {
+        ctx.set('Content-Type', rule.content_type ?? 'application/json');
+      }
+      ctx.body = rule.body ?? {
+        error: rule.error ?? FAIL_ERRORS[rule.status] ?? (rule.status >= 500 ? 'server_error' : 'invalid_request'),
+        error_description: 'failure injected by devidp',
+      };
+      return;
+    }
+
+    const fault = takeFault(route);
+    if (fault?.mode === 'replace' && !fault.process) {
+      await applyFault(ctx, route, fault);
+      return;
+    }
+    if (route in injections.failures) await handleEndpoint(ctx, next, route);
+    else await next();
+    if (fault) await applyFault(ctx, route, fault);
   });
 
   async function admin(ctx) {
@@ -754,8 +1101,28 @@ async function main() {
           ctx.body = state.lastAssertion;
         }
         return;
+      case 'GET /__admin/tokens': {
+        // What introspection would answer now: opaque tokens live in oidc-provider's AccessToken
+        // model (keyed by the token value) until revoked; JWT ones in state.issuedJwts.
+        const now = epoch();
+        const liveOpaque = new Set(Object.entries(state.models.AccessToken ?? {})
+          .filter(([, entry]) => entry.exp === null || entry.exp > now)
+          .map(([id]) => sha256(id)));
+        ctx.body = state.tokens.map((t) => ({
+          sha256: t.sha256,
+          active: t.exp > now && (t.format === 'jwt'
+            ? state.issuedJwts[t.jti] !== undefined
+            : liveOpaque.has(t.sha256)),
+          exp: t.exp,
+          scope: t.scope,
+          audience: t.audience,
+          sub: t.sub,
+          request_id: t.request_id,
+        }));
+        return;
+      }
       case 'POST /__admin/delay':
-        if (!Number.isInteger(body.ms) || body.ms < 0) {
+        if (!Number.isInteger(body?.ms) || body.ms < 0) {
           ctx.status = 400;
           ctx.body = { error: 'ms must be a non-negative integer' };
           return;
@@ -764,31 +1131,63 @@ async function main() {
         ctx.body = { ms: injections.delayMs };
         return;
       case 'POST /__admin/fail': {
-        const { status, count = 1, endpoint = 'token', error } = body;
+        const {
+          status, count = 1, endpoint = 'token', error, retry_after: retryAfter, body: failBody,
+          content_type: contentType,
+        } = isObject(body) ? body : {};
         if (!Number.isInteger(status) || status < 400 || status > 599 || !Number.isInteger(count) || count < 1
-          || !(endpoint in injections.failures) || (error !== undefined && typeof error !== 'string')) {
+          || !(endpoint in injections.failures) || (error !== undefined && typeof error !== 'string')
+          || (retryAfter !== undefined && (!Number.isSafeInteger(retryAfter) || retryAfter < 0))
+          || (failBody !== undefined && typeof failBody !== 'string')
+          || (contentType !== undefined && (typeof contentType !== 'string' || !contentType
+            || !HEADER_VALUE.test(contentType)))) {
           ctx.status = 400;
-          ctx.body = { error: 'expected {"status": 400-599, "count": >=1, "endpoint": token|revocation|introspection, "error"?: string}' };
+          ctx.body = {
+            error: 'expected {"status": 400-599, "count": >=1, "endpoint": token|revocation|introspection, "error"?: string, '
+              + '"retry_after"?: integer >= 0 (seconds), "body"?: string, "content_type"?: string}',
+          };
           return;
         }
-        injections.failures[endpoint].push({ status, count, error });
-        ctx.body = { status, count, endpoint };
+        injections.failures[endpoint].push({
+          status, count, error, retry_after: retryAfter, body: failBody, content_type: contentType,
+        });
+        ctx.body = {
+          status, count, endpoint, retry_after: retryAfter, body: failBody, content_type: contentType,
+        };
         return;
       }
-      case 'POST /__admin/misbehave':
-        if ((body.extra_scope !== undefined && typeof body.extra_scope !== 'string')
-          || (body.expires_in !== undefined && !Number.isInteger(body.expires_in))
-          || (body.ignore_revocations !== undefined && !Number.isInteger(body.ignore_revocations))) {
+      case 'POST /__admin/fault': {
+        const { rule, error } = parseFault(body);
+        if (error) {
           ctx.status = 400;
-          ctx.body = { error: 'expected {"extra_scope"?: string, "expires_in"?: integer, "ignore_revocations"?: integer}' };
+          ctx.body = { error };
           return;
         }
-        if (body.extra_scope !== undefined || body.expires_in !== undefined) {
-          misbehaviour.next = { extra_scope: body.extra_scope, expires_in: body.expires_in };
+        injections.faults[rule.endpoint].push({ ...rule, left: rule.count });
+        ctx.body = rule;
+        return;
+      }
+      case 'POST /__admin/misbehave': {
+        const {
+          extra_scope: extraScope, expires_in: expiresIn, ignore_revocations: ignoreRevocations, odd_kid: oddKid,
+        } = isObject(body) ? body : {};
+        if ((extraScope !== undefined && typeof extraScope !== 'string')
+          || (expiresIn !== undefined && !Number.isInteger(expiresIn))
+          || (ignoreRevocations !== undefined && !Number.isInteger(ignoreRevocations))
+          || (oddKid !== undefined && typeof oddKid !== 'boolean')) {
+          ctx.status = 400;
+          ctx.body = {
+            error: 'expected {"extra_scope"?: string, "expires_in"?: integer, "ignore_revocations"?: integer, "odd_kid"?: boolean}',
+          };
+          return;
         }
-        if (body.ignore_revocations !== undefined) misbehaviour.ignoreRevocations = body.ignore_revocations;
+        if (extraScope !== undefined || expiresIn !== undefined || oddKid !== undefined) {
+          misbehaviour.next = { extra_scope: extraScope, expires_in: expiresIn, odd_kid: oddKid };
+        }
+        if (ignoreRevocations !== undefined) misbehaviour.ignoreRevocations = ignoreRevocations;
         ctx.body = { next: misbehaviour.next, ignore_revocations: misbehaviour.ignoreRevocations };
         return;
+      }
       case 'POST /__admin/reset':
         misbehaviour.next = null;
         misbehaviour.ignoreRevocations = 0;
@@ -796,8 +1195,12 @@ async function main() {
         state.lastAssertion = null;
         injections.delayMs = 0;
         for (const key of Object.keys(injections.failures)) injections.failures[key] = [];
+        for (const key of Object.keys(injections.faults)) injections.faults[key] = [];
+        const released = injections.held.size;
+        for (const socket of injections.held) socket.destroy();
+        injections.held.clear();
         state.persist();
-        ctx.body = { reset: true };
+        ctx.body = { reset: true, released };
         return;
       default:
         ctx.status = 404;

@@ -5,13 +5,21 @@
                 resources={"https://db.internal.example": ["read", "write"]}) as idp:
         idp.issuer, idp.stats(), idp.fail_next(503, 1), ...
 
+Faults: ``fail_next`` (an error answer, the request not handled), ``fault`` (the answer of a
+request handled for real arrives slowly, late, never, replaced or oversized), ``misbehave_next``
+(wrong claims in an answer, revocations ignored, a JSON-number kid), ``set_delay``. End states:
+``tokens()`` / ``active_tokens()`` (every exchanged token by sha256, never its value) and
+``introspect()``, which talks to the IdP directly, not through bot code.
+
 The IdP keeps its signing keys and its state (tokens, seen jtis, stats) in a tmp dir, so
-``restart()`` brings back the same issuer, keys and tokens; delay and failure injections do
-not survive a restart. The subprocess's stdout and stderr go to ``log_path`` in that dir.
+``restart()`` brings back the same issuer, keys and tokens; delay, failure, fault and misbehave
+injections do not survive a restart. ``reset()`` clears those too but keeps the tokens.
+The subprocess's stdout and stderr go to ``log_path`` in that dir.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -20,6 +28,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -103,6 +112,23 @@ class DevIdP:
     @property
     def discovery_url(self) -> str:
         return f"{self.issuer}/.well-known/openid-configuration"
+
+    # The server's fixed routes, so that a discovery fault does not get in the way.
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.issuer}/token"
+
+    @property
+    def revocation_endpoint(self) -> str:
+        return f"{self.issuer}/token/revocation"
+
+    @property
+    def introspection_endpoint(self) -> str:
+        return f"{self.issuer}/token/introspection"
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.issuer}/jwks"
 
     @property
     def running(self) -> bool:
@@ -220,8 +246,9 @@ class DevIdP:
         return response
 
     def stats(self) -> dict[str, Any]:
-        """{exchanges, exchange_errors, revocations: {sha256 hex: n}, introspections,
-        jwks_fetches, injected_failures}"""
+        """{exchanges, exchange_errors, revocations: {sha256 hex: n}, introspections, jwks_fetches,
+        injected_failures, faults_applied, faults: {endpoint: {mode: n}}}, plus ignored_revocations
+        once a revocation was ignored."""
         result: dict[str, Any] = self._admin("GET", "stats").json()
         return result
 
@@ -232,18 +259,45 @@ class DevIdP:
         """Hold every token/revocation/introspection response for ``ms`` after handling it."""
         self._admin("POST", "delay", {"ms": ms})
 
-    def fail_next(self, status: int, count: int = 1, *, endpoint: str = "token", error: str | None = None) -> None:
-        """Answer the next ``count`` calls to ``endpoint`` (token|revocation|introspection) with ``status``."""
-        body: dict[str, Any] = {"status": status, "count": count, "endpoint": endpoint}
-        if error is not None:
-            body["error"] = error
-        self._admin("POST", "fail", body)
+    def fail_next(
+        self,
+        status: int,
+        count: int = 1,
+        *,
+        endpoint: str = "token",
+        error: str | None = None,
+        retry_after: int | None = None,
+        body: str | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` calls to ``endpoint`` (token|revocation|introspection) with ``status``,
+        unhandled. ``retry_after`` (s) adds a Retry-After header; ``body`` replaces the JSON error body
+        (sent as ``content_type``, default application/json)."""
+        request: dict[str, Any] = {"status": status, "count": count, "endpoint": endpoint}
+        optional = {"error": error, "retry_after": retry_after, "body": body, "content_type": content_type}
+        request.update({name: value for name, value in optional.items() if value is not None})
+        self._admin("POST", "fail", request)
+
+    def fault(self, endpoint: str, mode: str, *, count: int = 1, **params: Any) -> dict[str, Any]:
+        """Deliver the answers of the next ``count`` requests to ``endpoint`` (token|revocation|
+        introspection|jwks|discovery) the ``mode`` way (trickle|stall|late|replace|oversize; the
+        parameters are in devidp/README.md). Returns the rule as queued, defaults filled in."""
+        result: dict[str, Any] = self._admin(
+            "POST", "fault", {"endpoint": endpoint, "mode": mode, "count": count, **params}
+        ).json()
+        return result
 
     def misbehave_next(
-        self, *, extra_scope: str | None = None, expires_in: int | None = None, ignore_revocations: int | None = None
+        self,
+        *,
+        extra_scope: str | None = None,
+        expires_in: int | None = None,
+        ignore_revocations: int | None = None,
+        odd_kid: bool | None = None,
     ) -> None:
         """Make the next exchange claim a wider scope and/or a longer expires_in than it should, and/or
-        the next N revocations answer 200 without revoking."""
+        (jwt format only) sign its token with the JWS header kid the JSON number 123; and/or make the
+        next N revocations answer 200 without revoking."""
         body: dict[str, Any] = {}
         if ignore_revocations is not None:
             body["ignore_revocations"] = ignore_revocations
@@ -251,6 +305,8 @@ class DevIdP:
             body["extra_scope"] = extra_scope
         if expires_in is not None:
             body["expires_in"] = expires_in
+        if odd_kid is not None:
+            body["odd_kid"] = odd_kid
         self._admin("POST", "misbehave", body)
 
     def last_assertion(self) -> dict[str, Any] | None:
@@ -260,6 +316,32 @@ class DevIdP:
         result: dict[str, Any] = response.json()
         return result
 
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token issued by exchange since the first start, oldest first: {sha256, active, exp,
+        scope, audience, sub, request_id}; ``active`` is what introspection would answer now."""
+        result: list[dict[str, Any]] = self._admin("GET", "tokens").json()
+        return result
+
+    def active_tokens(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """The active ones of ``tokens()``, only those minted for ``request_id`` if given."""
+        return [t for t in self.tokens() if t["active"] and (request_id is None or t["request_id"] == request_id)]
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662 introspection of ``token`` at the IdP, as the client (HTTP Basic, RFC 6749 2.3.1)."""
+        credentials = f"{urllib.parse.quote(self.client_id, safe='')}:{urllib.parse.quote(self.client_secret, safe='')}"
+        response = httpx.post(
+            self.introspection_endpoint,
+            data={"token": token},
+            headers={"Authorization": f"Basic {base64.b64encode(credentials.encode()).decode()}"},
+            timeout=10,
+        )
+        if response.status_code != 200:
+            raise DevIdPError(f"devidp introspection answered {response.status_code}: {response.text[:200]}")
+        result: dict[str, Any] = response.json()
+        return result
+
     def reset(self) -> None:
-        """Zero the stats, forget the last assertion, clear delay and failure injections."""
+        """Zero the stats, forget the last assertion, clear delay, failure, fault and misbehave
+        injections, and close the connections of stall, trickle and oversize answers still in progress.
+        Keeps ``tokens()``."""
         self._admin("POST", "reset")

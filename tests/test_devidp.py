@@ -3,10 +3,13 @@ revocation and the admin endpoints the bot's tests rely on."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -582,3 +585,481 @@ def test_log_keeps_no_tokens(idp: DevIdP, bot: BotKeys) -> None:
     assert assertion not in log
     assert assertion.split(".")[1] not in log
     assert CLIENT_SECRET not in log
+
+
+# ---------------------------------------------------------------------------- admin: hostile answers
+
+
+def fresh_request_id() -> str:
+    return f"req-{uuid.uuid4()}"
+
+
+def exchange_form(idp: DevIdP, bot: BotKeys, request_id: str, *, scope: str = "read") -> dict[str, str]:
+    assertion = sign(claims_for(idp, bot, jit={"request_id": request_id}), bot.ec_key)
+    return {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": assertion,
+        "subject_token_type": JWT_TYPE,
+        "audience": DB,
+        "scope": scope,
+    }
+
+
+def raw_post(url: str, form: dict[str, str]) -> socket.socket:
+    """Send a client-authenticated form POST over a bare socket and return the socket, unread."""
+    parts = urllib.parse.urlsplit(url)
+    body = urllib.parse.urlencode(form).encode()
+    credentials = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Basic {credentials}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def recv_until(sock: socket.socket, deadline: float, *, limit: int | None = None) -> tuple[bytes, bool]:
+    """Read until the monotonic ``deadline``, EOF or ``limit`` bytes: (data, eof)."""
+    data = b""
+    while (limit is None or len(data) < limit) and (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def read_response(sock: socket.socket, timeout: float = 15) -> tuple[int, dict[str, str], bytes]:
+    """One complete HTTP/1.1 answer with a Content-Length (the connection may stay open)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk, eof = recv_until(sock, deadline, limit=1)
+        assert chunk or not eof, f"connection closed after {data!r}"
+        assert chunk, f"no complete head within {timeout}s: {data!r}"
+        data += chunk
+    status, headers, body = parse_response(data)
+    while len(body) < int(headers["content-length"]):
+        chunk, _ = recv_until(sock, deadline, limit=int(headers["content-length"]) - len(body))
+        assert chunk, f"body incomplete within {timeout}s"
+        body += chunk
+    return status, headers, body
+
+
+def token_record(idp: DevIdP, token: str) -> dict[str, Any]:
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    [record] = [t for t in idp.tokens() if t["sha256"] == digest]
+    return record
+
+
+def wait_for_tokens(idp: DevIdP, request_id: str, timeout: float = 10) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while not (found := [t for t in idp.tokens() if t["request_id"] == request_id]):
+        assert time.monotonic() < deadline, f"no token issued for {request_id}"
+        time.sleep(0.05)
+    return found
+
+
+def released_by_reset(idp: DevIdP) -> int:
+    """Reset, and return how many held (stall/trickle/oversize) connections that closed."""
+    return int(idp._admin("POST", "reset").json()["released"])
+
+
+def test_fault_trickle_sends_even_the_status_line_slowly(idp: DevIdP, bot: BotKeys) -> None:
+    request_id = fresh_request_id()
+    assert idp.fault("token", "trickle", bytes_per_second=2) == {
+        "endpoint": "token",
+        "mode": "trickle",
+        "count": 1,
+        "bytes_per_second": 2,
+    }
+    sock = raw_post(idp.token_endpoint, exchange_form(idp, bot, request_id))
+    try:
+        first, _ = recv_until(sock, time.monotonic() + 10, limit=1)
+        assert first == b"H", "the first byte comes at once, after the exchange"
+        more, eof = recv_until(sock, time.monotonic() + 1.5)
+        assert not eof
+        assert 1 <= len(first + more) < 20
+        assert b"HTTP/1.1 200 OK\r\n".startswith(first + more)
+        # the exchange itself happened: the token is issued and live
+        [record] = wait_for_tokens(idp, request_id)
+        assert record["active"] is True
+    finally:
+        sock.close()
+    assert idp.stats()["faults_applied"] == 1
+    assert idp.stats()["faults"] == {"token": {"trickle": 1}}
+    assert exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).status_code == 200
+    assert released_by_reset(idp) == 0, "the server let go of the connection when the client left"
+
+
+def test_fault_trickle_delivers_the_complete_answer_at_the_rate(idp: DevIdP, bot: BotKeys) -> None:
+    request_id = fresh_request_id()
+    idp.fault("token", "trickle", bytes_per_second=600)
+    sock = raw_post(idp.token_endpoint, exchange_form(idp, bot, request_id))
+    try:
+        first, _ = recv_until(sock, time.monotonic() + 10, limit=1)
+        started = time.monotonic()
+        rest, eof = recv_until(sock, started + 15)
+        elapsed = time.monotonic() - started
+    finally:
+        sock.close()
+    data = first + rest
+    assert eof, "the server closes the connection after the answer"
+    assert elapsed >= 0.7 * (len(data) - 1) / 600, (elapsed, len(data))
+    status, headers, body = parse_response(data)
+    assert status == 200
+    assert headers["connection"] == "close"
+    assert headers["cache-control"] == "no-store"
+    assert headers["content-type"].startswith("application/json")
+    assert int(headers["content-length"]) == len(body)
+    answer = json.loads(body)
+    assert answer["token_type"] == "Bearer"
+    assert token_record(idp, answer["access_token"])["request_id"] == request_id
+    assert idp.introspect(answer["access_token"])["active"] is True
+
+
+def test_fault_stall_holds_the_connection_until_the_client_leaves(idp: DevIdP, bot: BotKeys) -> None:
+    request_id = fresh_request_id()
+    idp.fault("token", "stall")
+    sock = raw_post(idp.token_endpoint, exchange_form(idp, bot, request_id))
+    try:
+        data, eof = recv_until(sock, time.monotonic() + 1.0)
+        assert (data, eof) == (b"", False)
+        [record] = wait_for_tokens(idp, request_id)
+        assert record["active"] is True
+        data, eof = recv_until(sock, time.monotonic() + 0.5)
+        assert (data, eof) == (b"", False)
+    finally:
+        sock.close()
+    assert idp.stats()["faults"] == {"token": {"stall": 1}}
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key))
+    assert response.status_code == 200, response.text
+    assert released_by_reset(idp) == 0, "the server let go of the connection when the client left"
+
+
+def test_fault_late_answers_in_full_after_the_delay(idp: DevIdP, bot: BotKeys) -> None:
+    request_id = fresh_request_id()
+    idp.fault("token", "late", ms=2000)
+    sent = time.monotonic()
+    sock = raw_post(idp.token_endpoint, exchange_form(idp, bot, request_id))
+    try:
+        data, eof = recv_until(sock, sent + 1.0)
+        assert (data, eof) == (b"", False)
+        status, headers, body = read_response(sock)
+        assert time.monotonic() - sent >= 1.9
+        assert status == 200
+        assert token_record(idp, json.loads(body)["access_token"])["request_id"] == request_id
+    finally:
+        sock.close()
+    # one request only: the next answer is prompt
+    started = time.monotonic()
+    assert exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).status_code == 200
+    assert time.monotonic() - started < 1.5
+
+
+def test_fault_replace_after_a_real_revocation(idp: DevIdP, bot: BotKeys) -> None:
+    token = exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).json()["access_token"]
+    idp.fault("revocation", "replace", status=400, body="[]")
+    response = revoke(idp, token)
+    assert response.status_code == 400
+    assert response.text == "[]"
+    assert response.headers["content-type"] == "application/json"
+    # ...but the token was revoked for real
+    assert idp.introspect(token) == {"active": False}
+    assert token_record(idp, token)["active"] is False
+    assert idp.revocation_count(token) == 1
+
+
+def test_fault_replace_without_processing(idp: DevIdP, bot: BotKeys) -> None:
+    token = exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).json()["access_token"]
+    idp.fault("revocation", "replace", status=200, body="", content_type="text/plain", process=False)
+    response = revoke(idp, token)
+    assert (response.status_code, response.text, response.headers["content-type"]) == (200, "", "text/plain")
+    assert idp.introspect(token)["active"] is True
+    assert idp.revocation_count(token) == 0
+    assert revoke(idp, token).status_code == 200
+    assert idp.introspect(token)["active"] is False
+
+
+def test_fault_replace_on_jwks_and_discovery(idp: DevIdP) -> None:
+    real_jwks = httpx.get(idp.jwks_uri).json()
+    idp.fault("jwks", "replace", status=200, body='[{"kty":"RSA"}]', headers={"Cache-Control": "max-age=86400"})
+    response = httpx.get(idp.jwks_uri)
+    assert response.json() == [{"kty": "RSA"}]
+    assert response.headers["cache-control"] == "max-age=86400"
+    assert httpx.get(idp.jwks_uri).json() == real_jwks
+
+    idp.fault("discovery", "replace", status=200, body='["issuer"]')
+    assert httpx.get(idp.discovery_url).json() == ["issuer"]
+    assert httpx.get(idp.discovery_url).json()["issuer"] == idp.issuer
+    assert idp.stats()["faults"] == {"jwks": {"replace": 1}, "discovery": {"replace": 1}}
+    assert idp.stats()["faults_applied"] == 2
+
+
+def test_fault_rules_queue_in_order_after_fail_rules(idp: DevIdP) -> None:
+    idp.fault("discovery", "replace", status=503, body="{}", count=2)
+    idp.fault("discovery", "replace", status=200, body="[]")
+    answers = [httpx.get(idp.discovery_url) for _ in range(3)]
+    assert [(r.status_code, r.reason_phrase) for r in answers] == [(503, "Service Unavailable")] * 2 + [(200, "OK")]
+    assert httpx.get(idp.discovery_url).json()["issuer"] == idp.issuer
+
+    # a /__admin/fail rule goes first; the fault rule waits for the next request
+    idp.fault("revocation", "replace", status=418, body="teapot", process=False)
+    idp.fail_next(500, endpoint="revocation")
+    assert revoke(idp, "whatever").status_code == 500
+    assert revoke(idp, "whatever").status_code == 418
+    assert revoke(idp, "whatever").status_code == 200
+    assert (idp.stats()["injected_failures"], idp.stats()["faults_applied"]) == (1, 4)
+
+
+def test_fault_oversize_token_answer(idp: DevIdP, bot: BotKeys) -> None:
+    request_id = fresh_request_id()
+    idp.fault("token", "oversize", bytes=5_000_000)
+    form = exchange_form(idp, bot, request_id)
+    with httpx.stream("POST", idp.token_endpoint, data=form, auth=(CLIENT_ID, CLIENT_SECRET), timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["content-length"] == "5000000"
+        assert response.headers["content-type"] == "application/json"
+        data = b""
+        for chunk in response.iter_raw():
+            data += chunk
+            if len(data) >= 1_000_000:
+                break
+    assert len(data) >= 1_000_000
+    assert data.startswith(b'{"access_token":"')
+    head, padding_start, padding = data.partition(b',"padding":"')
+    assert padding_start and set(padding) == {ord("x")}
+    answer = json.loads(head + b"}")
+    assert set(answer) == {"access_token", "token_type", "expires_in", "scope", "issued_token_type"}
+    assert token_record(idp, answer["access_token"])["request_id"] == request_id
+    assert idp.introspect(answer["access_token"])["active"] is True
+
+    # a smaller one read whole: exactly that many bytes of valid JSON
+    idp.fault("token", "oversize", bytes=300_000)
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key))
+    assert len(response.content) == 300_000
+    whole = response.json()
+    assert set(whole["padding"]) == {"x"}
+    assert idp.introspect(whole["access_token"])["active"] is True
+    assert idp.stats()["faults"] == {"token": {"oversize": 2}}
+    assert released_by_reset(idp) == 0, "the server stopped writing when the client left"
+
+
+def test_fault_rejects_bad_rules(idp: DevIdP) -> None:
+    bad_rules: list[Any] = [
+        [],
+        {"mode": "stall"},
+        {"endpoint": "userinfo", "mode": "stall"},
+        {"endpoint": "token", "mode": "explode"},
+        {"endpoint": "token", "mode": "stall", "count": 0},
+        {"endpoint": "token", "mode": "stall", "count": "2"},
+        {"endpoint": "token", "mode": "trickle", "bytes_per_second": 0},
+        {"endpoint": "token", "mode": "trickle", "bytes_per_sec": 5},
+        {"endpoint": "token", "mode": "late"},
+        {"endpoint": "token", "mode": "late", "ms": -1},
+        {"endpoint": "token", "mode": "replace"},
+        {"endpoint": "token", "mode": "replace", "status": 600},
+        {"endpoint": "token", "mode": "replace", "status": 200, "body": {"not": "a string"}},
+        {"endpoint": "token", "mode": "replace", "status": 200, "process": "yes"},
+        {"endpoint": "token", "mode": "replace", "status": 200, "headers": {"X-A": 1}},
+        {"endpoint": "token", "mode": "replace", "status": 200, "headers": {"X-A": "a\r\nb"}},
+        {"endpoint": "token", "mode": "replace", "status": 200, "headers": {"Content-Length": "1"}},
+        {"endpoint": "token", "mode": "oversize"},
+        {"endpoint": "jwks", "mode": "oversize", "bytes": 1000},
+    ]
+    with httpx.Client() as client:
+        for rule in bad_rules:
+            response = client.post(f"{idp.issuer}/__admin/fault", json=rule)
+            assert response.status_code == 400, rule
+            assert response.json()["error"], rule
+    with pytest.raises(DevIdPError, match="token endpoint only"):
+        idp.fault("revocation", "oversize", bytes=10)
+    assert idp.fault("jwks", "late", ms=0, count=3) == {"endpoint": "jwks", "mode": "late", "count": 3, "ms": 0}
+
+
+def test_reset_clears_faults_and_releases_held_connections(idp: DevIdP, bot: BotKeys) -> None:
+    idp.fault("token", "stall")
+    idp.fault("token", "trickle", bytes_per_second=1)
+    idp.fault("token", "replace", status=500, body="{}", count=5)
+    stalled = raw_post(idp.token_endpoint, exchange_form(idp, bot, fresh_request_id()))
+    trickling = raw_post(idp.token_endpoint, exchange_form(idp, bot, fresh_request_id()))
+    try:
+        first, _ = recv_until(trickling, time.monotonic() + 10, limit=1)
+        assert first == b"H"
+        assert recv_until(stalled, time.monotonic() + 0.3) == (b"", False)
+        assert released_by_reset(idp) == 2
+        assert recv_until(stalled, time.monotonic() + 5) == (b"", True)
+        rest, eof = recv_until(trickling, time.monotonic() + 5)
+        assert eof and len(rest) < 10
+    finally:
+        stalled.close()
+        trickling.close()
+    assert idp.stats()["faults_applied"] == 0
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key))
+    assert response.status_code == 200, response.text
+
+
+def test_faults_do_not_survive_a_restart(idp: DevIdP, bot: BotKeys) -> None:
+    idp.fault("token", "replace", status=500, body="{}", process=False)
+    idp.restart()
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key))
+    assert response.status_code == 200, response.text
+
+
+def test_fail_next_with_retry_after_and_a_raw_body(idp: DevIdP, bot: BotKeys) -> None:
+    idp.fail_next(429, retry_after=30)
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key))
+    assert_error(response, 429, "slow_down")
+    assert response.headers["retry-after"] == "30"
+
+    idp.fail_next(503, endpoint="revocation", body="<html>down for maintenance</html>", content_type="text/html")
+    response = revoke(idp, "whatever")
+    assert (response.status_code, response.text) == (503, "<html>down for maintenance</html>")
+    assert response.headers["content-type"] == "text/html"
+    assert "retry-after" not in response.headers
+
+    idp.fail_next(400, body="[]")
+    response = exchange(idp, sign(claims_for(idp, bot), bot.ec_key))
+    assert (response.status_code, response.text, response.headers["content-type"]) == (400, "[]", "application/json")
+
+    for bad in ({"retry_after": "30"}, {"retry_after": -1}, {"body": 5}, {"content_type": ""}):
+        response = httpx.post(f"{idp.issuer}/__admin/fail", json={"status": 503, **bad})
+        assert response.status_code == 400, bad
+    assert idp.stats()["injected_failures"] == 3
+
+
+def test_admin_tokens_lists_every_exchanged_token_without_values(idp: DevIdP, bot: BotKeys) -> None:
+    first, second, brief = fresh_request_id(), fresh_request_id(), fresh_request_id()
+    kept = exchange(idp, sign(claims_for(idp, bot, jit={"request_id": first}), bot.ec_key), scope="read write")
+    revoked = exchange(idp, sign(claims_for(idp, bot, jit={"request_id": second}), bot.ec_key))
+    short = exchange(idp, sign(claims_for(idp, bot, jit={"request_id": brief}), bot.ec_key), lifetime=1)
+    kept_token, revoked_token, short_token = (r.json()["access_token"] for r in (kept, revoked, short))
+    assert revoke(idp, revoked_token).status_code == 200
+    idp.misbehave_next(ignore_revocations=1)
+    assert revoke(idp, kept_token).status_code == 200  # ignored: still active
+
+    raw = httpx.get(f"{idp.issuer}/__admin/tokens")
+    assert raw.status_code == 200
+    for token in (kept_token, revoked_token, short_token):
+        assert token not in raw.text
+    record = token_record(idp, kept_token)
+    assert set(record) == {"sha256", "active", "exp", "scope", "audience", "sub", "request_id"}
+    assert record["sha256"] == hashlib.sha256(kept_token.encode()).hexdigest()
+    assert record["active"] is True
+    assert (record["scope"], record["audience"], record["sub"], record["request_id"]) == (
+        "read write",
+        DB,
+        "alice@example.com",
+        first,
+    )
+    assert record["exp"] == idp.introspect(kept_token)["exp"]
+    assert token_record(idp, revoked_token)["active"] is False
+    assert [t["request_id"] for t in idp.active_tokens(first)] == [first]
+    assert idp.active_tokens(second) == []
+    assert first in {t["request_id"] for t in idp.active_tokens()}
+
+    time.sleep(2.1)  # the one-second token expires
+    assert idp.introspect(short_token) == {"active": False}
+    assert token_record(idp, short_token)["active"] is False
+
+    # kept across reset and restart
+    before = idp.tokens()
+    idp.reset()
+    assert idp.tokens() == before
+    idp.restart()
+    assert idp.tokens() == before
+    assert [t["request_id"] for t in idp.active_tokens(first)] == [first]
+
+
+def test_introspect_sends_form_urlencoded_basic_credentials(bot: BotKeys) -> None:
+    idp = make_idp(bot, client_id="jit bot:1", client_secret="s%3cr+t:&=")
+    with idp:
+        assertion = sign(claims_for(idp, bot), bot.ec_key)
+        credentials = {"client_id": idp.client_id, "client_secret": idp.client_secret}
+        token = exchange(idp, assertion, auth=None, extra=credentials).json()["access_token"]
+        assert idp.introspect(token)["active"] is True
+        idp.client_secret = "wrong"
+        with pytest.raises(DevIdPError, match="401"):
+            idp.introspect(token)
+    idp.close()
+
+
+def jws_header(token: str) -> dict[str, Any]:
+    segment = token.split(".")[0]
+    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    return result
+
+
+def test_odd_kid_jwt_access_token_is_live_and_revocable(bot: BotKeys) -> None:
+    idp = make_idp(bot, token_format="jwt")
+    with idp:
+        request_id = fresh_request_id()
+        idp.misbehave_next(odd_kid=True)
+        response = exchange(idp, sign(claims_for(idp, bot, jit={"request_id": request_id}), bot.ec_key))
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+        header = jws_header(token)
+        assert header == {"alg": "RS256", "typ": "at+jwt", "kid": 123}
+        assert type(header["kid"]) is int
+        # signed by the IdP's own RSA key
+        [rsa_jwk] = [k for k in httpx.get(idp.jwks_uri).json()["keys"] if k["kty"] == "RSA"]
+        signing_input, _, signature = token.rpartition(".")
+        assert RSAAlgorithm(RSAAlgorithm.SHA256).verify(
+            signing_input.encode(),
+            RSAAlgorithm.from_jwk(json.dumps(rsa_jwk)),
+            base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+        )
+
+        info = idp.introspect(token)
+        assert (info["active"], info["sub"], info["aud"], info["scope"]) == (True, "alice@example.com", DB, "read")
+        assert token_record(idp, token) | {"exp": 0} == {
+            "sha256": hashlib.sha256(token.encode()).hexdigest(),
+            "active": True,
+            "exp": 0,
+            "scope": "read",
+            "audience": DB,
+            "sub": "alice@example.com",
+            "request_id": request_id,
+        }
+        assert token_record(idp, token)["exp"] == info["exp"]
+        assert revoke(idp, token).status_code == 200
+        assert idp.introspect(token) == {"active": False}
+        assert token_record(idp, token)["active"] is False
+        assert idp.revocation_count(token) == 1
+
+        # one exchange only
+        again = exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).json()["access_token"]
+        assert jws_header(again)["kid"] == "devidp-rs256"
+        assert token_record(idp, again)["active"] is True
+        # a token signed with a numeric kid by anyone else is not live
+        forged = jwt.encode(
+            jwt.decode(again, options={"verify_signature": False}),
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            algorithm="RS256",
+            headers={"typ": "at+jwt", "kid": "x"},
+        )
+        assert idp.introspect(forged.replace(forged.split(".")[0], token.split(".")[0], 1)) == {"active": False}
+    idp.close()
+
+
+def test_odd_kid_has_no_effect_on_opaque_tokens(idp: DevIdP, bot: BotKeys) -> None:
+    idp.misbehave_next(odd_kid=True)
+    token = exchange(idp, sign(claims_for(idp, bot), bot.ec_key)).json()["access_token"]
+    assert "." not in token
+    assert idp.introspect(token)["active"] is True
+    with pytest.raises(DevIdPError):
+        idp._admin("POST", "misbehave", {"odd_kid": "yes"})
