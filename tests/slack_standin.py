@@ -12,9 +12,33 @@ Refusals are sorted into kinds, because tests care about them differently:
 - ``rejected``: the request was malformed -- Slack would refuse it whatever the workspace holds
   (validation, auth, unknown method, reused trigger, updating a message that does not exist).
   These are bugs in the code under test; tests assert ``standin.rejected() == []``.
-- ``not_found``: a well-formed lookup of something the workspace does not hold (unknown user or
-  usergroup). Code is expected to handle these, so they are not counted as rejections.
+- ``not_found``: a well-formed call the workspace refuses: a lookup of something it does not hold
+  (unknown user or usergroup), or a post to a channel the bot is not in (``not_in_channel``) or
+  that is archived (``is_archived``). Code is expected to handle these, so they are not counted
+  as rejections.
 - ``injected``: failures a test asked for with ``fail_next``.
+- ``ratelimited``: calls a ``rate_limit`` bucket refused (HTTP 429). Not counted as rejections
+  either; ``ratelimited_calls()`` lists them.
+
+Faults, for tests of how the bot copes with Slack under load and during outages (``reset()``
+switches them all off, but does not end an outage):
+
+- ``fail_next(method, error, times, status=...)``: the next calls fail with ``error``. Without
+  ``status``: HTTP 200 ``ok: false``, or 429 + ``Retry-After`` for ``ratelimited``. With
+  ``status`` (500, 502, 503, ...): that HTTP status, body ``{"ok": false, "error": error}``.
+- ``rate_limit(method, burst=, per_second=)``: a token bucket per (method, channel), like Slack's
+  per-method tiers and chat.postMessage's "about one message per second per channel". A call over
+  the limit is answered 429 + ``Retry-After`` and has no effect. While a bucket's Retry-After
+  runs, every call to it is answered 429 as well and listed by ``retry_after_violations()``:
+  the client did not wait as told.
+- ``go_away()`` / ``come_back()`` / ``with outage():``: connections are refused (the listening
+  socket is closed) and open ones are cut, with no answer; calls made meanwhile are not recorded.
+  It comes back on the same port with everything recorded so far.
+- ``set_delay`` (answer after a pause), ``trickle`` (the whole response, status line and headers
+  included, at a few bytes per second) and ``stall`` (the call is recorded and takes effect, but
+  no answer comes until ``release``; ``reset()`` and ``stop()`` close it unanswered).
+- channel membership (``channels_without_bot``, ``remove_bot_from``, ``archive``): chat.* posts
+  to such channels get ``not_in_channel`` / ``is_archived``. DMs are unaffected.
 
 Wire facts this relies on (slack_sdk 3.x, sync ``WebClient``): every request is a POST, even for
 methods slack_sdk declares as GET; "json" methods (chat.*, views.*) send a JSON body, "params"
@@ -33,14 +57,18 @@ import contextlib
 import copy
 import hashlib
 import inspect
+import io
 import itertools
 import json
+import math
 import re
 import secrets
+import socket
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
@@ -120,14 +148,15 @@ _TEXT_TYPES = ("plain_text", "mrkdwn")
 
 @dataclass(frozen=True)
 class Call:
-    """One request the stand-in answered (Web API method, or ``"response_url"``)."""
+    """One request the stand-in received (Web API method, or ``"response_url"``). Stalled calls
+    are recorded before they are answered; calls made during an outage are not recorded."""
 
     method: str
     args: dict[str, Any]
     ok: bool
     error: str | None
     response: dict[str, Any]
-    kind: str = "ok"  # "ok" | "rejected" | "not_found" | "injected"
+    kind: str = "ok"  # "ok" | "rejected" | "not_found" | "injected" | "ratelimited"
     key: str | None = None  # the response_url key, for response_url posts
 
 
@@ -157,6 +186,57 @@ class _Refusal(Exception):
             body["errors"] = list(self.problems)
             body["response_metadata"] = {"messages": [f"[ERROR] {p}" for p in self.problems]}
         return body
+
+
+@dataclass
+class _Bucket:
+    """One token bucket of a rate limit: a (method, channel) pair, or the method as a whole."""
+
+    tokens: float
+    stamp: float  # time.monotonic() of the last refill
+    blocked_until: float = 0.0  # monotonic time the Retry-After of its last 429 runs out
+
+
+@dataclass
+class _RateLimit:
+    burst: int
+    per_second: float
+    retry_after: int
+    per_channel: bool
+    buckets: dict[str | None, _Bucket] = field(default_factory=dict)
+
+
+class _Conn:
+    """A client connection being served. The stand-in cuts it off from other threads (outage,
+    reset, stop); shutting the socket down wakes a handler blocked reading or writing it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.aborted = threading.Event()
+        self.stalled_on: str | None = None  # the method whose answer is held back by stall()
+        self.released = False
+        self.trickling = False
+
+    def abort(self) -> None:
+        self.aborted.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass
+class _Reply:
+    """What a handler writes back, and how."""
+
+    status: int
+    body: bytes
+    ctype: str
+    headers: dict[str, str] = field(default_factory=dict)
+    trickle: int = 0  # bytes per second for the whole response; 0 writes it at once
+    stalled: bool = False  # hold the answer until release() (or cut it off)
+
+
+_JSON = "application/json; charset=utf-8"
+_TEXT = "text/plain; charset=utf-8"
 
 
 @dataclass
@@ -446,7 +526,8 @@ class SlackStandIn:
     ``users`` maps user ids to user fields for users.info; ``email``, ``real_name`` and
     ``display_name`` go into the profile, anything else into the user object. ``usergroups`` maps
     usergroup ids (S...) to member user ids. When ``users`` is given, DMs and ephemerals to users
-    not in it fail as they would for a user outside the workspace.
+    not in it fail as they would for a user outside the workspace. ``channels_without_bot`` names
+    channels (C... / G...) the bot is not a member of; posting there fails with ``not_in_channel``.
     """
 
     def __init__(
@@ -456,6 +537,7 @@ class SlackStandIn:
         users: dict[str, dict[str, Any]] | None = None,
         usergroups: dict[str, list[str]] | None = None,
         app_token: str | None = None,
+        channels_without_bot: set[str] | None = None,
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
@@ -463,10 +545,17 @@ class SlackStandIn:
         self.socket_url: str | None = None
         self._users = copy.deepcopy(users) if users is not None else None
         self._usergroups = copy.deepcopy(usergroups or {})
+        self._without_bot_at_start = frozenset(_channel_with_members(c) for c in channels_without_bot or ())
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # stalled handlers wait on it for release()
+        self._lifecycle = threading.Lock()  # serialises start/stop/go_away/come_back
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._port: int | None = None  # kept while away, so the stand-in comes back where it was
+        self._away = False
+        self._placeholder: socket.socket | None = None  # holds the port while away (bound, not listening)
+        self._conns: set[_Conn] = set()
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -494,7 +583,13 @@ class SlackStandIn:
         self._used_triggers: set[str] = set()
         self._response_links: dict[str, tuple[str, str]] = {}
         self._response_uses: dict[str, int] = {}
-        self._failures: dict[str, deque[tuple[str, int]]] = {}
+        self._failures: dict[str, deque[tuple[str, int, int | None]]] = {}
+        self._rate_limits: dict[str, _RateLimit] = {}
+        self._violations: list[Call] = []
+        self._trickles: dict[str, int] = {}
+        self._stalls: set[str] = set()
+        self._without_bot: set[str] = set(self._without_bot_at_start)
+        self._archived: set[str] = set()
         self._counter = itertools.count(1)
         # Slack ts values are "<unix seconds>.<6 digits>"; a single counter keeps them unique.
         self._ts_base = int(time.time())
@@ -502,29 +597,85 @@ class SlackStandIn:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> SlackStandIn:
-        if self._server is not None:
-            raise RuntimeError("stand-in already started")
-        self._stopping.clear()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.standin = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
+        with self._lifecycle:
+            if self._port is not None:
+                raise RuntimeError("stand-in already started")
+            self._stopping.clear()
+            self._serve(_Server.listen(0))
+        return self
+
+    def stop(self) -> None:
+        """Stops serving, also while away. Stalled and trickling answers are cut off (the
+        connection is closed unanswered); other in-flight calls are left to finish."""
+        with self._lifecycle:
+            if self._port is None:
+                return
+            self._stopping.set()  # cuts injected delays short so shutdown does not wait on them
+            self._unserve(everything=False)
+            if self._placeholder is not None:
+                self._placeholder.close()
+            self._placeholder, self._port, self._away = None, None, False
+
+    def go_away(self) -> None:
+        """An outage: new connections are refused and open ones (kept alive, in flight, stalled)
+        are closed without an answer. Nothing is recorded until ``come_back()``."""
+        with self._lifecycle:
+            if self._port is None:
+                raise RuntimeError("stand-in not started")
+            if self._away:
+                return
+            self._away = True
+            self._unserve(everything=True)
+            self._placeholder = _reserve(self._port)
+
+    def come_back(self) -> None:
+        """Ends an outage: serves again on the same port, with everything recorded before it."""
+        with self._lifecycle:
+            if self._port is None:
+                raise RuntimeError("stand-in not started")
+            if not self._away:
+                return
+            placeholder, self._placeholder = self._placeholder, None
+            self._serve(_Server.listen(self._port, placeholder))
+            self._away = False
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """``with standin.outage():`` -- unreachable inside the block, back after it."""
+        self.go_away()
+        try:
+            yield
+        finally:
+            if self._away:  # not if the block stopped the stand-in
+                self.come_back()
+
+    def _serve(self, server: _Server) -> None:
+        server.standin = self
+        thread = threading.Thread(
+            target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
             name="slack-standin",
             daemon=True,
         )
-        self._thread.start()
-        return self
+        with self._lock:
+            self._server, self._thread = server, thread
+            self._port = server.server_address[1]
+        thread.start()
 
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._stopping.set()  # cuts injected delays short so shutdown does not wait on them
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server, self._thread = None, None
+    def _unserve(self, *, everything: bool) -> None:
+        """Stops accepting and closes the listening socket. Cuts off every open connection, or
+        only stalled and trickling ones, in the same step that retires the server, so nothing
+        arriving from then on is recorded (``_connected`` cuts off stragglers of a retired
+        server). Handler threads are not waited for."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server, self._thread = None, None
+            self._abort(everything=everything)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
 
     def __enter__(self) -> SlackStandIn:
         return self.start()
@@ -534,9 +685,9 @@ class SlackStandIn:
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
+        if self._port is None:
             raise RuntimeError("stand-in not started; call start() or use it as a context manager")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._port}"
 
     @property
     def api_url(self) -> str:
@@ -557,12 +708,83 @@ class SlackStandIn:
 
     # -- failure injection ------------------------------------------------------------------
 
-    def fail_next(self, method: str, error: str = "ratelimited", times: int = 1, *, retry_after: int = 1) -> None:
+    def fail_next(
+        self,
+        method: str,
+        error: str = "ratelimited",
+        times: int = 1,
+        *,
+        retry_after: int = 1,
+        status: int | None = None,
+    ) -> None:
         """Make the next ``times`` calls of ``method`` fail with ``error``. ``ratelimited`` is
         answered as Slack does: HTTP 429 with a Retry-After header (``retry_after`` seconds).
-        ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body)."""
+        ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body).
+
+        ``status`` answers with that HTTP status instead (500, 502, 503: Slack having a bad
+        day), body ``{"ok": false, "error": error}``; a 429 carries Retry-After. The failed calls
+        are recorded with kind ``"injected"`` and have no effect. Rate limits (``rate_limit``)
+        are checked first: a call they refuse does not use up an injected failure."""
+        if status is not None and not 100 <= status <= 599:
+            raise ValueError(f"not an HTTP status: {status}")
         with self._lock:
-            self._failures.setdefault(method, deque()).extend([(error, retry_after)] * times)
+            self._failures.setdefault(method, deque()).extend([(error, retry_after, status)] * times)
+
+    def rate_limit(
+        self,
+        method: str,
+        *,
+        burst: int,
+        per_second: float,
+        retry_after: int = 1,
+        per_channel: bool = True,
+    ) -> None:
+        """Rate-limit ``method`` with a token bucket per channel argument (per method when
+        ``per_channel`` is false): ``burst`` calls at once, refilled at ``per_second``. Over the
+        limit a call is answered HTTP 429, ``Retry-After: <retry_after>``, ``{"ok": false,
+        "error": "ratelimited"}``, recorded with kind ``"ratelimited"``, and has no effect.
+        Until that Retry-After has run out, every call to the bucket is answered 429 too and
+        counted in ``retry_after_violations()``. Calling it again replaces the limit (with full
+        buckets). Auth and unknown-method refusals come before the limit and use no tokens."""
+        if method == "response_url":
+            raise ValueError("rate_limit applies to Web API methods")
+        if burst < 0 or per_second < 0 or retry_after < 0:
+            raise ValueError("burst, per_second and retry_after must not be negative")
+        with self._lock:
+            self._rate_limits[method] = _RateLimit(burst, per_second, retry_after, per_channel)
+
+    def clear_rate_limits(self) -> None:
+        """Removes every rate limit (what was recorded stays)."""
+        with self._lock:
+            self._rate_limits.clear()
+
+    def trickle(self, method: str, bytes_per_second: int) -> None:
+        """Write every answer to ``method`` (or ``"response_url"``) at ``bytes_per_second`` --
+        the whole response, so even the status line and headers arrive slowly. The call itself
+        takes effect at once. 0 removes the trickle."""
+        if bytes_per_second < 0:
+            raise ValueError("bytes_per_second must not be negative")
+        with self._lock:
+            if bytes_per_second > 0:
+                self._trickles[method] = bytes_per_second
+            else:
+                self._trickles.pop(method, None)
+
+    def stall(self, method: str) -> None:
+        """Accept calls to ``method`` (or ``"response_url"``) and record them -- they take effect,
+        as on a Slack too slow to answer -- but send no answer until ``release(method)``.
+        ``reset()``, ``stop()`` and ``go_away()`` close stalled connections unanswered."""
+        with self._lock:
+            self._stalls.add(method)
+
+    def release(self, method: str) -> None:
+        """Answers the calls to ``method`` stalled so far and stops stalling it."""
+        with self._lock:
+            self._stalls.discard(method)
+            for conn in self._conns:
+                if conn.stalled_on == method:
+                    conn.released = True
+            self._cond.notify_all()
 
     def set_delay(self, method: str, seconds: float) -> None:
         """Delay every answer to ``method`` (or ``"response_url"``); 0 removes the delay."""
@@ -571,6 +793,32 @@ class SlackStandIn:
                 self._delays[method] = seconds
             else:
                 self._delays.pop(method, None)
+
+    # -- channel membership -----------------------------------------------------------------
+
+    def remove_bot_from(self, channel: str) -> None:
+        """The bot leaves (or was never in) ``channel``: chat.postMessage, chat.update and
+        chat.postEphemeral there get ``not_in_channel`` (kind ``not_found``). Membership is checked
+        right after the channel id, before the message itself, as a channel-level refusal."""
+        channel = _channel_with_members(channel)
+        with self._lock:
+            self._without_bot.add(channel)
+
+    def add_bot_to(self, channel: str) -> None:
+        channel = _channel_with_members(channel)
+        with self._lock:
+            self._without_bot.discard(channel)
+
+    def archive(self, channel: str) -> None:
+        """Archives ``channel``: chat.* posts there get ``is_archived`` (members or not)."""
+        channel = _channel_with_members(channel)
+        with self._lock:
+            self._archived.add(channel)
+
+    def unarchive(self, channel: str) -> None:
+        channel = _channel_with_members(channel)
+        with self._lock:
+            self._archived.discard(channel)
 
     # -- recordings -------------------------------------------------------------------------
 
@@ -587,6 +835,21 @@ class SlackStandIn:
         """Calls Slack would have refused as malformed. Tests assert this is empty."""
         with self._lock:
             return [c for c in self._calls if c.kind == "rejected"]
+
+    def ratelimited_calls(self) -> list[Call]:
+        """Calls a ``rate_limit`` bucket answered with 429 (violations included)."""
+        with self._lock:
+            return [c for c in self._calls if c.kind == "ratelimited"]
+
+    def retry_after_violations(self) -> list[Call]:
+        """Calls to a bucket made before the Retry-After of its last 429 had run out."""
+        with self._lock:
+            return list(self._violations)
+
+    def open_connections(self) -> int:
+        """Client connections open right now (accepted and not yet closed)."""
+        with self._lock:
+            return len(self._conns)
 
     @property
     def responses(self) -> list[ResponseUrlPost]:
@@ -644,8 +907,12 @@ class SlackStandIn:
         ) from last_error
 
     def reset(self) -> None:
-        """Forget calls, messages, views, responses and injected failures (users stay)."""
+        """Forget calls, messages, views, responses and injected failures (users stay). Every
+        fault is switched off (delays, rate limits, trickles, stalls; stalled and trickling
+        answers in flight are cut off) and channel membership is back to what the constructor
+        said. An outage (``go_away``) is not ended by it."""
         with self._lock:
+            self._abort(everything=False)
             self._init_state()
             self._delays.clear()
 
@@ -657,17 +924,46 @@ class SlackStandIn:
         if seconds:
             self._stopping.wait(seconds)
 
-    def _injected(self, method: str) -> tuple[str, int] | None:
+    def _injected(self, method: str) -> tuple[str, int, int | None] | None:
         queue = self._failures.get(method)
         return queue.popleft() if queue else None
 
+    def _rate_check(self, method: str, args: dict[str, Any]) -> tuple[int, bool] | None:
+        """Takes a token from the call's bucket. None if the call may go ahead, else the
+        Retry-After to answer with and whether the call came before an earlier one ran out."""
+        limit = self._rate_limits.get(method)
+        if limit is None:
+            return None
+        channel = args.get("channel")
+        key = self._resolve_channel(channel) if limit.per_channel and isinstance(channel, str) else None
+        now = time.monotonic()
+        bucket = limit.buckets.setdefault(key, _Bucket(float(limit.burst), now))
+        bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.stamp) * limit.per_second)
+        bucket.stamp = now
+        if now < bucket.blocked_until:
+            # Told to wait and did not: still limited, with what is left of the wait.
+            return max(1, math.ceil(bucket.blocked_until - now)), True
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return None
+        bucket.blocked_until = now + limit.retry_after
+        return limit.retry_after, False
+
     def _api(
-        self, method: str, authorization: str | None, args: dict[str, Any], parse_error: str | None
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Answers one Web API call: (HTTP status, JSON body, extra headers)."""
+        self,
+        method: str,
+        authorization: str | None,
+        args: dict[str, Any],
+        parse_error: str | None,
+        conn: _Conn | None = None,
+    ) -> _Reply | None:
+        """Answers one Web API call; None when its connection was cut (the call never arrived)."""
         self._delay(method)
         status, headers = 200, {}
+        violation = False
         with self._lock:
+            if conn is not None and conn.aborted.is_set():
+                return None
             try:
                 self._authorize(method, authorization)
                 handler = self._methods.get(method)
@@ -675,20 +971,65 @@ class SlackStandIn:
                     raise _Refusal("unknown_method")
                 if parse_error:
                     raise _Refusal(parse_error)
+                limited = self._rate_check(method, args)
+                if limited is not None:
+                    retry_after, violation = limited
+                    status, headers = 429, {"Retry-After": str(retry_after)}
+                    raise _Refusal("ratelimited", kind="ratelimited")
                 injected = self._injected(method)
                 if injected is not None:
-                    error, retry_after = injected
-                    if error == "ratelimited":
-                        status, headers = 429, {"Retry-After": str(retry_after)}
+                    error, retry_after, forced = injected
+                    status = forced if forced is not None else 429 if error == "ratelimited" else 200
+                    if status == 429:
+                        headers = {"Retry-After": str(retry_after)}
                     raise _Refusal(error, kind="injected")
                 body, kind = {"ok": True, **handler(args)}, "ok"
             except _Refusal as refusal:
                 body, kind = refusal.body(), refusal.kind
             call = Call(method, copy.deepcopy(args), body["ok"], body.get("error"), body, kind)
             self._calls.append(call)
+            if violation:
+                self._violations.append(call)
+            reply = self._plan(method, conn, _Reply(status, json.dumps(body).encode(), _JSON, headers))
         for observer in self.observers:
             observer(call)
-        return status, body, headers
+        return reply
+
+    def _plan(self, method: str, conn: _Conn | None, reply: _Reply) -> _Reply:
+        """Applies trickle/stall to an answer (lock held, when the call is recorded)."""
+        reply.trickle = self._trickles.get(method, 0)
+        if conn is not None:
+            conn.trickling = reply.trickle > 0
+            if method in self._stalls:
+                conn.stalled_on, conn.released, reply.stalled = method, False, True
+        return reply
+
+    def _hold(self, conn: _Conn) -> bool:
+        """Blocks a stalled answer until release() (True) or until it is cut off (False)."""
+        with self._cond:
+            while not conn.released and not conn.aborted.is_set():
+                self._cond.wait(0.5)
+            conn.stalled_on = None
+            return not conn.aborted.is_set()
+
+    def _abort(self, *, everything: bool) -> None:
+        """Cuts off every connection, or only those of stalled and trickling answers (lock held)."""
+        for conn in self._conns:
+            if everything or conn.stalled_on is not None or conn.trickling:
+                conn.abort()
+        self._cond.notify_all()
+
+    def _connected(self, sock: socket.socket, server: _Server) -> _Conn:
+        conn = _Conn(sock)
+        with self._lock:
+            self._conns.add(conn)
+            if server is not self._server:
+                conn.abort()  # accepted just as its server went away or stopped
+        return conn
+
+    def _disconnected(self, conn: _Conn) -> None:
+        with self._lock:
+            self._conns.discard(conn)
 
     def _authorize(self, method: str, authorization: str | None) -> None:
         """apps.connections.open takes only the app-level token, every other method only the bot token."""
@@ -704,14 +1045,17 @@ class SlackStandIn:
             raise _Refusal("not_allowed_token_type")
         raise _Refusal("invalid_auth")
 
-    def _response_post(self, key: str, payload: Any) -> tuple[int, str]:
-        """Answers a POST to a response_url: (HTTP status, plain-text body) as Slack does."""
+    def _response_post(self, key: str, payload: Any, conn: _Conn | None = None) -> _Reply | None:
+        """Answers a POST to a response_url with HTTP status and plain-text body, as Slack does;
+        None when its connection was cut (the post never arrived)."""
         self._delay("response_url")
         with self._lock:
+            if conn is not None and conn.aborted.is_set():
+                return None
             status, kind, error = 200, "ok", None
             injected = self._injected("response_url")
             if injected is not None:
-                status, kind, error = 404, "injected", injected[0]
+                status, kind, error = injected[2] or 404, "injected", injected[0]
             else:
                 try:
                     self._apply_response(key, payload)
@@ -725,7 +1069,7 @@ class SlackStandIn:
             self._responses.append(ResponseUrlPost(key, copy.deepcopy(record), error is None, error))
             body = {"ok": error is None, **({"error": error} if error else {})}
             self._calls.append(Call("response_url", copy.deepcopy(record), error is None, error, body, kind, key=key))
-        return status, error or "ok"
+            return self._plan("response_url", conn, _Reply(status, (error or "ok").encode(), _TEXT))
 
     def _apply_response(self, key: str, payload: Any) -> None:
         if not isinstance(payload, dict):
@@ -769,6 +1113,13 @@ class SlackStandIn:
             if not self._known_user(channel):
                 raise _Refusal("channel_not_found", kind="not_found")
         return self._resolve_channel(channel)
+
+    def _member(self, channel: str) -> None:
+        """Refuses posting to a channel that is archived or that the bot is not in."""
+        if channel in self._archived:
+            raise _Refusal("is_archived", kind="not_found")
+        if channel in self._without_bot:
+            raise _Refusal("not_in_channel", kind="not_found")
 
     def _content(self, args: dict[str, Any], *, required: bool) -> tuple[str | None, list[dict[str, Any]] | None]:
         """Validates message text/blocks. Returns (text, blocks); None means "not given"."""
@@ -868,12 +1219,14 @@ class SlackStandIn:
 
     def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args)
+        self._member(channel)
         text, blocks = self._content(args, required=True)
         msg = self._store(channel, text, blocks, args.get("thread_ts"))
         return {"channel": channel, "ts": msg.ts, "message": msg.wire()}
 
     def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args, allow_user=False)
+        self._member(channel)
         ts = args.get("ts")
         if not isinstance(ts, str) or ts not in self._channels.get(channel, {}):
             raise _Refusal("message_not_found")
@@ -887,6 +1240,7 @@ class SlackStandIn:
 
     def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args)
+        self._member(channel)
         user = args.get("user")
         if not isinstance(user, str) or not USER_ID.match(user):
             raise _Refusal("user_not_found")
@@ -973,6 +1327,26 @@ class SlackStandIn:
         return {"url": self.socket_url}
 
 
+def _channel_with_members(channel: str) -> str:
+    """A channel id that has members (C... public, G... private): DMs have no membership to lose."""
+    if not isinstance(channel, str) or not CHANNEL_ID.match(channel) or channel[0] not in "CG":
+        raise ValueError(f"not a channel id with members (C... or G...): {channel!r}")
+    return channel
+
+
+def _reserve(port: int) -> socket.socket | None:
+    """Binds ``port`` without listening: connections to it are refused, and no other socket can
+    take the port while the stand-in is away. None if that fails (come_back binds afresh)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def _describe(predicate: Callable[..., Any]) -> str:
     try:
         return inspect.getsource(predicate).strip()
@@ -984,9 +1358,50 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     standin: SlackStandIn
 
+    @classmethod
+    def listen(cls, port: int, bound: socket.socket | None = None) -> _Server:
+        """A server listening on 127.0.0.1:``port`` (0: any free port), on the socket ``bound`` to
+        it already when given. Waits a little for the port if it is taken (coming back)."""
+        if bound is not None:
+            server = cls(("127.0.0.1", port), _Handler, bind_and_activate=False)
+            server.socket.close()
+            server.socket = bound
+            server.server_address = bound.getsockname()
+            server.server_name, server.server_port = "127.0.0.1", port
+            try:
+                server.server_activate()
+            except OSError:
+                server.server_close()
+                raise
+            return server
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return cls(("127.0.0.1", port), _Handler)
+            except OSError:
+                if port == 0 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client gave up, or the stand-in cut the connection: nothing to report
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    conn: _Conn
+
+    def setup(self) -> None:
+        super().setup()
+        self.conn = self.server.standin._connected(self.connection, self.server)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.standin._disconnected(self.conn)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep pytest output clean; calls are recorded instead
@@ -998,24 +1413,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._route()
 
     def _route(self) -> None:
+        standin = self.server.standin
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        reply: _Reply | None
         if url.path.startswith("/api/"):
             args, parse_error = self._args(url.query, body)
-            status, reply, headers = self.server.standin._api(
-                url.path[len("/api/") :], self.headers.get("Authorization"), args, parse_error
-            )
-            self._send(status, json.dumps(reply).encode(), "application/json; charset=utf-8", headers)
+            method, authorization = url.path[len("/api/") :], self.headers.get("Authorization")
+            reply = standin._api(method, authorization, args, parse_error, self.conn)
         elif url.path.startswith("/response/") and self.command == "POST":
             try:
                 payload: Any = json.loads(body or b"null")
             except ValueError:
                 payload = body.decode("utf-8", "replace")
-            status, text = self.server.standin._response_post(url.path[len("/response/") :], payload)
-            self._send(status, text.encode(), "text/plain; charset=utf-8", {})
+            reply = standin._response_post(url.path[len("/response/") :], payload, self.conn)
         else:
-            self._send(404, b"not found", "text/plain", {})
+            reply = _Reply(404, b"not found", "text/plain")
+        if reply is None or (reply.stalled and not standin._hold(self.conn)):
+            self.close_connection = True  # cut off: closed without an answer
+            return
+        self._send(reply)
 
     def _args(self, query: str, body: bytes) -> tuple[dict[str, Any], str | None]:
         """Merges query-string and body arguments; JSON-ish arguments are decoded."""
@@ -1040,11 +1458,30 @@ class _Handler(BaseHTTPRequestHandler):
                 args[name] = _as_json(args[name])
         return args, None
 
-    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+    def _send(self, reply: _Reply) -> None:
+        wire, self.wfile = self.wfile, io.BytesIO()  # the whole response first, to trickle it all
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.ctype)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(reply.body)
+            data = self.wfile.getvalue()
+        finally:
+            self.wfile = wire
+        if not reply.trickle:
+            self.wfile.write(data)
+            return
+        # A schedule from the first byte rather than a sleep per chunk: a thread that wakes late
+        # catches up, but never gets ahead of the rate.
+        step, start = max(1, reply.trickle // 50), time.monotonic()
+        try:
+            for sent in range(0, len(data), step):
+                if self.conn.aborted.wait(max(0.0, start + sent / reply.trickle - time.monotonic())):
+                    self.close_connection = True
+                    return
+                self.wfile.write(data[sent : sent + step])
+        finally:
+            self.conn.trickling = False

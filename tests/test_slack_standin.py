@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import threading
+import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +18,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
-from tests.slack_standin import SlackStandIn
+from tests.slack_standin import BOT_USER_ID, SlackStandIn
 
 # slack_sdk warns when blocks come without fallback text; some tests do that on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")
@@ -42,6 +46,12 @@ def slack(server: SlackStandIn) -> SlackStandIn:
 @pytest.fixture
 def client(slack: SlackStandIn) -> WebClient:
     return WebClient(token=TOKEN, base_url=slack.api_url)
+
+
+@pytest.fixture
+def bare(slack: SlackStandIn) -> WebClient:
+    """A client that never retries, so each fault reaches the test as the bot would first see it."""
+    return WebClient(token=TOKEN, base_url=slack.api_url, retry_handlers=[])
 
 
 # -- Block Kit builders, valid by default -------------------------------------------------------
@@ -655,3 +665,324 @@ def test_reset_forgets_everything_but_users(slack: SlackStandIn, client: WebClie
     assert (slack.calls, slack.messages("C0REQUESTS"), slack.responses) == ([], [], [])
     assert client.auth_test()["ok"] is True
     assert client.users_info(user="U0ALICE01")["ok"] is True
+
+
+# -- faults: rate limits ---------------------------------------------------------------------------
+
+
+def test_rate_limit_per_channel_answers_429_like_slack(slack: SlackStandIn, bare: WebClient) -> None:
+    slack.rate_limit("chat.postMessage", burst=2, per_second=1, retry_after=3)
+    assert [bare.chat_postMessage(channel="C0REQUESTS", text=f"m{i}")["ok"] for i in range(2)] == [True, True]
+    with pytest.raises(SlackApiError) as limited:
+        bare.chat_postMessage(channel="C0REQUESTS", text="m2")
+    reply = limited.value.response
+    assert (reply.status_code, reply["error"], reply.headers["Retry-After"]) == (429, "ratelimited", "3")
+    assert reply.data == {"ok": False, "error": "ratelimited"}
+    # Another channel has a bucket of its own; the limited call had no effect.
+    assert bare.chat_postMessage(channel="C0OTHER01", text="elsewhere")["ok"] is True
+    assert [m["text"] for m in slack.messages("C0REQUESTS")] == ["m0", "m1"]
+
+    [call] = slack.ratelimited_calls()
+    assert (call.ok, call.error, call.kind, call.args["text"]) == (False, "ratelimited", "ratelimited", "m2")
+    assert [c.kind for c in slack.calls] == ["ok", "ok", "ratelimited", "ok"]
+    assert slack.rejected() == []
+    assert slack.retry_after_violations() == []  # nobody came back too soon
+
+
+def test_rate_limit_per_method_and_clear(slack: SlackStandIn, bare: WebClient) -> None:
+    slack.rate_limit("chat.postMessage", burst=1, per_second=0, per_channel=False)
+    assert bare.chat_postMessage(channel="C0REQUESTS", text="one")["ok"] is True
+    with pytest.raises(SlackApiError) as limited:
+        bare.chat_postMessage(channel="C0OTHER01", text="other channel, same bucket")
+    assert limited.value.response.status_code == 429
+    assert bare.auth_test()["ok"] is True  # other methods are not limited
+    slack.clear_rate_limits()
+    assert bare.chat_postMessage(channel="C0OTHER01", text="free again")["ok"] is True
+
+
+def test_retry_after_violations_are_calls_before_the_wait_ran_out(slack: SlackStandIn, bare: WebClient) -> None:
+    slack.rate_limit("chat.postMessage", burst=1, per_second=1, retry_after=1)
+    bare.chat_postMessage(channel="C0REQUESTS", text="first")
+    for text in ("limited", "too soon"):
+        with pytest.raises(SlackApiError) as limited:
+            bare.chat_postMessage(channel="C0REQUESTS", text=text)
+        assert limited.value.response.status_code == 429  # a violation is still answered 429
+        assert limited.value.response.headers["Retry-After"] == "1"
+    assert [c.args["text"] for c in slack.retry_after_violations()] == ["too soon"]
+
+    time.sleep(1.2)  # what Retry-After asked for, and a token has come back meanwhile
+    assert bare.chat_postMessage(channel="C0REQUESTS", text="after waiting")["ok"] is True
+    assert [c.args["text"] for c in slack.retry_after_violations()] == ["too soon"]
+    assert [c.args["text"] for c in slack.ratelimited_calls()] == ["limited", "too soon"]
+    assert [m["text"] for m in slack.messages("C0REQUESTS")] == ["first", "after waiting"]
+
+
+def test_slack_sdk_retry_handler_honours_retry_after(slack: SlackStandIn) -> None:
+    retrying = WebClient(token=TOKEN, base_url=slack.api_url, retry_handlers=[RateLimitErrorRetryHandler()])
+    slack.rate_limit("chat.postMessage", burst=1, per_second=1, retry_after=1)
+    retrying.chat_postMessage(channel="C0REQUESTS", text="first")
+    assert retrying.chat_postMessage(channel="C0REQUESTS", text="second")["ok"] is True  # after one 429
+    assert len(slack.ratelimited_calls()) == 1
+    assert slack.retry_after_violations() == []
+
+
+# -- faults: outages ---------------------------------------------------------------------------------
+
+
+def _port(standin: SlackStandIn) -> int:
+    return int(standin.base_url.rsplit(":", 1)[1])
+
+
+def _connection_closed(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_outage_refuses_connections_and_comes_back_on_the_same_port() -> None:
+    with SlackStandIn(TOKEN, users=USERS) as standin:
+        bare = WebClient(token=TOKEN, base_url=standin.api_url, retry_handlers=[])
+        ts = bare.chat_postMessage(channel="C0REQUESTS", text="before")["ts"]
+        link = standin.response_url("cmd-1", channel="C0REQUESTS", ts=ts)
+        api_url = standin.api_url
+        standin.wait_for(lambda: standin.open_connections() == 0, timeout=5)  # the post's connection is done
+        with socket.create_connection(("127.0.0.1", _port(standin)), timeout=5) as idle:
+            standin.wait_for(lambda: standin.open_connections() == 1, timeout=5)  # accepted, being served
+            standin.go_away()
+            assert _connection_closed(idle)  # open connections are cut, as a dead load balancer does
+        with pytest.raises(urllib.error.URLError) as refused:
+            bare.chat_postMessage(channel="C0REQUESTS", text="while away")
+        assert isinstance(refused.value.reason, ConnectionRefusedError)
+        assert standin.api_url == api_url
+
+        standin.come_back()
+        assert standin.api_url == api_url
+        assert bare.chat_postMessage(channel="C0REQUESTS", text="after")["ok"] is True  # the same client
+        assert bare.chat_update(channel="C0REQUESTS", ts=ts, text="before, updated")["ok"] is True
+        assert WebhookClient(link).send(text="replaced", replace_original=True).status_code == 200
+        assert [m["text"] for m in standin.messages("C0REQUESTS")] == ["replaced", "after"]
+        # The call made while away never reached Slack, so it is not recorded.
+        assert [c.args.get("text") for c in standin.calls] == ["before", "after", "before, updated", "replaced"]
+        standin.wait_for(lambda: standin.open_connections() == 0, timeout=5)
+
+
+def test_outage_context_manager_cuts_a_call_in_flight() -> None:
+    with SlackStandIn(TOKEN) as standin:
+        bare = WebClient(token=TOKEN, base_url=standin.api_url, retry_handlers=[])
+        standin.stall("auth.test")
+        thread, outcome = _run_in_thread(bare.auth_test)
+        standin.wait_for(lambda: standin.calls_to("auth.test"), timeout=5)
+        with standin.outage():
+            thread.join(5)
+            assert isinstance(outcome.get("error"), ConnectionError)  # closed without an answer
+            with pytest.raises(urllib.error.URLError):
+                bare.users_info(user="U0ALICE01")
+        standin.release("auth.test")
+        assert bare.auth_test()["ok"] is True
+        assert [c.method for c in standin.calls] == ["auth.test", "auth.test"]
+
+
+def test_a_call_in_flight_when_slack_goes_away_is_not_recorded() -> None:
+    with SlackStandIn(TOKEN, users=USERS) as standin:
+        bare = WebClient(token=TOKEN, base_url=standin.api_url, retry_handlers=[])
+        standin.set_delay("users.info", 1)
+        assert standin.open_connections() == 0
+        thread, outcome = _run_in_thread(lambda: bare.users_info(user="U0ALICE01"))
+        standin.wait_for(lambda: standin.open_connections() == 1, timeout=5)
+        time.sleep(0.3)  # the request has been read; its answer is being delayed
+        with standin.outage():
+            thread.join(5)
+            assert isinstance(outcome.get("error"), ConnectionError), outcome
+        standin.wait_for(lambda: standin.open_connections() == 0, timeout=5)  # the delayed handler is done
+        assert standin.calls == []
+
+
+def test_stop_works_while_away() -> None:
+    standin = SlackStandIn(TOKEN).start()
+    with standin.outage():
+        standin.stop()
+    with pytest.raises(RuntimeError):
+        standin.base_url  # noqa: B018 - stopped for good
+
+
+# -- faults: HTTP status failures ------------------------------------------------------------------
+
+
+SERVER_ERRORS = [(500, "internal_error"), (502, "bad_gateway"), (503, "service_unavailable")]
+
+
+@pytest.mark.parametrize(("status", "error"), SERVER_ERRORS)
+def test_fail_next_with_http_status(slack: SlackStandIn, bare: WebClient, status: int, error: str) -> None:
+    slack.fail_next("chat.postMessage", error, status=status)
+    with pytest.raises(SlackApiError) as failed:
+        bare.chat_postMessage(channel="C0REQUESTS", text="hi")
+    reply = failed.value.response
+    assert (reply.status_code, reply.data) == (status, {"ok": False, "error": error})
+    assert "Retry-After" not in reply.headers
+    assert bare.chat_postMessage(channel="C0REQUESTS", text="hi")["ok"] is True
+    assert [c.kind for c in slack.calls] == ["injected", "ok"]
+    assert len(slack.messages("C0REQUESTS")) == 1
+    assert slack.rejected() == []
+
+
+def test_fail_next_with_status_on_response_url_and_429(slack: SlackStandIn, bare: WebClient) -> None:
+    slack.fail_next("response_url", "service_unavailable", status=503)
+    reply = WebhookClient(slack.response_url("cmd-1")).send(text="hi")
+    assert (reply.status_code, reply.body) == (503, "service_unavailable")
+    slack.fail_next("auth.test", status=429, retry_after=4)
+    with pytest.raises(SlackApiError) as failed:
+        bare.auth_test()
+    assert (failed.value.response.status_code, failed.value.response.headers["Retry-After"]) == (429, "4")
+
+
+# -- faults: slow answers -----------------------------------------------------------------------------
+
+
+def _raw_post(standin: SlackStandIn, method: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", _port(standin)), timeout=5)
+    sock.sendall(
+        f"POST /api/{method} HTTP/1.1\r\nHost: slack.com\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 0\r\n\r\n".encode()
+    )
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_trickle_sends_even_the_status_line_slowly(slack: SlackStandIn) -> None:
+    slack.trickle("auth.test", 2)
+    with _raw_post(slack, "auth.test") as sock:
+        received = sock.recv(100)  # the first byte comes at once (waits at most the socket's 5 s)
+        sock.settimeout(0.05)
+        second_later = time.monotonic() + 1
+        while time.monotonic() < second_later:
+            try:
+                received += sock.recv(100)
+            except TimeoutError:
+                pass
+    assert 0 < len(received) < 10, received
+    assert b"HTTP/1.0 200 OK".startswith(received)
+    assert [c.kind for c in slack.calls_to("auth.test")] == ["ok"]  # the call took effect at once
+
+
+def test_trickled_answer_arrives_whole_and_trickle_0_removes_it(slack: SlackStandIn, bare: WebClient) -> None:
+    with _raw_post(slack, "auth.test") as sock:
+        size = len(_read_all(sock))
+    slack.trickle("auth.test", 200)
+    started = time.monotonic()
+    assert bare.auth_test()["user_id"] == BOT_USER_ID
+    assert time.monotonic() - started >= 0.8 * size / 200
+    slack.trickle("auth.test", 0)
+    started = time.monotonic()
+    assert bare.auth_test()["ok"] is True
+    assert time.monotonic() - started < 0.8 * size / 200
+
+
+def _run_in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["reply"] = call()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_stall_takes_effect_but_answers_only_on_release(slack: SlackStandIn, bare: WebClient) -> None:
+    slack.stall("chat.postMessage")
+    thread, outcome = _run_in_thread(lambda: bare.chat_postMessage(channel="C0REQUESTS", text="slow"))
+    try:
+        [stored] = slack.wait_for(lambda: slack.messages("C0REQUESTS"), timeout=5)
+        thread.join(0.5)
+        assert thread.is_alive() and outcome == {}  # posted, but no answer
+        assert [c.kind for c in slack.calls] == ["ok"]
+    finally:
+        slack.release("chat.postMessage")
+    thread.join(5)
+    assert outcome["reply"]["ts"] == stored["ts"]
+    assert bare.chat_postMessage(channel="C0REQUESTS", text="quick")["ok"] is True  # not stalled any more
+
+
+def test_reset_closes_a_stalled_call_unanswered(slack: SlackStandIn, bare: WebClient) -> None:
+    slack.stall("users.info")
+    thread, outcome = _run_in_thread(lambda: bare.users_info(user="U0ALICE01"))
+    slack.wait_for(lambda: slack.calls_to("users.info"), timeout=5)
+    slack.reset()
+    thread.join(5)
+    assert isinstance(outcome.get("error"), ConnectionError), outcome
+    assert bare.users_info(user="U0ALICE01")["ok"] is True  # reset removed the stall
+
+
+def test_stop_returns_promptly_while_answers_are_stalled_or_trickling() -> None:
+    standin = SlackStandIn(TOKEN).start()
+    bare = WebClient(token=TOKEN, base_url=standin.api_url, retry_handlers=[])
+    standin.stall("chat.postMessage")
+    standin.trickle("auth.test", 1)
+    stalled = _run_in_thread(lambda: bare.chat_postMessage(channel="C0REQUESTS", text="hi"))
+    trickling = _run_in_thread(bare.auth_test)
+    standin.wait_for(lambda: len(standin.calls) == 2, timeout=5)
+    started = time.monotonic()
+    standin.stop()
+    assert time.monotonic() - started < 3
+    # Both connections are closed: the stalled one before any byte, the trickling one mid-status-line.
+    for thread, outcome in (stalled, trickling):
+        thread.join(5)
+        assert isinstance(outcome.get("error"), ConnectionError | http.client.HTTPException), outcome
+
+
+# -- channel membership --------------------------------------------------------------------------------
+
+
+def _refused(call: Callable[[], Any]) -> str:
+    with pytest.raises(SlackApiError) as refused:
+        call()
+    return str(refused.value.response["error"])
+
+
+def test_posting_where_the_bot_is_not_in_the_channel_or_it_is_archived() -> None:
+    with SlackStandIn(TOKEN, users=USERS, channels_without_bot={"C0SECRET1"}) as standin:
+        bare = WebClient(token=TOKEN, base_url=standin.api_url, retry_handlers=[])
+        assert _refused(lambda: bare.chat_postMessage(channel="C0SECRET1", text="hi")) == "not_in_channel"
+        standin.add_bot_to("C0SECRET1")
+        ts = bare.chat_postMessage(channel="C0SECRET1", text="hi")["ts"]
+        standin.remove_bot_from("C0SECRET1")
+        assert _refused(lambda: bare.chat_update(channel="C0SECRET1", ts=ts, text="edited")) == "not_in_channel"
+        assert standin.message("C0SECRET1", ts)["text"] == "hi"
+
+        requests_ts = bare.chat_postMessage(channel="C0REQUESTS", text="card")["ts"]
+        standin.archive("C0REQUESTS")
+        assert _refused(lambda: bare.chat_postMessage(channel="C0REQUESTS", text="hi")) == "is_archived"
+        assert _refused(lambda: bare.chat_update(channel="C0REQUESTS", ts=requests_ts, text="x")) == "is_archived"
+        # DMs have no membership: they keep working.
+        dm = bare.chat_postMessage(channel="U0ALICE01", text="your access was approved")
+        assert bare.chat_update(channel=dm["channel"], ts=dm["ts"], text="expired")["ok"] is True
+
+        refusals = [c for c in standin.calls if not c.ok]
+        assert [(c.error, c.kind) for c in refusals] == [
+            ("not_in_channel", "not_found"),
+            ("not_in_channel", "not_found"),
+            ("is_archived", "not_found"),
+            ("is_archived", "not_found"),
+        ]
+        assert standin.rejected() == []
+        assert [m["text"] for m in standin.messages("C0REQUESTS")] == ["card"]
+
+        standin.reset()  # membership is back to what the constructor said
+        assert bare.chat_postMessage(channel="C0REQUESTS", text="unarchived")["ok"] is True
+        assert _refused(lambda: bare.chat_postMessage(channel="C0SECRET1", text="hi")) == "not_in_channel"
+        for not_a_channel in ("U0ALICE01", "D0ALICE01", "#requests"):
+            with pytest.raises(ValueError):
+                standin.remove_bot_from(not_a_channel)
