@@ -8,10 +8,17 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from bot.config import ConfigError, Settings, StoreSettings, load_policy, load_settings
+from bot.config import ConfigError, Settings, load_policy, load_settings, load_store_settings
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
+from bot.files import KeyFileError
+from bot.idp.keys import SigningKeyError
+from bot.logs import configure_logging
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger("jit-bot")
 
@@ -22,16 +29,6 @@ def _out(line: str = "") -> None:
 
 def _err(line: str) -> None:
     sys.stderr.write(line + "\n")
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Client libraries log request details at DEBUG; keep them well above that so no token can slip out.
-    for name in ("slack_sdk", "slack_bolt", "urllib3", "httpx", "httpcore", "authlib", "alembic.runtime.plugins"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # Bolt reads SLACK_BOT_TOKEN from the environment itself and warns that it is unused, since we hand
-    # it a ready client; the warning is noise on every start.
-    logging.getLogger("slack_bolt.App").addFilter(lambda record: "will be unused" not in record.getMessage())
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
@@ -49,41 +46,142 @@ def cmd_check(_args: argparse.Namespace) -> int:
     settings, policy = _load()
     _out("settings: ok")
     _out(f"  mode: {'Socket Mode' if settings.socket_mode else 'HTTP'}")
-    _out(f"  Slack API: {settings.slack_api_url}")
-    _out(f"  database: {_redact_url(settings.jit_database_url)}")
-    _out(f"  listening on: {settings.jit_http_host}:{settings.jit_http_port}; public URL {settings.public_url}")
+    _out(f"  Slack API: {redact_url(settings.slack_api_url)}; replies only to {redact_url(settings.slack_hooks_url)}")
+    _out(f"  database: {redact_url(settings.jit_database_url)}")
+    _out(
+        f"  listening on: {settings.jit_http_host}:{settings.jit_http_port}; "
+        f"public URL {redact_url(settings.public_url)}"
+    )
+    warnings = plain_http_warnings(settings)
     if settings.idp_configured:
+        assert settings.oidc_issuer is not None
         _out(
-            f"  IdP: {settings.oidc_issuer} as client {settings.oidc_client_id} "
+            f"  IdP: {redact_url(settings.oidc_issuer)} as client {settings.oidc_client_id} "
             f"({settings.oidc_client_auth.value}); lifetime parameter: {settings.oidc_token_lifetime_param or '(none)'}"
         )
-        _out(f"  subject assertions: iss {settings.public_url}, JWKS {settings.public_url}/.well-known/jwks.json")
+        public = redact_url(settings.public_url)
+        _out(f"  subject assertions: iss {public}, JWKS {public}/.well-known/jwks.json")
+        _out(f"  signing key: {_signing_key_line(settings)}")
     else:
         _out("  IdP: not configured (OIDC_ISSUER unset): approvals only, no tokens minted")
+    _out(f"  audit key: {_audit_key_line(settings)}")
     _out(f"policy: {settings.jit_policy_file}: ok")
     _out(f"  request_timeout: {format_duration(policy.request_timeout)}")
     _out(f"  audit channel: {policy.channels.audit or '(none)'}")
     fallback = "on" if policy.identity.email_fallback else "off"
     _out(f"  identities: {len(policy.identities)} mapped; email fallback {fallback}")
+    _out(f"  limits: {policy.limits.pending_per_requester} pending requests per requester")
     for resource in policy.resources:
         _out(
             f"  resource {resource.name}: scopes {', '.join(resource.scopes)}; "
             f"max {format_duration(resource.max_duration)}; "
             f"{resource.approvals_required} of {', '.join(resource.approvers)} in {resource.approver_channel}"
         )
+    for warning in warnings:
+        _err(f"jit-bot: warning: {warning}")
     return 0
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
+    """``url`` with any password (and user name) replaced, for printing."""
+    from urllib.parse import urlsplit, urlunsplit
+
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    if "://" in url and not url.startswith(("http://", "https://")):
+        try:
+            return make_url(url).render_as_string(hide_password=True)
+        except Exception:
+            return "(unreadable URL)"
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_warnings(settings: Settings) -> list[str]:
+    """Plain http:// is fine on loopback (a local trial); anywhere else tokens and assertions cross in the clear."""
+    from urllib.parse import urlsplit
+
+    found = []
+    for name, url in (("OIDC_ISSUER", settings.oidc_issuer), ("JIT_PUBLIC_URL", settings.public_url)):
+        if url and url.startswith("http://") and not _is_loopback(urlsplit(url).hostname or ""):
+            found.append(f"{name} is plain http:// on a non-loopback host ({redact_url(url)}); use https://")
+    return found
+
+
+def _signing_key_line(settings: Settings) -> str:
+    from bot.idp.keys import load_signing_key
+    from bot.runtime import default_signing_key_path
+
+    if settings.jit_signing_key_file is not None:
+        key = load_signing_key(settings.jit_signing_key_file)  # raises SigningKeyError with the reason
+        return f"{settings.jit_signing_key_file} ({key.alg}, kid {key.kid})"
+    path = default_signing_key_path(settings.jit_database_url)
+    if path.exists():
+        key = load_signing_key(path)
+        return f"{path} (generated earlier; {key.alg}, kid {key.kid})"
+    return f"none yet: one is generated at {path} on first start"
+
+
+def _audit_key_line(settings: Settings) -> str:
+    from bot.files import beside_database, load_key
+    from bot.runtime import AUDIT_KEY_FILE
+
+    if settings.jit_audit_key is not None:
+        return "JIT_AUDIT_KEY"
+    path = beside_database(settings.jit_database_url, AUDIT_KEY_FILE)
+    if path.exists():
+        load_key(path)
+        return f"{path} (generated earlier)"
+    return f"none yet: one is generated at {path} on first start"
+
+
+def _store_engine(*, create_key: bool) -> Engine:
+    """The database, with the audit key bound (migrations may re-link the audit chain).
+
+    Without JIT_AUDIT_KEY the key file beside the database is used; only a command that writes
+    (``migrate``) may create it, since verifying with a fresh key would call every event altered.
+    """
+    from bot.config import key_bytes
+    from bot.files import KeyFileError, beside_database, load_key
+    from bot.runtime import AUDIT_KEY_FILE, audit_key_for
+    from bot.store.audit import bind_audit_key
+    from bot.store.db import make_engine
+
+    store = load_store_settings()
+    if create_key:
+        key = audit_key_for(store.jit_database_url, store.jit_audit_key)
+    elif store.jit_audit_key is not None:
+        key = key_bytes(store.jit_audit_key)
+    else:
+        path = beside_database(store.jit_database_url, AUDIT_KEY_FILE)
+        if not path.exists():
+            raise ConfigError([f"JIT_AUDIT_KEY is not set and there is no audit key file at {path}"])
+        try:
+            key = load_key(path)
+        except KeyFileError as exc:
+            raise ConfigError([str(exc)]) from None
+    return bind_audit_key(make_engine(store.jit_database_url), key)
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    from bot.store.db import make_engine, migrate
+    from bot.store.db import migrate
 
-    engine = make_engine(StoreSettings().jit_database_url)
+    engine = _store_engine(create_key=True)
     migrate(engine)
     engine.dispose()
     _out("database is at the newest schema")
@@ -94,18 +192,20 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     import uvicorn
     from slack_sdk.errors import SlackApiError
 
-    from bot.runtime import build_runtime
+    from bot.runtime import audit_key_for, build_runtime
+    from bot.store.audit import bind_audit_key
     from bot.store.db import make_engine, migrate
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings, policy = _load()
-    engine = make_engine(settings.jit_database_url)
+    for warning in plain_http_warnings(settings):
+        log.warning(warning)
+    engine = bind_audit_key(
+        make_engine(settings.jit_database_url), audit_key_for(settings.jit_database_url, settings.jit_audit_key)
+    )
     migrate(engine)
     runtime = build_runtime(settings, policy, engine=engine)
-    try:
-        identity = runtime.client.auth_test()
-    except SlackApiError as exc:
-        raise ConfigError([f"SLACK_BOT_TOKEN was refused by Slack: {exc.response.get('error')}"]) from None
+    identity = runtime.connect_slack()
     log.info("connected to Slack as %s in team %s", identity.get("user"), identity.get("team"))
     socket_handler = None
     if settings.slack_app_token is not None:
@@ -146,13 +246,13 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 def cmd_audit_verify(_args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from bot.store.audit import verify_chain
-    from bot.store.db import make_engine, session_scope
+    from bot.store.audit import audit_key_of, verify_chain
+    from bot.store.db import read_scope
 
-    engine = make_engine(StoreSettings().jit_database_url)
+    engine = _store_engine(create_key=False)
     try:
-        with session_scope(engine) as session:
-            report = verify_chain(session=session)
+        with read_scope(engine) as session:
+            report = verify_chain(session=session, key=audit_key_of(session.connection()))
     except (OperationalError, ProgrammingError) as exc:
         raise ConfigError(
             [
@@ -182,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run migrations, then serve Slack and HTTP").set_defaults(func=cmd_serve)
     commands.add_parser("check", help="validate settings and the policy file").set_defaults(func=cmd_check)
     commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
-    commands.add_parser("keygen", help="print a new JIT_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
+    commands.add_parser("keygen", help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)").set_defaults(
+        func=cmd_keygen
+    )
     audit = commands.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_command", required=True)
     audit.add_parser("verify", help="check the hash chain of the audit trail").set_defaults(func=cmd_audit_verify)
     return parser
@@ -190,13 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging()
+    configure_logging()
     try:
         code: int = args.func(args)
         return code
     except ConfigError as exc:
         for line in exc.lines:
             _err(f"jit-bot: {line}")
+        return 2
+    except (SigningKeyError, KeyFileError) as exc:
+        _err(f"jit-bot: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr
     slack_app_token: SecretStr | None = None
     slack_api_url: str = "https://slack.com/api/"
+    # The bot only ever POSTs replies to response_urls under this prefix (Slack's hooks host).
+    slack_hooks_url: str = "https://hooks.slack.com/"
+    # Messages per second the bot sends to any one channel (Slack allows about one, with short bursts).
+    slack_channel_rate: float = Field(default=1.0, gt=0, le=1000)
 
     jit_database_url: str = "sqlite:///jit.db"
     jit_policy_file: Path = Path("policy.yml")
@@ -66,6 +70,8 @@ class Settings(BaseSettings):
     oidc_token_lifetime_param: str | None = None
     jit_signing_key_file: Path | None = None
     jit_encryption_key: SecretStr | None = None
+    # Keys the audit chain (HMAC). Unset: generated on first start beside the database, with a warning.
+    jit_audit_key: SecretStr | None = None
 
     @field_validator(
         "oidc_issuer",
@@ -74,6 +80,7 @@ class Settings(BaseSettings):
         "oidc_token_lifetime_param",
         "jit_signing_key_file",
         "jit_encryption_key",
+        "jit_audit_key",
         "jit_public_url",
         mode="before",
     )
@@ -81,24 +88,18 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("oidc_client_secret", "jit_encryption_key")
+    @field_validator("oidc_client_secret", "jit_encryption_key", "jit_audit_key")
     @classmethod
     def _secret_not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and _is_placeholder(value.get_secret_value()):
             raise ValueError("still holds a placeholder; put the real value here")
         return value
 
-    @field_validator("jit_encryption_key")
+    @field_validator("jit_encryption_key", "jit_audit_key")
     @classmethod
     def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return value
-        try:
-            raw = base64.urlsafe_b64decode(value.get_secret_value().encode())
-        except (ValueError, binascii.Error):
-            raw = b""
-        if len(raw) != 32:
-            raise ValueError("must be 32 random bytes in URL-safe base64 (run `jit-bot keygen`)")
+        if value is not None:
+            key_bytes(value)
         return value
 
     @field_validator("oidc_issuer")
@@ -156,7 +157,7 @@ class Settings(BaseSettings):
         # An empty SLACK_APP_TOKEN= line in .env means "HTTP mode", not "a token that is empty".
         return None if value == "" else value
 
-    @field_validator("slack_api_url")
+    @field_validator("slack_api_url", "slack_hooks_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
@@ -175,13 +176,44 @@ class Settings(BaseSettings):
 
 
 class StoreSettings(BaseSettings):
-    """Just the database, for commands that need nothing else (`jit-bot migrate`, `jit-bot audit verify`)."""
+    """Just the database and the audit key, for `jit-bot migrate` and `jit-bot audit verify`."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
     )
 
     jit_database_url: str = "sqlite:///jit.db"
+    jit_audit_key: SecretStr | None = None
+
+    @field_validator("jit_audit_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("jit_audit_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            key_bytes(value)
+        return value
+
+
+def key_bytes(value: SecretStr) -> bytes:
+    """32 random bytes in URL-safe base64 (what `jit-bot keygen` prints), decoded."""
+    try:
+        raw = base64.urlsafe_b64decode(value.get_secret_value().encode())
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("must be 32 random bytes in URL-safe base64 (run `jit-bot keygen`)")
+    return raw
+
+
+def load_store_settings() -> StoreSettings:
+    try:
+        return StoreSettings()
+    except ValidationError as exc:
+        raise ConfigError([_settings_line(error) for error in exc.errors()]) from None
 
 
 def load_settings(**overrides: Any) -> Settings:

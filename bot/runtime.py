@@ -1,4 +1,8 @@
-"""The composition root: builds every part from Settings and a Policy, for the CLI and for tests."""
+"""The composition root: builds every part from Settings and a Policy, for the CLI and for tests.
+
+It reads top to bottom: the store, the Slack side, the IdP side (when configured), the use cases,
+the jobs, the edges.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +14,38 @@ from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI
+from pydantic import SecretStr
 from slack_bolt import App
 from slack_sdk import WebClient
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import Engine
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings, key_bytes
 from bot.domain.policy import Policy
+from bot.files import beside_database, load_or_create_key
 from bot.idp.client import IdPClient, IdPConfig
 from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpiryScheduler
+from bot.services.alarm import Alarm
+from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.early import EarlyEndService
-from bot.services.minting import MintService, RetryPolicy
+from bot.services.minting import MintQueue, MintService, RetryPolicy
+from bot.services.outbox import Announcer, Doorbell
 from bot.services.pickup import PickupService
 from bot.services.requests import RequestService
-from bot.services.revocation import RevocationService
+from bot.services.revocation import RevocationService, RevocationTiming
 from bot.services.timeouts import TimeoutService
 from bot.services.voting import VotingService
 from bot.slack.adapters import SlackDirectory, SlackNotifier
 from bot.slack.app import build_bolt_app
+from bot.slack.guard import Workspace
 from bot.slack.listeners import Listeners
+from bot.store.audit import bind_audit_key
 from bot.store.crypto import TokenCipher
-from bot.store.db import make_engine
+from bot.store.db import make_engine, ping
 from bot.store.types import utcnow
 from bot.web.app import create_web_app
+from bot.web.slack_edge import SlackEdge
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,22 @@ LISTENER_THREADS = 4
 # Revocations in flight at once; each is two short IdP calls and a few database writes.
 REVOCATION_THREADS = 8
 MINT_THREADS = 4
+AUDIT_KEY_FILE = "jit-audit-key"
+
+
+@dataclass
+class IdPSide:
+    """Everything that exists only when an IdP is configured."""
+
+    idp: IdPClient
+    signing_key: SigningKey
+    cipher: TokenCipher
+    minting: MintService
+    mint_queue: MintQueue
+    mint_workers: ThreadPoolExecutor
+    pickup: PickupService
+    revocation: RevocationService
+    revocation_workers: ThreadPoolExecutor
 
 
 @dataclass
@@ -52,32 +80,50 @@ class Runtime:
     policy: Policy
     engine: Engine
     client: WebClient
+    workspace: Workspace
     bolt_app: App
     web_app: FastAPI
     executor: ThreadPoolExecutor
     requests: RequestService
     voting: VotingService
-    minting: MintService | None = None
-    signing_key: SigningKey | None = None
-    revocation: RevocationService | None = None
-    scheduler: ExpiryScheduler | None = None
-    revocation_workers: ThreadPoolExecutor | None = None
-    mint_workers: ThreadPoolExecutor | None = None
+    dispatcher: Dispatcher
+    scheduler: ExpiryScheduler
+    idp_side: IdPSide | None
+
+    @property
+    def minting(self) -> MintService | None:
+        return self.idp_side.minting if self.idp_side else None
+
+    @property
+    def revocation(self) -> RevocationService | None:
+        return self.idp_side.revocation if self.idp_side else None
+
+    @property
+    def signing_key(self) -> SigningKey | None:
+        return self.idp_side.signing_key if self.idp_side else None
+
+    def connect_slack(self) -> dict[str, object]:
+        """auth.test: proves the bot token and learns which workspace's requests to accept."""
+        try:
+            identity = self.client.auth_test()
+        except SlackApiError as exc:
+            raise ConfigError([f"SLACK_BOT_TOKEN was refused by Slack: {exc.response.get('error')}"]) from None
+        self.workspace.learn(str(identity["team_id"]))
+        return dict(identity.data) if isinstance(identity.data, dict) else {}
 
     def start_background(self) -> None:
-        """Start the expiry engine (its first act is a reconciling sweep)."""
-        if self.scheduler is not None:
-            self.scheduler.start()
+        """Start delivering the outbox and the expiry engine (its first act is a reconciling sweep)."""
+        self.dispatcher.start()
+        self.scheduler.start()
 
     def close(self) -> None:
         # Stop new sweeps, finish work already acked to Slack or claimed, then let go of the database.
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        self.scheduler.stop()
         self.executor.shutdown(wait=True)
-        if self.mint_workers is not None:
-            self.mint_workers.shutdown(wait=True)
-        if self.revocation_workers is not None:
-            self.revocation_workers.shutdown(wait=True)
+        if self.idp_side is not None:
+            self.idp_side.mint_workers.shutdown(wait=True)
+            self.idp_side.revocation_workers.shutdown(wait=True)
+        self.dispatcher.stop()
         self.engine.dispose()
 
 
@@ -89,107 +135,194 @@ def build_runtime(
     clock: Callable[[], datetime] = utcnow,
     mint_retry: RetryPolicy | None = None,
     sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+    delivery: DeliveryPolicy | None = None,
+    revocation_timing: RevocationTiming | None = None,
 ) -> Runtime:
-    engine = engine or make_engine(settings.jit_database_url)
-    client = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10)
+    # The store: every transaction appends to the audit chain with the key bound here.
+    engine = bind_audit_key(
+        engine or make_engine(settings.jit_database_url),
+        audit_key_for(settings.jit_database_url, settings.jit_audit_key),
+    )
+
+    # The Slack side. The SDK's own retries are off: the outbox retries, and knows what was sent.
+    client = WebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=10,
+        retry_handlers=[],
+    )
     directory = SlackDirectory(client)
-    notifier = SlackNotifier(client)
-    requests = RequestService(engine=engine, policy=policy, directory=directory, notifier=notifier, clock=clock)
-    voting = VotingService(engine=engine, policy=policy, directory=directory, notifier=notifier, clock=clock)
-    minting: MintService | None = None
-    pickup: PickupService | None = None
-    signing_key: SigningKey | None = None
-    revocation: RevocationService | None = None
-    revocation_workers: ThreadPoolExecutor | None = None
-    mint_workers: ThreadPoolExecutor | None = None
-    early = EarlyEndService(engine=engine, policy=policy, directory=directory, notifier=notifier, clock=clock)
-    timeouts = TimeoutService(engine=engine, policy=policy, notifier=notifier, clock=clock)
-    if settings.idp_configured:
-        signing_key = signing_key_for(settings)
-        assert settings.jit_encryption_key is not None and settings.oidc_issuer and settings.oidc_client_id
-        cipher = TokenCipher(settings.jit_encryption_key.get_secret_value())
-        idp = IdPClient(
-            IdPConfig(
-                issuer=settings.oidc_issuer,
-                client_id=settings.oidc_client_id,
-                client_secret=settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None,
-                client_auth=settings.oidc_client_auth,
-                lifetime_param=settings.oidc_token_lifetime_param,
-            ),
-            signing_key=signing_key,
-        )
-        minting = MintService(
+    workspace = Workspace()
+    doorbell = Doorbell()
+    alarm = Alarm()
+    cipher = (
+        TokenCipher(settings.jit_encryption_key.get_secret_value()) if settings.jit_encryption_key is not None else None
+    )
+    announcer = Announcer(policy=policy, clock=clock, doorbell=doorbell, cipher=cipher)
+    dispatcher = Dispatcher(
+        engine=engine,
+        policy=policy,
+        notifier=SlackNotifier(client, audit_channel=policy.channels.audit),
+        announcer=announcer,
+        doorbell=doorbell,
+        clock=clock,
+        cipher=cipher,
+        settings=delivery or DeliveryPolicy.for_rate(settings.slack_channel_rate),
+    )
+
+    # The IdP side.
+    idp_side = (
+        _idp_side(
+            settings,
+            policy,
             engine=engine,
-            policy=policy,
-            idp=idp,
-            signing_key=signing_key,
-            cipher=cipher,
-            notifier=notifier,
+            announcer=announcer,
+            alarm=alarm,
             clock=clock,
-            public_url=settings.public_url,
-            retry=mint_retry or RetryPolicy(),
+            retry=mint_retry,
+            timing=revocation_timing,
         )
-        # Mints run on their own threads: an IdP that is slow or down (10 s of retries) must not
-        # hold up the listener threads that answer Slack.
-        mint_workers = ThreadPoolExecutor(max_workers=MINT_THREADS, thread_name_prefix="jit-mint")
-        mint = minting.mint
-        voting.on_approved = lambda request_id: mint_workers.submit(mint, request_id)
-        timeouts.mint = minting.mint
-        pickup = PickupService(engine=engine, cipher=cipher, clock=clock)
-        revocation_workers = ThreadPoolExecutor(max_workers=REVOCATION_THREADS, thread_name_prefix="jit-revoke")
-        revocation = RevocationService(
-            engine=engine,
-            policy=policy,
-            idp=idp,
-            cipher=cipher,
-            notifier=notifier,
-            clock=clock,
-            workers=revocation_workers,
-        )
-    scheduler = ExpiryScheduler(revocation=revocation, timeouts=timeouts, interval=sweep_interval)
-    if revocation is not None and minting is not None:
-        revocation.on_schedule = scheduler.wake_at
-        minting.on_grant_active = scheduler.wake_at
-        early.on_schedule = scheduler.wake_at
-    listeners = Listeners(policy=policy, requests=requests, voting=voting, early=early, directory=directory)
+        if settings.idp_configured
+        else None
+    )
+    submit_mint = idp_side.mint_queue.submit if idp_side is not None else None
+
+    # The use cases.
+    requests = RequestService(engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock)
+    voting = VotingService(
+        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, on_approved=submit_mint
+    )
+    early = EarlyEndService(
+        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, wake=alarm.wake_at
+    )
+    timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
+
+    # The jobs.
+    housekeeping: list[tuple[str, Callable[[], object]]] = [("request-timeouts", timeouts.run)]
+    if idp_side is not None:
+        housekeeping.append(("revocation-watchdog", idp_side.revocation.watch))
+    housekeeping.append(("outbox-purge", dispatcher.purge))
+    scheduler = ExpiryScheduler(
+        revocation=idp_side.revocation if idp_side else None,
+        alarm=alarm,
+        housekeeping=housekeeping,
+        interval=sweep_interval,
+    )
+
+    # The edges.
+    listeners = Listeners(
+        policy=policy,
+        requests=requests,
+        voting=voting,
+        early=early,
+        directory=directory,
+        hooks_url=settings.slack_hooks_url,
+    )
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
     bolt_app = build_bolt_app(
         client=client,
         signing_secret=settings.slack_signing_secret.get_secret_value(),
         listeners=listeners,
         executor=executor,
+        workspace=workspace,
+        hooks_url=settings.slack_hooks_url,
     )
 
     def health() -> dict[str, str]:
         try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            ping(engine)
             return {"database": "ok"}
         except Exception as exc:  # a health probe reports, it does not raise
             return {"database": f"error: {type(exc).__name__}"}
 
     web_app = create_web_app(
-        bolt_app=None if settings.socket_mode else bolt_app,
+        slack=None
+        if settings.socket_mode
+        else SlackEdge(bolt_app=bolt_app, signing_secret=settings.slack_signing_secret.get_secret_value()),
         health=health,
-        jwks=jwks([signing_key]) if signing_key is not None else None,
-        pickup=pickup,
+        jwks=jwks([idp_side.signing_key]) if idp_side is not None else None,
+        pickup=idp_side.pickup if idp_side is not None else None,
     )
     return Runtime(
         settings=settings,
         policy=policy,
         engine=engine,
         client=client,
+        workspace=workspace,
         bolt_app=bolt_app,
         web_app=web_app,
         executor=executor,
         requests=requests,
         voting=voting,
-        minting=minting,
-        signing_key=signing_key,
-        revocation=revocation,
+        dispatcher=dispatcher,
         scheduler=scheduler,
-        revocation_workers=revocation_workers,
+        idp_side=idp_side,
+    )
+
+
+def _idp_side(
+    settings: Settings,
+    policy: Policy,
+    *,
+    engine: Engine,
+    announcer: Announcer,
+    alarm: Alarm,
+    clock: Callable[[], datetime],
+    retry: RetryPolicy | None,
+    timing: RevocationTiming | None,
+) -> IdPSide:
+    signing_key = signing_key_for(settings)
+    assert settings.jit_encryption_key is not None and settings.oidc_issuer and settings.oidc_client_id
+    cipher = TokenCipher(settings.jit_encryption_key.get_secret_value())
+    idp = IdPClient(
+        IdPConfig(
+            issuer=settings.oidc_issuer,
+            client_id=settings.oidc_client_id,
+            client_secret=settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None,
+            client_auth=settings.oidc_client_auth,
+            lifetime_param=settings.oidc_token_lifetime_param,
+        ),
+        signing_key=signing_key,
+    )
+    minting = MintService(
+        engine=engine,
+        policy=policy,
+        idp=idp,
+        signing_key=signing_key,
+        cipher=cipher,
+        announcer=announcer,
+        clock=clock,
+        public_url=settings.public_url,
+        wake=alarm.wake_at,
+        retry=retry or RetryPolicy(),
+    )
+    # Mints run on their own threads: an IdP that is slow or down (seconds of retries) must not hold
+    # up the listener threads that answer Slack, nor the scheduler's.
+    mint_workers = ThreadPoolExecutor(max_workers=MINT_THREADS, thread_name_prefix="jit-mint")
+    mint_queue = MintQueue(mint_workers, mint=minting.mint)
+    revocation_workers = ThreadPoolExecutor(max_workers=REVOCATION_THREADS, thread_name_prefix="jit-revoke")
+    revocation = RevocationService(
+        engine=engine,
+        policy=policy,
+        idp=idp,
+        cipher=cipher,
+        announcer=announcer,
+        clock=clock,
+        workers=revocation_workers,
+        worker_count=REVOCATION_THREADS,
+        wake=alarm.wake_at,
+        timing=timing or RevocationTiming(),
+    )
+    return IdPSide(
+        idp=idp,
+        signing_key=signing_key,
+        cipher=cipher,
+        minting=minting,
+        mint_queue=mint_queue,
         mint_workers=mint_workers,
+        pickup=PickupService(engine=engine, cipher=cipher, clock=clock),
+        revocation=revocation,
+        revocation_workers=revocation_workers,
     )
 
 
@@ -210,7 +343,19 @@ def signing_key_for(settings: Settings) -> SigningKey:
 
 
 def default_signing_key_path(database_url: str) -> Path:
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return Path(url.database).resolve().parent / "jit-signing-key.pem"
-    return Path.cwd() / "jit-signing-key.pem"
+    return beside_database(database_url, "jit-signing-key.pem")
+
+
+def audit_key_for(database_url: str, configured: SecretStr | None) -> bytes:
+    """JIT_AUDIT_KEY, or a key generated on first start and kept beside the database (not in it)."""
+    if configured is not None:
+        return key_bytes(configured)
+    path = beside_database(database_url, AUDIT_KEY_FILE)
+    key, created = load_or_create_key(path)
+    if created:
+        log.warning(
+            "generated a new audit key at %s; set JIT_AUDIT_KEY to manage it yourself, keep it out of "
+            "database backups, and give every replica the same key: without it the audit trail cannot be verified",
+            path,
+        )
+    return key

@@ -21,13 +21,18 @@ from sqlmodel import Session, select
 from bot.config import Settings
 from bot.domain.policy import Policy
 from bot.runtime import build_runtime
+from bot.services.delivery import DeliveryPolicy
+from bot.services.minting import RetryPolicy
+from bot.services.revocation import RevocationTiming
 from bot.store.db import make_engine, migrate
-from bot.store.models import AccessRequest, AuditEvent
+from bot.store.models import AccessRequest, AuditEvent, OutboxMessage
 from tests.harness import ServedApp, SlackRequests, free_socket
 from tests.slack_standin import SlackStandIn
 
 BOT_TOKEN = "xoxb-1111111111-2222222222-testtokenvalue"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+# The audit chain's key in tests (32 bytes, URL-safe base64, as `jit-bot keygen` prints).
+AUDIT_KEY = "dGVzdC1hdWRpdC1rZXktMzItYnl0ZXMtZXhhY3RseSE="
 
 REQUESTER = "U0REQUESTER"
 APPROVER_1 = "U0APPROVER1"
@@ -86,6 +91,11 @@ SLACK_USERS = {
     UNMAPPED: {"email": "mallory@example.com"},
 }
 USERGROUPS = {"S0PLATFORM": [GROUP_MEMBER, APPROVER_1]}
+
+
+# Tests make dozens of requests a second in one approver channel; Slack's real pace (about one message a
+# second per channel) would make them wait. The pacing itself is tested with its own settings.
+TEST_DELIVERY = DeliveryPolicy(channel_burst=1000, channel_per_second=1000.0, first_retry=0.2, poll_interval=0.5)
 
 
 def make_policy(**changes: Any) -> Policy:
@@ -166,10 +176,22 @@ class Bot:
                     return match.group(1), call.response["channel"], call.response["ts"]
             return None
 
-        found: tuple[str, str, str] = self.slack.wait_for(card_posted)
+        try:
+            found: tuple[str, str, str] = self.slack.wait_for(card_posted)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\noutbox:\n{self.outbox_state()}") from None
         # The card's coordinates are stored just after the post; votes need them to update it.
         self.slack.wait_for(lambda: self.stored(found[0]).card_ts is not None)
         return found
+
+    def outbox_state(self) -> str:
+        """The outbox as the bot sees it, one line a message: what a failed wait should show."""
+        with Session(self.engine) as session:
+            rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()  # type: ignore[arg-type]
+        return "\n".join(
+            f"  {m.id} {m.lane} {m.kind} {m.status} attempts={m.attempts} due={m.next_attempt_at} error={m.last_error}"
+            for m in rows
+        )
 
     def stored(self, request_id: str) -> AccessRequest:
         with Session(self.engine) as session:
@@ -197,16 +219,36 @@ def build_settings(slack: SlackStandIn, database_url: str, port: int, **override
         "jit_database_url": database_url,
         "jit_http_host": "127.0.0.1",
         "jit_http_port": port,
+        "jit_audit_key": AUDIT_KEY,
+        "slack_hooks_url": f"{slack.base_url}/response/",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @pytest.fixture
-def bot(engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn) -> Iterator[Bot]:
+def delivery() -> DeliveryPolicy:
+    """How the bot under test delivers its outbox; a test of pacing overrides it."""
+    return TEST_DELIVERY
+
+
+@pytest.fixture
+def mint_retry() -> RetryPolicy:
+    return RetryPolicy(budget_seconds=3.0, first_delay=0.2, attempt_timeout=1.0)
+
+
+@pytest.fixture
+def revocation_timing() -> RevocationTiming:
+    return RevocationTiming()
+
+
+@pytest.fixture
+def bot(
+    engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy
+) -> Iterator[Bot]:
     sock = free_socket()
     settings = build_settings(slack, database_url, sock.getsockname()[1])
-    runtime = build_runtime(settings, policy, engine=engine)
+    runtime = build_runtime(settings, policy, engine=engine, delivery=delivery)
     served = ServedApp(runtime, sock).start()
     sender = SlackRequests(
         base_url=served.base_url,
@@ -297,10 +339,11 @@ def minting_bot(
     tmp_path: Path,
     idp_resources: dict[str, list[str]],
     caplog: pytest.LogCaptureFixture,
+    delivery: DeliveryPolicy,
+    mint_retry: RetryPolicy,
+    revocation_timing: RevocationTiming,
 ) -> Iterator[MintingBot]:
     from cryptography.fernet import Fernet
-
-    from bot.services.minting import RetryPolicy
 
     caplog.set_level(logging.DEBUG)
     sock = free_socket()
@@ -333,7 +376,9 @@ def minting_bot(
         policy,
         engine=engine,
         clock=clock,
-        mint_retry=RetryPolicy(budget_seconds=3.0, first_delay=0.2, attempt_timeout=1.0),
+        mint_retry=mint_retry,
+        delivery=delivery,
+        revocation_timing=revocation_timing,
     )
     served = ServedApp(runtime, sock).start()
     sender = SlackRequests(

@@ -16,9 +16,9 @@ import uvicorn
 
 from bot.runtime import Runtime
 from tests.signing import signed_headers
+from tests.slack_standin import APP_ID, TEAM_ID  # the workspace the stand-in plays
 
-TEAM_ID = "T0TEAM0001"
-APP_ID = "A0JITBOT01"
+__all__ = ["APP_ID", "TEAM_ID", "ServedApp", "SlackRequests", "free_socket"]
 
 
 def free_socket() -> socket.socket:
@@ -43,6 +43,7 @@ class ServedApp:
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def start(self) -> ServedApp:
+        self.runtime.connect_slack()
         self.runtime.start_background()
         self._thread.start()
         deadline = time.monotonic() + 10

@@ -35,8 +35,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-APP_ID = "A0JITBOT01"
-TEAM_ID = "T0TEAM0001"
+from tests.slack_standin import APP_ID, TEAM_ID  # the same workspace the Web API stand-in plays
+
 PATH = "/link/"
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import os
 import re
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ import yaml
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
+from bot.idp.keys import generate_signing_key
 from bot.slack.blocks import help_text
-from bot.store.audit import append_event
+from bot.store.audit import append_event, bind_audit_key, canonical_event, event_link, legacy_event_link
 from bot.store.db import MIGRATIONS, make_engine, migrate, session_scope
-from tests.conftest import BOT_TOKEN, POLICY, REQUESTER, SIGNING_SECRET
+from tests.conftest import AUDIT_KEY, BOT_TOKEN, POLICY, REQUESTER, SIGNING_SECRET
 from tests.harness import SlackRequests
 from tests.slack_standin import SlackStandIn
 
@@ -38,6 +42,16 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         "HOME": str(tmp_path),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+    }
+
+
+def served_env(slack: SlackStandIn) -> dict[str, str]:
+    """What every served bot in these tests shares: one audit key (replicas must), replies to the stand-in."""
+    return {
+        "JIT_AUDIT_KEY": AUDIT_KEY,
+        "SLACK_HOOKS_URL": f"{slack.base_url}/response/",
+        # The stand-in does not rate-limit unless a test asks it to, so the bot need not pace itself.
+        "SLACK_CHANNEL_RATE": "1000",
     }
 
 
@@ -109,7 +123,7 @@ def test_check_with_good_settings_and_policy(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "settings: ok"
     assert "  mode: HTTP" in lines
-    assert "  Slack API: https://slack.com/api/" in lines
+    assert "  Slack API: https://slack.com/api/; replies only to https://hooks.slack.com/" in lines
     assert "  database: postgresql+psycopg://jit:***@db.internal:5432/jit" in lines
     assert "  listening on: 127.0.0.1:3000; public URL https://jit.example.com" in lines
     assert "policy: policy.yml: ok" in lines
@@ -124,6 +138,48 @@ def test_check_with_good_settings_and_policy(tmp_path: Path) -> None:
     ]
     assert "dbpassw0rd" not in result.stdout
     assert_no_secrets(result.stdout, result.stderr)
+
+
+def test_check_redacts_credentials_opens_the_signing_key_and_warns_about_plain_http(tmp_path: Path) -> None:
+    key_file = tmp_path / "signing.pem"
+    key_file.write_bytes(generate_signing_key().pem())
+    env = {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": "https://proxyuser:pr0xypass@slack-proxy.example/api/",
+        "JIT_PUBLIC_URL": "http://jit.corp.example:3000",
+        "OIDC_ISSUER": "http://issuer-user:issuerpass@idp.corp.example",
+        "OIDC_CLIENT_ID": "jit-bot",
+        "OIDC_CLIENT_SECRET": "an-actual-client-secret",
+        "JIT_ENCRYPTION_KEY": AUDIT_KEY,
+        "JIT_AUDIT_KEY": AUDIT_KEY,
+        "JIT_SIGNING_KEY_FILE": str(key_file),
+    }
+    write_policy(tmp_path)
+
+    result = run_cli(tmp_path, "check", env=env)
+
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    for secret in ("pr0xypass", "issuerpass", "proxyuser", "issuer-user", "an-actual-client-secret", AUDIT_KEY):
+        assert secret not in output
+    assert "  Slack API: https://***@slack-proxy.example/api/" in result.stdout
+    assert f"  signing key: {key_file} (ES256, kid " in result.stdout
+    assert "  audit key: JIT_AUDIT_KEY" in result.stdout
+    assert messages(result.stderr) == [
+        "jit-bot: warning: OIDC_ISSUER is plain http:// on a non-loopback host (http://***@idp.corp.example); "
+        "use https://",
+        "jit-bot: warning: JIT_PUBLIC_URL is plain http:// on a non-loopback host (http://jit.corp.example:3000); "
+        "use https://",
+    ]
+
+    # A signing key that cannot be used is found by check, not at the first approval.
+    key_file.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    broken = run_cli(tmp_path, "check", env=env)
+    assert broken.returncode == 2
+    assert_no_traceback(broken.stderr)
+    (line,) = messages(broken.stderr)
+    assert line.startswith(f"jit-bot: {key_file}: not an unencrypted PEM private key")
 
 
 def test_check_reads_the_environment_and_the_policy_path(tmp_path: Path) -> None:
@@ -282,6 +338,7 @@ def serve_env(slack: SlackStandIn, database_url: str, port: int, **extra: str) -
         "JIT_DATABASE_URL": database_url,
         "JIT_HTTP_HOST": "127.0.0.1",
         "JIT_HTTP_PORT": str(port),
+        **served_env(slack),
         **extra,
     }
 
@@ -420,7 +477,7 @@ def test_serve_bad_settings_print_nothing_but_the_line(tmp_path: Path, slack: Sl
 
 
 def append_events(database_url: str, count: int) -> None:
-    engine = make_engine(database_url)
+    engine = bind_audit_key(make_engine(database_url), base64.urlsafe_b64decode(AUDIT_KEY))
     migrate(engine)
     start = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
     try:
@@ -454,7 +511,7 @@ def tamper(database_url: str, statement: str) -> None:
         pytest.param(
             """UPDATE audit_event SET details = '{"resource": "prod-db", "scopes": ["read", "write"], "n": 1}'
                WHERE seq = 2""",
-            "audit trail BROKEN at event 2: event 2 was altered after it was written",
+            "audit trail BROKEN at event 2: event 2 was altered after it was written (or the key is wrong)",
             id="details-edited",
         ),
         pytest.param(
@@ -464,7 +521,7 @@ def tamper(database_url: str, statement: str) -> None:
         ),
         pytest.param(
             "UPDATE audit_event SET actor = 'U0OUTSIDER1' WHERE seq = 3",
-            "audit trail BROKEN at event 3: event 3 was altered after it was written",
+            "audit trail BROKEN at event 3: event 3 was altered after it was written (or the key is wrong)",
             id="actor-edited",
         ),
         pytest.param(
@@ -475,7 +532,7 @@ def tamper(database_url: str, statement: str) -> None:
     ],
 )
 def test_audit_verify(tmp_path: Path, database_url: str, statement: str, expected: str) -> None:
-    env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JIT_DATABASE_URL": database_url}
+    env = {"JIT_AUDIT_KEY": AUDIT_KEY, "JIT_DATABASE_URL": database_url}
     append_events(database_url, 3)
 
     intact = run_cli(tmp_path, "audit", "verify", env=env)
@@ -492,8 +549,73 @@ def test_audit_verify(tmp_path: Path, database_url: str, statement: str, expecte
     assert messages(broken.stderr) == [expected]
 
 
+def rechain(database_url: str, link: Callable[[str, str], str]) -> None:
+    """What someone with write access to the database can do: rewrite an event, then recompute every
+    link after it with whatever they have (no key, or a key of their own) so the chain looks whole."""
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE audit_event SET actor = 'U0OUTSIDER1' WHERE seq = 2"))
+            prev = "0" * 64
+            for seq, at, event_type, actor, request_id, details in connection.execute(
+                text("SELECT seq, at, event_type, actor, request_id, details FROM audit_event ORDER BY seq")
+            ).all():
+                when = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+                canonical = canonical_event(
+                    seq=seq,
+                    at=when if when.tzinfo else when.replace(tzinfo=UTC),
+                    event_type=event_type,
+                    actor=actor,
+                    request_id=request_id,
+                    details=details if isinstance(details, dict) else json.loads(details),
+                )
+                digest = link(prev, canonical)
+                connection.execute(
+                    text("UPDATE audit_event SET prev_hash = :p, hash = :h WHERE seq = :s"),
+                    {"p": prev, "h": digest, "s": seq},
+                )
+                prev = digest
+            connection.execute(text("UPDATE audit_head SET hash = :h WHERE id = 1"), {"h": prev})
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        pytest.param(legacy_event_link, id="plain-sha256"),
+        pytest.param(
+            lambda prev, canonical: event_link(b"a key of the attacker's own, 32b", prev, canonical), id="own-key"
+        ),
+    ],
+)
+def test_audit_verify_detects_a_chain_rebuilt_without_the_key(
+    tmp_path: Path, database_url: str, link: Callable[[str, str], str]
+) -> None:
+    env = {"JIT_AUDIT_KEY": AUDIT_KEY, "JIT_DATABASE_URL": database_url}
+    append_events(database_url, 3)
+    rechain(database_url, link)
+
+    broken = run_cli(tmp_path, "audit", "verify", env=env)
+
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert messages(broken.stderr) == [
+        "audit trail BROKEN at event 1: event 1 was altered after it was written (or the key is wrong)"
+    ]
+
+
+def test_audit_verify_without_a_key_says_so(tmp_path: Path, database_url: str) -> None:
+    append_events(database_url, 1)
+    result = run_cli(tmp_path, "audit", "verify", env={"JIT_DATABASE_URL": database_url})
+    assert result.returncode == 2
+    assert_no_traceback(result.stderr)
+    (line,) = messages(result.stderr)
+    assert line.startswith("jit-bot: JIT_AUDIT_KEY is not set and there is no audit key file at ")
+    assert not list(tmp_path.glob("jit-audit-key")), "verifying never makes up a key"
+
+
 def test_audit_verify_on_an_empty_trail(tmp_path: Path, database_url: str) -> None:
-    env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JIT_DATABASE_URL": database_url}
+    env = {"JIT_AUDIT_KEY": AUDIT_KEY, "JIT_DATABASE_URL": database_url}
     migrated = run_cli(tmp_path, "migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
     assert migrated.stdout == "database is at the newest schema\n"
@@ -505,11 +627,7 @@ def test_audit_verify_on_an_empty_trail(tmp_path: Path, database_url: str) -> No
 
 
 def test_audit_verify_before_migrations_is_one_clear_line(tmp_path: Path) -> None:
-    env = {
-        "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "JIT_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
-    }
+    env = {"JIT_AUDIT_KEY": AUDIT_KEY, "JIT_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
 
     result = run_cli(tmp_path, "audit", "verify", env=env)
 

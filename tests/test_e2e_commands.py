@@ -126,15 +126,25 @@ def test_reason_cannot_ping_the_channel(bot: Bot) -> None:
 
 
 def test_card_that_cannot_be_posted_cancels_the_request(bot: Bot) -> None:
-    bot.slack.fail_next("chat.postMessage", "not_in_channel")
+    bot.slack.remove_bot_from(APPROVERS_CHANNEL)
     _, key, _ = bot.send.slash(REQUESTER, "request prod-db read 30m checking")
     (reply,) = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
-    assert "could not be posted" in reply.payload["text"] and "not_in_channel" in reply.payload["text"]
-    assert "cancelled" in reply.payload["text"]
+    assert "for approval" in reply.payload["text"]
+    # The card could never be posted, so the request is cancelled and the requester told the true reason.
+    told = bot.slack.wait_for(
+        lambda: [
+            c.args["text"]
+            for c in bot.slack.calls_to("chat.postMessage")
+            if c.ok and c.args.get("channel") == REQUESTER and "cancelled" in c.args["text"]
+        ]
+    )
+    assert len(told) == 1
+    assert "could not be posted" in told[0] and "not_in_channel" in told[0] and "invite the bot" in told[0]
     bot.slack.wait_for(lambda: len(bot.audit()) >= 2)
     time.sleep(0.2)  # anything more would be a bug; give it the chance to show
     assert [e.event_type for e in bot.audit()] == ["request_submitted", "request_cancelled"]
     (event,) = [e for e in bot.audit() if e.event_type == "request_cancelled"]
+    assert event.details["slack_error"] == "not_in_channel"
     assert bot.stored(str(event.request_id)).status == "cancelled"
 
 

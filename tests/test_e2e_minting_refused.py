@@ -28,8 +28,10 @@ def test_idp_refusal_fails_the_grant_and_says_why(minting_bot: MintingBot) -> No
         assert session.get(Grant, request_id) is None, "nothing stored for a refused exchange"
     dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if "could not be issued" in t])[0]
     assert "invalid_scope" in dm and request_id in dm and "/pickup/" not in dm
-    card = bot.slack.message(row.card_channel, row.card_ts)
-    assert "invalid_scope" in json.dumps(card["blocks"])
+    # The card is redrawn through the outbox, just after the DM or just before it.
+    bot.slack.wait_for(
+        lambda: "invalid_scope" in json.dumps(bot.slack.message(row.card_channel, row.card_ts)["blocks"])
+    )
     assert [e.event_type for e in bot.audit(request_id)][-2:] == ["mint_started", "mint_failed"]
     bot.slack.wait_for(
         lambda: [

@@ -44,6 +44,7 @@ from tests.conftest import (
     CARD_ID,
     IDP_CLIENT_ID,
     IDP_CLIENT_SECRET,
+    POLICY,
     REQUESTER,
     SIGNING_SECRET,
     dev_idp_trusting,
@@ -51,7 +52,7 @@ from tests.conftest import (
 from tests.devidp import DevIdP
 from tests.harness import SlackRequests
 from tests.slack_standin import SlackStandIn
-from tests.test_cli import JIT_BOT, base_env, free_port, write_policy
+from tests.test_cli import JIT_BOT, base_env, free_port, served_env, write_policy
 
 T = TypeVar("T")
 
@@ -238,7 +239,8 @@ def deployment(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterat
     pem = generate_signing_key().pem()
     key_file.write_bytes(pem)
     encryption_key = Fernet.generate_key().decode()
-    write_policy(tmp_path)
+    # The tests mint hundreds of grants for one requester, all pending at once before the approvals.
+    write_policy(tmp_path, {**POLICY, "limits": {"pending_per_requester": 1000}})
     env = {
         "SLACK_BOT_TOKEN": BOT_TOKEN,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
@@ -253,6 +255,7 @@ def deployment(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterat
         "OIDC_TOKEN_LIFETIME_PARAM": "requested_lifetime",
         "JIT_ENCRYPTION_KEY": encryption_key,
         "JIT_SIGNING_KEY_FILE": str(key_file),
+        **served_env(slack),
     }
     # The private key's base64 body lines, each long enough to be unmistakable if it were ever printed.
     key_lines = [line for line in pem.decode().splitlines() if len(line) >= 40]
@@ -452,6 +455,12 @@ def revoked_events(engine: Engine, ids: list[str]) -> Counter[str]:
         return Counter(str(e.request_id) for e in events)
 
 
+def revoked_card(dep: Deployment, request_id: str) -> bool:
+    request, _grant = rows(dep.engine, [request_id])[request_id]
+    card = dep.slack.message(str(request.card_channel), str(request.card_ts))
+    return "Revoked" in json.dumps(card["blocks"])
+
+
 def standin_calls(slack: SlackStandIn) -> list[tuple[str, dict[str, Any]]]:
     return [(c.method, c.args) for c in slack.calls if c.ok]
 
@@ -518,6 +527,8 @@ def test_grants_expired_while_down_are_revoked_within_5s_of_start(deployment: De
         second.wait_healthy()
         wait_until(lambda: all(revoked_dms(dep.slack, r) for r in ids), timeout=10, what="the 'revoked' DMs")
         wait_until(lambda: all(audit_summaries(dep.slack, r) for r in ids), timeout=10, what="the audit summaries")
+        # Card updates share the approver channel, which the bot paces the way Slack asks (about one a second).
+        wait_until(lambda: all(revoked_card(dep, r) for r in ids), timeout=20, what="every card to say Revoked")
         time.sleep(2.5)  # a full sweep interval: a duplicate announcement would show up now
         calls = standin_calls(dep.slack)
         for request_id in ids:

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from bot.domain.durations import DurationError, format_duration, parse_duration
 from bot.domain.policy import Policy, Resource
+from bot.domain.text import one_line
 
 MAX_REASON_LENGTH = 500
 USAGE = "/jit request <resource> <scopes> <duration> <reason…>"
@@ -160,7 +161,8 @@ def check_request(
             f"{_code(duration_text)} is longer than the maximum for {_code(resource.name)}: "
             f"{format_duration(resource.max_duration)}.",
         )
-    cleaned_reason = " ".join(reason.split())
+    # One line, no control or invisible characters: a reason must not forge lines on a card or in a log.
+    cleaned_reason = one_line(reason)
     if not cleaned_reason:
         return CommandError(
             CommandErrorCode.EMPTY_REASON,

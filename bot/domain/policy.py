@@ -119,11 +119,17 @@ class IdentityOptions(_Strict):
     email_fallback: bool = False
 
 
+class Limits(_Strict):
+    # A requester with this many requests awaiting approval must wait for one to be decided.
+    pending_per_requester: int = Field(default=5, ge=1, le=10_000)
+
+
 class Policy(_Strict):
     request_timeout: Duration = timedelta(minutes=30)
     channels: Channels = Channels()
     identities: dict[str, str] = Field(default_factory=dict)
     identity: IdentityOptions = IdentityOptions()
+    limits: Limits = Limits()
     resources: tuple[Resource, ...] = Field(min_length=1)
 
     @field_validator("identities")

@@ -1,4 +1,11 @@
-"""Token exchange (RFC 8693), revocation (RFC 7009) and introspection (RFC 7662) at the IdP."""
+"""Token exchange (RFC 8693), revocation (RFC 7009) and introspection (RFC 7662) at the IdP.
+
+authlib authenticates the client (``client_secret_basic``, ``client_secret_post``,
+``private_key_jwt``); sending the request and reading the answer is done here, because an IdP's
+answer is untrusted input: every call has a total deadline and a size cap (``bot.idp.http``), and
+every field is type-checked before use. An exchange answer that carries an access token always
+yields that token, however odd the rest of it, so the caller can hold it and revoke it.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +23,22 @@ import jwt
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 
 from bot.config import ClientAuth
+from bot.domain.text import one_line
 from bot.idp.discovery import Discovery, ProviderMetadata
-from bot.idp.errors import IdPError
+from bot.idp.errors import IdPError, idp_error_for, retry_after_seconds
+from bot.idp.http import CallBudget, budgeted_transport
 from bot.idp.keys import SigningKey
 
 with warnings.catch_warnings():
     # authlib prefers the httpx2 fork when installed and warns when it falls back to httpx, which we use.
     warnings.simplefilter("ignore")
-    from authlib.integrations.base_client.errors import OAuthError
     from authlib.integrations.httpx_client import OAuth2Client
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# JWT access tokens are verified only with asymmetric algorithms; "none" and HMAC are refused.
+_JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class IdPConfig:
     client_secret: str | None
     client_auth: ClientAuth
     lifetime_param: str | None
+    # The total deadline of one IdP call (connect, TLS, headers, body), discovery included.
     timeout: float = 5.0
 
 
@@ -48,6 +59,9 @@ class ExchangedToken:
     expires_in: int | None
     scope: tuple[str, ...] | None
     issued_token_type: str | None
+    # Set when the answer carried a token but something else in it was malformed: the token is
+    # held (and then revoked), never handed out.
+    anomaly: str | None = None
 
 
 def _basic_auth_rfc6749(client: Any, method: Any, uri: Any, headers: Any, body: Any) -> tuple[Any, Any, Any]:  # noqa: ARG001
@@ -61,24 +75,42 @@ def _basic_auth_rfc6749(client: Any, method: Any, uri: Any, headers: Any, body: 
     return uri, headers, body
 
 
-def _raise_for_server_trouble(response: httpx.Response) -> httpx.Response:
-    if response.status_code >= 500 or response.status_code == 429:
-        raise IdPError(
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _oauth_error(response: httpx.Response, default: str, *, during: str) -> IdPError:
+    """An IdP's refusal. 429 and 5xx are transient (and may say when to come back)."""
+    status = response.status_code
+    if status >= 500 or status == 429:
+        return IdPError(
             "temporarily_unavailable",
-            f"the IdP answered HTTP {response.status_code}",
+            f"{during}: the IdP answered HTTP {status}",
             transient=True,
-            status=response.status_code,
+            status=status,
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
         )
-    return response
+    body = _json(response)
+    code = body.get("error") if isinstance(body, dict) else None
+    description = body.get("error_description") if isinstance(body, dict) else None
+    return IdPError(
+        code if isinstance(code, str) and code else default,
+        description if isinstance(description, str) else f"{during} answered HTTP {status}",
+        transient=False,
+        status=status,
+    )
 
 
 class IdPClient:
     def __init__(self, config: IdPConfig, *, signing_key: SigningKey) -> None:
         self._config = config
         self._signing_key = signing_key
-        self.discovery = Discovery(config.issuer, timeout=config.timeout)
-        # Built once: a new httpx client otherwise loads the CA bundle again, ~20 ms of CPU per IdP call.
+        # Built once: a new context otherwise loads the CA bundle again, ~20 ms of CPU per IdP call.
         self._tls = httpx.create_ssl_context()
+        self.discovery = Discovery(config.issuer, timeout=config.timeout, ssl_context=self._tls)
         self._jwks_lock = threading.Lock()
         self._jwks: jwt.PyJWKSet | None = None
 
@@ -86,11 +118,16 @@ class IdPClient:
     def issuer(self) -> str:
         return self._config.issuer
 
-    def metadata(self) -> ProviderMetadata:
-        return self.discovery.get()
+    def budget(self, timeout: float | None = None) -> CallBudget:
+        """A budget for one call: ``timeout`` seconds, never more than the configured deadline."""
+        seconds = self._config.timeout if timeout is None else min(timeout, self._config.timeout)
+        return CallBudget.starting_now(max(seconds, 0.0))
+
+    def metadata(self, budget: CallBudget | None = None) -> ProviderMetadata:
+        return self.discovery.get(budget)
 
     @contextmanager
-    def _oauth(self, metadata: ProviderMetadata, timeout: float) -> Iterator[Any]:
+    def _oauth(self, budget: CallBudget, url: str, *, token_endpoint: str, during: str) -> Iterator[Any]:
         config = self._config
         secret = config.client_secret
         if config.client_auth is ClientAuth.PRIVATE_KEY_JWT:
@@ -99,30 +136,34 @@ class IdPClient:
             client_id=config.client_id,
             client_secret=secret,
             token_endpoint_auth_method=config.client_auth.value,
-            timeout=timeout,
-            verify=self._tls,
+            transport=budgeted_transport(budget, ssl_context=self._tls, url=url),
+            timeout=httpx.Timeout(max(budget.remaining(), 0.001)),
+            trust_env=False,
         )
         client.register_client_auth_method(("client_secret_basic", _basic_auth_rfc6749))
         if config.client_auth is ClientAuth.PRIVATE_KEY_JWT:
             client.register_client_auth_method(
-                PrivateKeyJWT(
-                    metadata.token_endpoint, alg=self._signing_key.alg, headers={"kid": self._signing_key.kid}
-                )
+                # RFC 7523 section 3: the client assertion's aud is the token endpoint, for every endpoint.
+                PrivateKeyJWT(token_endpoint, alg=self._signing_key.alg, headers={"kid": self._signing_key.kid})
             )
-        client.register_compliance_hook("access_token_response", _raise_for_server_trouble)
         try:
             yield client
-        except httpx.TimeoutException:
-            raise IdPError("idp_timeout", "the IdP did not answer in time", transient=True) from None
         except httpx.HTTPError as exc:
-            self.discovery.invalidate()
-            raise IdPError("idp_unreachable", type(exc).__name__, transient=True) from None
-        except OAuthError as exc:
-            raise IdPError(str(exc.error or "invalid_request"), exc.description, transient=False) from None
-        except ValueError:
-            raise IdPError("invalid_response", "the IdP's answer was not valid JSON", transient=False) from None
+            if not isinstance(exc, httpx.TimeoutException) and not budget.too_large:
+                self.discovery.invalidate()  # perhaps the endpoint moved
+            raise idp_error_for(exc, budget, during=during) from None
         finally:
             client.close()
+
+    def _post(
+        self, budget: CallBudget, metadata: ProviderMetadata, url: str, form: dict[str, str], *, during: str
+    ) -> httpx.Response:
+        with self._oauth(budget, url, token_endpoint=metadata.token_endpoint, during=during) as client:
+            auth = client.client_auth(self._config.client_auth.value)
+            response: httpx.Response = client.request(
+                "POST", url, data=form, auth=auth, withhold_token=True, headers={"Accept": "application/json"}
+            )
+            return response
 
     def exchange(
         self,
@@ -133,8 +174,10 @@ class IdPClient:
         lifetime_seconds: int,
         timeout: float | None = None,
     ) -> ExchangedToken:
-        metadata = self.metadata()
-        params: dict[str, str] = {
+        budget = self.budget(timeout)
+        metadata = self.metadata(budget)
+        form: dict[str, str] = {
+            "grant_type": TOKEN_EXCHANGE,
             "subject_token": assertion,
             "subject_token_type": JWT_TOKEN_TYPE,
             "requested_token_type": ACCESS_TOKEN_TYPE,
@@ -142,120 +185,169 @@ class IdPClient:
             "scope": " ".join(scopes),
         }
         if self._config.lifetime_param:
-            params[self._config.lifetime_param] = str(lifetime_seconds)
-        with self._oauth(metadata, timeout or self._config.timeout) as client:
-            answer = client.fetch_token(metadata.token_endpoint, grant_type=TOKEN_EXCHANGE, **params)
-            client.token = None  # the client object must not keep the token around
-        return _parse_exchange(dict(answer))
+            form[self._config.lifetime_param] = str(lifetime_seconds)
+        response = self._post(budget, metadata, metadata.token_endpoint, form, during="token exchange")
+        if response.status_code != 200:
+            raise _oauth_error(response, "token_request_failed", during="token exchange")
+        return parse_exchange(_json(response))
 
     def revoke(self, token: str, *, timeout: float | None = None) -> None:
-        metadata = self.metadata()
+        budget = self.budget(timeout)
+        metadata = self.metadata(budget)
         if not metadata.revocation_endpoint:
             raise IdPError("revocation_unsupported", "the IdP publishes no revocation_endpoint", transient=False)
-        with self._oauth(metadata, timeout or self._config.timeout) as client:
-            response = client.revoke_token(metadata.revocation_endpoint, token=token, token_type_hint="access_token")
-            _raise_for_server_trouble(response)
-            # RFC 7009 section 2.2: 200 for success, including tokens that were already invalid.
-            if response.status_code != 200:
-                raise IdPError(
-                    _error_code(response, "revocation_failed"),
-                    f"revocation answered HTTP {response.status_code}",
-                    transient=False,
-                    status=response.status_code,
-                )
+        response = self._post(
+            budget,
+            metadata,
+            metadata.revocation_endpoint,
+            {"token": token, "token_type_hint": "access_token"},
+            during="revocation",
+        )
+        # RFC 7009 section 2.2: 200 for success, including tokens that were already invalid.
+        if response.status_code != 200:
+            raise _oauth_error(response, "revocation_failed", during="revocation")
 
     def introspect(self, token: str, *, timeout: float | None = None) -> dict[str, Any]:
-        metadata = self.metadata()
+        budget = self.budget(timeout)
+        metadata = self.metadata(budget)
         if not metadata.introspection_endpoint:
             raise IdPError("introspection_unsupported", "the IdP publishes no introspection_endpoint", transient=False)
-        with self._oauth(metadata, timeout or self._config.timeout) as client:
-            response = client.introspect_token(
-                metadata.introspection_endpoint, token=token, token_type_hint="access_token"
-            )
-            _raise_for_server_trouble(response)
-            if response.status_code != 200:
-                raise IdPError(
-                    _error_code(response, "introspection_failed"),
-                    f"introspection answered HTTP {response.status_code}",
-                    transient=False,
-                    status=response.status_code,
-                )
-            answer: dict[str, Any] = response.json()
-            return answer
+        response = self._post(
+            budget,
+            metadata,
+            metadata.introspection_endpoint,
+            {"token": token, "token_type_hint": "access_token"},
+            during="introspection",
+        )
+        if response.status_code != 200:
+            raise _oauth_error(response, "introspection_failed", during="introspection")
+        answer = _json(response)
+        # RFC 7662 section 2.2: "active" is REQUIRED and a boolean. Anything else proves nothing.
+        if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
+            raise IdPError("invalid_response", 'introspection did not answer {"active": …}', transient=True)
+        return answer
 
-    def verify_jwt_access_token(self, token: str, *, audience: str) -> dict[str, Any] | None:
+    def verify_jwt_access_token(
+        self, token: str, *, audience: str, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         """Verify a JWT access token against the IdP's JWKS; None when the token is not a JWT.
 
-        Raises IdPError(invalid_token) when it is a JWT that does not verify.
+        Raises IdPError(invalid_token) when it is a JWT that does not verify, whatever is odd about
+        it (a header that is not what RFC 7515 allows, a key set that is not one, …).
         """
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
             return None  # opaque token: introspection is the IdP's word on it
-        metadata = self.metadata()
+        except jwt.PyJWTError as exc:
+            raise IdPError("invalid_token", f"the access token's header is malformed: {exc}", transient=False) from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in _JWT_ALGORITHMS:
+            raise IdPError(
+                "invalid_token", "the access token is not signed with an asymmetric algorithm", transient=False
+            )
+        if kid is not None and not isinstance(kid, str):
+            raise IdPError("invalid_token", "the access token's kid is not a string", transient=False)
+        budget = self.budget(timeout)
+        metadata = self.metadata(budget)
         if not metadata.jwks_uri:
             raise IdPError("invalid_token", "a JWT access token but the IdP publishes no jwks_uri", transient=False)
-        key = self._signing_key_for(header.get("kid"), metadata.jwks_uri)
+        key = self._signing_key_for(kid, metadata.jwks_uri, budget)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key,
-                algorithms=[header.get("alg", "RS256")] if header.get("alg") not in (None, "none") else ["RS256"],
+                algorithms=[alg],
                 audience=audience,
                 issuer=metadata.issuer,
                 options={"require": ["exp", "iat"]},
                 leeway=5,
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise IdPError(
                 "invalid_token", f"the access token did not verify: {type(exc).__name__}", transient=False
             ) from None
         return claims
 
-    def _signing_key_for(self, kid: str | None, jwks_uri: str) -> Any:
+    def _signing_key_for(self, kid: str | None, jwks_uri: str, budget: CallBudget) -> Any:
         for refresh in (False, True):
             with self._jwks_lock:
                 if self._jwks is None or refresh:
-                    self._jwks = self._fetch_jwks(jwks_uri)
+                    self._jwks = self._fetch_jwks(jwks_uri, budget)
                 jwks = self._jwks
             for key in jwks.keys:
                 if kid is None or key.key_id == kid:
                     return key.key
         raise IdPError("invalid_token", "the access token's kid is not in the IdP's JWKS", transient=False)
 
-    def _fetch_jwks(self, jwks_uri: str) -> jwt.PyJWKSet:
+    def _fetch_jwks(self, jwks_uri: str, budget: CallBudget) -> jwt.PyJWKSet:
         try:
-            response = httpx.get(jwks_uri, timeout=self._config.timeout, verify=self._tls)
-            response.raise_for_status()
-            return jwt.PyJWKSet.from_dict(response.json())
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            raise IdPError("jwks_unavailable", type(exc).__name__, transient=True) from None
-
-
-def _error_code(response: httpx.Response, default: str) -> str:
-    try:
-        return str(response.json().get("error") or default)
-    except ValueError:
-        return default
+            with httpx.Client(
+                transport=budgeted_transport(budget, ssl_context=self._tls, url=jwks_uri),
+                timeout=httpx.Timeout(max(budget.remaining(), 0.001)),
+                trust_env=False,
+            ) as http:
+                response = http.get(jwks_uri, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise idp_error_for(exc, budget, during="JWKS") from None
+        if response.status_code != 200:
+            raise IdPError("jwks_unavailable", f"the JWKS answered HTTP {response.status_code}", transient=True)
+        document = _json(response)
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise IdPError("jwks_unavailable", "the JWKS is not a JSON object with a keys list", transient=False)
+        try:
+            return jwt.PyJWKSet.from_dict(document)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise IdPError(
+                "jwks_unavailable", f"the JWKS holds no usable key ({type(exc).__name__})", transient=False
+            ) from None
 
 
 def _seconds(value: Any) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("not a number")
+    seconds = int(float(value))
+    if seconds < 0:
+        raise ValueError("negative")
+    return seconds
 
 
-def _parse_exchange(answer: dict[str, Any]) -> ExchangedToken:
+def parse_exchange(answer: Any) -> ExchangedToken:
+    """RFC 8693 section 2.2.1, read defensively. Without a usable access_token there is nothing to
+    hold: IdPError. With one, the token is always returned; anything else malformed is an anomaly."""
+    if not isinstance(answer, dict):
+        raise IdPError("invalid_response", "the token answer is not a JSON object", transient=False)
     token = answer.get("access_token")
-    if not isinstance(token, str) or not token:
-        raise IdPError("invalid_response", "the IdP's answer has no access_token", transient=False)
-    expires_in = answer.get("expires_in")
-    scope = answer.get("scope")
+    if not isinstance(token, str) or not token.strip():
+        raise IdPError("invalid_response", "the token answer has no access_token", transient=False)
+    anomalies: list[str] = []
+    token_type = answer.get("token_type")
+    if token_type is None:
+        token_type = "Bearer"
+    elif not isinstance(token_type, str) or not token_type.isascii() or not token_type.isalnum():
+        anomalies.append("token_type is not a token type")
+        token_type = "Bearer"
+    expires_in: int | None = None
+    if answer.get("expires_in") is not None:
+        try:
+            expires_in = _seconds(answer["expires_in"])
+        except (ValueError, OverflowError):
+            anomalies.append("expires_in is not a number of seconds")
+    scope: tuple[str, ...] | None = None
+    if answer.get("scope") is not None:
+        if isinstance(answer["scope"], str):
+            scope = tuple(answer["scope"].split())
+        else:
+            anomalies.append("scope is not a string")
+    issued = answer.get("issued_token_type")
+    if issued is not None and not isinstance(issued, str):
+        anomalies.append("issued_token_type is not a string")
+        issued = None
     return ExchangedToken(
         access_token=token,
-        token_type=str(answer.get("token_type") or "Bearer"),
-        expires_in=_seconds(expires_in),
-        scope=tuple(str(scope).split()) if scope is not None else None,
-        issued_token_type=answer.get("issued_token_type"),
+        token_type=token_type,
+        expires_in=expires_in,
+        scope=scope,
+        issued_token_type=issued,
+        anomaly=one_line("; ".join(anomalies), 300) or None,
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from bot.idp.errors import IdPError
+from bot.idp.errors import IdPError, idp_error_for
+from bot.idp.http import CallBudget, budgeted_client
 
 
 @dataclass(frozen=True)
@@ -24,48 +26,59 @@ class Discovery:
     """Fetched once and kept; ``invalidate()`` after a failed call makes the next use fetch it again,
     so an IdP that moved an endpoint is followed without a restart."""
 
-    def __init__(self, issuer: str, *, timeout: float) -> None:
+    def __init__(self, issuer: str, *, timeout: float, ssl_context: ssl.SSLContext) -> None:
         self._issuer = issuer.rstrip("/")
         self._timeout = timeout
+        self._tls = ssl_context
         self._lock = threading.Lock()
         self._metadata: ProviderMetadata | None = None
 
-    def get(self) -> ProviderMetadata:
+    def get(self, budget: CallBudget | None = None) -> ProviderMetadata:
         with self._lock:
             if self._metadata is None:
-                self._metadata = self._fetch()
+                self._metadata = self._fetch(budget or CallBudget.starting_now(self._timeout))
             return self._metadata
 
     def invalidate(self) -> None:
         with self._lock:
             self._metadata = None
 
-    def _fetch(self) -> ProviderMetadata:
+    def _fetch(self, budget: CallBudget) -> ProviderMetadata:
         url = f"{self._issuer}/.well-known/openid-configuration"
         try:
-            response = httpx.get(url, timeout=self._timeout, headers={"Accept": "application/json"})
+            with budgeted_client(budget, ssl_context=self._tls, url=url) as http:
+                response = http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
-            raise IdPError("idp_unreachable", f"discovery failed: {type(exc).__name__}", transient=True) from None
+            raise idp_error_for(exc, budget, during="discovery") from None
         if response.status_code != 200:
             raise IdPError(
                 "discovery_failed",
                 f"{url} answered HTTP {response.status_code}",
-                transient=response.status_code >= 500,
+                transient=response.status_code >= 500 or response.status_code == 429,
                 status=response.status_code,
             )
         try:
-            data: dict[str, Any] = response.json()
+            data: Any = response.json()
         except ValueError:
-            raise IdPError("discovery_failed", f"{url} did not answer JSON", transient=False) from None
+            raise IdPError("discovery_failed", "the discovery document is not JSON", transient=False) from None
+        if not isinstance(data, dict):
+            raise IdPError("discovery_failed", "the discovery document is not a JSON object", transient=False)
         # OpenID Connect Discovery 1.0 section 4.3: the issuer in the document must be the one we asked.
-        if str(data.get("issuer", "")).rstrip("/") != self._issuer:
+        if not isinstance(data.get("issuer"), str) or data["issuer"].rstrip("/") != self._issuer:
             raise IdPError("discovery_failed", "issuer in the metadata does not match OIDC_ISSUER", transient=False)
-        if not data.get("token_endpoint"):
+        endpoints = {
+            name: data.get(name)
+            for name in ("token_endpoint", "revocation_endpoint", "introspection_endpoint", "jwks_uri")
+        }
+        for name, value in endpoints.items():
+            if value is not None and not (isinstance(value, str) and value.startswith(("https://", "http://"))):
+                raise IdPError("discovery_failed", f"{name} in the metadata is not a URL", transient=False)
+        if not endpoints["token_endpoint"]:
             raise IdPError("discovery_failed", "the IdP publishes no token_endpoint", transient=False)
         return ProviderMetadata(
             issuer=str(data["issuer"]),
-            token_endpoint=str(data["token_endpoint"]),
-            revocation_endpoint=data.get("revocation_endpoint"),
-            introspection_endpoint=data.get("introspection_endpoint"),
-            jwks_uri=data.get("jwks_uri"),
+            token_endpoint=str(endpoints["token_endpoint"]),
+            revocation_endpoint=endpoints["revocation_endpoint"],
+            introspection_endpoint=endpoints["introspection_endpoint"],
+            jwks_uri=endpoints["jwks_uri"],
         )

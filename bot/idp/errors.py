@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import httpx
+
+from bot.domain.text import one_line
+from bot.idp.http import CallBudget
+
 
 class IdPError(Exception):
     """``code`` is the OAuth error code (``invalid_scope``…) or one of ours (``idp_unreachable``…).
 
     The text is built from the IdP's error code and description only, never from what we sent, so
-    it can be shown on a card and written to the audit trail.
+    it can be shown on a card and written to the audit trail. Both are flattened to one line: an
+    IdP's text must not forge log lines or card lines. ``retry_after`` is the IdP's Retry-After, in
+    seconds, when it sent one.
     """
 
-    def __init__(self, code: str, description: str | None = None, *, transient: bool, status: int | None = None):
-        self.code = code
-        self.description = (description or "")[:300]
+    def __init__(
+        self,
+        code: str,
+        description: str | None = None,
+        *,
+        transient: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        self.code = one_line(code, 64) or "unknown_error"
+        self.description = one_line(description or "", 300)
         self.transient = transient
         self.status = status
-        super().__init__(f"{code}: {self.description}" if self.description else code)
+        self.retry_after = retry_after
+        super().__init__(f"{self.code}: {self.description}" if self.description else self.code)
+
+
+def idp_error_for(exc: httpx.HTTPError, budget: CallBudget, *, during: str) -> IdPError:
+    """An httpx failure as an IdPError. A call that hit its deadline or its size cap says so."""
+    if budget.too_large:
+        return IdPError(
+            "idp_answer_too_large", f"{during}: the answer exceeded {budget.max_bytes} bytes", transient=False
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return IdPError("idp_timeout", f"{during}: the IdP did not answer in time", transient=True)
+    return IdPError("idp_unreachable", f"{during}: {type(exc).__name__}", transient=True)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """RFC 9110 Retry-After in its delay-seconds form; an HTTP date or junk is ignored."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), 3600.0) if seconds == seconds else None  # NaN is not a delay

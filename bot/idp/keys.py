@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from bot.files import write_owner_only
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -94,12 +95,7 @@ def load_or_create_signing_key(path: Path) -> tuple[SigningKey, bool]:
     if path.exists():
         return load_signing_key(path), False
     key = generate_signing_key()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: if another replica created it a moment ago, use theirs rather than overwrite it.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    # Exclusive create: if another replica created it a moment ago, use theirs rather than overwrite it.
+    if not write_owner_only(path, key.pem()):
         return load_signing_key(path), False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key.pem())
     return key, True

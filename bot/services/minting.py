@@ -1,43 +1,101 @@
-"""Minting: approved request -> RFC 8693 token exchange -> encrypted grant -> one-time pickup link."""
+"""Minting: approved request -> RFC 8693 token exchange -> encrypted grant -> one-time pickup link.
+
+The rule this module keeps: once the IdP has handed over a token, the token is in the grant table,
+as a usable grant or as one due for revocation, before anything else is done with it. It is
+stored the moment it arrives, marked ``unchecked`` with a short hold; only when every check has
+passed, and the request is still ours to activate, does it become a grant with a pickup link. An
+over-scoped token, a late one, one whose answer was odd, one that fails verification, or one whose
+checks crashed, is refused: due at once, so the revocation engine revokes it and proves it dead.
+A crash at any point after the token was stored leaves it to the revocation engine too.
+"""
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlmodel import Session
 
+from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
-from bot.domain.status import RequestStatus, VoteChoice
+from bot.domain.status import GrantStatus, RequestStatus, VoteChoice
 from bot.idp.assertion import ApprovalClaims, subject_assertion
 from bot.idp.client import ExchangedToken, IdPClient
 from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey
-from bot.services.announce import Announcer, load_snapshot
-from bot.services.audit import AuditEventType, record
-from bot.services.ports import Notifier, RequestSnapshot
+from bot.services.audit import record
+from bot.services.notices import AlertKind
+from bot.services.outbox import Announcer
+from bot.services.snapshots import load_snapshot
+from bot.services.workers import log_failure, submit_logged
 from bot.store import grants as grant_store
 from bot.store import requests as store
 from bot.store.crypto import TokenCipher, fingerprint, pickup_hash
 from bot.store.db import session_scope
 from bot.store.models import AccessRequest, Grant
+from bot.store.transitions import Audit, move_request
 
 log = logging.getLogger(__name__)
 
 PICKUP_LINK_LIFETIME = timedelta(minutes=10)
+# How long a fresh token is held, unchecked, before the revocation engine takes it anyway. The
+# checks are at most a JWKS fetch or two, each under the IdP call deadline; a bot that dies while
+# checking leaves the token to be revoked after this.
+CHECK_HOLD = timedelta(seconds=60)
+# Tokens longer than this are refused (and revoked): no honest access token is this big.
+MAX_TOKEN_CHARS = 16 * 1024
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Timeouts and 5xx are retried with exponential backoff until ``budget_seconds`` is spent."""
+    """Timeouts, 429 and 5xx are retried with exponential backoff until ``budget_seconds`` is spent.
+
+    ``attempt_timeout`` is the total deadline of one exchange (connect to last byte), so a mint
+    ends within about ``budget_seconds + attempt_timeout`` whatever the IdP does.
+    """
 
     budget_seconds: float = 10.0
     first_delay: float = 0.25
     attempt_timeout: float = 4.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    detail: str
+
+
+class MintQueue:
+    """Hands approved requests to the mint workers, each at most once at a time."""
+
+    def __init__(self, workers: Executor, *, mint: Callable[[str], object]) -> None:
+        self._workers = workers
+        self._mint = mint
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
+
+    def submit(self, request_id: str) -> None:
+        mint = self._mint
+        with self._lock:
+            if request_id in self._queued:
+                return
+            self._queued.add(request_id)
+
+        def run() -> None:
+            try:
+                mint(request_id)
+            finally:
+                with self._lock:
+                    self._queued.discard(request_id)
+
+        submit_logged(self._workers, log, f"mint of {request_id} failed", run)
 
 
 @dataclass
@@ -47,63 +105,59 @@ class MintService:
     idp: IdPClient
     signing_key: SigningKey
     cipher: TokenCipher
-    notifier: Notifier
+    announcer: Announcer
     clock: Callable[[], datetime]
     public_url: str
+    # Told when a grant is due (a refused token at once; a new grant at its expiry).
+    wake: Callable[[datetime], None]
     retry: RetryPolicy = RetryPolicy()
-    # Told each new grant's expiry, so the revocation engine wakes exactly then.
-    on_grant_active: Callable[[datetime], None] = lambda _expires_at: None
     sleep: Callable[[float], None] = time.sleep
 
-    def __post_init__(self) -> None:
-        self._announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
+    def mint(self, request_id: str) -> None:
+        """Mint the token for an approved request. Does nothing if someone else is minting it.
 
-    def mint(self, request_id: str) -> RequestSnapshot | None:
-        """Mint the token for an approved request. Returns None if someone else is minting it.
-
-        The guarded ``approved -> minting`` transition is what makes one approval mint one token,
+        The guarded ``approved -> minting`` move is what makes one approval mint one token,
         whatever races or retries led here.
         """
         now = self.clock()
         with session_scope(self.engine) as session:
-            if not store.transition(
+            request = store.get_request(session=session, request_id=request_id)
+            if request is None:
+                return
+            if not move_request(
                 session=session,
                 request_id=request_id,
-                from_status=RequestStatus.APPROVED,
-                to_status=RequestStatus.MINTING,
+                source=RequestStatus.APPROVED,
+                target=RequestStatus.MINTING,
                 now=now,
+                event=Audit(
+                    AuditEventType.MINT_STARTED,
+                    actor="jit-bot",
+                    details={
+                        "audience": request.audience,
+                        "scopes": list(request.scope_list),
+                        "subject": request.requester_subject,
+                    },
+                ),
             ):
-                return None
-            request = store.get_request(session=session, request_id=request_id)
-            assert request is not None
+                return
+            session.refresh(request)
             approvers = tuple(
                 v.voter_slack_id
                 for v in store.votes_for(session=session, request_id=request_id)
                 if v.choice == VoteChoice.APPROVE.value
             )
-            record(
-                AuditEventType.MINT_STARTED,
-                session=session,
-                at=now,
-                actor="jit-bot",
-                request_id=request_id,
-                audience=request.audience,
-                scopes=request.scope_list,
-                subject=request.requester_subject,
-            )
         expires_at = now + timedelta(seconds=request.duration_seconds)
         try:
             token = self._exchange(request, approvers, expires_at)
         except IdPError as exc:
-            return self._fail(request_id, exc.code, exc.description)
+            self._fail(request_id, exc.code, exc.description)
+            return
         except Exception:
-            # A bug must not leave the request in `minting` with nobody told.
-            log.exception("unexpected error minting %s", request_id)
-            return self._fail(request_id, "internal_error", "unexpected error in the bot; see its logs")
-        problem = self._check(request, token)
-        if problem is not None:
-            return self._refuse_token(request, token, problem)
-        return self._activate(request, token, started_at=now, expires_at=expires_at)
+            ref = log_failure(log, f"unexpected error minting {request_id}")
+            self._fail(request_id, "internal_error", f"unexpected error in the bot (ref {ref})")
+            return
+        self._hold(request, token, started_at=now, expires_at=expires_at)
 
     # --- the exchange ----------------------------------------------------------------------------
 
@@ -141,15 +195,16 @@ class MintService:
                 )
             except IdPError as exc:
                 log.warning("token exchange for %s, attempt %d: %s", request.id, attempt, exc.code)
+                wait = max(delay, exc.retry_after or 0.0)
                 remaining = deadline - time.monotonic()
-                if not exc.transient or remaining <= delay:
+                if not exc.transient or remaining <= wait:
                     if exc.transient:
                         raise IdPError(
                             exc.code, f"{exc.description or exc.code}; gave up after {attempt} attempts", transient=True
                         ) from None
                     raise
                 self._audit_retry(request.id, attempt, exc, jti)
-                self.sleep(delay)
+                self.sleep(wait)
                 delay = min(delay * 2, 4.0)
 
     def _audit_retry(self, request_id: str, attempt: int, exc: IdPError, jti: str) -> None:
@@ -165,69 +220,197 @@ class MintService:
                 assertion_jti=jti,
             )
 
-    # --- checking the answer ---------------------------------------------------------------------
+    # --- holding the token -----------------------------------------------------------------------
 
-    def _check(self, request: AccessRequest, token: ExchangedToken) -> tuple[str, str] | None:
+    def _hold(
+        self, request: AccessRequest, token: ExchangedToken, *, started_at: datetime, expires_at: datetime
+    ) -> None:
+        """Store the token before anything else, then check it, then activate it or refuse it."""
+        refusal = self._quick_refusal(request, token, expires_at)
+        try:
+            self._store(request, token, started_at=started_at, expires_at=expires_at, refusal=refusal)
+        except Exception:
+            self._could_not_store(request.id, token)
+            return
+        if refusal is not None:
+            self.wake(self.clock())
+            return
+        try:
+            refusal = self._verify(request, token)
+        except Exception:
+            ref = log_failure(log, f"unexpected error checking the token for {request.id}")
+            refusal = Refusal("internal_error", f"the token's checks failed unexpectedly (ref {ref})")
+        if refusal is not None:
+            self._refuse(request.id, refusal, fingerprint(token.access_token))
+            return
+        self._activate(request, token, expires_at=expires_at)
+
+    def _quick_refusal(self, request: AccessRequest, token: ExchangedToken, expires_at: datetime) -> Refusal | None:
+        """The checks that need no I/O: is this a token we may hand out at all?"""
+        if token.anomaly is not None:
+            return Refusal("invalid_response", f"the IdP's answer was malformed: {token.anomaly}")
+        if len(token.access_token) > MAX_TOKEN_CHARS:
+            return Refusal("token_too_large", f"the access token is {len(token.access_token)} characters long")
         approved = set(request.scope_list)
         granted = set(token.scope) if token.scope is not None else approved
         if not granted <= approved:
             extra = " ".join(sorted(granted - approved))
-            return "scope_wider_than_approved", f"the IdP granted scopes that were not approved: {extra}"
+            return Refusal("scope_wider_than_approved", f"the IdP granted scopes that were not approved: {extra}")
+        if self.clock() >= expires_at:
+            return Refusal("token_too_late", "the token arrived after the grant would have ended")
+        return None
+
+    def _verify(self, request: AccessRequest, token: ExchangedToken) -> Refusal | None:
         try:
             self.idp.verify_jwt_access_token(token.access_token, audience=request.audience)
         except IdPError as exc:
-            return exc.code, exc.description
+            return Refusal(exc.code, exc.description)
         return None
 
-    def _refuse_token(self, request: AccessRequest, token: ExchangedToken, problem: tuple[str, str]) -> RequestSnapshot:
-        code, detail = problem
-        revoked = "revoked at the IdP"
-        try:
-            self.idp.revoke(token.access_token)
-        except IdPError as exc:
-            revoked = f"REVOCATION FAILED ({exc.code}); revoke it at the IdP by hand"
-            log.error("could not revoke refused token for %s: %s", request.id, exc.code)
-        self._announce.alert(
-            f":rotating_light: Grant `{request.id}` was failed: {detail}. The token "
-            f"(fingerprint `{fingerprint(token.access_token)}`) was {revoked}."
-        )
-        return self._fail(
-            request.id, code, f"{detail}; token {revoked}", token_fingerprint=fingerprint(token.access_token)
-        )
-
-    # --- outcomes --------------------------------------------------------------------------------
-
-    def _fail(
-        self, request_id: str, code: str, detail: str, *, token_fingerprint: str | None = None
-    ) -> RequestSnapshot:
+    def _store(
+        self,
+        request: AccessRequest,
+        token: ExchangedToken,
+        *,
+        started_at: datetime,
+        expires_at: datetime,
+        refusal: Refusal | None,
+    ) -> None:
         now = self.clock()
+        granted = token.scope if token.scope is not None else request.scope_list
         with session_scope(self.engine) as session:
-            store.transition(
+            grant_store.add_grant(
                 session=session,
-                request_id=request_id,
-                from_status=RequestStatus.MINTING,
-                to_status=RequestStatus.FAILED,
-                now=now,
-                failure_code=code[:64],
-                failure_detail=detail[:500],
+                grant=Grant(
+                    request_id=request.id,
+                    status=GrantStatus.ACTIVE.value,
+                    audience=request.audience,
+                    granted_scopes=" ".join(granted)[:2048],
+                    token_type=token.token_type[:32],
+                    token_ciphertext=self.cipher.encrypt(token.access_token),
+                    token_fingerprint=fingerprint(token.access_token),
+                    # The grant's clock started when minting did: expires_at was promised to the IdP then.
+                    issued_at=started_at,
+                    # Unchecked: held briefly, then revoked unless the checks pass. Refused: due now.
+                    expires_at=now if refusal is not None else min(now + CHECK_HOLD, expires_at),
+                    idp_expires_in=token.expires_in,
+                    refusal=refusal.code if refusal is not None else grant_store.UNCHECKED,
+                ),
             )
             record(
-                AuditEventType.MINT_FAILED,
+                AuditEventType.TOKEN_RECEIVED,
                 session=session,
                 at=now,
                 actor="jit-bot",
-                request_id=request_id,
-                error=code,
-                detail=detail,
-                token_fingerprint=token_fingerprint,
+                request_id=request.id,
+                token_fingerprint=fingerprint(token.access_token),
+                granted_scopes=list(granted),
+                idp_expires_in=token.expires_in,
             )
-            failed = load_snapshot(session, request_id, policy=self.policy)
-        self._announce.outcome(failed)
-        return failed
+            if refusal is not None:
+                self._refused_in(session, request.id, refusal, fingerprint(token.access_token), now)
 
-    def _activate(
-        self, request: AccessRequest, token: ExchangedToken, *, started_at: datetime, expires_at: datetime
-    ) -> RequestSnapshot:
+    def _could_not_store(self, request_id: str, token: ExchangedToken) -> None:
+        """The database refused the token. It exists only in this thread's memory now: revoke it
+        here, once, and say so loudly; the IdP caps its life at the grant's expiry in any case."""
+        ref = log_failure(log, f"could not store the token minted for {request_id}; revoking it directly")
+        outcome = "succeeded"
+        try:
+            self.idp.revoke(token.access_token)
+        except Exception as exc:
+            outcome = f"failed ({exc.code if isinstance(exc, IdPError) else type(exc).__name__})"
+        log.critical(
+            "token %s for %s could not be stored (ref %s); direct revocation %s",
+            fingerprint(token.access_token),
+            request_id,
+            ref,
+            outcome,
+        )
+        try:
+            with session_scope(self.engine) as session:
+                self.announcer.alert(
+                    session,
+                    AlertKind.TOKEN_UNSTORED,
+                    request_id,
+                    fingerprint=fingerprint(token.access_token),
+                    revocation=outcome,
+                )
+                self._fail_in(session, request_id, "internal_error", f"the token could not be stored (ref {ref})")
+        except Exception:
+            log_failure(log, f"could not record that {request_id} failed")
+
+    # --- outcomes --------------------------------------------------------------------------------
+
+    def _refuse(self, request_id: str, refusal: Refusal, token_fingerprint: str) -> None:
+        now = self.clock()
+        with session_scope(self.engine) as session:
+            if not grant_store.refuse(session=session, request_id=request_id, refusal=refusal.code, now=now):
+                log.warning("the token of %s was already being revoked when its checks failed", request_id)
+            self._refused_in(session, request_id, refusal, token_fingerprint, now)
+        self.wake(now)
+
+    def _refused_in(
+        self, session: Session, request_id: str, refusal: Refusal, token_fingerprint: str, now: datetime
+    ) -> None:
+        log.warning(
+            "refused the token minted for %s (%s: %s); it is queued for revocation",
+            request_id,
+            refusal.code,
+            refusal.detail,
+        )
+        record(
+            AuditEventType.TOKEN_REFUSED,
+            session=session,
+            at=now,
+            actor="jit-bot",
+            request_id=request_id,
+            error=refusal.code,
+            detail=refusal.detail,
+            token_fingerprint=token_fingerprint,
+        )
+        self.announcer.alert(
+            session,
+            AlertKind.TOKEN_REFUSED,
+            request_id,
+            code=refusal.code,
+            detail=refusal.detail,
+            fingerprint=token_fingerprint,
+        )
+        self._fail_in(
+            session,
+            request_id,
+            refusal.code,
+            f"{refusal.detail}; the token was never handed out and is being revoked at the IdP",
+            token_fingerprint=token_fingerprint,
+        )
+
+    def _fail(self, request_id: str, code: str, detail: str) -> None:
+        with session_scope(self.engine) as session:
+            self._fail_in(session, request_id, code, detail)
+
+    def _fail_in(
+        self, session: Session, request_id: str, code: str, detail: str, *, token_fingerprint: str | None = None
+    ) -> None:
+        now = self.clock()
+        if move_request(
+            session=session,
+            request_id=request_id,
+            source=RequestStatus.MINTING,
+            target=RequestStatus.FAILED,
+            now=now,
+            event=Audit(
+                AuditEventType.MINT_FAILED,
+                actor="jit-bot",
+                details={"error": code, "detail": detail, "token_fingerprint": token_fingerprint},
+            ),
+            failure_code=code[:64],
+            failure_detail=detail[:500],
+        ):
+            self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
+        else:
+            log.warning("request %s was no longer minting when its mint failed (%s)", request_id, code)
+
+    def _activate(self, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime) -> None:
         now = self.clock()
         pickup_id = secrets.token_urlsafe(32)
         link_expires_at = min(now + PICKUP_LINK_LIFETIME, expires_at)
@@ -241,45 +424,44 @@ class MintService:
                 request.duration_seconds,
             )
         with session_scope(self.engine) as session:
-            grant_store.add_grant(
-                session=session,
-                grant=Grant(
-                    request_id=request.id,
-                    status="active",
-                    audience=request.audience,
-                    granted_scopes=" ".join(granted),
-                    token_type=token.token_type,
-                    token_ciphertext=self.cipher.encrypt(token.access_token),
-                    token_fingerprint=fingerprint(token.access_token),
-                    # The grant's clock started when minting did: expires_at was promised to the IdP then.
-                    issued_at=started_at,
-                    expires_at=expires_at,
-                    idp_expires_in=token.expires_in,
-                    pickup_hash=pickup_hash(pickup_id),
-                    pickup_expires_at=link_expires_at,
-                ),
-            )
-            store.transition(
+            if not grant_store.activate(
                 session=session,
                 request_id=request.id,
-                from_status=RequestStatus.MINTING,
-                to_status=RequestStatus.ACTIVE,
+                expires_at=expires_at,
+                pickup_hash=pickup_hash(pickup_id),
+                pickup_expires_at=link_expires_at,
+            ):
+                # The hold ran out first: the revocation engine already has the token.
+                late = Refusal("checks_too_slow", "the token's checks outlasted its hold, so it is being revoked")
+                self._refused_in(session, request.id, late, fingerprint(token.access_token), now)
+            elif not move_request(
+                session=session,
+                request_id=request.id,
+                source=RequestStatus.MINTING,
+                target=RequestStatus.ACTIVE,
                 now=now,
-            )
-            record(
-                AuditEventType.GRANT_ACTIVE,
-                session=session,
-                at=now,
-                actor="jit-bot",
-                request_id=request.id,
-                token_fingerprint=fingerprint(token.access_token),
-                granted_scopes=list(granted),
-                audience=request.audience,
-                expires_at=expires_at.isoformat(),
-                idp_expires_in=token.expires_in,
-                idp_lifetime_exceeds_grant=lifetime_warning,
-            )
-            active = load_snapshot(session, request.id, policy=self.policy)
-        self.on_grant_active(expires_at)
-        self._announce.outcome(active, pickup=(f"{self.public_url}/pickup/{pickup_id}", link_expires_at))
-        return active
+                event=Audit(
+                    AuditEventType.GRANT_ACTIVE,
+                    actor="jit-bot",
+                    details={
+                        "token_fingerprint": fingerprint(token.access_token),
+                        "granted_scopes": list(granted),
+                        "audience": request.audience,
+                        "expires_at": expires_at.isoformat(),
+                        "idp_expires_in": token.expires_in,
+                        "idp_lifetime_exceeds_grant": lifetime_warning,
+                    },
+                ),
+            ):
+                # Someone else ended the mint (it was declared interrupted): this token came too late.
+                # Refused in this same transaction, so its pickup link never works for a moment.
+                late = Refusal("token_too_late", "the token arrived after the request had been failed")
+                grant_store.refuse(session=session, request_id=request.id, refusal=late.code, now=now)
+                self._refused_in(session, request.id, late, fingerprint(token.access_token), now)
+            else:
+                active = load_snapshot(session, request.id, policy=self.policy)
+                self.announcer.activated(
+                    session, active, url=f"{self.public_url}/pickup/{pickup_id}", link_expires_at=link_expires_at
+                )
+                late = None
+        self.wake(now if late is not None else expires_at)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,7 +15,9 @@ from sqlalchemy import Engine
 from bot.services.audit import AuditEventType, record
 from bot.store import grants as grant_store
 from bot.store.crypto import TokenCipher, pickup_hash
-from bot.store.db import session_scope
+from bot.store.db import read_scope, session_scope
+
+log = logging.getLogger(__name__)
 
 
 class PickupOutcome(StrEnum):
@@ -36,16 +41,41 @@ class PickupResult:
     token: PickedToken | None = None
 
 
+class _UnknownLinks:
+    """Counts requests for links that do not exist and logs the count at most once a minute, so a
+    scanner is visible in the log without writing a line (or an audit row) per guess."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._since = time.monotonic()
+
+    def seen(self) -> None:
+        with self._lock:
+            self._count += 1
+            if time.monotonic() - self._since < 60:
+                return
+            count, self._count, self._since = self._count, 0, time.monotonic()
+        log.warning("%d requests for unknown pickup links in the last minute", count)
+
+
 @dataclass
 class PickupService:
     engine: Engine
     cipher: TokenCipher
     clock: Callable[[], datetime]
+    _unknown: _UnknownLinks = field(default_factory=_UnknownLinks)
 
     def claim(self, pickup_id: str) -> PickupResult:
         if not pickup_id or len(pickup_id) > 128:
             return PickupResult(PickupOutcome.UNKNOWN)
         hashed = pickup_hash(pickup_id)
+        # Unknown links (guesses, scanners) are answered from a read: no write lock, no audit row
+        # each. Only a link that exists goes on to the claim, which writes.
+        with read_scope(self.engine) as session:
+            if not grant_store.pickup_exists(session=session, hashed=hashed):
+                self._unknown.seen()
+                return PickupResult(PickupOutcome.UNKNOWN)
         now = self.clock()
         with session_scope(self.engine) as session:
             claimed = grant_store.claim_pickup(session=session, hashed=hashed, now=now)

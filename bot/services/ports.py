@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bot.services.notices import Notice
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class RequestSnapshot:
     card_ts: str | None
     active_until: datetime | None = None
     revoked_at: datetime | None = None
+    # The grant's expiry has passed and the IdP has not confirmed the revocation yet.
     revocation_pending: bool = False
     failure_code: str | None = None
     failure_detail: str | None = None
@@ -58,7 +62,16 @@ class DirectoryError(Exception):
 
 
 class DeliveryError(Exception):
-    """Slack refused or could not take a message; the message is Slack's error code."""
+    """Slack did not take a message. ``permanent``: it never will (the bot is not in the channel,
+    the channel is gone, Slack refuses the content), so trying again is pointless; otherwise
+    (network trouble, 5xx, rate limits, a token Slack refuses until an admin fixes it) it is
+    retried, after ``retry_after`` seconds when Slack said how long to wait."""
+
+    def __init__(self, code: str, *, permanent: bool, retry_after: float | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.permanent = permanent
+        self.retry_after = retry_after
 
 
 class Directory(Protocol):
@@ -67,21 +80,16 @@ class Directory(Protocol):
     def usergroup_members(self, usergroup_id: str) -> frozenset[str]: ...
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """Where a posted message landed (for the approval card: its channel and ts)."""
+
+    channel: str | None = None
+    ts: str | None = None
+
+
 class Notifier(Protocol):
-    def post_card(self, request: RequestSnapshot) -> tuple[str, str]:
-        """Post the approval card; returns (channel, ts). Raises DeliveryError."""
-        ...
-
-    def update_card(self, request: RequestSnapshot) -> None: ...
-
-    def tell_requester(self, request: RequestSnapshot) -> None: ...
-
-    def audit_summary(self, channel: str, request: RequestSnapshot, event: str) -> None: ...
-
-    def send_pickup_link(self, request: RequestSnapshot, url: str, link_expires_at: datetime) -> None:
-        """DM the requester the one-time link. The URL is a secret: it goes nowhere else."""
-        ...
-
-    def alert(self, channel: str, text: str) -> None:
-        """Something a security lead must look at (e.g. the IdP granted more than was approved)."""
+    def deliver(self, notice: Notice, *, secret: str | None = None) -> Delivered:
+        """Render and send one notice; ``secret`` is the pickup URL of a PickupLink, which goes
+        nowhere else. Raises DeliveryError."""
         ...

@@ -1,25 +1,29 @@
-"""Submitting a request: checks, storage, the approval card."""
+"""Submitting a request: checks, storage, and (through the outbox) the approval card."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
+from bot.domain.audit import AuditEventType
 from bot.domain.commands import RequestDraft
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
-from bot.services.announce import Announcer
-from bot.services.audit import AuditEventType, record
-from bot.services.errors import DeliveryFailed
+from bot.services.errors import UserFacingError
 from bot.services.identity import resolve_subject
-from bot.services.ports import DeliveryError, Directory, Notifier, RequestSnapshot
+from bot.services.outbox import Announcer
+from bot.services.ports import Directory, RequestSnapshot
 from bot.services.snapshots import snapshot
 from bot.store import requests as store
+from bot.store.audit import append_event
 from bot.store.db import session_scope
 from bot.store.models import AccessRequest
 
@@ -37,19 +41,29 @@ def normalise_request_id(text: str) -> str:
     return text.strip().upper()
 
 
+def origin_key(kind: str, slack_id: str) -> str:
+    """The idempotency key of a request created by one Slack interaction (its trigger, its view)."""
+    return hashlib.sha256(f"{kind}:{slack_id}".encode()).hexdigest()
+
+
+class TooManyPending(UserFacingError):
+    code = "too_many_pending"
+
+
 @dataclass
 class RequestService:
     engine: Engine
     policy: Policy
     directory: Directory
-    notifier: Notifier
+    announcer: Announcer
     clock: Callable[[], datetime]
 
-    def submit(self, draft: RequestDraft, *, requester: str) -> RequestSnapshot:
-        """Store a checked request and post its approval card.
+    def submit(self, draft: RequestDraft, *, requester: str, origin: str | None = None) -> RequestSnapshot:
+        """Store a checked request; its approval card goes out through the outbox.
 
-        Raises UnmappedRequester before anything is stored, and DeliveryFailed (after cancelling the
-        request) when the card cannot be posted, so no request is ever left pending unseen.
+        Raises UnmappedRequester or TooManyPending before anything is stored. ``origin`` makes the
+        call idempotent: the same Slack interaction delivered twice (a replay, a retry) gets the
+        request the first delivery made, and nothing new is stored or posted.
         """
         resource = self.policy.resource(draft.resource)
         if resource is None:  # parse_command already checked; the policy is immutable while we run.
@@ -70,70 +84,52 @@ class RequestService:
             status=RequestStatus.PENDING.value,
             created_at=now,
             updated_at=now,
+            origin=origin,
         )
-        with session_scope(self.engine) as session:
-            store.add_request(session=session, request=row)
-            record(
-                AuditEventType.REQUEST_SUBMITTED,
-                session=session,
-                at=now,
-                actor=requester,
-                request_id=row.id,
-                resource=row.resource,
-                scopes=list(draft.scopes),
-                duration_seconds=row.duration_seconds,
-                reason=row.reason,
-                subject=subject,
-            )
-            pending = snapshot(row, [], policy=self.policy)
-
         try:
-            channel, ts = self.notifier.post_card(pending)
-        except DeliveryError as exc:
-            self._cancel_unposted(row.id, requester, str(exc))
-            raise DeliveryFailed(
-                f"The approval card could not be posted to <#{resource.approver_channel}> (Slack said "
-                f"`{exc}`), so request `{row.id}` was cancelled. Ask an admin to invite the bot to that "
-                "channel, then try again."
-            ) from None
+            with session_scope(self.engine) as session:
+                if origin is not None and (earlier := store.request_by_origin(session=session, origin=origin)):
+                    log.info("a repeated Slack delivery asked again for request %s; nothing new was made", earlier.id)
+                    return snapshot(earlier, [], policy=self.policy)
+                self._check_quota(session, requester)
+                store.add_request(session=session, request=row)
+                append_event(
+                    session=session,
+                    at=now,
+                    event_type=AuditEventType.REQUEST_SUBMITTED.value,
+                    actor=requester,
+                    request_id=row.id,
+                    details={
+                        "resource": row.resource,
+                        "scopes": list(draft.scopes),
+                        "duration_seconds": row.duration_seconds,
+                        "reason": row.reason,
+                        "subject": subject,
+                    },
+                )
+                pending = snapshot(row, [], policy=self.policy)
+                self.announcer.submitted(session, pending)
+        except IntegrityError:
+            # Two deliveries of one interaction raced past the lookup; the other one made the request.
+            if origin is None:
+                raise
+            with session_scope(self.engine) as session:
+                earlier = store.request_by_origin(session=session, origin=origin)
+                if earlier is None:
+                    raise
+                return snapshot(earlier, [], policy=self.policy)
+        return pending
 
-        with session_scope(self.engine) as session:
-            store.set_card(session=session, request_id=row.id, channel=channel, ts=ts)
-            record(
-                AuditEventType.CARD_POSTED,
-                session=session,
-                at=self.clock(),
-                actor="jit-bot",
-                request_id=row.id,
-                channel=channel,
-                ts=ts,
-            )
-            stored = store.get_request(session=session, request_id=row.id)
-            assert stored is not None
-            posted = snapshot(stored, [], policy=self.policy)
-        Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock).summary(
-            posted, "submitted"
+    def _check_quota(self, session: Session, requester: str) -> None:
+        limit = self.policy.limits.pending_per_requester
+        if session.get_bind().dialect.name == "postgresql":
+            # Serialise one requester's submissions so two at once cannot both squeeze under the limit.
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:who))"), {"who": f"jit-quota:{requester}"})
+        pending = store.count_in_status(
+            session=session, requester=requester, statuses=frozenset({RequestStatus.PENDING})
         )
-        return posted
-
-    def _cancel_unposted(self, request_id: str, requester: str, slack_error: str) -> None:
-        now = self.clock()
-        with session_scope(self.engine) as session:
-            store.transition(
-                session=session,
-                request_id=request_id,
-                from_status=RequestStatus.PENDING,
-                to_status=RequestStatus.CANCELLED,
-                now=now,
-                decided_at=now,
-            )
-            record(
-                AuditEventType.REQUEST_CANCELLED,
-                session=session,
-                at=now,
-                actor="jit-bot",
-                request_id=request_id,
-                cause="approval card could not be posted",
-                slack_error=slack_error,
-                requester=requester,
+        if pending >= limit:
+            raise TooManyPending(
+                f"You already have {pending} requests waiting for approval (the limit is {limit}). "
+                "Wait for one to be decided, or cancel one with `/jit revoke <request id>`; `/jit list` shows them."
             )

@@ -2,34 +2,43 @@
 
 The ``grant`` table is the only source of truth. Any number of workers (threads, replicas) may call
 ``sweep``; a grant is claimed by one worker at a time under a lease, and only the worker that moves
-it to ``revoked`` announces it, so nothing is revoked or posted twice. A failed attempt never
-sleeps: it records the error and sets the lease to the next attempt time, and a later sweep
-retries it. Nothing here swallows an error on the revocation path.
+it to ``revoked`` reports it, so nothing is revoked or posted twice. The sweep claims no more than
+there are idle workers, so a lease starts when work on it starts. An attempt has a total deadline
+well inside its lease; a failed attempt never sleeps: it records the error and the next attempt
+time, and a later sweep retries it, forever, until introspection proves the token dead. A lease
+that runs out with no outcome recorded counts as a failed attempt. Nothing here swallows an error.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlmodel import Session
 
+from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
-from bot.domain.status import RequestStatus
+from bot.domain.status import GrantStatus, RequestStatus
 from bot.idp.client import IdPClient
 from bot.idp.errors import IdPError
-from bot.services.announce import Announcer, load_snapshot
-from bot.services.audit import AuditEventType, record
-from bot.services.ports import Notifier
+from bot.services.audit import record
+from bot.services.notices import AlertKind
+from bot.services.outbox import Announcer
+from bot.services.snapshots import load_snapshot
+from bot.services.workers import log_failure, submit_logged
 from bot.store import grants as grant_store
-from bot.store import requests as store
 from bot.store.crypto import TokenCipher
-from bot.store.db import session_scope
+from bot.store.db import read_scope, session_scope
+from bot.store.models import Grant
+from bot.store.transitions import Audit, move_grant, move_request
 
 log = logging.getLogger(__name__)
 
@@ -46,42 +55,100 @@ def retry_delay(attempts: int) -> timedelta:
     return min(timedelta(seconds=2 ** max(0, attempts - 1)), MAX_RETRY_DELAY)
 
 
+@dataclass(frozen=True)
+class RevocationTiming:
+    # Each claim lasts this long. An attempt (discovery, revocation, introspection) must end well
+    # within it, so ``attempt_budget`` < ``lease``: a slow IdP can fail an attempt, never outlive it.
+    lease: timedelta = timedelta(seconds=30)
+    attempt_budget: float = 20.0
+    call_timeout: float = 5.0
+    batch: int = 200
+    # The watchdog alerts a grant that is still not confirmed revoked this long after its expiry.
+    overdue_after: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class _Held:
+    ciphertext: bytes | None
+    fingerprint: str
+    expires_at: datetime
+    refusal: str | None
+    attempts: int
+
+
 @dataclass
 class RevocationService:
     engine: Engine
     policy: Policy
     idp: IdPClient
     cipher: TokenCipher
-    notifier: Notifier
+    announcer: Announcer
     clock: Callable[[], datetime]
     workers: Executor
-    # Told about every future moment the engine must wake up (new expiries, retries).
-    on_schedule: Callable[[datetime], None] = lambda _when: None
-    # Long enough for one attempt (discovery, revocation, introspection at 5 s each, worst case),
-    # short enough that a grant held by a crashed worker is retried soon after a restart.
-    lease: timedelta = timedelta(seconds=30)
-    batch: int = 200
-    _in_flight: set[Future[Any]] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
+    worker_count: int
+    # Told about every future moment the engine must wake up (retries).
+    wake: Callable[[datetime], None] = lambda _when: None
+    timing: RevocationTiming = RevocationTiming()
+    _busy: int = 0
+    _saturated: bool = False
+    _busy_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sweep(self) -> list[str]:
-        """Claim what is due and hand each grant to a worker. Returns the claimed request ids."""
+        """Claim what is due, as much as idle workers can start now, and hand it to them."""
+        with self._busy_lock:
+            idle = self.worker_count - self._busy
+            self._saturated = idle <= 0
+        if idle <= 0:
+            return []
         now = self.clock()
         claim_id = secrets.token_hex(16)
         with session_scope(self.engine) as session:
-            claimed = grant_store.claim_due(
-                session=session, now=now, claim_id=claim_id, lease_until=now + self.lease, limit=self.batch
+            claim = grant_store.claim_due(
+                session=session,
+                now=now,
+                claim_id=claim_id,
+                lease_until=now + self.timing.lease,
+                limit=min(self.timing.batch, idle),
             )
-        for request_id in claimed:
-            future = self.workers.submit(self.revoke_claimed, request_id, claim_id)
-            self._in_flight.add(future)
-            future.add_done_callback(self._in_flight.discard)
-        return claimed
+            for request_id, attempts in claim.lapsed:
+                record(
+                    AuditEventType.REVOCATION_FAILED,
+                    session=session,
+                    at=now,
+                    actor="jit-bot",
+                    request_id=request_id,
+                    attempt=attempts,
+                    error="lease_expired",
+                )
+        for request_id, attempts in claim.lapsed:
+            log.warning(
+                "revocation of %s: attempt %d recorded no outcome before its lease ran out", request_id, attempts
+            )
+        limit = min(self.timing.batch, idle)
+        with self._busy_lock:
+            self._saturated = len(claim.claimed) >= limit
+        for request_id in claim.claimed:
+            with self._busy_lock:
+                self._busy += 1
+            future = submit_logged(
+                self.workers, log, f"revocation worker for {request_id}", self.revoke_claimed, request_id, claim_id
+            )
+            future.add_done_callback(self._worker_done)
+        return claim.claimed
+
+    def _worker_done(self, _future: object) -> None:
+        with self._busy_lock:
+            self._busy -= 1
+        # A worker is free: if the last sweep left grants behind for want of workers, claim one now.
+        if self._saturated:
+            self.wake(self.clock())
+
+    def has_idle_worker(self) -> bool:
+        with self._busy_lock:
+            return self._busy < self.worker_count
 
     def next_due(self) -> datetime | None:
-        with session_scope(self.engine) as session:
+        with read_scope(self.engine) as session:
             return grant_store.next_due(session=session)
 
     def revoke_claimed(self, request_id: str, claim_id: str) -> None:
@@ -90,77 +157,136 @@ class RevocationService:
             self._attempt(request_id, claim_id)
         except Exception:
             # The attempt's own bookkeeping failed (database down?). The claim's lease runs out and
-            # the next sweep retries; say so loudly rather than lose it in the executor.
-            log.exception("revocation of %s could not be recorded; it will be retried when its lease ends", request_id)
+            # the next sweep counts it as a failed attempt and retries.
+            log_failure(log, f"revocation of {request_id} could not be recorded; it is retried when its lease ends")
 
     def _attempt(self, request_id: str, claim_id: str) -> None:
-        with session_scope(self.engine) as session:
-            grant = grant_store.get_grant(session=session, request_id=request_id)
-            if grant is None or grant.claim_id != claim_id or grant.status != "revoking":
-                return  # claimed by someone else after our lease ran out
-            ciphertext = grant.token_ciphertext
-            fingerprint = grant.token_fingerprint
-            expires_at = grant.expires_at
+        held = self._begin(request_id, claim_id)
+        if held is None:
+            return
+        deadline = time.monotonic() + self.timing.attempt_budget
         proof: dict[str, Any]
         try:
-            if ciphertext is None:
+            if held.ciphertext is None:
                 raise RuntimeError("no stored token to revoke")
-            token = self.cipher.decrypt(ciphertext)
-            self.idp.revoke(token)
-            proof = self._prove(token)
+            token = self.cipher.decrypt(held.ciphertext)
+            self.idp.revoke(token, timeout=self._call_timeout(deadline))
+            proof = self._prove(token, deadline)
         except Exception as exc:  # IdPError, StillActive, or anything else: all count as a failed attempt
             self._failed(request_id, claim_id, exc)
             return
-        self._revoked(request_id, claim_id, fingerprint, expires_at, proof)
+        self._revoked(request_id, claim_id, held, proof)
 
-    def _prove(self, token: str) -> dict[str, Any]:
+    def _call_timeout(self, deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise IdPError("idp_timeout", "the attempt's deadline passed", transient=True)
+        return min(self.timing.call_timeout, left)
+
+    def _begin(self, request_id: str, claim_id: str) -> _Held | None:
+        """Read the claimed grant; on its first attempt, let the card say revocation is pending."""
+        with session_scope(self.engine) as session:
+            grant = grant_store.get_grant(session=session, request_id=request_id)
+            if grant is None or grant.claim_id != claim_id or grant.status != GrantStatus.REVOKING.value:
+                return None  # claimed by someone else after our lease ran out
+            held = _Held(
+                grant.token_ciphertext, grant.token_fingerprint, grant.expires_at, grant.refusal, grant.attempts
+            )
+            if grant.refusal is None and grant.attempts == 0:
+                self.announcer.card(session, load_snapshot(session, request_id, policy=self.policy))
+        return held
+
+    def _prove(self, token: str, deadline: float) -> dict[str, Any]:
         if not self.idp.metadata().introspection_endpoint:
             return {"revocation": "accepted", "introspection": "not offered by the IdP"}
-        answer = self.idp.introspect(token)
+        answer = self.idp.introspect(token, timeout=self._call_timeout(deadline))
         if answer.get("active") is not False:
             raise StillActive("the token still introspects as active after revocation")
         return {"revocation": "accepted", "introspection": {"active": False}}
 
-    def _revoked(
-        self, request_id: str, claim_id: str, fingerprint: str, expires_at: datetime, proof: dict[str, Any]
-    ) -> None:
+    def _revoked(self, request_id: str, claim_id: str, held: _Held, proof: dict[str, Any]) -> None:
         now = self.clock()
         with session_scope(self.engine) as session:
-            if not grant_store.finish_revocation(session=session, request_id=request_id, claim_id=claim_id, now=now):
-                # Our lease ran out and another worker took over; it will announce the result.
+            if not move_grant(
+                session=session,
+                request_id=request_id,
+                source=GrantStatus.REVOKING,
+                target=GrantStatus.REVOKED,
+                now=now,
+                claim_id=claim_id,
+                event=Audit(
+                    AuditEventType.GRANT_REVOKED,
+                    actor="jit-bot",
+                    details={
+                        "token_fingerprint": held.fingerprint,
+                        "expires_at": held.expires_at.isoformat(),
+                        "lag_ms": int((now - held.expires_at).total_seconds() * 1000),
+                        "proof": proof,
+                        "refusal": held.refusal,
+                    },
+                ),
+                revoked_at=now,
+                token_ciphertext=None,
+                lease_until=None,
+                last_error=None,
+                in_attempt=False,
+            ):
+                # Our lease ran out and another worker took over; it will report the result.
                 log.warning("revocation of %s finished after its claim moved on", request_id)
                 return
-            store.transition(
-                session=session,
-                request_id=request_id,
-                from_status=RequestStatus.ACTIVE,
-                to_status=RequestStatus.REVOKED,
-                now=now,
-            )
-            record(
-                AuditEventType.GRANT_REVOKED,
-                session=session,
-                at=now,
-                actor="jit-bot",
-                request_id=request_id,
-                token_fingerprint=fingerprint,
-                expires_at=expires_at.isoformat(),
-                lag_ms=int((now - expires_at).total_seconds() * 1000),
-                proof=proof,
-            )
-            revoked = load_snapshot(session, request_id, policy=self.policy)
-        self._announce.outcome(revoked)
+            if held.refusal is None:
+                self._grant_ended(session, request_id, now)
+            else:
+                self._refused_token_dead(session, request_id, held, now)
+
+    def _grant_ended(self, session: Session, request_id: str, now: datetime) -> None:
+        if move_request(
+            session=session,
+            request_id=request_id,
+            source=RequestStatus.ACTIVE,
+            target=RequestStatus.REVOKED,
+            now=now,
+            event=None,
+        ):
+            self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
+        else:
+            log.warning("grant %s is revoked but its request was no longer active", request_id)
+
+    def _refused_token_dead(self, session: Session, request_id: str, held: _Held, now: datetime) -> None:
+        """A token that was never handed out is dead. If its mint was interrupted while it waited for
+        its checks, the request is failed now; either way the audit channel hears it is resolved."""
+        if held.refusal == grant_store.UNCHECKED and move_request(
+            session=session,
+            request_id=request_id,
+            source=RequestStatus.MINTING,
+            target=RequestStatus.FAILED,
+            now=now,
+            event=Audit(AuditEventType.MINT_FAILED, actor="jit-bot", details={"error": "mint_interrupted"}),
+            failure_code="mint_interrupted",
+            failure_detail="the bot stopped while checking the token; the token was revoked",
+        ):
+            self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
+        self.announcer.alert(
+            session,
+            AlertKind.REFUSED_TOKEN_REVOKED,
+            request_id,
+            fingerprint=held.fingerprint,
+            proof="the IdP accepted the revocation and introspection says inactive",
+        )
 
     def _failed(self, request_id: str, claim_id: str, exc: Exception) -> None:
         still_active = isinstance(exc, StillActive)
         code = exc.code if isinstance(exc, IdPError) else ("still_active" if still_active else type(exc).__name__)
         if not isinstance(exc, IdPError | StillActive):
-            log.error("revocation of %s failed unexpectedly: %s", request_id, type(exc).__name__, exc_info=exc)
+            log_failure(log, f"revocation of {request_id} failed unexpectedly ({type(exc).__name__})", exc)
         now = self.clock()
         with session_scope(self.engine) as session:
             grant = grant_store.get_grant(session=session, request_id=request_id)
             attempts_before = grant.attempts if grant is not None else 0
-            retry_at = now + retry_delay(attempts_before + 1)
+            wait = retry_delay(attempts_before + 1)
+            if isinstance(exc, IdPError) and exc.retry_after is not None:
+                wait = max(wait, timedelta(seconds=exc.retry_after))
+            retry_at = now + wait
             attempts = grant_store.record_failure(
                 session=session, request_id=request_id, claim_id=claim_id, retry_at=retry_at, error=code
             )
@@ -176,18 +302,40 @@ class RevocationService:
                 error=code,
                 retry_at=retry_at.isoformat(),
             )
-            pending = load_snapshot(session, request_id, policy=self.policy)
+            if still_active:
+                self.announcer.alert(session, AlertKind.STILL_ACTIVE, request_id)
+            elif attempts == ALERT_AFTER_FAILURES:
+                self.announcer.alert(session, AlertKind.REVOCATION_FAILING, request_id, attempts=attempts, error=code)
         log.warning("revocation of %s failed (attempt %d, %s); retrying at %s", request_id, attempts, code, retry_at)
-        self.on_schedule(retry_at)
-        if attempts == 1:
-            self._announce.card(pending)
-        if still_active or attempts == ALERT_AFTER_FAILURES:
-            why = (
-                "the IdP accepted the revocation but the token still introspects as ACTIVE"
-                if still_active
-                else f"{attempts} attempts failed ({code})"
+        self.wake(retry_at)
+
+    def watch(self) -> list[str]:
+        """The watchdog: alert, once each, the grants still not confirmed revoked well after expiry."""
+        now = self.clock()
+        with session_scope(self.engine) as session:
+            overdue = grant_store.alert_overdue(session=session, now=now, grace=self.timing.overdue_after, limit=100)
+            for request_id, expires_at in overdue:
+                grant: Grant | None = grant_store.get_grant(session=session, request_id=request_id)
+                late = int((now - expires_at).total_seconds())
+                record(
+                    AuditEventType.REVOCATION_OVERDUE,
+                    session=session,
+                    at=now,
+                    actor="jit-bot",
+                    request_id=request_id,
+                    late_seconds=late,
+                    attempts=grant.attempts if grant else None,
+                )
+                self.announcer.alert(
+                    session,
+                    AlertKind.REVOCATION_OVERDUE,
+                    request_id,
+                    late_seconds=late,
+                    attempts=grant.attempts if grant else 0,
+                    last_error=(grant.last_error if grant else None) or "none yet",
+                )
+        for request_id, _ in overdue:
+            log.error(
+                "grant %s is overdue: not confirmed revoked %s after its expiry", request_id, self.timing.overdue_after
             )
-            self._announce.alert(
-                f":rotating_light: Revocation of grant `{request_id}` is not done: {why}. "
-                "jit-bot keeps retrying; check the IdP."
-            )
+        return [request_id for request_id, _ in overdue]

@@ -1,19 +1,35 @@
-"""Turning rows into the snapshots that ports render."""
+"""Turning rows into the snapshots that notices carry."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
 
 from bot.domain.policy import Policy
+from bot.domain.status import GrantStatus
 from bot.services.ports import RequestSnapshot, VoteView
+from bot.store import grants as grant_store
+from bot.store import requests as store
 from bot.store.models import AccessRequest, Grant, Vote
 
 
 def snapshot(
-    request: AccessRequest, votes: Sequence[Vote], *, policy: Policy, grant: Grant | None = None
+    request: AccessRequest,
+    votes: Sequence[Vote],
+    *,
+    policy: Policy,
+    grant: Grant | None = None,
+    now: datetime | None = None,
 ) -> RequestSnapshot:
     resource = policy.resource(request.resource)
+    # A refused token was never this request's grant: nothing about it belongs on the card.
+    usable = grant if grant is not None and grant.refusal is None else None
+    pending = usable is not None and (
+        usable.status == GrantStatus.REVOKING.value
+        or (usable.status == GrantStatus.ACTIVE.value and now is not None and usable.expires_at <= now)
+    )
     return RequestSnapshot(
         id=request.id,
         requester=request.requester_slack_id,
@@ -31,9 +47,22 @@ def snapshot(
         approver_channel=request.approver_channel,
         card_channel=request.card_channel,
         card_ts=request.card_ts,
-        active_until=grant.expires_at if grant is not None else None,
-        revoked_at=grant.revoked_at if grant is not None else None,
-        revocation_pending=grant is not None and grant.status == "revoking" and grant.attempts > 0,
+        active_until=usable.expires_at if usable is not None else None,
+        revoked_at=usable.revoked_at if usable is not None else None,
+        revocation_pending=pending,
         failure_code=request.failure_code,
         failure_detail=request.failure_detail,
     )
+
+
+def load_snapshot(session: Session, request_id: str, *, policy: Policy, now: datetime | None = None) -> RequestSnapshot:
+    """The request as this transaction sees it, with its votes and grant."""
+    request = store.get_request(session=session, request_id=request_id)
+    if request is None:
+        raise LookupError(f"request {request_id} does not exist")
+    session.refresh(request)
+    votes = store.votes_for(session=session, request_id=request_id)
+    grant = grant_store.get_grant(session=session, request_id=request_id)
+    if grant is not None:
+        session.refresh(grant)
+    return snapshot(request, votes, policy=policy, grant=grant, now=now)

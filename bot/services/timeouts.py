@@ -1,4 +1,8 @@
-"""Housekeeping the sweep does besides revocation: request timeouts and interrupted mints."""
+"""Housekeeping beside revocation: request timeouts, interrupted mints, approvals never minted.
+
+None of it runs on the thread that claims due grants, and none of it mints: an approval whose mint
+never started is handed to the mint workers, so a slow IdP holds up a mint thread, not the sweep.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,20 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
+from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
-from bot.services.announce import Announcer, load_snapshot
-from bot.services.audit import AuditEventType, record
-from bot.services.ports import Notifier
+from bot.services.audit import record
+from bot.services.outbox import Announcer
+from bot.services.snapshots import load_snapshot
 from bot.store import requests as store
-from bot.store.db import session_scope
+from bot.store.db import read_scope, session_scope
+from bot.store.transitions import Audit, move_request
 
 log = logging.getLogger(__name__)
 
-# A mint takes seconds at most (10 s retry budget); one still "minting" after this was interrupted.
+# A mint is bounded by its retry budget and each call's deadline (well under a minute); one still
+# "minting" after this was interrupted (a crash). Its token, if one arrived, is in the grant table.
 MINT_INTERRUPTED_AFTER = timedelta(minutes=2)
 # An approval whose mint never started (crash between the vote and the mint) is picked up after this.
 APPROVED_UNMINTED_AFTER = timedelta(seconds=30)
@@ -29,14 +36,15 @@ APPROVED_UNMINTED_AFTER = timedelta(seconds=30)
 class TimeoutService:
     engine: Engine
     policy: Policy
-    notifier: Notifier
+    announcer: Announcer
     clock: Callable[[], datetime]
-    mint: Callable[[str], object] | None = None
+    # Hands a request id to the mint workers (None without an IdP).
+    submit_mint: Callable[[str], object] | None = None
     batch: int = 200
 
     def run(self) -> None:
         self.expire_pending()
-        if self.mint is not None:
+        if self.submit_mint is not None:
             self.fail_interrupted_mints()
             self.resume_unminted()
 
@@ -55,55 +63,40 @@ class TimeoutService:
                     request_id=request_id,
                     timeout_seconds=int(self.policy.request_timeout.total_seconds()),
                 )
-        for request_id in expired:
-            self._tell(request_id)
+                view = load_snapshot(session, request_id, policy=self.policy)
+                self.announcer.card(session, view)
+                self.announcer.requester(session, view)
         return expired
 
     def fail_interrupted_mints(self) -> None:
         now = self.clock()
-        with session_scope(self.engine) as session:
+        with read_scope(self.engine) as session:
             stuck = store.ids_in_status(
                 session=session,
                 status=RequestStatus.MINTING,
                 updated_before=now - MINT_INTERRUPTED_AFTER,
                 limit=self.batch,
             )
-            moved = []
-            for request_id in stuck:
-                if store.transition(
+        for request_id in stuck:
+            with session_scope(self.engine) as session:
+                if move_request(
                     session=session,
                     request_id=request_id,
-                    from_status=RequestStatus.MINTING,
-                    to_status=RequestStatus.FAILED,
+                    source=RequestStatus.MINTING,
+                    target=RequestStatus.FAILED,
                     now=now,
+                    event=Audit(AuditEventType.MINT_FAILED, actor="jit-bot", details={"error": "mint_interrupted"}),
                     failure_code="mint_interrupted",
-                    failure_detail="the bot stopped while minting; if a token was issued, the IdP ends it at expiry",
+                    failure_detail="the bot stopped while minting; a token it received is being revoked",
                 ):
-                    record(
-                        AuditEventType.MINT_FAILED,
-                        session=session,
-                        at=now,
-                        actor="jit-bot",
-                        request_id=request_id,
-                        error="mint_interrupted",
-                    )
-                    moved.append(request_id)
-        for request_id in moved:
-            self._tell(request_id)
+                    self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
 
     def resume_unminted(self) -> None:
-        assert self.mint is not None
+        assert self.submit_mint is not None
         now = self.clock()
-        with session_scope(self.engine) as session:
+        with read_scope(self.engine) as session:
             waiting = store.ids_in_status(
                 session=session, status=RequestStatus.APPROVED, updated_before=now - APPROVED_UNMINTED_AFTER, limit=20
             )
         for request_id in waiting:
-            self.mint(request_id)  # the approved -> minting guard makes a concurrent mint a no-op
-
-    def _tell(self, request_id: str) -> None:
-        with session_scope(self.engine) as session:
-            view = load_snapshot(session, request_id, policy=self.policy)
-        announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
-        announce.card(view)
-        announce.requester(view)
+            self.submit_mint(request_id)  # the approved -> minting guard makes a duplicate mint a no-op

@@ -14,15 +14,16 @@ from sqlmodel import Session
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus, VoteChoice
 from bot.domain.votes import REFUSAL_TEXT, VoteDecision, VoteFacts, VoteRefusal, decide_vote
-from bot.services.announce import Announcer
 from bot.services.audit import AuditEventType, record
 from bot.services.errors import UserFacingError
 from bot.services.identity import resolve_approvers
-from bot.services.ports import Directory, DirectoryError, Notifier, RequestSnapshot
+from bot.services.outbox import Announcer
+from bot.services.ports import Directory, DirectoryError, RequestSnapshot
 from bot.services.snapshots import snapshot
 from bot.store import requests as store
-from bot.store.db import session_scope
+from bot.store.db import read_scope, session_scope
 from bot.store.models import Vote
+from bot.store.transitions import Audit, move_request
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +52,36 @@ class VotingService:
     engine: Engine
     policy: Policy
     directory: Directory
-    notifier: Notifier
+    announcer: Announcer
     clock: Callable[[], datetime]
-    # Called with the request id once a request is approved (minting, when an IdP is configured).
+    # Called with the request id once the approval has committed (minting, when an IdP is configured).
     on_approved: Callable[[str], object] | None = None
 
     def preflight(self, request_id: str, *, voter: str, choice: VoteChoice) -> VoteResult:
         """Would this vote be accepted? Used before opening the Deny modal; refusals are audited."""
         approvers = self._approvers_for(request_id)
-        with session_scope(self.engine) as session:
+        with read_scope(self.engine) as session:
             request = store.get_request(session=session, request_id=request_id)
+            votes = store.votes_for(session=session, request_id=request_id) if request is not None else []
             if request is None:
-                return self._refuse(session, request_id, voter, choice, VoteRefusal.UNKNOWN_REQUEST, None)
-            votes = store.votes_for(session=session, request_id=request_id)
-            decision = self._decide(
-                request.status, request.requester_slack_id, voter, approvers, votes, request.approvals_required, choice
-            )
-            if decision.refusal is not None:
-                return self._refuse(session, request_id, voter, choice, decision.refusal, request.status)
-            return VoteResult(refusal=None, request=snapshot(request, votes, policy=self.policy), decided=False)
+                refusal: VoteRefusal | None = VoteRefusal.UNKNOWN_REQUEST
+                status = None
+            else:
+                refusal = self._decide(
+                    request.status,
+                    request.requester_slack_id,
+                    voter,
+                    approvers,
+                    votes,
+                    request.approvals_required,
+                    choice,
+                ).refusal
+                status = request.status
+                view = snapshot(request, votes, policy=self.policy)
+        if refusal is not None:
+            with session_scope(self.engine) as session:
+                return self._refuse(session, request_id, voter, choice, refusal, status)
+        return VoteResult(refusal=None, request=view, decided=False)
 
     def cast(self, request_id: str, *, voter: str, choice: VoteChoice, reason: str | None = None) -> VoteResult:
         approvers = self._approvers_for(request_id)
@@ -80,13 +92,14 @@ class VotingService:
             # arrived twice at once and the other copy won.
             with session_scope(self.engine) as session:
                 result = self._refuse(session, request_id, voter, choice, VoteRefusal.ALREADY_VOTED, None)
-        if result.accepted and result.request is not None:
-            self._after_vote(result)
+        if result.decided and result.request is not None and result.request.status == RequestStatus.APPROVED.value:
+            if self.on_approved is not None:
+                self.on_approved(result.request.id)
         return result
 
     def _approvers_for(self, request_id: str) -> frozenset[str] | None:
         """Resolved before any lock is taken: a Slack round-trip must never hold the database."""
-        with session_scope(self.engine) as session:
+        with read_scope(self.engine) as session:
             request = store.get_request(session=session, request_id=request_id)
             resource_name = request.resource if request is not None else None
         resource = self.policy.resource(resource_name) if resource_name else None
@@ -165,12 +178,23 @@ class VotingService:
             )
             decided = decision.new_status is not RequestStatus.PENDING
             if decided:
-                moved = store.transition(
+                moved = move_request(
                     session=session,
                     request_id=request_id,
-                    from_status=RequestStatus.PENDING,
-                    to_status=decision.new_status,
+                    source=RequestStatus.PENDING,
+                    target=decision.new_status,
                     now=now,
+                    event=Audit(
+                        AuditEventType.REQUEST_APPROVED
+                        if decision.new_status is RequestStatus.APPROVED
+                        else AuditEventType.REQUEST_DENIED,
+                        actor=voter,
+                        details={
+                            "approvers": [v.voter_slack_id for v in votes if v.choice == VoteChoice.APPROVE.value]
+                            + ([voter] if choice is VoteChoice.APPROVE else []),
+                            "reason": reason,
+                        },
+                    ),
                     decided_at=now,
                     decided_by=voter,
                     deny_reason=reason if choice is VoteChoice.DENY else None,
@@ -178,26 +202,22 @@ class VotingService:
                 # We hold the row lock, so the guard cannot fail; if it ever does, roll everything back.
                 if not moved:
                     raise RuntimeError(f"request {request_id} changed under its own lock")
-                record(
-                    AuditEventType.REQUEST_APPROVED
-                    if decision.new_status is RequestStatus.APPROVED
-                    else AuditEventType.REQUEST_DENIED,
-                    session=session,
-                    at=now,
-                    actor=voter,
-                    request_id=request_id,
-                    approvers=[v.voter_slack_id for v in votes if v.choice == VoteChoice.APPROVE.value]
-                    + ([voter] if choice is VoteChoice.APPROVE else []),
-                    reason=reason,
-                )
             session.flush()
             session.refresh(request)
-            result = VoteResult(
-                refusal=None,
-                request=snapshot(request, store.votes_for(session=session, request_id=request_id), policy=self.policy),
-                decided=decided,
-            )
+            view = snapshot(request, store.votes_for(session=session, request_id=request_id), policy=self.policy)
+            self._announce(session, view, decided=decided)
+            result = VoteResult(refusal=None, request=view, decided=decided)
         return result
+
+    def _announce(self, session: Session, request: RequestSnapshot, *, decided: bool) -> None:
+        """In the vote's own transaction: what people are told about it."""
+        if decided and request.status == RequestStatus.APPROVED.value and self.on_approved is not None:
+            # Minting tells the requester and the audit channel itself, once the token exists.
+            self.announcer.card(session, request)
+        elif decided:
+            self.announcer.outcome(session, request)
+        else:
+            self.announcer.card(session, request)
 
     def _refuse(
         self,
@@ -220,16 +240,3 @@ class VotingService:
             claimed_request_id=request_id[:64],
         )
         return VoteResult(refusal=refusal, request=None, decided=False)
-
-    def _after_vote(self, result: VoteResult) -> None:
-        request = result.request
-        assert request is not None
-        if result.decided and request.status == RequestStatus.APPROVED.value and self.on_approved is not None:
-            # Minting updates the card and tells the requester itself, once the token exists.
-            self.on_approved(request.id)
-            return
-        announce = Announcer(engine=self.engine, policy=self.policy, notifier=self.notifier, clock=self.clock)
-        if result.decided:
-            announce.outcome(request)
-        else:
-            announce.card(request)

@@ -2,99 +2,132 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.services.ports import DeliveryError, DirectoryError, RequestSnapshot
-from bot.slack.blocks import approval_card, audit_summary_text, card_text, outcome_text, pickup_text
+from bot.domain.text import one_line
+from bot.idp.errors import retry_after_seconds
+from bot.services.notices import Alert, ApprovalCard, AuditSummary, CardChanged, Notice, PickupLink, RequesterTold
+from bot.services.ports import Delivered, DeliveryError, DirectoryError
+from bot.slack.blocks import alert_text, approval_card, audit_summary_text, card_text, outcome_text, pickup_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Errors after which the same message may well go through later: Slack's own trouble, and tokens an
+# admin has to fix (every message fails until then, and none should be given up meanwhile).
+_TRANSIENT = frozenset(
+    {
+        "ratelimited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "missing_scope",
+        "team_access_not_granted",
+    }
+)
 
-def _slack_error(exc: Exception) -> str:
+
+def _delivery_error(exc: Exception) -> DeliveryError:
     if isinstance(exc, SlackApiError):
-        return str(exc.response.get("error", "unknown_error"))
+        code = one_line(str(exc.response.get("error") or "unknown_error"), 80)
+        status = getattr(exc.response, "status_code", 200)
+        headers = getattr(exc.response, "headers", None) or {}
+        retry_after = retry_after_seconds(_header(headers, "retry-after"))
+        transient = code in _TRANSIENT or status == 429 or status >= 500
+        if status == 429 and retry_after is None:
+            retry_after = 1.0
+        return DeliveryError(code, permanent=not transient, retry_after=retry_after)
     # Network trouble: say what kind, never echo the request (it could carry a token header).
-    return type(exc).__name__
+    return DeliveryError(type(exc).__name__, permanent=False)
 
 
-def _call(fn: Callable[[], T], error: type[Exception]) -> T:
+def _header(headers: Any, name: str) -> str | None:
+    for key, value in dict(headers).items():
+        if str(key).lower() == name:
+            return str(value[0] if isinstance(value, list) and value else value)
+    return None
+
+
+def _call(fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except (SlackClientError, OSError) as exc:
-        raise error(_slack_error(exc)) from None
+    except (SlackClientError, OSError, http.client.HTTPException, ValueError) as exc:
+        raise _delivery_error(exc) from None
 
 
 class SlackNotifier:
-    def __init__(self, client: WebClient) -> None:
+    def __init__(self, client: WebClient, *, audit_channel: str | None) -> None:
         self._client = client
+        self._audit_channel = audit_channel
 
-    def post_card(self, request: RequestSnapshot) -> tuple[str, str]:
-        response: Any = _call(
-            lambda: self._client.chat_postMessage(
-                channel=request.approver_channel,
-                text=card_text(request),
-                blocks=approval_card(request),
-                unfurl_links=False,
-            ),
-            DeliveryError,
-        )
-        return str(response["channel"]), str(response["ts"])
+    def deliver(self, notice: Notice, *, secret: str | None = None) -> Delivered:
+        match notice:
+            case ApprovalCard(request=request):
+                response: Any = _call(
+                    lambda: self._client.chat_postMessage(
+                        channel=request.approver_channel,
+                        text=card_text(request),
+                        blocks=approval_card(request),
+                        unfurl_links=False,
+                    )
+                )
+                return Delivered(channel=str(response["channel"]), ts=str(response["ts"]))
+            case CardChanged(request=request):
+                channel, ts = request.card_channel, request.card_ts
+                if channel is None or ts is None:
+                    raise DeliveryError("no_card", permanent=True)
+                _call(
+                    lambda: self._client.chat_update(
+                        channel=channel, ts=ts, text=card_text(request), blocks=approval_card(request)
+                    )
+                )
+            case RequesterTold(request=request):
+                # Posting to a user id opens (or reuses) the DM with the bot.
+                self._post(request.requester, outcome_text(request))
+            case PickupLink(request=request, link_expires_at=until):
+                if secret is None:
+                    raise DeliveryError("pickup_link_missing", permanent=True)
+                # No unfurling: Slack's unfurler would fetch the link and use up the one-time pickup.
+                self._post(request.requester, pickup_text(request, secret, until), unfurl_media=False)
+            case AuditSummary(request=request, event=event):
+                self._post_to_audit(audit_summary_text(request, event))
+            case Alert():
+                self._post_to_audit(alert_text(notice))
+        return Delivered()
 
-    def update_card(self, request: RequestSnapshot) -> None:
-        if request.card_channel is None or request.card_ts is None:
-            return
-        channel, ts = request.card_channel, request.card_ts
-        _call(
-            lambda: self._client.chat_update(
-                channel=channel, ts=ts, text=card_text(request), blocks=approval_card(request)
-            ),
-            DeliveryError,
-        )
+    def _post_to_audit(self, text: str) -> None:
+        if self._audit_channel is None:
+            raise DeliveryError("no_audit_channel", permanent=True)
+        self._post(self._audit_channel, text)
 
-    def tell_requester(self, request: RequestSnapshot) -> None:
-        # Posting to a user id opens (or reuses) the DM with the bot.
-        _call(
-            lambda: self._client.chat_postMessage(channel=request.requester, text=outcome_text(request)),
-            DeliveryError,
-        )
-
-    def audit_summary(self, channel: str, request: RequestSnapshot, event: str) -> None:
-        _call(
-            lambda: self._client.chat_postMessage(
-                channel=channel, text=audit_summary_text(request, event), unfurl_links=False
-            ),
-            DeliveryError,
-        )
-
-    def send_pickup_link(self, request: RequestSnapshot, url: str, link_expires_at: datetime) -> None:
-        # No unfurling: Slack's unfurler would fetch the link and use up the one-time pickup.
-        _call(
-            lambda: self._client.chat_postMessage(
-                channel=request.requester,
-                text=pickup_text(request, url, link_expires_at),
-                unfurl_links=False,
-                unfurl_media=False,
-            ),
-            DeliveryError,
-        )
-
-    def alert(self, channel: str, text: str) -> None:
-        _call(lambda: self._client.chat_postMessage(channel=channel, text=text, unfurl_links=False), DeliveryError)
+    def _post(self, channel: str, text: str, **options: Any) -> None:
+        _call(lambda: self._client.chat_postMessage(channel=channel, text=text, unfurl_links=False, **options))
 
 
 class SlackDirectory:
     def __init__(self, client: WebClient) -> None:
         self._client = client
 
+    def _lookup(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (SlackClientError, OSError, http.client.HTTPException, ValueError) as exc:
+            raise DirectoryError(_delivery_error(exc).code) from None
+
     def email_of(self, slack_user_id: str) -> str | None:
-        response: Any = _call(lambda: self._client.users_info(user=slack_user_id), DirectoryError)
+        response: Any = self._lookup(lambda: self._client.users_info(user=slack_user_id))
         user = response.get("user") or {}
         if user.get("deleted") or user.get("is_bot"):
             return None
@@ -102,5 +135,5 @@ class SlackDirectory:
         return str(email) if email else None
 
     def usergroup_members(self, usergroup_id: str) -> frozenset[str]:
-        response: Any = _call(lambda: self._client.usergroups_users_list(usergroup=usergroup_id), DirectoryError)
+        response: Any = self._lookup(lambda: self._client.usergroups_users_list(usergroup=usergroup_id))
         return frozenset(str(u) for u in response.get("users") or [])

@@ -26,9 +26,14 @@ from bot.domain.commands import MAX_REASON_LENGTH
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy, Resource
 from bot.domain.status import RequestStatus
+from bot.services.notices import Alert, AlertKind
 from bot.services.ports import RequestSnapshot
 from bot.slack.ids import ActionId, BlockId, CallbackId
 from bot.slack.text import clip, code, duration, escape, mention, mentions, when
+
+# Deny reasons are limited to MAX_REASON_LENGTH when given; on cards and DMs they are clipped shorter
+# still, so that a long one can never push a card over Slack's limits and leave its buttons live.
+MAX_SHOWN_DENY_REASON = 300
 
 _STATUS_LINE = {
     RequestStatus.PENDING: ":hourglass_flowing_sand: Pending approval",
@@ -61,6 +66,9 @@ def _status_summary(request: RequestSnapshot) -> str:
     if status is RequestStatus.EXPIRED:
         return f"{_STATUS_LINE[status]} (no decision within the request timeout)"
     if status is RequestStatus.CANCELLED:
+        if request.failure_code == "card_undeliverable":
+            said = code(request.failure_detail or "")
+            return f"{_STATUS_LINE[status]}: the approval card could not be posted (Slack said {said})"
         return f"{_STATUS_LINE[status]}"
     if status is RequestStatus.PENDING:
         got = len(request.approvers_so_far)
@@ -71,13 +79,15 @@ def _status_summary(request: RequestSnapshot) -> str:
     if status is RequestStatus.DENIED:
         line = f"{_STATUS_LINE[status]} by {mentions(request.deniers)}"
         if request.deny_reason:
-            line += f": {escape(request.deny_reason)}"
+            line += f": {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}"
         return line
     approved_by = f"approved by {mentions(request.approvers_so_far)}"
     if status is RequestStatus.APPROVED:
         return f"{_STATUS_LINE[status]} by {mentions(request.approvers_so_far)}"
     if status is RequestStatus.ACTIVE and request.revocation_pending:
-        return f":warning: Revocation pending: the IdP has not confirmed it yet; retrying. {approved_by}"
+        return (
+            f":warning: Revocation pending: the grant has expired and the IdP has not confirmed it yet. {approved_by}"
+        )
     if status is RequestStatus.ACTIVE and request.active_until is not None:
         return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
     if status is RequestStatus.REVOKED and request.revoked_at is not None:
@@ -87,9 +97,30 @@ def _status_summary(request: RequestSnapshot) -> str:
     return f"{_STATUS_LINE.get(status, status.value)}; {approved_by}"
 
 
+# Failure codes that are the bot's own findings, not an error the IdP answered with.
+_OWN_FINDINGS = frozenset(
+    {
+        "scope_wider_than_approved",
+        "token_too_late",
+        "checks_too_slow",
+        "token_too_large",
+        "invalid_response",
+        "invalid_token",
+        "jwks_unavailable",
+        "idp_timeout",
+        "idp_unreachable",
+        "idp_answer_too_large",
+        "internal_error",
+        "mint_interrupted",
+    }
+)
+
+
 def _failure(request: RequestSnapshot) -> str:
     detail = f" ({escape(clip(request.failure_detail, 300))})" if request.failure_detail else ""
-    return f"the token could not be issued: IdP said `{escape(request.failure_code or 'unknown')}`{detail}"
+    failure = code(request.failure_code or "unknown")
+    who = "jit-bot found" if request.failure_code in _OWN_FINDINGS else "IdP said"
+    return f"the token could not be issued: {who} {failure}{detail}"
 
 
 def approval_card(request: RequestSnapshot) -> list[Block]:
@@ -153,7 +184,7 @@ def outcome_text(request: RequestSnapshot) -> str:
     if status is RequestStatus.APPROVED:
         return f"{head} was approved by {mentions(request.approvers_so_far)}."
     if status is RequestStatus.DENIED:
-        reason = f" Reason: {escape(request.deny_reason)}" if request.deny_reason else ""
+        reason = f" Reason: {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}" if request.deny_reason else ""
         return f"{head} was denied by {mentions(request.deniers)}.{reason}"
     if status is RequestStatus.FAILED:
         return f"{head} was approved, but {_failure(request)}. Nothing was issued to you."
@@ -162,6 +193,12 @@ def outcome_text(request: RequestSnapshot) -> str:
         return f"{head} has ended: the token was revoked at the IdP at {at}."
     if status is RequestStatus.EXPIRED:
         return f"{head} expired without a decision. Ask again if you still need it."
+    if status is RequestStatus.CANCELLED and request.failure_code == "card_undeliverable":
+        return (
+            f"{head} was cancelled: its approval card could not be posted to <#{request.approver_channel}> "
+            f"(Slack said {code(request.failure_detail or '')}). Ask an admin to invite the bot to that channel, "
+            "then try again."
+        )
     if status is RequestStatus.CANCELLED:
         return f"{head} was cancelled."
     return f"{head} is now {status.value}."
@@ -214,6 +251,57 @@ def audit_summary_text(request: RequestSnapshot, event: str) -> str:
         f"[{event}] `{request.id}` {mention(request.requester)} → {code(request.resource)} "
         f"({', '.join(request.scopes)}, {duration(request.duration)}). {_status_summary(request)}"
     )
+
+
+def alert_text(alert: Alert) -> str:
+    """An alert for the audit channel: what happened, to which grant, and what jit-bot does about it."""
+    facts = alert.facts
+    rid = code(alert.request_id or "?")
+
+    def fact(name: str) -> str:
+        return code(str(facts.get(name) or "?"))
+
+    match alert.alert:
+        case AlertKind.TOKEN_REFUSED:
+            return (
+                f":rotating_light: Grant {rid} was failed: {escape(clip(str(facts.get('detail') or ''), 300))}. "
+                f"The token (fingerprint {fact('fingerprint')}) was never handed out and is queued for revocation; "
+                "jit-bot retries until the IdP confirms it is inactive."
+            )
+        case AlertKind.REFUSED_TOKEN_REVOKED:
+            return (
+                f":white_check_mark: The refused token of {rid} (fingerprint {fact('fingerprint')}) is revoked: "
+                f"{escape(str(facts.get('proof') or 'the IdP confirmed it'))}."
+            )
+        case AlertKind.REVOCATION_FAILING:
+            return (
+                f":rotating_light: Revocation of grant {rid} is not done: {facts.get('attempts')} attempts failed "
+                f"({fact('error')}). jit-bot keeps retrying; check the IdP."
+            )
+        case AlertKind.STILL_ACTIVE:
+            return (
+                f":rotating_light: Revocation of grant {rid} is not done: the IdP accepted the revocation but the "
+                "token still introspects as ACTIVE. jit-bot keeps retrying; check the IdP."
+            )
+        case AlertKind.REVOCATION_OVERDUE:
+            return (
+                f":rotating_light: Grant {rid} expired {facts.get('late_seconds')} s ago and the IdP has not "
+                f"confirmed its revocation ({facts.get('attempts')} attempts so far, last error {fact('last_error')}). "
+                "jit-bot keeps retrying; check the IdP."
+            )
+        case AlertKind.PICKUP_UNDELIVERABLE:
+            requester = str(facts.get("requester") or "")
+            return (
+                f":warning: The pickup link for {rid} could not be sent to {mention(requester)} (Slack said "
+                f"{fact('slack_error')}). The grant is active and nobody has its token; end it with "
+                f"`/jit revoke {escape(alert.request_id or '')}` unless the requester can be reached."
+            )
+        case AlertKind.TOKEN_UNSTORED:
+            return (
+                f":rotating_light: jit-bot received a token for {rid} (fingerprint {fact('fingerprint')}) but could "
+                f"not store it; revoking it at once {escape(str(facts.get('revocation') or 'was attempted'))}. "
+                "Check the IdP and the bot's logs."
+            )
 
 
 def help_text() -> str:

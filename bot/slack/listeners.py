@@ -13,6 +13,7 @@ from typing import Any
 from slack_bolt import Ack, App
 
 from bot.domain.commands import (
+    MAX_REASON_LENGTH,
     CommandError,
     CommandErrorCode,
     HelpCommand,
@@ -27,10 +28,11 @@ from bot.domain.commands import (
 )
 from bot.domain.policy import Policy
 from bot.domain.status import VoteChoice
+from bot.domain.text import one_line
 from bot.services.early import EarlyEndService
 from bot.services.identity import resolve_subject
 from bot.services.ports import Directory
-from bot.services.requests import RequestService
+from bot.services.requests import RequestService, origin_key
 from bot.services.voting import VotingService
 from bot.slack.blocks import deny_modal, help_text, list_text, request_modal, resources_text, submitted_text
 from bot.slack.ids import ActionId, BlockId, CallbackId
@@ -41,16 +43,21 @@ def _respond_reply(respond: Any, **_: Any) -> Reply:
     return ephemeral(respond)
 
 
+def _view_reply(view: dict[str, Any], body: dict[str, Any], client: Any, listener_self: Any, **_: Any) -> Reply:
+    return via_response_url(
+        _metadata(view).get("response_url"),
+        client=client,
+        user_id=body["user"]["id"],
+        hooks_url=listener_self.hooks_url,
+    )
+
+
 def _metadata(view: dict[str, Any]) -> dict[str, str]:
     try:
         data = json.loads(view.get("private_metadata") or "{}")
     except json.JSONDecodeError:
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-
-def _view_reply(view: dict[str, Any], body: dict[str, Any], client: Any, **_: Any) -> Reply:
-    return via_response_url(_metadata(view).get("response_url"), client=client, user_id=body["user"]["id"])
 
 
 @dataclass
@@ -60,6 +67,8 @@ class Listeners:
     voting: VotingService
     early: EarlyEndService
     directory: Directory
+    # Replies go only to response_urls under this prefix (Slack's hooks host).
+    hooks_url: str
 
     def register(self, app: App) -> None:
         app.command("/jit")(ack=self.ack_command, lazy=[self.run_command])
@@ -89,7 +98,8 @@ class Listeners:
         parsed = parse_command(command.get("text") or "", self.policy)
         user = command["user_id"]
         if isinstance(parsed, SubmitRequest):
-            submitted = self.requests.submit(parsed.draft, requester=user)
+            origin = origin_key("command", str(command.get("trigger_id") or "")) if command.get("trigger_id") else None
+            submitted = self.requests.submit(parsed.draft, requester=user, origin=origin)
             respond(text=submitted_text(submitted), response_type="ephemeral")
         elif isinstance(parsed, ListCommand):
             listing = self.early.list_for(user)
@@ -132,16 +142,17 @@ class Listeners:
     @user_errors(_view_reply)
     def deny_modal_submitted(self, view: dict[str, Any], body: dict[str, Any], client: Any) -> None:
         request_id = _metadata(view).get("request_id", "")
-        reason = _text_value(view, BlockId.DENY_REASON.value, ActionId.DENY_REASON.value)
-        if not reason:  # Bolt runs lazy functions even when the ack refused the form; the ack said why.
+        reason = _deny_reason(view)
+        if isinstance(reason, DenyReasonError):  # Bolt runs lazy functions even when the ack refused the form
             return
         result = self.voting.cast(request_id, voter=body["user"]["id"], choice=VoteChoice.DENY, reason=reason)
         if not result.accepted:
-            _view_reply(view=view, body=body, client=client)(result.message)
+            _view_reply(view=view, body=body, client=client, listener_self=self)(result.message)
 
     def ack_deny_modal(self, ack: Ack, view: dict[str, Any]) -> None:
-        if not _text_value(view, BlockId.DENY_REASON.value, ActionId.DENY_REASON.value):
-            ack(response_action="errors", errors={BlockId.DENY_REASON.value: "Give the requester a reason."})
+        reason = _deny_reason(view)
+        if isinstance(reason, DenyReasonError):
+            ack(response_action="errors", errors={BlockId.DENY_REASON.value: reason.message})
         else:
             ack()
 
@@ -170,8 +181,9 @@ class Listeners:
         checked = _modal_request(view, self.policy)
         if isinstance(checked, dict):  # the ack already showed these errors in the form
             return
-        submitted = self.requests.submit(checked, requester=body["user"]["id"])
-        _view_reply(view=view, body=body, client=client)(submitted_text(submitted))
+        origin = origin_key("view", str(view.get("id"))) if view.get("id") else None
+        submitted = self.requests.submit(checked, requester=body["user"]["id"], origin=origin)
+        _view_reply(view=view, body=body, client=client, listener_self=self)(submitted_text(submitted))
 
 
 def _values(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -184,6 +196,21 @@ def _block(view: dict[str, Any], prefix: str) -> tuple[str, dict[str, Any]] | No
         if block_id == prefix or block_id.startswith(prefix + ":"):
             return block_id, actions
     return None
+
+
+@dataclass(frozen=True)
+class DenyReasonError:
+    message: str
+
+
+def _deny_reason(view: dict[str, Any]) -> str | DenyReasonError:
+    """The deny reason, on one line, or what is wrong with it (shown in the form)."""
+    reason = one_line(_text_value(view, BlockId.DENY_REASON.value, ActionId.DENY_REASON.value))
+    if not reason:
+        return DenyReasonError("Give the requester a reason.")
+    if len(reason) > MAX_REASON_LENGTH:
+        return DenyReasonError(f"Keep the reason under {MAX_REASON_LENGTH} characters (it is {len(reason)}).")
+    return reason
 
 
 def _text_value(view: dict[str, Any], block_id: str, action_id: str) -> str:

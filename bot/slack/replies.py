@@ -26,14 +26,17 @@ def ephemeral(respond: Any) -> Reply:
     return send
 
 
-def via_response_url(url: str | None, *, client: Any, user_id: str) -> Reply:
+def via_response_url(url: str | None, *, client: Any, user_id: str, hooks_url: str) -> Reply:
     """Modal submissions carry no response_url, so we keep the originating one in private_metadata.
 
-    Without one we fall back to a DM, so the person always hears how it went.
+    Without one (or with one that is not on Slack's hooks host, which is never POSTed to) we fall
+    back to a DM, so the person always hears how it went.
     """
 
     def send(text: str) -> None:
-        if url:
+        if url and not url.startswith(hooks_url):
+            log.warning("not replying to a response_url outside %s; sending a DM instead", hooks_url)
+        elif url:
             response = WebhookClient(url).send(text=text, response_type="ephemeral", replace_original=False)
             if response.status_code == 200:
                 return
@@ -46,21 +49,23 @@ def via_response_url(url: str | None, *, client: Any, user_id: str) -> Reply:
 def user_errors(reply_from: Callable[..., Reply]) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Wrap a lazy listener: typed errors become their message, anything else a reference id.
 
-    ``reply_from`` receives the listener's keyword arguments and returns where to answer.
+    ``reply_from`` receives the listener's keyword arguments (and, as ``listener_self``, the object
+    whose method it is) and returns where to answer.
     """
 
     def decorate(listener: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(listener)
         def run(*args: Any, **kwargs: Any) -> None:
+            where = {**kwargs, "listener_self": args[0] if args else None}
             try:
                 listener(*args, **kwargs)
             except UserFacingError as exc:
-                _safe_reply(reply_from(**kwargs), exc.message)
+                _safe_reply(lambda: reply_from(**where), exc.message)
             except Exception:
                 ref = secrets.token_hex(4)
                 log.exception("unexpected error in %s (ref %s)", listener.__name__, ref)
                 _safe_reply(
-                    reply_from(**kwargs),
+                    lambda: reply_from(**where),
                     f"Something went wrong on our side and nothing was changed. Reference: `{ref}`.",
                 )
 
@@ -69,8 +74,8 @@ def user_errors(reply_from: Callable[..., Reply]) -> Callable[[Callable[..., Non
     return decorate
 
 
-def _safe_reply(reply: Reply, text: str) -> None:
+def _safe_reply(reply: Callable[[], Reply], text: str) -> None:
     try:
-        reply(text)
+        reply()(text)
     except Exception:
         log.exception("could not deliver an error reply to the user")

@@ -1,33 +1,51 @@
-"""The append-only, hash-chained audit trail."""
+"""The append-only, keyed, hash-chained audit trail.
+
+Each event's link is ``HMAC-SHA256(JIT_AUDIT_KEY, prev_link + canonical(event))``. The key lives
+outside the database, so someone who can write to the database can delete or edit events but
+cannot compute the links that would make the edit verify. The key reaches this module bound to
+the engine (``bind_audit_key``), so every transaction of the bot appends with it.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, Engine, insert, update
 from sqlmodel import Session, col, select
 
+from bot.domain.audit import FORBIDDEN_DETAIL_KEYS
 from bot.store.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
+AUDIT_KEY_OPTION = "jit_audit_key"
 
 
-def event_digest(
-    *,
-    prev_hash: str,
-    seq: int,
-    at: datetime,
-    event_type: str,
-    actor: str,
-    request_id: str | None,
-    details: dict[str, Any],
+class AuditKeyMissing(RuntimeError):
+    """An audit event was about to be written without the key that links it."""
+
+
+def bind_audit_key(engine: Engine, key: bytes) -> Engine:
+    """The same engine (same pool), whose connections carry the audit key."""
+    return engine.execution_options(**{AUDIT_KEY_OPTION: key})
+
+
+def audit_key_of(connection: Connection) -> bytes:
+    key = connection.get_execution_options().get(AUDIT_KEY_OPTION)
+    if not isinstance(key, bytes) or not key:
+        raise AuditKeyMissing("no audit key is bound to this engine (bot.store.audit.bind_audit_key)")
+    return key
+
+
+def canonical_event(
+    *, seq: int, at: datetime, event_type: str, actor: str, request_id: str | None, details: dict[str, Any]
 ) -> str:
-    canonical = json.dumps(
+    return json.dumps(
         {
             "seq": seq,
             "at": at.isoformat(timespec="microseconds"),
@@ -40,6 +58,14 @@ def event_digest(
         separators=(",", ":"),
         ensure_ascii=True,
     )
+
+
+def event_link(key: bytes, prev_hash: str, canonical: str) -> str:
+    return hmac.new(key, (prev_hash + canonical).encode(), hashlib.sha256).hexdigest()
+
+
+def legacy_event_link(prev_hash: str, canonical: str) -> str:
+    """The unkeyed link of trails written before the key existed; only used to upgrade them."""
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
@@ -54,22 +80,21 @@ def append_event(
 ) -> None:
     """Append one event. Plain SQL statements rather than ORM objects: this runs in every
     transaction the bot makes, and the unit-of-work bookkeeping was most of its cost."""
+    leaked = FORBIDDEN_DETAIL_KEYS.intersection(details)
+    if leaked:
+        raise ValueError(f"refusing to audit secret-bearing keys: {sorted(leaked)}")
+    key = audit_key_of(session.connection())
     # FOR UPDATE serialises appenders on PostgreSQL; SQLite's BEGIN IMMEDIATE already did.
     head_seq, head_hash = session.execute(
         select(AuditHead.seq, AuditHead.hash).where(col(AuditHead.id) == 1).with_for_update()
     ).one()
     seq = head_seq + 1
-    # Round-trip through JSON now, so the digest is over exactly what the database will give back.
+    # Round-trip through JSON now, so the link is over exactly what the database will give back.
     stored_details = json.loads(json.dumps(details, sort_keys=True))
-    digest = event_digest(
-        prev_hash=head_hash,
-        seq=seq,
-        at=at,
-        event_type=event_type,
-        actor=actor,
-        request_id=request_id,
-        details=stored_details,
+    canonical = canonical_event(
+        seq=seq, at=at, event_type=event_type, actor=actor, request_id=request_id, details=stored_details
     )
+    link = event_link(key, head_hash, canonical)
     session.execute(
         insert(AuditEvent).values(
             seq=seq,
@@ -79,10 +104,10 @@ def append_event(
             request_id=request_id,
             details=stored_details,
             prev_hash=head_hash,
-            hash=digest,
+            hash=link,
         )
     )
-    session.execute(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=digest))
+    session.execute(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=link))
 
 
 @dataclass(frozen=True)
@@ -109,8 +134,9 @@ def iter_events(*, session: Session, request_id: str | None = None, batch: int =
         last = rows[-1].seq
 
 
-def verify_chain(*, session: Session) -> ChainReport:
-    """Recompute every link; any edited, removed or reordered event breaks the chain from there on."""
+def verify_chain(*, session: Session, key: bytes) -> ChainReport:
+    """Recompute every link with the key; an edited, removed, reordered or inserted event breaks the
+    chain from there on, and so does a chain rebuilt without the key."""
     prev_hash = GENESIS
     expected_seq = 1
     count = 0
@@ -119,8 +145,7 @@ def verify_chain(*, session: Session) -> ChainReport:
             return ChainReport(count, expected_seq, f"event {expected_seq} is missing")
         if event.prev_hash != prev_hash:
             return ChainReport(count, event.seq, f"event {event.seq} does not link to event {event.seq - 1}")
-        digest = event_digest(
-            prev_hash=prev_hash,
+        canonical = canonical_event(
             seq=event.seq,
             at=event.at,
             event_type=event.event_type,
@@ -128,8 +153,10 @@ def verify_chain(*, session: Session) -> ChainReport:
             request_id=event.request_id,
             details=event.details,
         )
-        if digest != event.hash:
-            return ChainReport(count, event.seq, f"event {event.seq} was altered after it was written")
+        if not hmac.compare_digest(event_link(key, prev_hash, canonical), event.hash):
+            return ChainReport(
+                count, event.seq, f"event {event.seq} was altered after it was written (or the key is wrong)"
+            )
         prev_hash = event.hash
         expected_seq += 1
         count += 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +17,13 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant shared by every jit-bot process; it names the advisory lock that serialises migrations.
 MIGRATION_LOCK_KEY = 0x6A69745F6D696772
+# Execution option of engines whose transactions only read (see read_scope).
+READ_ONLY_OPTION = "jit_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -24,18 +31,37 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("JIT_DATABASE_URL: in-memory SQLite is not supported; name a file")
+        _owner_only_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _serialise_sqlite_writers(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def _owner_only_file(path: Path) -> None:
+    """The database holds encrypted tokens and the audit trail: create it readable by its owner only.
+
+    SQLite gives the -wal and -shm files the permissions of the database file, so they follow.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("%s is readable by others (mode %o); it holds tokens and the audit trail", path, mode)
+        return
+    except FileNotFoundError:
+        return  # no such directory: SQLite reports that better when it connects
+    os.close(fd)
+
+
 def _serialise_sqlite_writers(engine: Engine) -> None:
-    """Every SQLite transaction takes the write lock up front (BEGIN IMMEDIATE).
+    """Every SQLite transaction that may write takes the write lock up front (BEGIN IMMEDIATE).
 
     pysqlite's default deferred transactions let two writers both read and then deadlock on the
     upgrade to a write lock; taking the lock first makes guarded updates behave as they do on
-    PostgreSQL, where the row lock does the same job.
+    PostgreSQL, where the row lock does the same job. Read-only transactions (read_scope) use a
+    plain BEGIN: in WAL mode they read a snapshot without waiting for, or blocking, the writer.
     """
 
     @event.listens_for(engine, "connect")
@@ -54,16 +80,23 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+            connection.info["jit_holds_writer"] = False
+            return
         writer.acquire()
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             writer.release()
             raise
+        connection.info["jit_holds_writer"] = True
 
     @event.listens_for(engine, "commit")
     @event.listens_for(engine, "rollback")
-    def _on_end(_connection: Any) -> None:
+    def _on_end(connection: Any) -> None:
+        if not connection.info.pop("jit_holds_writer", False):
+            return
         try:
             writer.release()
         except RuntimeError:
@@ -82,8 +115,28 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Session]:
+    """A transaction that only reads. On SQLite it takes no write lock, so pages, health probes and
+    lookups never queue behind writers (nor make writers queue behind them)."""
+    with Session(engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False) as session:
+        try:
+            yield session
+        finally:
+            session.rollback()
+
+
+def ping(engine: Engine) -> None:
+    """A read that proves the database answers; raises if it does not."""
+    with read_scope(engine) as session:
+        session.execute(text("SELECT 1"))
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (what ``jit-bot serve`` does before serving)."""
+    """Bring the schema to the newest revision (what ``jit-bot serve`` does before serving).
+
+    ``engine`` must carry the audit key (bind_audit_key): a revision may re-link the audit chain.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:

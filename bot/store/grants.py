@@ -1,13 +1,26 @@
-"""Reads and guarded writes on grants."""
+"""Reads and guarded writes on grants: the tokens the bot holds.
+
+A token is written here the moment the IdP hands it over, before anything is checked, so from then
+on it is either a usable grant or due for revocation, and a crash at any point leaves it to the
+revocation engine. Status changes go through ``bot.store.transitions``.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, func, update
 from sqlmodel import Session, col, select
 
+from bot.domain.status import GRANT_TRANSITIONS, GrantStatus, check_transition
 from bot.store.models import Grant
+
+# The refusal of a fresh token whose checks (JWT verification) have not finished yet.
+UNCHECKED = "unchecked"
+
+ACTIVE = GrantStatus.ACTIVE.value
+REVOKING = GrantStatus.REVOKING.value
 
 
 def add_grant(*, session: Session, grant: Grant) -> None:
@@ -27,7 +40,8 @@ def claim_pickup(*, session: Session, hashed: str, now: datetime) -> bool:
             col(Grant.pickup_hash) == hashed,
             col(Grant.picked_up_at).is_(None),
             col(Grant.pickup_expires_at) > now,
-            col(Grant.status) == "active",
+            col(Grant.status) == ACTIVE,
+            col(Grant.refusal).is_(None),
         )
         .values(picked_up_at=now)
     )
@@ -38,6 +52,44 @@ def get_grant_by_pickup(*, session: Session, hashed: str) -> Grant | None:
     return session.exec(select(Grant).where(Grant.pickup_hash == hashed)).first()
 
 
+def pickup_exists(*, session: Session, hashed: str) -> bool:
+    return session.exec(select(Grant.request_id).where(Grant.pickup_hash == hashed)).first() is not None
+
+
+def activate(
+    *,
+    session: Session,
+    request_id: str,
+    expires_at: datetime,
+    pickup_hash: str,
+    pickup_expires_at: datetime,
+) -> bool:
+    """A fresh token passed its checks: it becomes a real grant, unless the engine took it meanwhile."""
+    result = session.execute(
+        update(Grant)
+        .where(col(Grant.request_id) == request_id, col(Grant.status) == ACTIVE, col(Grant.refusal) == UNCHECKED)
+        .values(refusal=None, expires_at=expires_at, pickup_hash=pickup_hash, pickup_expires_at=pickup_expires_at)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def refuse(*, session: Session, request_id: str, refusal: str, now: datetime) -> bool:
+    """The token must never be handed out: due for revocation now. False if it is already being revoked."""
+    result = session.execute(
+        update(Grant)
+        .where(col(Grant.request_id) == request_id, col(Grant.status) == ACTIVE)
+        .values(refusal=refusal[:64], expires_at=now, pickup_hash=None, pickup_expires_at=None)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claim:
+    claimed: list[str]
+    # Revocations whose previous lease ran out with no outcome recorded: (request id, attempts).
+    lapsed: list[tuple[str, int]]
+
+
 def claim_due(
     *,
     session: Session,
@@ -46,18 +98,37 @@ def claim_due(
     lease_until: datetime,
     limit: int,
     request_ids: list[str] | None = None,
-) -> list[str]:
-    """Claim up to ``limit`` due grants for this worker; returns their request ids.
+) -> Claim:
+    """Claim up to ``limit`` due grants for this worker.
 
-    Two claims, each an index range scan: active grants past expiry (ix_grant_status_expires_at),
-    then revocations whose lease ran out (ix_grant_status_lease_until). A single statement with an
-    OR of the two makes SQLite walk every grant in expiry order (~200 ms with 100,000 live grants).
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets replicas claim disjoint sets at the same moment.
-    SQLite: each statement is a guarded ``UPDATE … WHERE status = …`` inside BEGIN IMMEDIATE,
-    so claims are serialised. Either way a grant is claimed by one worker at a time.
+    A revocation whose lease ran out while its attempt was still running (a worker that died or
+    hung) first has that attempt counted as failed. Then two claims, each an index range scan:
+    active grants past expiry (ix_grant_status_expires_at), then revocations whose lease ran out
+    (ix_grant_status_lease_until). A single statement with an OR of the two makes SQLite walk
+    every grant in expiry order (~200 ms with 100,000 live grants). PostgreSQL: ``FOR UPDATE SKIP
+    LOCKED`` lets replicas claim disjoint sets at the same moment. SQLite: each statement is a
+    guarded ``UPDATE … WHERE status = …`` inside BEGIN IMMEDIATE, so claims are serialised.
     """
+    check_transition(GRANT_TRANSITIONS, GrantStatus.ACTIVE, GrantStatus.REVOKING)
+    lapsed_guard = and_(col(Grant.status) == REVOKING, col(Grant.lease_until) <= now, col(Grant.in_attempt))
+    lapsed_pick = select(Grant.request_id).where(lapsed_guard).limit(limit).with_for_update(skip_locked=True)
+    lapsed = [
+        (row[0], int(row[1]))
+        for row in session.execute(
+            update(Grant)
+            .where(col(Grant.request_id).in_(lapsed_pick.scalar_subquery()), lapsed_guard)
+            .values(
+                in_attempt=False,
+                attempts=col(Grant.attempts) + 1,
+                last_error="lease_expired: the attempt recorded no outcome in time",
+            )
+            .returning(col(Grant.request_id), col(Grant.attempts))
+        ).all()
+    ]
     claimed: list[str] = []
-    for status, moment in (("active", Grant.expires_at), ("revoking", Grant.lease_until)):
+    for status, moment in ((ACTIVE, Grant.expires_at), (REVOKING, Grant.lease_until)):
+        if len(claimed) >= limit:
+            break
         due = and_(col(Grant.status) == status, col(moment) <= now)
         pick = select(Grant.request_id).where(due)
         if request_ids is not None:
@@ -66,38 +137,22 @@ def claim_due(
         result = session.execute(
             update(Grant)
             .where(col(Grant.request_id).in_(pick.scalar_subquery()), due)
-            .values(status="revoking", claim_id=claim_id, lease_until=lease_until)
+            .values(status=REVOKING, claim_id=claim_id, lease_until=lease_until, in_attempt=True)
             .returning(col(Grant.request_id))
         )
         claimed += [row[0] for row in result.all()]
-        if len(claimed) >= limit:
-            break
-    return claimed
+    return Claim(claimed=claimed, lapsed=lapsed)
 
 
 def next_due(*, session: Session) -> datetime | None:
     """When the sweep next has work: the earliest expiry or retry. Two index lookups."""
-    expiry = session.exec(select(func.min(Grant.expires_at)).where(col(Grant.status) == "active")).one()
-    retry = session.exec(select(func.min(Grant.lease_until)).where(col(Grant.status) == "revoking")).one()
+    expiry = session.exec(select(func.min(Grant.expires_at)).where(col(Grant.status) == ACTIVE)).one()
+    retry = session.exec(select(func.min(Grant.lease_until)).where(col(Grant.status) == REVOKING)).one()
     moments = [m for m in (expiry, retry) if m is not None]
     if not moments:
         return None
     earliest = min(m if m.tzinfo else m.replace(tzinfo=UTC) for m in moments)
     return earliest
-
-
-def finish_revocation(*, session: Session, request_id: str, claim_id: str, now: datetime) -> bool:
-    """revoking -> revoked and wipe the ciphertext, only while this worker still holds the claim."""
-    result = session.execute(
-        update(Grant)
-        .where(
-            col(Grant.request_id) == request_id,
-            col(Grant.status) == "revoking",
-            col(Grant.claim_id) == claim_id,
-        )
-        .values(status="revoked", revoked_at=now, token_ciphertext=None, lease_until=None, last_error=None)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def record_failure(*, session: Session, request_id: str, claim_id: str, retry_at: datetime, error: str) -> int | None:
@@ -106,10 +161,11 @@ def record_failure(*, session: Session, request_id: str, claim_id: str, retry_at
         update(Grant)
         .where(
             col(Grant.request_id) == request_id,
-            col(Grant.status) == "revoking",
+            col(Grant.status) == REVOKING,
             col(Grant.claim_id) == claim_id,
+            col(Grant.in_attempt),
         )
-        .values(attempts=col(Grant.attempts) + 1, lease_until=retry_at, last_error=error[:300])
+        .values(attempts=col(Grant.attempts) + 1, lease_until=retry_at, last_error=error[:300], in_attempt=False)
         .returning(col(Grant.attempts))
     )
     row = result.first()
@@ -119,12 +175,32 @@ def record_failure(*, session: Session, request_id: str, claim_id: str, retry_at
 def expire_now(*, session: Session, request_id: str, now: datetime) -> bool:
     """Early revocation: bring an active grant's expiry forward to now, so the sweep takes it."""
     result = session.execute(
-        update(Grant).where(col(Grant.request_id) == request_id, col(Grant.status) == "active").values(expires_at=now)
+        update(Grant)
+        .where(col(Grant.request_id) == request_id, col(Grant.status) == ACTIVE, col(Grant.refusal).is_(None))
+        .values(expires_at=now)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def active_for(*, session: Session, request_ids: list[str]) -> list[Grant]:
+def alert_overdue(*, session: Session, now: datetime, grace: timedelta, limit: int) -> list[tuple[str, datetime]]:
+    """Grants still not confirmed revoked ``grace`` after their expiry, not yet alerted: marked as
+    alerted (so each is alerted once, by one replica) and returned as (request id, expires_at)."""
+    overdue = and_(
+        col(Grant.status).in_([ACTIVE, REVOKING]),
+        col(Grant.expires_at) <= now - grace,
+        col(Grant.overdue_alerted_at).is_(None),
+    )
+    pick = select(Grant.request_id).where(overdue).limit(limit).with_for_update(skip_locked=True)
+    rows = session.execute(
+        update(Grant)
+        .where(col(Grant.request_id).in_(pick.scalar_subquery()), overdue)
+        .values(overdue_alerted_at=now)
+        .returning(col(Grant.request_id), col(Grant.expires_at))
+    ).all()
+    return [(row[0], row[1] if row[1].tzinfo else row[1].replace(tzinfo=UTC)) for row in rows]
+
+
+def grants_for(*, session: Session, request_ids: list[str]) -> list[Grant]:
     if not request_ids:
         return []
     return list(session.exec(select(Grant).where(col(Grant.request_id).in_(request_ids))).all())

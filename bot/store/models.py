@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from bot.store.types import UTCDateTime, utcnow
@@ -37,6 +37,9 @@ class AccessRequest(AccessRequestBase, table=True):
     card_ts: str | None = Field(default=None, max_length=32)
     failure_code: str | None = Field(default=None, max_length=64)
     failure_detail: str | None = Field(default=None, max_length=500)
+    # What Slack sent that created this request (a hash of the slash command's trigger or the
+    # modal's view id), unique: a replayed or retried delivery cannot create a second request.
+    origin: str | None = Field(default=None, max_length=64, unique=True)
 
     @property
     def scope_list(self) -> tuple[str, ...]:
@@ -87,7 +90,7 @@ class Grant(SQLModel, table=True):
     __tablename__ = "grant"
 
     request_id: str = Field(primary_key=True, foreign_key="access_request.id", max_length=16)
-    status: str = Field(max_length=16, index=True)
+    status: str = Field(max_length=16, index=True)  # a GrantStatus
     audience: str = Field(max_length=512)
     granted_scopes: str = Field(max_length=2048)
     token_type: str = Field(max_length=32)
@@ -106,3 +109,57 @@ class Grant(SQLModel, table=True):
     lease_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_error: str | None = Field(default=None, max_length=300)
+    # An attempt is running under the current claim and has not recorded its outcome yet. A lease
+    # that runs out while this is set is counted as a failed attempt.
+    in_attempt: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    # Why this token must never be handed out (scope wider than approved, arrived too late, failed
+    # its checks, …). Such a token is held only to be revoked; None for a real grant. "unchecked"
+    # while a fresh token waits for its checks.
+    refusal: str | None = Field(default=None, max_length=64)
+    # The watchdog's one alert for a grant not confirmed revoked well after its expiry.
+    overdue_alerted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+
+
+class OutboxMessage(SQLModel, table=True):
+    """Something to tell people in Slack, written in the transaction of the change it reports.
+
+    Messages of one ``lane`` (one card, one person's DMs, the audit channel) are delivered in
+    ``id`` order; ``channel`` is where it goes, for pacing. A worker holds ``claim_id`` until
+    ``lease_until`` while it delivers.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # Both indexes cover only undelivered rows, so delivered history costs the claim nothing.
+        Index(
+            "ix_outbox_open_lane",
+            "lane",
+            "id",
+            sqlite_where=text("status IN ('pending', 'sending')"),
+            postgresql_where=text("status IN ('pending', 'sending')"),
+        ),
+        Index(
+            "ix_outbox_open_due",
+            "status",
+            "next_attempt_at",
+            sqlite_where=text("status IN ('pending', 'sending')"),
+            postgresql_where=text("status IN ('pending', 'sending')"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    lane: str = Field(max_length=80)
+    channel: str = Field(max_length=32)
+    kind: str = Field(max_length=32)
+    request_id: str | None = Field(default=None, max_length=16, index=True)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # The pickup URL of a pickup DM, encrypted like tokens, wiped once delivered or given up.
+    secret: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    status: str = Field(max_length=16)
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_attempt_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    claim_id: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    last_error: str | None = Field(default=None, max_length=300)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))

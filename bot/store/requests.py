@@ -1,19 +1,18 @@
 """Reads and guarded writes on access requests and votes.
 
-Every state change is an ``UPDATE … WHERE status = <expected>``: whoever gets rowcount 1 made the
-transition, everyone else lost the race and must not act on it.
+Status changes go through ``bot.store.transitions.move_request`` (or, for the timeout sweep, the
+bulk move here): an ``UPDATE … WHERE status = <expected>`` whose winner alone may act on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from bot.domain.status import RequestStatus
+from bot.domain.status import OPEN_REQUEST_STATUSES, REQUEST_TRANSITIONS, RequestStatus, check_transition
 from bot.store.models import AccessRequest, Vote
 
 
@@ -41,23 +40,6 @@ def lock_if_status(*, session: Session, request_id: str, status: RequestStatus, 
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def transition(
-    *,
-    session: Session,
-    request_id: str,
-    from_status: RequestStatus,
-    to_status: RequestStatus,
-    now: datetime,
-    **fields: Any,
-) -> bool:
-    result = session.execute(
-        update(AccessRequest)
-        .where(col(AccessRequest.id) == request_id, col(AccessRequest.status) == from_status.value)
-        .values(status=to_status.value, updated_at=now, **fields)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-
 def set_card(*, session: Session, request_id: str, channel: str, ts: str) -> None:
     session.execute(
         update(AccessRequest).where(col(AccessRequest.id) == request_id).values(card_channel=channel, card_ts=ts)
@@ -79,6 +61,7 @@ def expire_stale_pending(*, session: Session, created_before: datetime, now: dat
     A concurrent replica's identical UPDATE waits on the row locks and then finds the rows no longer
     pending, so each request is expired (and announced) once.
     """
+    check_transition(REQUEST_TRANSITIONS, RequestStatus.PENDING, RequestStatus.EXPIRED)
     stale = (
         select(AccessRequest.id)
         .where(
@@ -116,14 +99,24 @@ def open_requests_of(*, session: Session, requester: str) -> Sequence[AccessRequ
         select(AccessRequest)
         .where(
             AccessRequest.requester_slack_id == requester,
-            col(AccessRequest.status).in_(
-                [
-                    RequestStatus.PENDING.value,
-                    RequestStatus.APPROVED.value,
-                    RequestStatus.MINTING.value,
-                    RequestStatus.ACTIVE.value,
-                ]
-            ),
+            col(AccessRequest.status).in_([s.value for s in OPEN_REQUEST_STATUSES]),
         )
         .order_by(col(AccessRequest.created_at))
     ).all()
+
+
+def count_in_status(*, session: Session, requester: str, statuses: frozenset[RequestStatus]) -> int:
+    return int(
+        session.exec(
+            select(func.count())
+            .select_from(AccessRequest)
+            .where(
+                AccessRequest.requester_slack_id == requester,
+                col(AccessRequest.status).in_([s.value for s in statuses]),
+            )
+        ).one()
+    )
+
+
+def request_by_origin(*, session: Session, origin: str) -> AccessRequest | None:
+    return session.exec(select(AccessRequest).where(AccessRequest.origin == origin)).first()

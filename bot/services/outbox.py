@@ -1,0 +1,165 @@
+"""Queueing what people are told, in the same transaction as the change it reports.
+
+    with session_scope(engine) as session:
+        ...state change...
+        announcer.outcome(session, snapshot)     # card, requester DM, audit channel
+
+If the transaction rolls back, nothing is told; once it commits, the messages are in the outbox and
+the delivery workers (``bot.services.delivery``) get them to Slack however long Slack takes. The
+doorbell wakes the workers the moment a transaction with messages commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import event
+from sqlmodel import Session
+
+from bot.domain.policy import Policy
+from bot.services.notices import (
+    Alert,
+    AlertKind,
+    ApprovalCard,
+    AuditSummary,
+    CardChanged,
+    Notice,
+    PickupLink,
+    RequesterTold,
+    notice_codec,
+)
+from bot.services.ports import RequestSnapshot
+from bot.store import outbox as outbox_store
+from bot.store.crypto import TokenCipher
+
+log = logging.getLogger(__name__)
+
+AUDIT_LANE = "audit"
+# Alerts have their own lane so that a backlog of summaries never delays one.
+ALERT_LANE = "alert"
+
+
+def card_lane(request_id: str) -> str:
+    return f"card:{request_id}"
+
+
+class Doorbell:
+    """Rung after a commit that queued messages; the delivery pump waits on it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        rung = self._event.wait(timeout)
+        self._event.clear()
+        return rung
+
+
+class Announcer:
+    """Turns "this happened" into notices in the outbox. One per process, built in the composition root."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        clock: Callable[[], datetime],
+        doorbell: Doorbell,
+        cipher: TokenCipher | None = None,
+    ) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._doorbell = doorbell
+        self._cipher = cipher
+
+    # --- what use cases say ------------------------------------------------------------------
+
+    def submitted(self, session: Session, request: RequestSnapshot) -> None:
+        self.queue(session, ApprovalCard(request))
+        self.queue(session, AuditSummary(request, "submitted"))
+
+    def card(self, session: Session, request: RequestSnapshot) -> None:
+        self.queue(session, CardChanged(request))
+
+    def requester(self, session: Session, request: RequestSnapshot) -> None:
+        self.queue(session, RequesterTold(request))
+
+    def outcome(self, session: Session, request: RequestSnapshot) -> None:
+        """A request reached a new state: card, requester and audit channel, in that order."""
+        self.card(session, request)
+        self.requester(session, request)
+        self.queue(session, AuditSummary(request, request.status))
+
+    def activated(self, session: Session, request: RequestSnapshot, *, url: str, link_expires_at: datetime) -> None:
+        """The grant is live: the card, the requester's one-time link, and the audit channel."""
+        if self._cipher is None:
+            raise RuntimeError("pickup links need the token cipher")
+        self.card(session, request)
+        self.queue(session, PickupLink(request, link_expires_at), secret=self._cipher.encrypt(url))
+        self.queue(session, AuditSummary(request, request.status))
+
+    def alert(self, session: Session, kind: AlertKind, request_id: str | None, **facts: str | int | None) -> None:
+        self.queue(session, Alert(kind, request_id, dict(facts)))
+
+    # --- the outbox ----------------------------------------------------------------------------
+
+    def queue(self, session: Session, notice: Notice, *, secret: bytes | None = None) -> None:
+        where = self._route(notice)
+        if where is None:
+            return
+        lane, channel = where
+        outbox_store.add(
+            session=session,
+            lane=lane,
+            channel=channel,
+            kind=notice.kind,
+            request_id=_request_id(notice),
+            payload=_payload(notice),
+            secret=secret,
+            now=self._clock(),
+        )
+        if not session.info.get("jit_rings_doorbell"):
+            session.info["jit_rings_doorbell"] = True
+            event.listen(session, "after_commit", self._ring, once=True)
+
+    def _ring(self, session: Session) -> None:
+        session.info.pop("jit_rings_doorbell", None)
+        self._doorbell.ring()
+
+    def _route(self, notice: Notice) -> tuple[str, str] | None:
+        match notice:
+            case ApprovalCard(request=r):
+                return card_lane(r.id), r.approver_channel
+            case CardChanged(request=r):
+                return card_lane(r.id), r.card_channel or r.approver_channel
+            case RequesterTold(request=r) | PickupLink(request=r):
+                return f"dm:{r.requester}", r.requester
+            case AuditSummary():
+                audit = self._policy.channels.audit
+                return (AUDIT_LANE, audit) if audit else None
+            case Alert():
+                audit = self._policy.channels.audit
+                if audit is None:
+                    # Nowhere to post it; the log is all a security lead gets, so make it loud.
+                    log.error(
+                        "ALERT (no audit channel configured): %s %s %s", notice.alert, notice.request_id, notice.facts
+                    )
+                    return None
+                return ALERT_LANE, audit
+
+
+def _request_id(notice: Notice) -> str | None:
+    if isinstance(notice, Alert):
+        return notice.request_id
+    return notice.request.id
+
+
+def _payload(notice: Notice) -> dict[str, Any]:
+    dumped: dict[str, Any] = notice_codec().dump_python(notice, mode="json")
+    return dumped

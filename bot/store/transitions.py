@@ -1,0 +1,91 @@
+"""The one way a request or a grant changes status.
+
+    won = move_request(session=s, request_id=rid, source=RequestStatus.PENDING,
+                       target=RequestStatus.CANCELLED, now=now,
+                       event=Audit(AuditEventType.REQUEST_CANCELLED, actor=user, details={...}),
+                       decided_at=now)
+
+The move is checked against the tables in ``bot.domain.status`` (a move they do not allow raises
+IllegalTransition: a bug, not a race), then runs as ``UPDATE … WHERE status = <source>``, and only
+if that changed the row is the audit event appended, in the same transaction. The result says
+whether this caller won; a caller that lost must not act as if the move happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from bot.domain.audit import AuditEventType
+from bot.domain.status import GRANT_TRANSITIONS, REQUEST_TRANSITIONS, GrantStatus, RequestStatus, check_transition
+from bot.store.audit import append_event
+from bot.store.models import AccessRequest, Grant
+
+
+@dataclass(frozen=True)
+class Audit:
+    """The audit event a transition appends when it wins."""
+
+    event_type: AuditEventType
+    actor: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def move_request(
+    *,
+    session: Session,
+    request_id: str,
+    source: RequestStatus,
+    target: RequestStatus,
+    now: datetime,
+    event: Audit | None,
+    **fields: Any,
+) -> bool:
+    check_transition(REQUEST_TRANSITIONS, source, target)
+    result = session.execute(
+        update(AccessRequest)
+        .where(col(AccessRequest.id) == request_id, col(AccessRequest.status) == source.value)
+        .values(status=target.value, updated_at=now, **fields)
+    )
+    won = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if won and event is not None:
+        _append(session, now, request_id, event)
+    return won
+
+
+def move_grant(
+    *,
+    session: Session,
+    request_id: str,
+    source: GrantStatus,
+    target: GrantStatus,
+    now: datetime,
+    event: Audit | None,
+    claim_id: str | None = None,
+    **fields: Any,
+) -> bool:
+    """``claim_id``, when given, must also match: only the holder of a claim may finish it."""
+    check_transition(GRANT_TRANSITIONS, source, target)
+    guard = [col(Grant.request_id) == request_id, col(Grant.status) == source.value]
+    if claim_id is not None:
+        guard.append(col(Grant.claim_id) == claim_id)
+    result = session.execute(update(Grant).where(*guard).values(status=target.value, **fields))
+    won = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if won and event is not None:
+        _append(session, now, request_id, event)
+    return won
+
+
+def _append(session: Session, now: datetime, request_id: str, event: Audit) -> None:
+    append_event(
+        session=session,
+        at=now,
+        event_type=event.event_type.value,
+        actor=event.actor,
+        request_id=request_id,
+        details=event.details,
+    )

@@ -1,0 +1,319 @@
+"""A hostile but plausible IdP: slow, stalled, late, odd or refusing. Whatever it does, a token the
+bot holds ends active or revoked at the IdP (asserted with the IdP's own view), and every delay is
+visible (alerts, cards, audit).
+
+These faults do not depend on the database engine, so they run on SQLite; the claims and leases that
+do are covered for both engines in test_e2e_revocation and test_revocation_processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from bot.services.minting import RetryPolicy
+from bot.services.revocation import RevocationTiming
+from bot.store import grants as grant_store
+from bot.store.db import session_scope
+from bot.store.models import AuditEvent, Grant
+from tests.conftest import APPROVER_1, AUDIT_CHANNEL, REQUESTER, MintingBot
+from tests.test_e2e_minting import approve, dm_texts, pickup_url
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'jit.db'}"
+
+
+def sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def grant(bot: MintingBot, request_id: str) -> Grant | None:
+    with Session(bot.engine) as session:
+        return session.get(Grant, request_id)
+
+
+def events(bot: MintingBot, request_id: str, event_type: str) -> list[AuditEvent]:
+    return [e for e in bot.audit(request_id) if e.event_type == event_type]
+
+
+def audit_posts(bot: MintingBot, request_id: str, marker: str) -> list[str]:
+    return [
+        str(c.args["text"])
+        for c in bot.slack.calls_to("chat.postMessage")
+        if c.ok
+        and c.args.get("channel") == AUDIT_CHANNEL
+        and request_id in str(c.args["text"])
+        and marker in c.args["text"]
+    ]
+
+
+def card_text(bot: MintingBot, request_id: str) -> str:
+    row = bot.stored(request_id)
+    return json.dumps(bot.slack.message(str(row.card_channel), str(row.card_ts))["blocks"])
+
+
+def issued_for(bot: MintingBot, request_id: str) -> list[dict[str, Any]]:
+    """What the IdP itself says it issued for this request (never the token values)."""
+    return [t for t in bot.idp.tokens() if t["request_id"] == request_id]
+
+
+def approve_now(bot: MintingBot, text: str) -> str:
+    """Request and approve, without waiting for the mint."""
+    request_id, channel, ts = bot.request(REQUESTER, text)
+    bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+    bot.slack.wait_for(lambda: bot.stored(request_id).status != "pending")
+    return request_id
+
+
+def mint_started_at(bot: MintingBot, request_id: str) -> datetime:
+    (started,) = events(bot, request_id, "mint_started")
+    return started.at
+
+
+# --- the token endpoint ---------------------------------------------------------------------------
+
+
+def test_a_stalled_token_endpoint_never_delays_the_revocation_of_other_grants(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    expiring = approve(bot, "request prod-db read 4s about to end")
+    assert bot.stored(expiring).status == "active"
+    token = httpx.get(pickup_url(bot, expiring), headers={"Accept": "application/json"}).json()["access_token"]
+
+    # From now on the token endpoint answers a byte a second: every mint hangs on it until its deadline.
+    bot.idp.fault("token", "trickle", count=50, bytes_per_second=1)
+    stuck = [approve_now(bot, f"request prod-db read 30m waits on the IdP {n}") for n in range(6)]
+
+    bot.slack.wait_for(lambda: (g := grant(bot, expiring)) is not None and g.status == "revoked", timeout=30)
+    revoked = grant(bot, expiring)
+    assert revoked is not None and revoked.revoked_at is not None
+    # Revoked by the expiry timer, not after the stalled mints gave up (the bug: 82 s late).
+    assert revoked.revoked_at - revoked.expires_at < timedelta(seconds=5)
+    assert bot.idp.introspect(token) == {"active": False}
+    assert events(bot, expiring, "revocation_overdue") == []
+
+    # The stalled mints fail by their deadline; the tokens the IdP issued for them never reached
+    # the bot, so nothing holds them, and the IdP ends each at the grant's own expiry at the latest.
+    for request_id in stuck:
+        bot.slack.wait_for(lambda rid=request_id: bot.stored(rid).status == "failed", timeout=30)
+        assert bot.stored(request_id).failure_code == "idp_timeout"
+        assert grant(bot, request_id) is None
+        ends = mint_started_at(bot, request_id) + timedelta(minutes=30)
+        assert all(t["exp"] <= ends.timestamp() + 2 for t in issued_for(bot, request_id))
+    assert bot.slack.rejected() == []
+
+
+def test_a_trickling_token_answer_fails_the_mint_by_its_deadline_and_is_never_activated(
+    minting_bot: MintingBot,
+) -> None:
+    bot = minting_bot
+    bot.idp.fault("token", "trickle", count=20, bytes_per_second=2)
+    request_id = approve(bot, "request prod-db read 30m slow idp")
+
+    row = bot.stored(request_id)
+    assert row.status == "failed" and row.failure_code == "idp_timeout"
+    (failed,) = events(bot, request_id, "mint_failed")
+    # The retry budget (3 s in these tests) plus one attempt's deadline (1 s) bound the whole mint.
+    assert failed.at - mint_started_at(bot, request_id) < timedelta(seconds=3 + 1 + 1.5)
+    assert issued_for(bot, request_id), "the IdP did issue tokens; the bot gave up before it got them"
+    dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if request_id in t and "could not be issued" in t])
+    assert "Nothing was issued to you" in dm[0]
+
+    # A late answer can no longer arrive: the connections were closed at the deadline.
+    bot.idp.reset()
+    approve(bot, "request prod-db read 30m after the slow one")
+    assert bot.stored(request_id).status == "failed" and grant(bot, request_id) is None
+    _, key, _ = bot.send.slash(REQUESTER, f"revoke {request_id}")
+    (reply,) = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
+    assert "is failed, so there is nothing to revoke" in reply.payload["text"]
+
+
+@pytest.mark.parametrize("mint_retry", [RetryPolicy(budget_seconds=8.0, first_delay=0.2, attempt_timeout=6.0)])
+def test_a_token_that_arrives_after_its_mint_was_given_up_is_refused_and_revoked(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.fault("token", "late", ms=3000)
+    request_id = approve_now(bot, "request prod-db read 30m the idp is late")
+    bot.slack.wait_for(lambda: bot.stored(request_id).status == "minting")
+    # While the exchange is in flight, the bot's clock passes the point where a mint counts as interrupted.
+    bot.clock.advance(timedelta(minutes=3))
+    bot.served.runtime.scheduler.run_housekeeping()
+    bot.slack.wait_for(lambda: bot.stored(request_id).status == "failed")
+    assert bot.stored(request_id).failure_code == "mint_interrupted"
+
+    # Then the token arrives: it is kept only to be revoked, and revoked.
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    held = grant(bot, request_id)
+    assert held is not None and held.refusal == "token_too_late" and held.token_ciphertext is None
+    (issued,) = issued_for(bot, request_id)
+    assert issued["active"] is False, "the IdP says the late token is dead"
+    assert not [t for t in dm_texts(bot) if "/pickup/" in t], "no pickup link was ever sent"
+    assert audit_posts(bot, request_id, ":rotating_light:"), "the refusal is alerted"
+
+
+@pytest.mark.parametrize("idp_token_format", ["jwt"])
+@pytest.mark.parametrize(
+    ("fault", "refusal"),
+    [
+        pytest.param("odd_kid", "invalid_token", id="jwt-header-kid-is-a-number"),
+        pytest.param("jwks_array", "jwks_unavailable", id="jwks-is-a-json-array"),
+    ],
+)
+def test_an_odd_answer_after_the_token_exists_gets_the_token_revoked(
+    minting_bot: MintingBot, fault: str, refusal: str
+) -> None:
+    bot = minting_bot
+    if fault == "odd_kid":
+        bot.idp.misbehave_next(odd_kid=True)
+    else:
+        bot.idp.fault("jwks", "replace", status=200, body='[{"kty": "RSA", "n": "x", "e": "AQAB"}]', count=5)
+    request_id = approve(bot, "request prod-db read 30m odd idp")
+
+    row = bot.stored(request_id)
+    assert row.status == "failed" and row.failure_code == refusal
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    (issued,) = issued_for(bot, request_id)
+    assert issued["active"] is False, "the IdP confirms the odd token is dead"
+    assert events(bot, request_id, "token_refused")[0].details["error"] == refusal
+    (proof,) = events(bot, request_id, "grant_revoked")
+    assert proof.details["proof"]["introspection"] == {"active": False}
+    assert audit_posts(bot, request_id, "queued for revocation")
+    # Not silent: the log says what happened to which request (the bug: nothing, even at DEBUG).
+    warnings = [r.getMessage() for r in bot.log_records.records if r.levelno >= logging.WARNING]
+    assert any(request_id in line and refusal in line for line in warnings), warnings
+
+
+def test_an_over_scoped_token_is_revoked_even_when_the_first_revocations_fail(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.misbehave_next(extra_scope="write")
+    bot.idp.fault("revocation", "replace", status=400, body="[]", process=False, count=2)
+    request_id = approve(bot, "request prod-db read 30m over-scoped")
+    assert bot.stored(request_id).failure_code == "scope_wider_than_approved"
+
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    failures = events(bot, request_id, "revocation_failed")
+    assert [f.details["error"] for f in failures] == ["revocation_failed", "revocation_failed"]
+    (issued,) = issued_for(bot, request_id)
+    assert issued["active"] is False
+    alerts = bot.slack.wait_for(lambda: a if len(a := audit_posts(bot, request_id, "refused token")) else None)
+    assert "is revoked" in alerts[0]
+    assert not [t for t in audit_posts(bot, request_id, "") if "by hand" in t], "nobody is asked to revoke it by hand"
+
+
+def test_retry_after_from_the_token_endpoint_is_honoured(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.fail_next(429, 1, retry_after=1)
+    request_id = approve(bot, "request prod-db read 30m busy idp")
+    assert bot.stored(request_id).status == "active"
+    (retry,) = events(bot, request_id, "mint_retry")
+    assert retry.details["error"] == "temporarily_unavailable"
+    (active,) = events(bot, request_id, "grant_active")
+    assert active.at - retry.at >= timedelta(seconds=0.9), "the next attempt waited for Retry-After"
+
+
+def test_an_oversized_token_answer_is_not_read_past_the_cap(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.fault("token", "oversize", bytes=50_000_000)
+    request_id = approve(bot, "request prod-db read 30m huge answer")
+    row = bot.stored(request_id)
+    assert row.status == "failed" and row.failure_code == "idp_answer_too_large"
+    assert grant(bot, request_id) is None
+    ends = mint_started_at(bot, request_id) + timedelta(minutes=30)
+    assert all(t["exp"] <= ends.timestamp() + 2 for t in issued_for(bot, request_id))
+
+
+# --- the revocation endpoint ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "revocation_timing",
+    [
+        RevocationTiming(
+            lease=timedelta(seconds=6), attempt_budget=2.0, call_timeout=1.0, overdue_after=timedelta(seconds=4)
+        )
+    ],
+)
+def test_a_trickling_revocation_endpoint_is_visible_counted_alerted_and_finished(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    request_id = approve(bot, "request prod-db read 2s trickling revocation")
+    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
+    bot.idp.fault("revocation", "trickle", count=4, bytes_per_second=1)
+
+    # As soon as the expiry has passed the card says so, whatever the IdP is doing.
+    bot.slack.wait_for(lambda: "Revocation pending" in card_text(bot, request_id), timeout=10)
+    overdue = bot.slack.wait_for(lambda: audit_posts(bot, request_id, "has not confirmed its revocation"), timeout=20)
+    assert "expired" in overdue[0] and " s ago" in overdue[0]
+
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=40)
+    assert bot.idp.introspect(token) == {"active": False}
+    failures = events(bot, request_id, "revocation_failed")
+    assert len(failures) >= 3
+    # Each trickling attempt ended by its own deadline and said so; none outlived its lease.
+    assert {f.details["error"] for f in failures} == {"idp_timeout"}
+    assert len(audit_posts(bot, request_id, "has not confirmed its revocation")) == 1, "alerted once"
+    assert len(events(bot, request_id, "revocation_overdue")) == 1
+    bot.slack.wait_for(lambda: "Revoked" in card_text(bot, request_id))
+
+
+def test_a_lease_that_runs_out_with_no_outcome_counts_as_a_failed_attempt(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    request_id = approve(bot, "request prod-db read 1h claimed by a replica that dies")
+    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
+    # Another replica claims the grant (as its sweep would, an hour from now) and dies mid-attempt.
+    now = bot.clock()
+    with session_scope(bot.served.runtime.engine) as session:
+        claim = grant_store.claim_due(
+            session=session,
+            now=now + timedelta(hours=2),
+            claim_id="replica-that-died",
+            lease_until=now + timedelta(seconds=1),
+            limit=1,
+            request_ids=[request_id],
+        )
+    assert claim.claimed == [request_id]
+
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=15)
+    (lapsed,) = events(bot, request_id, "revocation_failed")
+    assert lapsed.details == {"attempt": 1, "error": "lease_expired"}
+    assert bot.idp.introspect(token) == {"active": False}
+    assert bot.idp.revocation_count(token) == 1
+
+
+def test_retry_after_from_the_revocation_endpoint_sets_the_next_attempt(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    request_id = approve(bot, "request prod-db read 1h busy at revocation")
+    bot.idp.fail_next(429, 1, endpoint="revocation", retry_after=3)
+    bot.send.slash(REQUESTER, f"revoke {request_id}")
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    (failure,) = events(bot, request_id, "revocation_failed")
+    assert datetime.fromisoformat(failure.details["retry_at"]) - failure.at >= timedelta(seconds=3)
+    (revoked,) = events(bot, request_id, "grant_revoked")
+    assert revoked.at - failure.at >= timedelta(seconds=2.9)
+
+
+def test_an_idp_error_description_cannot_forge_lines_on_cards_dms_or_logs(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    forged = "bad assertion\nINFO jit-bot: request approved by security\u202e"
+    bot.idp.fail_next(400, 1, body=json.dumps({"error": "invalid_grant", "error_description": forged}))
+    request_id = approve(bot, "request prod-db read 30m odd error text")
+    row = bot.stored(request_id)
+    assert row.failure_code == "invalid_grant"
+    assert row.failure_detail is not None and "\n" not in row.failure_detail and "\u202e" not in row.failure_detail
+    dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if request_id in t and "could not be issued" in t])[0]
+    assert "\n" not in dm and "\u202e" not in dm and "request approved by security" in dm
+    bot.slack.wait_for(lambda: "invalid_grant" in card_text(bot, request_id))
+    row = bot.stored(request_id)
+    blocks = bot.slack.message(str(row.card_channel), str(row.card_ts))["blocks"]
+    (decision,) = [b["text"]["text"] for b in blocks if b.get("block_id") == "decision"]
+    assert "\n" not in decision and "\u202e" not in decision and "request approved by security" in decision
+    for record in bot.log_records.records:
+        assert "\n" not in record.getMessage() or record.exc_info, record.getMessage()

@@ -1,0 +1,203 @@
+"""A rate-limiting, failing, vanishing Slack: everything the bot tells people still arrives, once, in
+order per card, and only a permanent refusal changes a request's fate."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from sqlmodel import Session, col, select
+
+from bot.domain.policy import Policy
+from bot.runtime import build_runtime
+from bot.services.delivery import DeliveryPolicy
+from bot.store.db import make_engine
+from bot.store.models import AccessRequest, OutboxMessage
+from tests.conftest import (
+    APPROVER_1,
+    APPROVERS_CHANNEL,
+    AUDIT_CHANNEL,
+    CARD_ID,
+    REQUESTER,
+    SIGNING_SECRET,
+    Bot,
+    build_settings,
+    make_policy,
+)
+from tests.harness import ServedApp, SlackRequests, free_socket
+from tests.slack_standin import Call, SlackStandIn
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return make_policy(limits={"pending_per_requester": 100})
+
+
+def cards_posted(slack: SlackStandIn) -> Counter[str]:
+    """Approval cards Slack accepted, by request id."""
+    found: Counter[str] = Counter()
+    for call in slack.calls_to("chat.postMessage"):
+        match = CARD_ID.search(str(call.args.get("text", "")))
+        if call.ok and match and call.args.get("blocks"):
+            found[match.group(1)] += 1
+    return found
+
+
+def accepted_posts(slack: SlackStandIn) -> list[Call]:
+    return [c for c in slack.calls if c.ok and c.method in ("chat.postMessage", "chat.update")]
+
+
+def submit(bot: Bot, text_: str) -> str:
+    """Type a request and return its id, without waiting for the card."""
+    before = bot.request_count()
+    response, _, _ = bot.send.slash(REQUESTER, text_)
+    assert response.status_code == 200
+    bot.slack.wait_for(lambda: bot.request_count() > before)
+    with Session(bot.engine) as session:
+        newest = session.exec(select(AccessRequest).order_by(col(AccessRequest.created_at).desc())).first()
+    assert newest is not None
+    return newest.id
+
+
+def no_duplicates(slack: SlackStandIn) -> None:
+    """No message was delivered twice: every accepted post and update is distinct."""
+    seen = Counter(
+        (c.method, c.args.get("channel"), c.args.get("ts"), json.dumps(c.args.get("blocks")), c.args.get("text"))
+        for c in accepted_posts(slack)
+    )
+    assert [k for k, n in seen.items() if n > 1] == []
+
+
+def assert_card_order(slack: SlackStandIn, request_id: str) -> None:
+    """The card was posted before any update of it."""
+    methods = [
+        c.method
+        for c in accepted_posts(slack)
+        if request_id in str(c.args.get("text", "")) and c.args.get("channel") == APPROVERS_CHANNEL
+    ]
+    assert methods and methods[0] == "chat.postMessage", methods
+    assert methods.count("chat.postMessage") == 1, methods
+
+
+# --- rate limits ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def delivery() -> DeliveryPolicy:
+    # Faster than the stand-in allows below, so Slack's 429s really happen and must be honoured.
+    return DeliveryPolicy(channel_burst=10, channel_per_second=10.0, first_retry=0.2, poll_interval=0.3)
+
+
+def test_thirty_requests_to_one_approver_channel_under_rate_limiting_all_get_their_cards(bot: Bot) -> None:
+    bot.slack.rate_limit("chat.postMessage", burst=3, per_second=3, retry_after=1)
+    ids = [submit(bot, f"request prod-db read 30m burst {n}") for n in range(30)]
+
+    bot.slack.wait_for(lambda: len(cards_posted(bot.slack)) == 30, timeout=60, description="30 cards")
+    assert bot.slack.ratelimited_calls(), "Slack did rate-limit the burst"
+    assert bot.slack.retry_after_violations() == [], "no call came back before Retry-After"
+    assert cards_posted(bot.slack) == Counter(dict.fromkeys(ids, 1)), "each card once"
+    assert {bot.stored(r).status for r in ids} == {"pending"}, "a rate limit cancels nothing"
+    assert not [c for c in bot.slack.calls_to("chat.postMessage") if c.args.get("channel") == REQUESTER]
+    audit_posted = Counter(e.request_id for e in bot.audit() if e.event_type == "card_posted")
+    assert audit_posted == Counter(dict.fromkeys(ids, 1))
+    bot.slack.wait_for(
+        lambda: len([c for c in accepted_posts(bot.slack) if c.args.get("channel") == AUDIT_CHANNEL]) == 30
+    )
+    no_duplicates(bot.slack)
+    assert bot.slack.rejected() == []
+
+
+def test_slack_5xx_and_ratelimited_answers_are_retried_not_fatal(bot: Bot) -> None:
+    bot.slack.fail_next("chat.postMessage", "internal_error", times=2, status=503)
+    bot.slack.fail_next("chat.update", "ratelimited", times=1, retry_after=1)
+    request_id, channel, ts = bot.request(REQUESTER, "request prod-db read 30m flaky slack")
+    bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+    bot.slack.wait_for(lambda: "Approved" in json.dumps(bot.slack.message(channel, ts)["blocks"]), timeout=20)
+    bot.slack.wait_for(lambda: [c for c in accepted_posts(bot.slack) if c.args.get("channel") == REQUESTER], timeout=20)
+    assert bot.stored(request_id).status == "approved"
+    assert bot.slack.retry_after_violations() == []
+    assert_card_order(bot.slack, request_id)
+    no_duplicates(bot.slack)
+
+
+# --- outages --------------------------------------------------------------------------------------
+
+
+def test_slack_down_for_20s_then_back_gets_every_message_once_and_in_order(bot: Bot) -> None:
+    first, channel, ts = bot.request(REQUESTER, "request prod-db read 30m before the outage")
+    with bot.slack.outage():
+        # People keep working while Slack is away: a click and two new requests reach the bot.
+        bot.send.click(APPROVER_1, "jit_approve", first, channel=channel, ts=ts)
+        bot.slack.wait_for(lambda: bot.stored(first).status == "approved")
+        later = [submit(bot, f"request prod-db read 15m during the outage {n}") for n in range(2)]
+        with Session(bot.engine) as session:
+            waiting = session.exec(select(OutboxMessage).where(OutboxMessage.status != "sent")).all()
+        assert len(waiting) >= 6, "card update, DM, summaries and two cards wait in the outbox"
+        time.sleep(20)
+    bot.slack.wait_for(lambda: set(later) <= set(cards_posted(bot.slack)), timeout=60, description="the new cards")
+    bot.slack.wait_for(lambda: "Approved" in json.dumps(bot.slack.message(channel, ts)["blocks"]), timeout=60)
+    bot.slack.wait_for(lambda: [c for c in accepted_posts(bot.slack) if c.args.get("channel") == REQUESTER], timeout=60)
+    bot.slack.wait_for(lambda: not bot.outbox_state() or "pending" not in bot.outbox_state(), timeout=60)
+    time.sleep(1)  # a duplicate would show up now
+
+    for request_id in [first, *later]:
+        assert_card_order(bot.slack, request_id)
+        assert bot.stored(request_id).status in ("approved", "pending")
+    dms = [c for c in accepted_posts(bot.slack) if c.args.get("channel") == REQUESTER]
+    assert len(dms) == 1 and first in dms[0].args["text"]
+    summaries = Counter(
+        c.args["text"].split("`")[1] for c in accepted_posts(bot.slack) if c.args.get("channel") == AUDIT_CHANNEL
+    )
+    assert summaries == Counter({first: 2, later[0]: 1, later[1]: 1}), "submitted + approved, once each"
+    no_duplicates(bot.slack)
+    assert bot.slack.rejected() == []
+
+
+# --- replicas -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def second_replica(database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy) -> Iterator[Bot]:
+    """A second bot process's worth of everything, on the same database and the same Slack."""
+    engine = make_engine(database_url)
+    sock = free_socket()
+    settings = build_settings(slack, database_url, sock.getsockname()[1])
+    served = ServedApp(build_runtime(settings, policy, engine=engine, delivery=delivery), sock).start()
+    sender = SlackRequests(
+        base_url=served.base_url,
+        signing_secret=SIGNING_SECRET,
+        response_url_for=slack.response_url,
+        trigger_id=slack.new_trigger_id,
+    )
+    try:
+        yield Bot(served=served, slack=slack, engine=engine, send=sender)
+    finally:
+        sender.http.close()
+        served.stop()
+
+
+def test_two_replicas_deliver_each_message_once(bot: Bot, second_replica: Bot) -> None:
+    replicas = [bot, second_replica]
+    ids = []
+    for n in range(16):
+        replica = replicas[n % 2]
+        request_id, channel, ts = replica.request(REQUESTER, f"request prod-db read 30m replica {n}")
+        # The approval lands on the other replica: whichever delivers, each message goes out once.
+        replicas[(n + 1) % 2].send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+        ids.append(request_id)
+    for request_id in ids:
+        bot.slack.wait_for(lambda rid=request_id: bot.stored(rid).status == "approved")
+    bot.slack.wait_for(
+        lambda: len([c for c in accepted_posts(bot.slack) if c.args.get("channel") == REQUESTER]) == 16, timeout=30
+    )
+    time.sleep(1.5)  # a duplicate would show up now
+    assert cards_posted(bot.slack) == Counter(dict.fromkeys(ids, 1))
+    dms = Counter(c.args["text"].split("`")[1] for c in accepted_posts(bot.slack) if c.args.get("channel") == REQUESTER)
+    assert dms == Counter(dict.fromkeys(ids, 1))
+    for request_id in ids:
+        assert_card_order(bot.slack, request_id)
+    no_duplicates(bot.slack)
+    assert bot.slack.rejected() == []

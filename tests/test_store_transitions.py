@@ -1,0 +1,104 @@
+"""Status changes go through one helper that enforces the tables, guards the update, and audits the winner."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, update
+from sqlmodel import Session, select
+
+from bot.domain.audit import AuditEventType
+from bot.domain.status import GRANT_TRANSITIONS, REQUEST_TRANSITIONS, GrantStatus, IllegalTransition, RequestStatus
+from bot.store.audit import bind_audit_key
+from bot.store.db import session_scope
+from bot.store.models import AccessRequest, AuditEvent
+from bot.store.transitions import Audit, move_grant, move_request
+from tests.conftest import AUDIT_KEY
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def keyed(engine: Engine) -> Iterator[Engine]:
+    yield bind_audit_key(engine, base64.urlsafe_b64decode(AUDIT_KEY))
+
+
+def _request(engine: Engine, status: RequestStatus = RequestStatus.PENDING) -> str:
+    with session_scope(engine) as session:
+        session.add(
+            AccessRequest(
+                id="R000000001",
+                requester_slack_id="U0REQUESTER",
+                requester_subject="alice",
+                resource="prod-db",
+                audience="https://db.internal.example",
+                scopes="read",
+                duration_seconds=60,
+                reason="test",
+                approvals_required=1,
+                approver_channel="C0APPROVERS",
+                status=status.value,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+    return "R000000001"
+
+
+def _events(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return [e.event_type for e in session.exec(select(AuditEvent)).all()]
+
+
+def test_the_winner_moves_and_audits_once_and_the_loser_is_told(keyed: Engine) -> None:
+    request_id = _request(keyed)
+    event = Audit(AuditEventType.REQUEST_CANCELLED, actor="U0REQUESTER")
+    with session_scope(keyed) as session:
+        first = move_request(
+            session=session,
+            request_id=request_id,
+            source=RequestStatus.PENDING,
+            target=RequestStatus.CANCELLED,
+            now=NOW,
+            event=event,
+        )
+    with session_scope(keyed) as session:
+        second = move_request(
+            session=session,
+            request_id=request_id,
+            source=RequestStatus.PENDING,
+            target=RequestStatus.CANCELLED,
+            now=NOW,
+            event=event,
+        )
+    assert (first, second) == (True, False)
+    assert _events(keyed) == ["request_cancelled"], "only the winner's move is audited"
+
+
+def test_a_request_move_the_table_does_not_allow_raises_and_changes_nothing(keyed: Engine) -> None:
+    request_id = _request(keyed)
+    illegal = [(s, t) for s in RequestStatus for t in RequestStatus if t not in REQUEST_TRANSITIONS[s]]
+    assert (RequestStatus.PENDING, RequestStatus.ACTIVE) in illegal and (
+        RequestStatus.FAILED,
+        RequestStatus.ACTIVE,
+    ) in illegal
+    for source, target in illegal:
+        with session_scope(keyed) as session:
+            session.execute(update(AccessRequest).values(status=source.value))
+        with pytest.raises(IllegalTransition), session_scope(keyed) as session:
+            move_request(session=session, request_id=request_id, source=source, target=target, now=NOW, event=None)
+        with Session(keyed) as session:
+            stored = session.get(AccessRequest, request_id)
+            assert stored is not None and stored.status == source.value, (source, target)
+    assert _events(keyed) == []
+
+
+def test_grant_moves_the_table_does_not_allow_raise(keyed: Engine) -> None:
+    illegal = [(s, t) for s in GrantStatus for t in GrantStatus if t not in GRANT_TRANSITIONS[s]]
+    assert (GrantStatus.REVOKED, GrantStatus.ACTIVE) in illegal
+    for source, target in illegal:
+        with pytest.raises(IllegalTransition), session_scope(keyed) as session:
+            move_grant(session=session, request_id="R000000001", source=source, target=target, now=NOW, event=None)
