@@ -58,6 +58,7 @@ import yaml  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from bot.runtime import build_runtime  # noqa: E402
+from bot.services.delivery import DeliveryPolicy  # noqa: E402
 from bot.store.db import make_engine, migrate  # noqa: E402
 from tests.conftest import (  # noqa: E402
     APPROVER_1,
@@ -78,6 +79,8 @@ from tests.slack_standin import SlackStandIn  # noqa: E402
 
 APPROVE = "jit_approve"
 DENY = "jit_deny"
+# One requester sends every request, so the per-requester quota of pending requests is lifted.
+BENCH_POLICY = {**POLICY, "limits": {"pending_per_requester": 10_000}}
 SUBMITTED_ID = re.compile(r"Request `(R[0-9A-Z]{9})`")
 
 # Share of the timed requests of each kind; the rest of the clicks are Approve.
@@ -99,6 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=40, help="untimed slash commands whose cards seed the clicks")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for background work")
     parser.add_argument("--seed", type=int, default=1, help="seed for the request mix")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="requests per second, sent at a steady rate (open loop); default: as fast as the bot answers",
+    )
     parser.add_argument(
         "--in-process",
         action="store_true",
@@ -155,7 +164,9 @@ def running_stack(database_url: str | None, *, harness_socket: bool = False) -> 
         try:
             sock = serving_socket(harness=harness_socket)
             settings = build_settings(slack, url, sock.getsockname()[1])
-            runtime = build_runtime(settings, make_policy(), engine=engine)
+            runtime = build_runtime(
+                settings, make_policy(**BENCH_POLICY), engine=engine, delivery=DeliveryPolicy.for_rate(1000)
+            )
             served = ServedApp(runtime, sock).start()
             send = SlackRequests(
                 base_url=served.base_url,
@@ -182,7 +193,7 @@ def bot_process(database_url: str | None) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp:
         url = database_url or f"sqlite:///{Path(tmp) / 'jit.db'}"
         policy_file = Path(tmp) / "policy.yml"
-        policy_file.write_text(yaml.safe_dump(POLICY))
+        policy_file.write_text(yaml.safe_dump(BENCH_POLICY))
         slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -196,6 +207,9 @@ def bot_process(database_url: str | None) -> Iterator[Stack]:
             "JIT_DATABASE_URL": url,
             "JIT_POLICY_FILE": str(policy_file),
             "JIT_HTTP_PORT": str(port),
+            "SLACK_HOOKS_URL": f"{slack.base_url}/response/",
+            # The stand-in does not rate-limit, so the bot need not pace itself: this measures the bot.
+            "SLACK_CHANNEL_RATE": "1000",
         }
         log_path = Path(tmp) / "bot.log"
         with log_path.open("wb") as log_file:
@@ -415,8 +429,14 @@ def plan(requests: int, rng: random.Random) -> list[str]:
     return kinds
 
 
-def drive(load: Load, url: str, kinds: list[str], clients: int, seed: int) -> tuple[list[Sample], float, float]:
+def drive(
+    load: Load, url: str, kinds: list[str], clients: int, seed: int, rate: float | None = None
+) -> tuple[list[Sample], float, float]:
     """``clients`` threads take the next request from ``kinds`` until none are left.
+
+    Without ``rate`` each client sends as soon as its previous answer arrived (closed loop: the bot's
+    full throughput, latency mostly queueing). With ``rate`` request i is sent at i / rate seconds
+    (open loop: a steady arrival rate, as traffic from people arrives), by whichever client is free.
 
     Returns every sample, the wall time from the first send to the last response, and the CPU time
     the whole process used meanwhile.
@@ -440,6 +460,8 @@ def drive(load: Load, url: str, kinds: list[str], clients: int, seed: int) -> tu
                         break
                     kind = kinds[index]
                     body, headers = load.build(kind, rng)
+                    if rate is not None:
+                        time.sleep(max(0.0, epoch[0] + index / rate - time.perf_counter()))
                     began = time.perf_counter()
                     try:
                         response = http.post(url, content=body, headers=headers)
@@ -455,9 +477,11 @@ def drive(load: Load, url: str, kinds: list[str], clients: int, seed: int) -> tu
             with samples_lock:
                 samples.extend(mine)
 
+    epoch = [0.0]
     threads = [threading.Thread(target=client, args=(n,), name=f"bench-client-{n}") for n in range(clients)]
     for thread in threads:
         thread.start()
+    epoch[0] = time.perf_counter() + 0.01
     start.wait()
     began, cpu_began = time.perf_counter(), time.process_time()
     for thread in threads:
@@ -548,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         with tracker.following():
             with gc_pauses() as pauses:
                 url = f"{stack.base_url}/slack/events"
-                samples, wall, cpu_seconds = drive(load, url, kinds, args.clients, args.seed)
+                samples, wall, cpu_seconds = drive(load, url, kinds, args.clients, args.seed, args.rate)
             drain_began = time.perf_counter()
             drained = wait_until(lambda: tracker.drained(load.sent), args.drain_timeout)
             drain_seconds = time.perf_counter() - drain_began
@@ -570,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         **summary([s.seconds for s in samples]),
         "rps": round(len(samples) / wall, 1),
+        "offered_rate": args.rate,
         "errors": len(errors) + unsent,
         "database": backend,
         "server_socket": "harness" if args.harness_socket else "tcp",

@@ -33,6 +33,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 
 from bot.idp.keys import generate_signing_key  # noqa: E402
 from bot.runtime import build_runtime  # noqa: E402
+from bot.services.delivery import DeliveryPolicy  # noqa: E402
 from bot.store.db import make_engine, migrate  # noqa: E402
 from tests.conftest import (  # noqa: E402
     APPROVER_1,
@@ -96,7 +97,12 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> int:
         jit_encryption_key=Fernet.generate_key().decode(),
         jit_signing_key_file=key_file,
     )
-    served = ServedApp(build_runtime(settings, make_policy(), engine=engine), sock).start()
+    total = args.grants + 5  # a few to warm up the IdP, the JWKS path and the connection pools
+    # All requests are pending at once, so the per-requester quota is lifted; and the stand-in does
+    # not rate-limit, so neither does the bot: this measures the bot, not Slack's pace.
+    policy = make_policy(limits={"pending_per_requester": total})
+    unpaced = DeliveryPolicy(channel_burst=100_000, channel_per_second=100_000.0)
+    served = ServedApp(build_runtime(settings, policy, engine=engine, delivery=unpaced), sock).start()
     send = SlackRequests(
         base_url=served.base_url,
         signing_secret=SIGNING_SECRET,
@@ -125,7 +131,6 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> int:
 
     slack.observers.append(observe)
     try:
-        total = args.grants + 5  # a few to warm up the IdP, the JWKS path and the connection pools
         for n in range(total):
             send.slash(REQUESTER, f"request prod-db read 30m bench {n}")
         deadline = time.monotonic() + 60

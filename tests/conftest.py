@@ -242,10 +242,11 @@ def revocation_timing() -> RevocationTiming:
     return RevocationTiming()
 
 
-@pytest.fixture
-def bot(
+@contextmanager
+def serving(
     engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy
 ) -> Iterator[Bot]:
+    """One bot, served on loopback, talking to ``slack``; a second call on the same database is a replica."""
     sock = free_socket()
     settings = build_settings(slack, database_url, sock.getsockname()[1])
     runtime = build_runtime(settings, policy, engine=engine, delivery=delivery)
@@ -261,6 +262,14 @@ def bot(
     finally:
         sender.http.close()
         served.stop()
+
+
+@pytest.fixture
+def bot(
+    engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy
+) -> Iterator[Bot]:
+    with serving(engine, database_url, policy, slack, delivery) as served:
+        yield served
 
 
 def minutes(n: int) -> timedelta:

@@ -12,7 +12,6 @@ import pytest
 from sqlmodel import Session, col, select
 
 from bot.domain.policy import Policy
-from bot.runtime import build_runtime
 from bot.services.delivery import DeliveryPolicy
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, OutboxMessage
@@ -22,12 +21,10 @@ from tests.conftest import (
     AUDIT_CHANNEL,
     CARD_ID,
     REQUESTER,
-    SIGNING_SECRET,
     Bot,
-    build_settings,
     make_policy,
+    serving,
 )
-from tests.harness import ServedApp, SlackRequests, free_socket
 from tests.slack_standin import Call, SlackStandIn
 
 
@@ -162,21 +159,8 @@ def test_slack_down_for_20s_then_back_gets_every_message_once_and_in_order(bot: 
 @pytest.fixture
 def second_replica(database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy) -> Iterator[Bot]:
     """A second bot process's worth of everything, on the same database and the same Slack."""
-    engine = make_engine(database_url)
-    sock = free_socket()
-    settings = build_settings(slack, database_url, sock.getsockname()[1])
-    served = ServedApp(build_runtime(settings, policy, engine=engine, delivery=delivery), sock).start()
-    sender = SlackRequests(
-        base_url=served.base_url,
-        signing_secret=SIGNING_SECRET,
-        response_url_for=slack.response_url,
-        trigger_id=slack.new_trigger_id,
-    )
-    try:
-        yield Bot(served=served, slack=slack, engine=engine, send=sender)
-    finally:
-        sender.http.close()
-        served.stop()
+    with serving(make_engine(database_url), database_url, policy, slack, delivery) as replica:
+        yield replica
 
 
 def test_two_replicas_deliver_each_message_once(bot: Bot, second_replica: Bot) -> None:

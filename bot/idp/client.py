@@ -227,6 +227,20 @@ class IdPClient:
             raise IdPError("invalid_response", 'introspection did not answer {"active": …}', transient=True)
         return answer
 
+    @staticmethod
+    def is_jwt(token: str) -> bool:
+        """Whether the token looks like a JWT (and so must be verified against the IdP's JWKS).
+
+        A JWT-shaped token with a header RFC 7515 does not allow still counts: verifying it fails.
+        """
+        try:
+            jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            return False
+        except jwt.PyJWTError:
+            return True
+        return True
+
     def verify_jwt_access_token(
         self, token: str, *, audience: str, timeout: float | None = None
     ) -> dict[str, Any] | None:

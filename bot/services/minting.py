@@ -227,6 +227,18 @@ class MintService:
     ) -> None:
         """Store the token before anything else, then check it, then activate it or refuse it."""
         refusal = self._quick_refusal(request, token, expires_at)
+        if refusal is None and not self.idp.is_jwt(token.access_token):
+            # An opaque token: every check was the pure one above, so storing it and making it the
+            # grant are one transaction (either both happen or neither, and then it is revoked here).
+            try:
+                with session_scope(self.engine) as session:
+                    self._store_in(session, request, token, started_at=started_at, expires_at=expires_at, refusal=None)
+                    late = self._activate_in(session, request, token, expires_at=expires_at)
+            except Exception:
+                self._could_not_store(request.id, token)
+                return
+            self.wake(self.clock() if late is not None else expires_at)
+            return
         try:
             self._store(request, token, started_at=started_at, expires_at=expires_at, refusal=refusal)
         except Exception:
@@ -276,39 +288,51 @@ class MintService:
         expires_at: datetime,
         refusal: Refusal | None,
     ) -> None:
+        with session_scope(self.engine) as session:
+            self._store_in(session, request, token, started_at=started_at, expires_at=expires_at, refusal=refusal)
+
+    def _store_in(
+        self,
+        session: Session,
+        request: AccessRequest,
+        token: ExchangedToken,
+        *,
+        started_at: datetime,
+        expires_at: datetime,
+        refusal: Refusal | None,
+    ) -> None:
         now = self.clock()
         granted = token.scope if token.scope is not None else request.scope_list
-        with session_scope(self.engine) as session:
-            grant_store.add_grant(
-                session=session,
-                grant=Grant(
-                    request_id=request.id,
-                    status=GrantStatus.ACTIVE.value,
-                    audience=request.audience,
-                    granted_scopes=" ".join(granted)[:2048],
-                    token_type=token.token_type[:32],
-                    token_ciphertext=self.cipher.encrypt(token.access_token),
-                    token_fingerprint=fingerprint(token.access_token),
-                    # The grant's clock started when minting did: expires_at was promised to the IdP then.
-                    issued_at=started_at,
-                    # Unchecked: held briefly, then revoked unless the checks pass. Refused: due now.
-                    expires_at=now if refusal is not None else min(now + CHECK_HOLD, expires_at),
-                    idp_expires_in=token.expires_in,
-                    refusal=refusal.code if refusal is not None else grant_store.UNCHECKED,
-                ),
-            )
-            record(
-                AuditEventType.TOKEN_RECEIVED,
-                session=session,
-                at=now,
-                actor="jit-bot",
+        grant_store.add_grant(
+            session=session,
+            grant=Grant(
                 request_id=request.id,
+                status=GrantStatus.ACTIVE.value,
+                audience=request.audience,
+                granted_scopes=" ".join(granted)[:2048],
+                token_type=token.token_type[:32],
+                token_ciphertext=self.cipher.encrypt(token.access_token),
                 token_fingerprint=fingerprint(token.access_token),
-                granted_scopes=list(granted),
+                # The grant's clock started when minting did: expires_at was promised to the IdP then.
+                issued_at=started_at,
+                # Unchecked: held briefly, then revoked unless the checks pass. Refused: due now.
+                expires_at=now if refusal is not None else min(now + CHECK_HOLD, expires_at),
                 idp_expires_in=token.expires_in,
-            )
-            if refusal is not None:
-                self._refused_in(session, request.id, refusal, fingerprint(token.access_token), now)
+                refusal=refusal.code if refusal is not None else grant_store.UNCHECKED,
+            ),
+        )
+        record(
+            AuditEventType.TOKEN_RECEIVED,
+            session=session,
+            at=now,
+            actor="jit-bot",
+            request_id=request.id,
+            token_fingerprint=fingerprint(token.access_token),
+            granted_scopes=list(granted),
+            idp_expires_in=token.expires_in,
+        )
+        if refusal is not None:
+            self._refused_in(session, request.id, refusal, fingerprint(token.access_token), now)
 
     def _could_not_store(self, request_id: str, token: ExchangedToken) -> None:
         """The database refused the token. It exists only in this thread's memory now: revoke it
@@ -411,6 +435,14 @@ class MintService:
             log.warning("request %s was no longer minting when its mint failed (%s)", request_id, code)
 
     def _activate(self, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime) -> None:
+        with session_scope(self.engine) as session:
+            late = self._activate_in(session, request, token, expires_at=expires_at)
+        self.wake(self.clock() if late is not None else expires_at)
+
+    def _activate_in(
+        self, session: Session, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime
+    ) -> Refusal | None:
+        """The checked token becomes the grant, unless it lost its hold or its request; then it is refused."""
         now = self.clock()
         pickup_id = secrets.token_urlsafe(32)
         link_expires_at = min(now + PICKUP_LINK_LIFETIME, expires_at)
@@ -423,45 +455,44 @@ class MintService:
                 token.expires_in,
                 request.duration_seconds,
             )
-        with session_scope(self.engine) as session:
-            if not grant_store.activate(
-                session=session,
-                request_id=request.id,
-                expires_at=expires_at,
-                pickup_hash=pickup_hash(pickup_id),
-                pickup_expires_at=link_expires_at,
-            ):
-                # The hold ran out first: the revocation engine already has the token.
-                late = Refusal("checks_too_slow", "the token's checks outlasted its hold, so it is being revoked")
-                self._refused_in(session, request.id, late, fingerprint(token.access_token), now)
-            elif not move_request(
-                session=session,
-                request_id=request.id,
-                source=RequestStatus.MINTING,
-                target=RequestStatus.ACTIVE,
-                now=now,
-                event=Audit(
-                    AuditEventType.GRANT_ACTIVE,
-                    actor="jit-bot",
-                    details={
-                        "token_fingerprint": fingerprint(token.access_token),
-                        "granted_scopes": list(granted),
-                        "audience": request.audience,
-                        "expires_at": expires_at.isoformat(),
-                        "idp_expires_in": token.expires_in,
-                        "idp_lifetime_exceeds_grant": lifetime_warning,
-                    },
-                ),
-            ):
-                # Someone else ended the mint (it was declared interrupted): this token came too late.
-                # Refused in this same transaction, so its pickup link never works for a moment.
-                late = Refusal("token_too_late", "the token arrived after the request had been failed")
-                grant_store.refuse(session=session, request_id=request.id, refusal=late.code, now=now)
-                self._refused_in(session, request.id, late, fingerprint(token.access_token), now)
-            else:
-                active = load_snapshot(session, request.id, policy=self.policy)
-                self.announcer.activated(
-                    session, active, url=f"{self.public_url}/pickup/{pickup_id}", link_expires_at=link_expires_at
-                )
-                late = None
-        self.wake(now if late is not None else expires_at)
+        if not grant_store.activate(
+            session=session,
+            request_id=request.id,
+            expires_at=expires_at,
+            pickup_hash=pickup_hash(pickup_id),
+            pickup_expires_at=link_expires_at,
+        ):
+            # The hold ran out first: the revocation engine already has the token.
+            late = Refusal("checks_too_slow", "the token's checks outlasted its hold, so it is being revoked")
+            self._refused_in(session, request.id, late, fingerprint(token.access_token), now)
+            return late
+        if not move_request(
+            session=session,
+            request_id=request.id,
+            source=RequestStatus.MINTING,
+            target=RequestStatus.ACTIVE,
+            now=now,
+            event=Audit(
+                AuditEventType.GRANT_ACTIVE,
+                actor="jit-bot",
+                details={
+                    "token_fingerprint": fingerprint(token.access_token),
+                    "granted_scopes": list(granted),
+                    "audience": request.audience,
+                    "expires_at": expires_at.isoformat(),
+                    "idp_expires_in": token.expires_in,
+                    "idp_lifetime_exceeds_grant": lifetime_warning,
+                },
+            ),
+        ):
+            # Someone else ended the mint (it was declared interrupted): this token came too late.
+            # Refused in this same transaction, so its pickup link never works for a moment.
+            late = Refusal("token_too_late", "the token arrived after the request had been failed")
+            grant_store.refuse(session=session, request_id=request.id, refusal=late.code, now=now)
+            self._refused_in(session, request.id, late, fingerprint(token.access_token), now)
+            return late
+        active = load_snapshot(session, request.id, policy=self.policy)
+        self.announcer.activated(
+            session, active, url=f"{self.public_url}/pickup/{pickup_id}", link_expires_at=link_expires_at
+        )
+        return None

@@ -212,9 +212,10 @@ class VotingService:
     def _announce(self, session: Session, request: RequestSnapshot, *, decided: bool) -> None:
         """In the vote's own transaction: what people are told about it."""
         if decided and request.status == RequestStatus.APPROVED.value and self.on_approved is not None:
-            # Minting tells the requester and the audit channel itself, once the token exists.
-            self.announcer.card(session, request)
-        elif decided:
+            # Minting redraws the card and tells the requester and the audit channel itself, in the
+            # transaction that makes the grant active (or failed), a few tens of milliseconds from now.
+            return
+        if decided:
             self.announcer.outcome(session, request)
         else:
             self.announcer.card(session, request)

@@ -8,13 +8,14 @@ replicas deliver each message once, and a worker that dies loses its claim when 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -57,8 +58,9 @@ def add(
     secret: bytes | None,
     now: datetime,
 ) -> None:
-    session.add(
-        OutboxMessage(
+    # A plain INSERT, not an ORM object: it runs in the transaction of nearly every use case.
+    session.execute(
+        insert(OutboxMessage).values(
             lane=lane,
             channel=channel,
             kind=kind,
@@ -66,41 +68,82 @@ def add(
             payload=payload,
             secret=secret,
             status=OutboxStatus.PENDING.value,
+            attempts=0,
             next_attempt_at=now,
             created_at=now,
         )
     )
-    session.flush()
 
 
-def claim(
-    *,
-    session: Session,
-    now: datetime,
-    claim_id: str,
-    lease_until: datetime,
-    limit: int,
-    held_channels: Collection[str] = (),
-) -> list[Claimed]:
-    """Claim up to ``limit`` lane heads that are due, skipping channels that are being held back."""
-    if limit <= 0:
-        return []
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    channel: str
+
+
+def _due(now: Any) -> Any:
     row = OutboxMessage
-    earlier = aliased(OutboxMessage)
-    due = or_(
+    return or_(
         and_(col(row.status) == OutboxStatus.PENDING.value, col(row.next_attempt_at) <= now),
         and_(col(row.status) == OutboxStatus.SENDING.value, col(row.lease_until) <= now),
     )
+
+
+@functools.cache
+def _candidates_statement(per_channel: int) -> Any:
+    """Built once per shape (on first use): the pump runs this query after nearly every commit, and
+    building the expression each time cost more than running it.
+
+    The oldest ``per_channel`` due lane heads of each channel, so a backlog in one busy channel never
+    hides the messages waiting for the others.
+    """
+    row = OutboxMessage
+    earlier = aliased(OutboxMessage)
     blocked = exists().where(
         col(earlier.lane) == col(row.lane), col(earlier.id) < col(row.id), col(earlier.status).in_(OPEN)
     )
-    pick = select(row.id).where(due, ~blocked)
-    if held_channels:
-        pick = pick.where(col(row.channel).not_in(list(held_channels)))
-    pick = pick.order_by(col(row.id)).limit(limit).with_for_update(skip_locked=True)
+    heads = (
+        select(
+            col(row.id).label("id"),
+            col(row.channel).label("channel"),
+            func.row_number().over(partition_by=col(row.channel), order_by=col(row.id)).label("nth"),
+        )
+        .where(_due(bindparam("now")), ~blocked, col(row.channel).not_in(bindparam("skip", expanding=True)))
+        .subquery()
+    )
+    return (
+        select(heads.c.id, heads.c.channel)
+        .where(heads.c.nth <= per_channel)
+        .order_by(heads.c.id)
+        .limit(bindparam("limit"))
+    )
+
+
+def candidates(
+    *, session: Session, now: datetime, skip_channels: Collection[str], limit: int, per_channel: int = 1
+) -> list[Candidate]:
+    """The oldest due lane heads of each channel outside ``skip_channels``, oldest first. A read: it
+    takes no lock, so a worker with nothing to send never queues behind the database's writers."""
+    rows = session.execute(
+        _candidates_statement(per_channel), {"now": now, "skip": sorted(skip_channels) or [""], "limit": limit}
+    ).all()
+    return [Candidate(int(r[0]), str(r[1])) for r in rows]
+
+
+def claim(
+    *, session: Session, ids: Collection[int], now: datetime, claim_id: str, lease_until: datetime
+) -> list[Claimed]:
+    """Claim these candidates, those still due: another worker may have claimed one since it was read.
+
+    A lane's head stays its head until it is delivered (later messages have higher ids, and an earlier
+    one never reopens), so only "still due" needs checking again. On PostgreSQL a candidate that another
+    replica is claiming at the same moment is locked; this waits, finds it no longer due, and skips it.
+    """
+    if not ids:
+        return []
     result = session.execute(
         update(OutboxMessage)
-        .where(col(OutboxMessage.id).in_(pick.scalar_subquery()), due)
+        .where(col(OutboxMessage.id).in_(list(ids)), _due(now))
         .values(status=OutboxStatus.SENDING.value, claim_id=claim_id, lease_until=lease_until)
         .returning(
             col(OutboxMessage.id),
@@ -191,19 +234,6 @@ def newer_in_lane(*, session: Session, lane: str, after_id: int, kind: str) -> b
         .limit(1)
     ).first()
     return found is not None
-
-
-def next_due(*, session: Session) -> datetime | None:
-    earliest = session.exec(
-        select(func.min(OutboxMessage.next_attempt_at)).where(col(OutboxMessage.status) == OutboxStatus.PENDING.value)
-    ).one()
-    return earliest
-
-
-def undelivered(*, session: Session) -> int:
-    return int(
-        session.exec(select(func.count()).select_from(OutboxMessage).where(col(OutboxMessage.status).in_(OPEN))).one()
-    )
 
 
 def purge(*, session: Session, before: datetime, limit: int = 1000) -> int:
