@@ -204,6 +204,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         make_engine(settings.jit_database_url), audit_key_for(settings.jit_database_url, settings.jit_audit_key)
     )
     migrate(engine)
+    _warn_if_unkeyed(engine)
     runtime = build_runtime(settings, policy, engine=engine)
     identity = runtime.connect_slack()
     log.info("connected to Slack as %s in team %s", identity.get("user"), identity.get("team"))
@@ -243,6 +244,19 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_if_unkeyed(engine: Engine) -> None:
+    from bot.store.audit import audit_key_of, first_event_is_unkeyed
+    from bot.store.db import read_scope
+
+    with read_scope(engine) as session:
+        unkeyed = first_event_is_unkeyed(session=session, key=audit_key_of(session.connection()))
+    if unkeyed:
+        log.warning(
+            "the audit trail starts with events not linked with JIT_AUDIT_KEY (written before the key existed); "
+            "`jit-bot audit verify` reports them until an operator runs `jit-bot audit rekey`"
+        )
+
+
 def cmd_audit_verify(_args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
@@ -262,11 +276,38 @@ def cmd_audit_verify(_args: argparse.Namespace) -> int:
         ) from None
     finally:
         engine.dispose()
-    if report.intact:
-        _out(f"audit trail intact: {report.events} events")
-        return 0
-    _err(f"audit trail BROKEN at event {report.first_bad_seq}: {report.problem}")
-    return 1
+    if not report.intact:
+        _err(f"audit trail BROKEN at event {report.first_bad_seq}: {report.problem}")
+        return 1
+    if report.unkeyed:
+        _err(
+            f"audit trail NOT VERIFIED: events 1 to {report.unkeyed} (of {report.events}) are not linked with "
+            "JIT_AUDIT_KEY, so anyone who could write to the database could have rewritten them. If they predate "
+            "the key (an upgrade), check them with the old version, then run `jit-bot audit rekey` once"
+        )
+        return 1
+    _out(f"audit trail intact: {report.events} events")
+    return 0
+
+
+def cmd_audit_rekey(_args: argparse.Namespace) -> int:
+    """Link an upgraded trail's unkeyed events with JIT_AUDIT_KEY: an operator's decision, never automatic."""
+    from bot.store.audit import audit_key_of, rekey
+    from bot.store.db import session_scope
+    from bot.store.types import utcnow
+
+    engine = _store_engine(create_key=False)
+    try:
+        with session_scope(engine) as session:
+            before = rekey(session=session, key=audit_key_of(session.connection()), at=utcnow())
+    except ValueError as exc:
+        _err(f"jit-bot: nothing re-keyed: {exc}")
+        return 1
+    finally:
+        engine.dispose()
+    _out(f"re-linked {before.events} events with JIT_AUDIT_KEY ({before.unkeyed} were unkeyed)")
+    _out(f"the trail's last link before re-keying was {before.tip}: compare it with a copy kept elsewhere")
+    return 0
 
 
 def cmd_keygen(_args: argparse.Namespace) -> int:
@@ -286,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_keygen
     )
     audit = commands.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_command", required=True)
-    audit.add_parser("verify", help="check the hash chain of the audit trail").set_defaults(func=cmd_audit_verify)
+    audit.add_parser("verify", help="check the keyed hash chain of the audit trail").set_defaults(func=cmd_audit_verify)
+    audit.add_parser(
+        "rekey", help="link a trail written before JIT_AUDIT_KEY existed with the key (once, after an upgrade)"
+    ).set_defaults(func=cmd_audit_rekey)
     return parser
 
 

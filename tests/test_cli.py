@@ -549,13 +549,15 @@ def test_audit_verify(tmp_path: Path, database_url: str, statement: str, expecte
     assert messages(broken.stderr) == [expected]
 
 
-def rechain(database_url: str, link: Callable[[str, str], str]) -> None:
+def rechain(database_url: str, link: Callable[[str, str], str], *, edit: bool = True) -> None:
     """What someone with write access to the database can do: rewrite an event, then recompute every
-    link after it with whatever they have (no key, or a key of their own) so the chain looks whole."""
+    link after it with whatever they have (no key, or a key of their own) so the chain looks whole.
+    With ``edit=False`` and plain links it is a trail as written before the key existed."""
     engine = make_engine(database_url)
     try:
         with engine.begin() as connection:
-            connection.execute(text("UPDATE audit_event SET actor = 'U0OUTSIDER1' WHERE seq = 2"))
+            if edit:
+                connection.execute(text("UPDATE audit_event SET actor = 'U0OUTSIDER1' WHERE seq = 2"))
             prev = "0" * 64
             for seq, at, event_type, actor, request_id, details in connection.execute(
                 text("SELECT seq, at, event_type, actor, request_id, details FROM audit_event ORDER BY seq")
@@ -580,17 +582,26 @@ def rechain(database_url: str, link: Callable[[str, str], str]) -> None:
         engine.dispose()
 
 
+NOT_VERIFIED = (
+    "audit trail NOT VERIFIED: events 1 to 3 (of 3) are not linked with JIT_AUDIT_KEY, so anyone who could write "
+    "to the database could have rewritten them. If they predate the key (an upgrade), check them with the old "
+    "version, then run `jit-bot audit rekey` once"
+)
+
+
 @pytest.mark.parametrize(
-    "link",
+    ("link", "expected"),
     [
-        pytest.param(legacy_event_link, id="plain-sha256"),
+        pytest.param(legacy_event_link, NOT_VERIFIED, id="plain-sha256"),
         pytest.param(
-            lambda prev, canonical: event_link(b"a key of the attacker's own, 32b", prev, canonical), id="own-key"
+            lambda prev, canonical: event_link(b"a key of the attacker's own, 32b", prev, canonical),
+            "audit trail BROKEN at event 1: event 1 was altered after it was written (or the key is wrong)",
+            id="own-key",
         ),
     ],
 )
 def test_audit_verify_detects_a_chain_rebuilt_without_the_key(
-    tmp_path: Path, database_url: str, link: Callable[[str, str], str]
+    tmp_path: Path, database_url: str, link: Callable[[str, str], str], expected: str
 ) -> None:
     env = {"JIT_AUDIT_KEY": AUDIT_KEY, "JIT_DATABASE_URL": database_url}
     append_events(database_url, 3)
@@ -599,9 +610,35 @@ def test_audit_verify_detects_a_chain_rebuilt_without_the_key(
     broken = run_cli(tmp_path, "audit", "verify", env=env)
 
     assert broken.returncode == 1, broken.stdout + broken.stderr
-    assert messages(broken.stderr) == [
-        "audit trail BROKEN at event 1: event 1 was altered after it was written (or the key is wrong)"
+    assert messages(broken.stderr) == [expected]
+
+
+def test_a_trail_from_before_the_key_is_not_verified_until_an_operator_rekeys_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {"JIT_AUDIT_KEY": AUDIT_KEY, "JIT_DATABASE_URL": database_url}
+    append_events(database_url, 3)
+    rechain(database_url, legacy_event_link, edit=False)  # as the previous version wrote it
+    # Serving never re-keys it (that would also launder a trail rewritten the old, keyless way).
+    assert run_cli(tmp_path, "migrate", env=env).returncode == 0
+    unverified = run_cli(tmp_path, "audit", "verify", env=env)
+    assert unverified.returncode == 1 and messages(unverified.stderr) == [NOT_VERIFIED]
+
+    rekeyed = run_cli(tmp_path, "audit", "rekey", env=env)
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    assert rekeyed.stdout.splitlines()[0] == "re-linked 3 events with JIT_AUDIT_KEY (3 were unkeyed)"
+    assert "the trail's last link before re-keying was " in rekeyed.stdout
+    intact = run_cli(tmp_path, "audit", "verify", env=env)
+    assert intact.returncode == 0 and intact.stdout == "audit trail intact: 4 events\n", intact.stderr
+
+    again = run_cli(tmp_path, "audit", "rekey", env=env)
+    assert again.returncode == 1
+    assert messages(again.stderr) == [
+        "jit-bot: nothing re-keyed: every event is already linked with the key; nothing to re-key"
     ]
+    # Rewritten the keyless way after keying: detected, however whole it looks.
+    rechain(database_url, legacy_event_link)
+    assert run_cli(tmp_path, "audit", "verify", env=env).returncode == 1
 
 
 def test_audit_verify_without_a_key_says_so(tmp_path: Path, database_url: str) -> None:

@@ -102,3 +102,38 @@ def test_grant_moves_the_table_does_not_allow_raise(keyed: Engine) -> None:
     for source, target in illegal:
         with pytest.raises(IllegalTransition), session_scope(keyed) as session:
             move_grant(session=session, request_id="R000000001", source=source, target=target, now=NOW, event=None)
+
+
+def test_revoke_now_ends_the_pickup_link_before_the_engine_gets_to_the_grant(keyed: Engine) -> None:
+    from datetime import timedelta
+
+    from bot.store import grants as grant_store
+    from bot.store.crypto import pickup_hash
+    from bot.store.models import Grant
+
+    request_id = _request(keyed, RequestStatus.ACTIVE)
+    later = NOW + timedelta(minutes=30)
+    with session_scope(keyed) as session:
+        session.add(
+            Grant(
+                request_id=request_id,
+                status=GrantStatus.ACTIVE.value,
+                audience="https://db.internal.example",
+                granted_scopes="read",
+                token_type="Bearer",
+                token_ciphertext=b"ciphertext",
+                token_fingerprint="sha256:00",
+                issued_at=NOW,
+                expires_at=later,
+                pickup_hash=pickup_hash("the-link"),
+                pickup_expires_at=NOW + timedelta(minutes=10),
+            )
+        )
+    with session_scope(keyed) as session:
+        assert grant_store.expire_now(session=session, request_id=request_id, now=NOW + timedelta(minutes=1))
+    # The sweep has not claimed it yet (all revocation workers busy, say): the link is already dead.
+    with session_scope(keyed) as session:
+        assert not grant_store.claim_pickup(
+            session=session, hashed=pickup_hash("the-link"), now=NOW + timedelta(minutes=1)
+        )
+        assert not grant_store.pickup_exists(session=session, hashed=pickup_hash("the-link"))

@@ -4,6 +4,11 @@ Each event's link is ``HMAC-SHA256(JIT_AUDIT_KEY, prev_link + canonical(event))`
 outside the database, so someone who can write to the database can delete or edit events but
 cannot compute the links that would make the edit verify. The key reaches this module bound to
 the engine (``bind_audit_key``), so every transaction of the bot appends with it.
+
+Trails written before the key existed start with events linked by plain SHA-256. Verifying reports
+them as unkeyed (they prove nothing against someone with database access), and only an operator's
+``jit-bot audit rekey`` re-links them: the bot never does it by itself, since an automatic re-keying
+would also launder a trail someone had rewritten in the old, keyless form.
 """
 
 from __future__ import annotations
@@ -115,6 +120,10 @@ class ChainReport:
     events: int
     first_bad_seq: int | None
     problem: str | None
+    # How many of the first events are linked without the key (a trail from before the key existed,
+    # or one someone rewrote without it): they verify as a chain, but not as untouched.
+    unkeyed: int = 0
+    tip: str = GENESIS
 
     @property
     def intact(self) -> bool:
@@ -136,15 +145,18 @@ def iter_events(*, session: Session, request_id: str | None = None, batch: int =
 
 def verify_chain(*, session: Session, key: bytes) -> ChainReport:
     """Recompute every link with the key; an edited, removed, reordered or inserted event breaks the
-    chain from there on, and so does a chain rebuilt without the key."""
+    chain from there on, and so does a chain rebuilt without the key after its first keyed event.
+    A prefix linked without the key is counted in ``unkeyed``, not passed as intact."""
     prev_hash = GENESIS
     expected_seq = 1
     count = 0
+    unkeyed = 0
+    keyed_seen = False
     for event in iter_events(session=session):
         if event.seq != expected_seq:
-            return ChainReport(count, expected_seq, f"event {expected_seq} is missing")
+            return ChainReport(count, expected_seq, f"event {expected_seq} is missing", unkeyed)
         if event.prev_hash != prev_hash:
-            return ChainReport(count, event.seq, f"event {event.seq} does not link to event {event.seq - 1}")
+            return ChainReport(count, event.seq, f"event {event.seq} does not link to event {event.seq - 1}", unkeyed)
         canonical = canonical_event(
             seq=event.seq,
             at=event.at,
@@ -153,14 +165,75 @@ def verify_chain(*, session: Session, key: bytes) -> ChainReport:
             request_id=event.request_id,
             details=event.details,
         )
-        if not hmac.compare_digest(event_link(key, prev_hash, canonical), event.hash):
+        if hmac.compare_digest(event_link(key, prev_hash, canonical), event.hash):
+            keyed_seen = True
+        elif not keyed_seen and hmac.compare_digest(legacy_event_link(prev_hash, canonical), event.hash):
+            unkeyed += 1
+        else:
             return ChainReport(
-                count, event.seq, f"event {event.seq} was altered after it was written (or the key is wrong)"
+                count, event.seq, f"event {event.seq} was altered after it was written (or the key is wrong)", unkeyed
             )
         prev_hash = event.hash
         expected_seq += 1
         count += 1
     head = session.get(AuditHead, 1)
     if head is not None and (head.seq != count or head.hash != prev_hash):
-        return ChainReport(count, count + 1, f"the chain ends at event {count} but {head.seq} were written")
-    return ChainReport(count, None, None)
+        return ChainReport(
+            count, count + 1, f"the chain ends at event {count} but {head.seq} were written", unkeyed, prev_hash
+        )
+    return ChainReport(count, None, None, unkeyed, prev_hash)
+
+
+def first_event_is_unkeyed(*, session: Session, key: bytes) -> bool:
+    """A cheap look at event 1: does this trail still start without the key? (Said at start-up.)"""
+    first = session.exec(select(AuditEvent).where(col(AuditEvent.seq) == 1)).first()
+    if first is None:
+        return False
+    canonical = canonical_event(
+        seq=first.seq,
+        at=first.at,
+        event_type=first.event_type,
+        actor=first.actor,
+        request_id=first.request_id,
+        details=first.details,
+    )
+    return not hmac.compare_digest(event_link(key, GENESIS, canonical), first.hash)
+
+
+def rekey(*, session: Session, key: bytes, at: datetime) -> ChainReport:
+    """Re-link an intact trail whose first events are unkeyed, all with the key, and record it.
+
+    Returns the report of the trail as it was (its ``tip`` is the old last link, for the operator to
+    compare with a record kept elsewhere). Raises ValueError when the trail is broken or already keyed.
+    """
+    before = verify_chain(session=session, key=key)
+    if not before.intact:
+        raise ValueError(f"the audit trail is broken at event {before.first_bad_seq}: {before.problem}")
+    if before.unkeyed == 0:
+        raise ValueError("every event is already linked with the key; nothing to re-key")
+    prev_hash = GENESIS
+    for event in list(iter_events(session=session)):
+        canonical = canonical_event(
+            seq=event.seq,
+            at=event.at,
+            event_type=event.event_type,
+            actor=event.actor,
+            request_id=event.request_id,
+            details=event.details,
+        )
+        link = event_link(key, prev_hash, canonical)
+        session.execute(
+            update(AuditEvent).where(col(AuditEvent.seq) == event.seq).values(prev_hash=prev_hash, hash=link)
+        )
+        prev_hash = link
+    session.execute(update(AuditHead).where(col(AuditHead.id) == 1).values(hash=prev_hash))
+    session.expire_all()
+    append_event(
+        session=session,
+        at=at,
+        event_type="audit_chain_keyed",
+        actor="jit-bot audit rekey",
+        request_id=None,
+        details={"relinked_events": before.events, "unkeyed_events": before.unkeyed, "previous_tip": before.tip},
+    )
+    return before

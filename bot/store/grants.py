@@ -42,6 +42,7 @@ def claim_pickup(*, session: Session, hashed: str, now: datetime) -> bool:
             col(Grant.pickup_expires_at) > now,
             col(Grant.status) == ACTIVE,
             col(Grant.refusal).is_(None),
+            col(Grant.expires_at) > now,
         )
         .values(picked_up_at=now)
     )
@@ -173,11 +174,12 @@ def record_failure(*, session: Session, request_id: str, claim_id: str, retry_at
 
 
 def expire_now(*, session: Session, request_id: str, now: datetime) -> bool:
-    """Early revocation: bring an active grant's expiry forward to now, so the sweep takes it."""
+    """Early revocation: bring an active grant's expiry forward to now, so the sweep takes it, and end
+    its pickup link at once (it may be why the grant is being revoked), whenever the sweep gets to it."""
     result = session.execute(
         update(Grant)
         .where(col(Grant.request_id) == request_id, col(Grant.status) == ACTIVE, col(Grant.refusal).is_(None))
-        .values(expires_at=now)
+        .values(expires_at=now, pickup_hash=None, pickup_expires_at=None)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

@@ -39,7 +39,7 @@ class AccessRequest(AccessRequestBase, table=True):
     failure_detail: str | None = Field(default=None, max_length=500)
     # What Slack sent that created this request (a hash of the slash command's trigger or the
     # modal's view id), unique: a replayed or retried delivery cannot create a second request.
-    origin: str | None = Field(default=None, max_length=64, unique=True)
+    origin: str | None = Field(default=None, max_length=64, sa_column_kwargs={"unique": True})
 
     @property
     def scope_list(self) -> tuple[str, ...]:

@@ -18,13 +18,13 @@ OPEN = "status IN ('pending', 'sending')"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("grant") as batch:
-        batch.add_column(sa.Column("in_attempt", sa.Boolean, nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column("refusal", sa.String(64), nullable=True))
-        batch.add_column(sa.Column("overdue_alerted_at", sa.DateTime(timezone=True), nullable=True))
-    with op.batch_alter_table("access_request") as batch:
-        batch.add_column(sa.Column("origin", sa.String(64), nullable=True))
-        batch.create_unique_constraint("uq_access_request_origin", ["origin"])
+    op.add_column("grant", sa.Column("in_attempt", sa.Boolean, nullable=False, server_default=sa.false()))
+    op.add_column("grant", sa.Column("refusal", sa.String(64), nullable=True))
+    op.add_column("grant", sa.Column("overdue_alerted_at", sa.DateTime(timezone=True), nullable=True))
+    # A plain ADD COLUMN and a unique index: a unique *constraint* would make SQLite rebuild the table,
+    # which its foreign keys (votes, grants) refuse as soon as the table holds data.
+    op.add_column("access_request", sa.Column("origin", sa.String(64), nullable=True))
+    op.create_index("uq_access_request_origin", "access_request", ["origin"], unique=True)
     # `/jit request` counts the requester's open requests against limits.pending_per_requester.
     op.create_index("ix_access_request_requester_status", "access_request", ["requester_slack_id", "status"])
     op.create_table(
@@ -66,8 +66,8 @@ def downgrade() -> None:
     op.drop_index("ix_outbox_open_lane", "outbox")
     op.drop_table("outbox")
     op.drop_index("ix_access_request_requester_status", "access_request")
+    op.drop_index("uq_access_request_origin", "access_request")
     with op.batch_alter_table("access_request") as batch:
-        batch.drop_constraint("uq_access_request_origin", type_="unique")
         batch.drop_column("origin")
     with op.batch_alter_table("grant") as batch:
         batch.drop_column("overdue_alerted_at")

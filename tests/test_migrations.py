@@ -1,0 +1,63 @@
+"""Upgrading a database that holds data: every revision must run on a live deployment, not only on an empty one."""
+
+from __future__ import annotations
+
+import base64
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect, text
+
+from bot.store.audit import bind_audit_key
+from bot.store.db import MIGRATIONS, make_engine, migrate
+from tests.conftest import AUDIT_KEY
+
+AT = "2026-11-30 12:00:00+00:00"
+
+
+def test_an_upgrade_keeps_requests_votes_grants_and_audit_events(database_url: str) -> None:
+    engine = bind_audit_key(make_engine(database_url), base64.urlsafe_b64decode(AUDIT_KEY))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO access_request (id, requester_slack_id, requester_subject, resource, audience, scopes,"
+                    " duration_seconds, reason, approvals_required, approver_channel, status, created_at, updated_at)"
+                    " VALUES ('R000000001', 'U0REQUESTER', 'alice', 'prod-db', 'https://db.internal.example', 'read',"
+                    " 1800, 'before the upgrade', 1, 'C0APPROVERS', 'active', :at, :at)"
+                ),
+                {"at": AT},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO vote (request_id, voter_slack_id, choice, created_at)"
+                    " VALUES ('R000000001', 'U0APPROVER1', 'approve', :at)"
+                ),
+                {"at": AT},
+            )
+            connection.execute(
+                text(
+                    'INSERT INTO "grant" (request_id, status, audience, granted_scopes, token_type, token_fingerprint,'
+                    " issued_at, expires_at, attempts) VALUES ('R000000001', 'active', 'https://db.internal.example',"
+                    " 'read', 'Bearer', 'sha256:00', :at, :at, 0)"
+                ),
+                {"at": AT},
+            )
+
+        migrate(engine)
+
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM vote")).scalar() == 1
+            grant = connection.execute(text('SELECT status, refusal, in_attempt FROM "grant"')).one()
+            assert (grant[0], grant[1], bool(grant[2])) == ("active", None, False)
+            request = connection.execute(text("SELECT reason, origin FROM access_request")).one()
+            assert tuple(request) == ("before the upgrade", None)
+        tables = set(inspect(engine).get_table_names())
+        assert {"outbox", "access_request", "vote", "grant", "audit_event"} <= tables
+    finally:
+        engine.dispose()
