@@ -82,23 +82,40 @@ def cmd_check(_args: argparse.Namespace) -> int:
     return 0
 
 
+# Query parameters whose values are secrets (e.g. ?password=… in a libpq or JDBC-style URL).
+_SECRET_PARAMS = ("password", "passwd", "pwd", "secret", "token", "key", "sslpassword", "credential")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password (and user name) replaced, for printing."""
-    from urllib.parse import urlsplit, urlunsplit
+    """``url`` with any password, user name and secret-looking query values replaced, for printing."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     from sqlalchemy.engine import make_url
 
     if "://" in url and not url.startswith(("http://", "https://")):
         try:
-            return make_url(url).render_as_string(hide_password=True)
+            parsed = make_url(url)
         except Exception:
             return "(unreadable URL)"
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        hidden = {name: "redacted" for name in parsed.query if _is_secret_param(name)}
+        return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.username is not None or parts.password is not None:
+            netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "redacted" if _is_secret_param(k) else v) for k, v in pairs])
+    except ValueError:
+        return "(unreadable URL)"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _is_secret_param(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_PARAMS)
 
 
 def _is_loopback(host: str) -> bool:

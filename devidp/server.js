@@ -25,6 +25,7 @@ import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'n
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import * as querystring from 'node:querystring';
+import { gzipSync } from 'node:zlib';
 
 import * as jose from 'jose';
 import Provider, { errors } from 'oidc-provider';
@@ -305,8 +306,9 @@ function parseScopes(value) {
 // a JSON-number kid), so tests can check the bot's response checks.
 const misbehaviour = { next: null, ignoreRevocations: 0 };
 
-// A broken IdP's JWS header: still RS256 with the provider's own RSA key, but "kid" is a number.
-async function resignWithOddKid(value, jwks) {
+// A broken IdP's JWT: still RS256 with the provider's own RSA key, but "kid" is a number
+// (oddKid) and/or the payload claims more than the answer said (claims merged into it).
+async function resign(value, jwks, { oddKid = false, claims = undefined }) {
   const [headerPart, payloadPart] = value.split('.');
   const { kid } = JSON.parse(new TextDecoder().decode(jose.base64url.decode(headerPart)));
   const rsaKeys = jwks.keys.filter((k) => k.kty === 'RSA' && k.d);
@@ -314,8 +316,13 @@ async function resignWithOddKid(value, jwks) {
   // eslint-disable-next-line no-unused-vars
   const { key_ops, use, ...importable } = jwk;
   const key = await jose.importJWK(importable, 'RS256');
-  return new jose.CompactSign(jose.base64url.decode(payloadPart))
-    .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 123 })
+  let payload = jose.base64url.decode(payloadPart);
+  if (claims) {
+    const merged = { ...JSON.parse(new TextDecoder().decode(payload)), ...claims };
+    payload = new TextEncoder().encode(JSON.stringify(merged));
+  }
+  return new jose.CompactSign(payload)
+    .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: oddKid ? 123 : jwk.kid })
     .sign(key);
 }
 
@@ -439,7 +446,9 @@ function makeTokenExchange(config, state, trustedKeys, jwks) {
       request_id: jit.request_id,
     };
     if (config.tokenFormat === 'jwt') {
-      if (next.odd_kid) value = await resignWithOddKid(value, jwks);
+      if (next.odd_kid || next.jwt_claims) {
+        value = await resign(value, jwks, { oddKid: next.odd_kid, claims: next.jwt_claims });
+      }
       const { jti, exp } = jose.decodeJwt(value);
       state.issuedJwts[jti] = exp;
       Object.assign(record, { jti, exp });
@@ -630,6 +639,17 @@ const FAULT_MODES = {
       return { status, body, content_type: contentType, headers, process: handle };
     },
   },
+  gzip: {
+    usage: '{"inflate_to"?: integer >= 0 (default 0)}',
+    parse: ({ inflate_to: inflateTo = 0 }) => (
+      Number.isSafeInteger(inflateTo) && inflateTo >= 0 && inflateTo <= 2 ** 30
+        ? { inflate_to: inflateTo } : 'inflate_to must be an integer 0-1073741824'),
+  },
+  status: {
+    usage: '{"status": 200-599}',
+    parse: ({ status }) => (
+      Number.isInteger(status) && status >= 200 && status <= 599 ? { status } : 'status must be an integer 200-599'),
+  },
   oversize: {
     usage: '{"bytes": integer >= 1} (token endpoint only)',
     parse: ({ bytes }, endpoint) => {
@@ -643,6 +663,8 @@ const FAULT_PARAMS = {
   stall: [],
   late: ['ms'],
   replace: ['status', 'body', 'content_type', 'headers', 'process'],
+  gzip: ['inflate_to'],
+  status: ['status'],
   oversize: ['bytes'],
 };
 
@@ -665,13 +687,17 @@ function parseFault(body) {
 const EMPTY_STATUS = (status) => (status >= 100 && status < 200) || status === 204 || status === 304;
 
 // The complete HTTP/1.1 answer Koa would have sent for ctx, ending with Connection: close.
-function rawAnswer(ctx) {
+function bodyBytes(ctx) {
   const { status, body } = ctx;
-  let bytes;
-  if (body === null || body === undefined || EMPTY_STATUS(status)) bytes = Buffer.alloc(0);
-  else if (Buffer.isBuffer(body)) bytes = body;
-  else if (typeof body === 'string') bytes = Buffer.from(body, 'utf8');
-  else bytes = Buffer.from(JSON.stringify(body), 'utf8');
+  if (body === null || body === undefined || EMPTY_STATUS(status)) return Buffer.alloc(0);
+  if (Buffer.isBuffer(body)) return body;
+  if (typeof body === 'string') return Buffer.from(body, 'utf8');
+  return Buffer.from(JSON.stringify(body), 'utf8');
+}
+
+function rawAnswer(ctx) {
+  const { status } = ctx;
+  const bytes = bodyBytes(ctx);
   const lines = [`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Unknown'}`];
   const computed = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'date']);
   for (const name of ctx.res.getRawHeaderNames()) {
@@ -957,6 +983,31 @@ async function main() {
         trickle(socket, data, rule.bytes_per_second);
         return;
       }
+      case 'gzip': {
+        // The real answer, gzip-compressed although the client asked for identity; inflate_to
+        // pads it with spaces (JSON allows trailing white space) so that it decompresses to that size.
+        countFault(route, rule.mode);
+        const plain = bodyBytes(ctx);
+        const padded = rule.inflate_to > plain.length
+          ? Buffer.concat([plain, Buffer.alloc(rule.inflate_to - plain.length, 0x20)]) : plain;
+        const compressed = gzipSync(padded);
+        ctx.respond = false;
+        const { res } = ctx;
+        if (res.headersSent || res.destroyed) return;
+        const type = res.getHeader('Content-Type') ?? 'application/json';
+        for (const name of res.getHeaderNames()) res.removeHeader(name);
+        res.setHeader('Content-Type', type);
+        res.setHeader('Content-Encoding', 'gzip');
+        res.setHeader('Content-Length', String(compressed.length));
+        res.writeHead(ctx.status, http.STATUS_CODES[ctx.status] ?? 'Unknown');
+        res.end(compressed);
+        return;
+      }
+      case 'status':
+        // The real answer (a token, for an exchange that worked) under another status code.
+        countFault(route, rule.mode);
+        ctx.status = rule.status;
+        return;
       case 'oversize': {
         const answer = ctx.body;
         // only a successful exchange is blown up; an error answer goes out as it is
@@ -1170,19 +1221,24 @@ async function main() {
       case 'POST /__admin/misbehave': {
         const {
           extra_scope: extraScope, expires_in: expiresIn, ignore_revocations: ignoreRevocations, odd_kid: oddKid,
+          jwt_claims: jwtClaims,
         } = isObject(body) ? body : {};
         if ((extraScope !== undefined && typeof extraScope !== 'string')
           || (expiresIn !== undefined && !Number.isInteger(expiresIn))
           || (ignoreRevocations !== undefined && !Number.isInteger(ignoreRevocations))
-          || (oddKid !== undefined && typeof oddKid !== 'boolean')) {
+          || (oddKid !== undefined && typeof oddKid !== 'boolean')
+          || (jwtClaims !== undefined && !isObject(jwtClaims))) {
           ctx.status = 400;
           ctx.body = {
-            error: 'expected {"extra_scope"?: string, "expires_in"?: integer, "ignore_revocations"?: integer, "odd_kid"?: boolean}',
+            error: 'expected {"extra_scope"?: string, "expires_in"?: integer, "ignore_revocations"?: integer, '
+              + '"odd_kid"?: boolean, "jwt_claims"?: object}',
           };
           return;
         }
-        if (extraScope !== undefined || expiresIn !== undefined || oddKid !== undefined) {
-          misbehaviour.next = { extra_scope: extraScope, expires_in: expiresIn, odd_kid: oddKid };
+        if (extraScope !== undefined || expiresIn !== undefined || oddKid !== undefined || jwtClaims !== undefined) {
+          misbehaviour.next = {
+            extra_scope: extraScope, expires_in: expiresIn, odd_kid: oddKid, jwt_claims: jwtClaims,
+          };
         }
         if (ignoreRevocations !== undefined) misbehaviour.ignoreRevocations = ignoreRevocations;
         ctx.body = { next: misbehaviour.next, ignore_revocations: misbehaviour.ignoreRevocations };

@@ -280,7 +280,7 @@ class DevIdP:
 
     def fault(self, endpoint: str, mode: str, *, count: int = 1, **params: Any) -> dict[str, Any]:
         """Deliver the answers of the next ``count`` requests to ``endpoint`` (token|revocation|
-        introspection|jwks|discovery) the ``mode`` way (trickle|stall|late|replace|oversize; the
+        introspection|jwks|discovery) the ``mode`` way (trickle|stall|late|replace|gzip|status|oversize; the
         parameters are in devidp/README.md). Returns the rule as queued, defaults filled in."""
         result: dict[str, Any] = self._admin(
             "POST", "fault", {"endpoint": endpoint, "mode": mode, "count": count, **params}
@@ -294,10 +294,12 @@ class DevIdP:
         expires_in: int | None = None,
         ignore_revocations: int | None = None,
         odd_kid: bool | None = None,
+        jwt_claims: dict[str, Any] | None = None,
     ) -> None:
         """Make the next exchange claim a wider scope and/or a longer expires_in than it should, and/or
-        (jwt format only) sign its token with the JWS header kid the JSON number 123; and/or make the
-        next N revocations answer 200 without revoking."""
+        (jwt format only) sign its token with the JWS header kid the JSON number 123 and/or with
+        ``jwt_claims`` merged into its payload; and/or make the next N revocations answer 200
+        without revoking."""
         body: dict[str, Any] = {}
         if ignore_revocations is not None:
             body["ignore_revocations"] = ignore_revocations
@@ -307,6 +309,8 @@ class DevIdP:
             body["expires_in"] = expires_in
         if odd_kid is not None:
             body["odd_kid"] = odd_kid
+        if jwt_claims is not None:
+            body["jwt_claims"] = jwt_claims
         self._admin("POST", "misbehave", body)
 
     def last_assertion(self) -> dict[str, Any] | None:

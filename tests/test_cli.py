@@ -674,3 +674,25 @@ def test_audit_verify_before_migrations_is_one_clear_line(tmp_path: Path) -> Non
     lines = messages(result.stderr)
     assert len(lines) == 1, lines
     assert lines[0].startswith("jit-bot: ") and "JIT_DATABASE_URL" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+psycopg://jit:dbpass@db:5432/jit?password=qspass&sslmode=require",
+            "postgresql+psycopg://jit:***@db:5432/jit?password=redacted&sslmode=require",
+        ),
+        ("https://idp.example/realm?client_secret=qspass&x=1", "https://idp.example/realm?client_secret=redacted&x=1"),
+        (
+            "https://user:qspass@proxy.example/api/?access_token=qspass",
+            "https://***@proxy.example/api/?access_token=redacted",
+        ),
+        ("sqlite:///jit.db", "sqlite:///jit.db"),
+    ],
+)
+def test_printed_urls_hide_passwords_in_the_user_part_and_in_the_query(url: str, shown: str) -> None:
+    from bot.cli import redact_url
+
+    assert redact_url(url) == shown
+    assert "qspass" not in redact_url(url) and "dbpass" not in redact_url(url)

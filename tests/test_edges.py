@@ -106,10 +106,26 @@ def test_an_oversized_body_is_refused_before_it_is_read(served: tuple[Served, st
         pytest.param(b"\xff\xfe\x00payload=\xc3\x28", {}, id="not-utf8"),
         pytest.param(b"command=/jit", {"X-Slack-Request-Timestamp": "abc", "X-Slack-Signature": "v0=00"}, id="ts-abc"),
         pytest.param(b"command=/jit", {"X-Slack-Signature": "v0=" + "0" * 64}, id="no-timestamp"),
+        # str.isdigit() says yes to these; int() of the first raises, the second is not a number here.
+        pytest.param(
+            b"command=/jit",
+            {"X-Slack-Request-Timestamp": "9" * 5000, "X-Slack-Signature": "v0=00"},
+            id="ts-5000-digits",
+        ),
+        pytest.param(
+            b"command=/jit",
+            {"X-Slack-Request-Timestamp": "\u0661\u0667\u0660\u0660".encode(), "X-Slack-Signature": "v0=00"},
+            id="ts-arabic-indic-digits",
+        ),
+        pytest.param(
+            b"command=/jit",
+            {"X-Slack-Request-Timestamp": "1700000000", "X-Slack-Signature": "v0=\u00e9".encode("latin-1")},
+            id="signature-not-ascii",
+        ),
     ],
 )
 def test_unsigned_junk_gets_401_and_one_short_log_line(
-    served: tuple[Served, str], body: bytes, headers: dict[str, str]
+    served: tuple[Served, str], body: bytes, headers: dict[str, str | bytes]
 ) -> None:
     process, base_url = served
     lines_before = len(process.output().splitlines())

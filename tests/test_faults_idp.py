@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -220,15 +222,152 @@ def test_retry_after_from_the_token_endpoint_is_honoured(minting_bot: MintingBot
     assert active.at - retry.at >= timedelta(seconds=0.9), "the next attempt waited for Retry-After"
 
 
-def test_an_oversized_token_answer_is_not_read_past_the_cap(minting_bot: MintingBot) -> None:
+@pytest.mark.parametrize(
+    ("mode", "params", "failure"),
+    [
+        pytest.param("oversize", {"bytes": 50_000_000}, "idp_answer_too_large", id="oversized"),
+        # A few KB on the wire that inflate to 5 MB, past the 1 MiB cap: the cap counts wire bytes,
+        # so the bot asks for identity and refuses any other encoding.
+        pytest.param("gzip", {"inflate_to": 5_000_000}, "idp_answer_encoded", id="compressed"),
+    ],
+)
+def test_a_token_answer_is_not_read_past_the_cap(
+    minting_bot: MintingBot, mode: str, params: dict[str, int], failure: str
+) -> None:
     bot = minting_bot
-    bot.idp.fault("token", "oversize", bytes=50_000_000)
-    request_id = approve(bot, "request prod-db read 30m huge answer")
+    bot.idp.fault("token", mode, **params)
+    request_id = approve(bot, f"request prod-db read 30m {mode} answer")
     row = bot.stored(request_id)
-    assert row.status == "failed" and row.failure_code == "idp_answer_too_large"
+    assert row.status == "failed" and row.failure_code == failure
     assert grant(bot, request_id) is None
     ends = mint_started_at(bot, request_id) + timedelta(minutes=30)
     assert all(t["exp"] <= ends.timestamp() + 2 for t in issued_for(bot, request_id))
+
+
+def test_a_token_in_an_answer_that_is_not_200_is_held_refused_and_revoked(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.fault("token", "status", status=201)
+    request_id = approve(bot, "request prod-db read 30m created not ok")
+    row = bot.stored(request_id)
+    assert row.status == "failed" and row.failure_code == "invalid_response"
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    (issued,) = issued_for(bot, request_id)
+    assert issued["active"] is False, "the token that came with a 201 is dead at the IdP"
+    assert "HTTP 201" in events(bot, request_id, "token_refused")[0].details["detail"]
+    assert not [t for t in dm_texts(bot) if "/pickup/" in t]
+
+
+@pytest.mark.parametrize("idp_token_format", ["jwt"])
+@pytest.mark.parametrize(
+    ("claims", "refusal"),
+    [
+        pytest.param({"scope": "read write"}, "scope_wider_than_approved", id="scope-claim-wider"),
+        pytest.param({"scp": ["read", "write"]}, "scope_wider_than_approved", id="scp-claim-wider"),
+        pytest.param({"scope": 7}, "invalid_token", id="scope-claim-not-scopes"),
+        pytest.param({"exp": "later"}, "invalid_token", id="exp-not-a-number"),
+        pytest.param("a-day-later", "invalid_response", id="exp-later-than-expires-in"),
+    ],
+)
+def test_a_jwt_is_judged_by_its_own_claims_not_by_the_answer(
+    minting_bot: MintingBot, claims: dict[str, Any] | str, refusal: str
+) -> None:
+    bot = minting_bot
+    if claims == "a-day-later":
+        claims = {"exp": int(datetime.now().timestamp()) + 86_400}
+    assert isinstance(claims, dict)
+    bot.idp.misbehave_next(jwt_claims=claims)
+    request_id = approve(bot, "request prod-db read 30m claims more than it says")
+    row = bot.stored(request_id)
+    assert row.status == "failed" and row.failure_code == refusal
+    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    (issued,) = issued_for(bot, request_id)
+    assert issued["active"] is False
+    assert not [t for t in dm_texts(bot) if "/pickup/" in t], "no pickup link for a token that claims more"
+
+
+def test_a_jwt_whose_claims_are_within_the_approval_is_minted(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    bot.idp.misbehave_next(jwt_claims={"scope": "read", "scp": ["read"]})
+    request_id = approve(bot, "request prod-db read 30m claims exactly what was approved")
+    assert bot.stored(request_id).status == "active"
+
+
+def test_sweeps_at_the_same_moment_never_claim_more_grants_than_there_are_workers(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    service = bot.served.runtime.revocation
+    assert service is not None
+    ids = [approve(bot, f"request prod-db read 30m one of many {n}") for n in range(service.worker_count + 4)]
+    assert all(bot.stored(request_id).status == "active" for request_id in ids)
+    # Every revocation attempt hangs, so a claimed grant keeps its worker busy.
+    bot.idp.fault("revocation", "stall", count=100)
+    with session_scope(bot.engine) as session:
+        for request_id in ids:
+            assert grant_store.expire_now(session=session, request_id=request_id, now=bot.clock())
+    start = threading.Barrier(6)
+    claimed: list[list[str]] = []
+
+    def sweep() -> None:
+        start.wait()
+        claimed.append(service.sweep())
+
+    threads = [threading.Thread(target=sweep) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with Session(bot.engine) as session:
+        leased = [g for g in (session.get(Grant, r) for r in ids) if g is not None and g.status == "revoking"]
+    # A lease starts when it is claimed; a grant claimed with no worker free would run out its lease unattempted.
+    assert len(leased) <= service.worker_count, (len(leased), [len(c) for c in claimed])
+    assert sum(len(c) for c in claimed) <= service.worker_count
+    bot.idp.reset()  # let the stalled attempts end
+    for request_id in ids:
+        bot.slack.wait_for(
+            lambda rid=request_id: (g := grant(bot, rid)) is not None and g.status == "revoked", timeout=60
+        )
+
+
+# --- the database refusing the token -------------------------------------------------------------
+
+
+def refuse_grant_inserts(bot: MintingBot, *, on: bool) -> None:
+    """A database that refuses to store tokens (a full disk, a lost primary): a trigger."""
+    with bot.engine.begin() as connection:
+        if on:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_grants BEFORE INSERT ON \"grant\" BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        else:
+            connection.exec_driver_sql("DROP TRIGGER refuse_grants")
+
+
+def test_a_database_that_refuses_a_token_for_a_moment_does_not_lose_it(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    refuse_grant_inserts(bot, on=True)
+    request_id = approve_now(bot, "request prod-db read 30m the disk is full for a moment")
+    bot.slack.wait_for(lambda: issued_for(bot, request_id), timeout=10)
+    time.sleep(0.5)
+    refuse_grant_inserts(bot, on=False)
+    bot.slack.wait_for(lambda: bot.stored(request_id).status == "active", timeout=15)
+    (issued,) = issued_for(bot, request_id)
+    assert issued["active"] is True
+    assert events(bot, request_id, "grant_active")
+    messages = [r.getMessage() for r in bot.log_records.records]
+    assert any(f"could not store the token minted for {request_id} (attempt" in m for m in messages), messages
+
+
+def test_a_database_that_keeps_refusing_a_token_gets_it_revoked_directly_and_alerted(
+    minting_bot: MintingBot,
+) -> None:
+    bot = minting_bot
+    refuse_grant_inserts(bot, on=True)
+    request_id = approve(bot, "request prod-db read 30m the disk stays full")
+    assert bot.stored(request_id).status == "failed"
+    assert grant(bot, request_id) is None
+    (issued,) = issued_for(bot, request_id)
+    assert issued["active"] is False, "the bot revoked the token it could not store"
+    alert = bot.slack.wait_for(lambda: audit_posts(bot, request_id, "could not store it"))
+    assert "succeeded" in alert[0]
 
 
 # --- the revocation endpoint ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ yields that token, however odd the rest of it, so the caller can hold it and rev
 from __future__ import annotations
 
 import base64
+import dataclasses
 import threading
 import warnings
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from bot.config import ClientAuth
 from bot.domain.text import one_line
 from bot.idp.discovery import Discovery, ProviderMetadata
-from bot.idp.errors import IdPError, idp_error_for, retry_after_seconds
+from bot.idp.errors import IdPError, idp_error_for, retry_after_seconds, waiting_within
 from bot.idp.http import CallBudget, budgeted_transport
 from bot.idp.keys import SigningKey
 
@@ -149,7 +150,7 @@ class IdPClient:
         try:
             yield client
         except httpx.HTTPError as exc:
-            if not isinstance(exc, httpx.TimeoutException) and not budget.too_large:
+            if not isinstance(exc, httpx.TimeoutException) and not budget.too_large and budget.encoded is None:
                 self.discovery.invalidate()  # perhaps the endpoint moved
             raise idp_error_for(exc, budget, during=during) from None
         finally:
@@ -188,6 +189,11 @@ class IdPClient:
             form[self._config.lifetime_param] = str(lifetime_seconds)
         response = self._post(budget, metadata, metadata.token_endpoint, form, during="token exchange")
         if response.status_code != 200:
+            # RFC 6749 section 5.1 says 200, but a token in any other answer was still issued:
+            # it is held (and, being an anomaly, refused and revoked) rather than dropped.
+            held = _token_in_odd_answer(response)
+            if held is not None:
+                return held
             raise _oauth_error(response, "token_request_failed", during="token exchange")
         return parse_exchange(_json(response))
 
@@ -285,7 +291,7 @@ class IdPClient:
 
     def _signing_key_for(self, kid: str | None, jwks_uri: str, budget: CallBudget) -> Any:
         for refresh in (False, True):
-            with self._jwks_lock:
+            with waiting_within(self._jwks_lock, budget, during="JWKS"):
                 if self._jwks is None or refresh:
                     self._jwks = self._fetch_jwks(jwks_uri, budget)
                 jwks = self._jwks
@@ -317,6 +323,25 @@ class IdPClient:
             ) from None
 
 
+# The IdP answered something that may be a token the bot cannot represent, so cannot revoke.
+UNHOLDABLE_TOKEN = "unholdable_token"
+
+
+def _token_in_odd_answer(response: httpx.Response) -> ExchangedToken | None:
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
+        return None
+    try:
+        token = parse_exchange(answer)
+    except IdPError:
+        return None
+    odd = f"the token came in an HTTP {response.status_code} answer"
+    return dataclasses.replace(token, anomaly=one_line(f"{odd}; {token.anomaly}" if token.anomaly else odd, 300))
+
+
 def _seconds(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("not a number")
@@ -334,6 +359,12 @@ def parse_exchange(answer: Any) -> ExchangedToken:
     token = answer.get("access_token")
     if not isinstance(token, str) or not token.strip():
         raise IdPError("invalid_response", "the token answer has no access_token", transient=False)
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON can carry a lone surrogate ("\\ud800"); no byte string is that token, so it can be
+        # neither stored nor sent back to be revoked.
+        raise IdPError(UNHOLDABLE_TOKEN, "the access_token is not valid text", transient=False) from None
     anomalies: list[str] = []
     token_type = answer.get("token_type")
     if token_type is None:

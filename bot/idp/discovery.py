@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from bot.idp.errors import IdPError, idp_error_for
+from bot.idp.errors import IdPError, idp_error_for, waiting_within
 from bot.idp.http import CallBudget, budgeted_client
 
 
@@ -34,9 +34,11 @@ class Discovery:
         self._metadata: ProviderMetadata | None = None
 
     def get(self, budget: CallBudget | None = None) -> ProviderMetadata:
-        with self._lock:
+        budget = budget or CallBudget.starting_now(self._timeout)
+        # Another thread may be fetching (against a slow IdP): waiting for it counts against this call.
+        with waiting_within(self._lock, budget, during="discovery"):
             if self._metadata is None:
-                self._metadata = self._fetch(budget or CallBudget.starting_now(self._timeout))
+                self._metadata = self._fetch(budget)
             return self._metadata
 
     def invalidate(self) -> None:

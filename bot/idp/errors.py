@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import httpx
 
 from bot.domain.text import one_line
@@ -40,6 +44,12 @@ def idp_error_for(exc: httpx.HTTPError, budget: CallBudget, *, during: str) -> I
         return IdPError(
             "idp_answer_too_large", f"{during}: the answer exceeded {budget.max_bytes} bytes", transient=False
         )
+    if budget.encoded is not None:
+        return IdPError(
+            "idp_answer_encoded",
+            f"{during}: the answer was compressed ({one_line(budget.encoded, 32)}) though identity was asked for",
+            transient=False,
+        )
     if isinstance(exc, httpx.TimeoutException):
         return IdPError("idp_timeout", f"{during}: the IdP did not answer in time", transient=True)
     return IdPError("idp_unreachable", f"{during}: {type(exc).__name__}", transient=True)
@@ -54,3 +64,15 @@ def retry_after_seconds(value: str | None) -> float | None:
     except ValueError:
         return None
     return min(max(seconds, 0.0), 3600.0) if seconds == seconds else None  # NaN is not a delay
+
+
+@contextmanager
+def waiting_within(lock: threading.Lock, budget: CallBudget, *, during: str) -> Iterator[None]:
+    """Hold ``lock``, waiting for it no longer than what is left of ``budget``: a thread stuck on a
+    slow IdP must not hold every other caller past its own deadline."""
+    if not lock.acquire(timeout=max(budget.remaining(), 0.0)):
+        raise IdPError("idp_timeout", f"{during}: another call to the IdP outlasted the deadline", transient=True)
+    try:
+        yield
+    finally:
+        lock.release()

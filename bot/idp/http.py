@@ -13,7 +13,10 @@ more than ``max_bytes``.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import ssl
+import threading
 import time
 import typing
 import urllib.request
@@ -34,6 +37,9 @@ class CallBudget:
     max_bytes: int = MAX_ANSWER_BYTES
     bytes_read: int = 0
     too_large: bool = False
+    # Set when the answer came compressed although identity was asked for: the size cap counts
+    # bytes on the wire, and a few KB of gzip can inflate to gigabytes.
+    encoded: str | None = None
 
     @classmethod
     def starting_now(cls, seconds: float, *, max_bytes: int = MAX_ANSWER_BYTES) -> CallBudget:
@@ -87,6 +93,40 @@ class _BudgetedStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+def _resolve(host: str, port: int, budget: CallBudget) -> list[str]:
+    """The host's addresses, looked up within what is left of the budget.
+
+    getaddrinfo takes no timeout, and a resolver that hangs would hold the call past its deadline,
+    so the lookup runs on a daemon thread that is abandoned when the deadline passes.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [host]
+    found: list[str] = []
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+                if str(sockaddr[0]) not in found:
+                    found.append(str(sockaddr[0]))
+        except OSError as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="idp-dns", daemon=True).start()
+    if not done.wait(max(budget.remaining(), 0.0)):
+        raise httpcore.ConnectTimeout(f"looking up {host} outlasted the call's deadline")
+    if failed or not found:
+        raise httpcore.ConnectError(f"could not resolve {host}")
+    return found
+
+
 class _BudgetedBackend(httpcore.NetworkBackend):
     def __init__(self, budget: CallBudget) -> None:
         self._budget = budget
@@ -100,11 +140,20 @@ class _BudgetedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        bounded = self._budget.bound(timeout)
-        if bounded is None:
-            raise httpcore.ConnectTimeout("the call's deadline passed")
-        stream = self._inner.connect_tcp(host, port, bounded, local_address, socket_options)
-        return _BudgetedStream(stream, self._budget)
+        addresses = _resolve(host, port, self._budget)
+        last: Exception | None = None
+        for address in addresses:
+            bounded = self._budget.bound(timeout)
+            if bounded is None:
+                raise httpcore.ConnectTimeout("the call's deadline passed")
+            try:
+                stream = self._inner.connect_tcp(address, port, bounded, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+                continue
+            return _BudgetedStream(stream, self._budget)
+        assert last is not None  # _resolve returns at least one address
+        raise last
 
     def connect_unix_socket(
         self,
@@ -131,6 +180,18 @@ class _BudgetedTransport(httpx.HTTPTransport):
             self._pool = httpcore.HTTPProxy(
                 proxy_url=proxy, ssl_context=ssl_context, network_backend=backend, max_connections=2
             )
+        self._budget = budget
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # The size cap counts bytes on the wire, which is only the size of the answer uncompressed.
+        request.headers["Accept-Encoding"] = "identity"
+        response = super().handle_request(request)
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            response.close()
+            self._budget.encoded = encoding[:32]
+            raise httpx.DecodingError(f"the answer is {self._budget.encoded}-encoded; identity was asked for")
+        return response
 
 
 def proxy_for(url: str) -> str | None:

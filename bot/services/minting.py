@@ -27,7 +27,7 @@ from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.domain.status import GrantStatus, RequestStatus, VoteChoice
 from bot.idp.assertion import ApprovalClaims, subject_assertion
-from bot.idp.client import ExchangedToken, IdPClient
+from bot.idp.client import UNHOLDABLE_TOKEN, ExchangedToken, IdPClient
 from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey
 from bot.services.audit import record
@@ -51,6 +51,10 @@ PICKUP_LINK_LIFETIME = timedelta(minutes=10)
 CHECK_HOLD = timedelta(seconds=60)
 # Tokens longer than this are refused (and revoked): no honest access token is this big.
 MAX_TOKEN_CHARS = 16 * 1024
+# Pauses between tries to store a token the database refused (a failover takes a few seconds).
+STORE_RETRY_PAUSES = (0.0, 0.25, 1.0, 2.0)
+# Clock difference allowed between the bot and the IdP when reading a JWT's exp.
+JWT_CLOCK_LEEWAY = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,9 @@ class MintService:
         try:
             token = self._exchange(request, approvers, expires_at)
         except IdPError as exc:
+            if exc.code == UNHOLDABLE_TOKEN:
+                self._unholdable(request_id, exc)
+                return
             self._fail(request_id, exc.code, exc.description)
             return
         except Exception:
@@ -226,36 +233,60 @@ class MintService:
         self, request: AccessRequest, token: ExchangedToken, *, started_at: datetime, expires_at: datetime
     ) -> None:
         """Store the token before anything else, then check it, then activate it or refuse it."""
-        refusal = self._quick_refusal(request, token, expires_at)
-        if refusal is None and not self.idp.is_jwt(token.access_token):
+        try:
+            refusal = self._quick_refusal(request, token, expires_at)
+            opaque = refusal is None and not self.idp.is_jwt(token.access_token)
+        except Exception:
+            ref = log_failure(log, f"unexpected error checking the token for {request.id}")
+            refusal, opaque = Refusal("internal_error", f"the token's checks failed unexpectedly (ref {ref})"), False
+        if opaque:
             # An opaque token: every check was the pure one above, so storing it and making it the
-            # grant are one transaction (either both happen or neither, and then it is revoked here).
+            # grant are one transaction (either both happen or neither). Should that transaction
+            # fail, the token is stored on its own, unchecked, and activated after.
             try:
                 with session_scope(self.engine) as session:
                     self._store_in(session, request, token, started_at=started_at, expires_at=expires_at, refusal=None)
                     late = self._activate_in(session, request, token, expires_at=expires_at)
             except Exception:
-                self._could_not_store(request.id, token)
+                log_failure(log, f"could not store and activate the token for {request.id} at once; storing it first")
+            else:
+                self.wake(self.clock() if late is not None else expires_at)
                 return
-            self.wake(self.clock() if late is not None else expires_at)
-            return
-        try:
-            self._store(request, token, started_at=started_at, expires_at=expires_at, refusal=refusal)
-        except Exception:
-            self._could_not_store(request.id, token)
+        if not self._retrying(
+            f"store the token minted for {request.id}",
+            lambda: self._store(request, token, started_at=started_at, expires_at=expires_at, refusal=refusal),
+        ):
+            self._could_not_store(request.id, token, expires_at=expires_at)
             return
         if refusal is not None:
             self.wake(self.clock())
             return
-        try:
-            refusal = self._verify(request, token)
-        except Exception:
-            ref = log_failure(log, f"unexpected error checking the token for {request.id}")
-            refusal = Refusal("internal_error", f"the token's checks failed unexpectedly (ref {ref})")
+        outlives_grant = False
+        if not opaque:
+            try:
+                refusal, outlives_grant = self._verify(request, token, expires_at=expires_at)
+            except Exception:
+                ref = log_failure(log, f"unexpected error checking the token for {request.id}")
+                refusal = Refusal("internal_error", f"the token's checks failed unexpectedly (ref {ref})")
         if refusal is not None:
             self._refuse(request.id, refusal, fingerprint(token.access_token))
             return
-        self._activate(request, token, expires_at=expires_at)
+        # Stored but not yet activated: should this fail, the hold runs out and the engine revokes it.
+        self._activate(request, token, expires_at=expires_at, outlives_grant=outlives_grant)
+
+    def _retrying(self, what: str, step: Callable[[], None]) -> bool:
+        """Run a database step, trying again after short pauses: a failover or a lock timeout
+        should not turn a good token into a lost one."""
+        for attempt, pause in enumerate(STORE_RETRY_PAUSES, start=1):
+            if pause:
+                self.sleep(pause)
+            try:
+                step()
+            except Exception:
+                log_failure(log, f"could not {what} (attempt {attempt} of {len(STORE_RETRY_PAUSES)})")
+            else:
+                return True
+        return False
 
     def _quick_refusal(self, request: AccessRequest, token: ExchangedToken, expires_at: datetime) -> Refusal | None:
         """The checks that need no I/O: is this a token we may hand out at all?"""
@@ -272,12 +303,47 @@ class MintService:
             return Refusal("token_too_late", "the token arrived after the grant would have ended")
         return None
 
-    def _verify(self, request: AccessRequest, token: ExchangedToken) -> Refusal | None:
+    def _verify(
+        self, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime
+    ) -> tuple[Refusal | None, bool]:
+        """Verify a JWT access token, and read what it claims rather than what the answer said.
+
+        A JWT is what a resource server reads, so its own ``scope``/``scp`` must be within what was
+        approved, and its ``exp`` must not be later than the answer's ``expires_in`` said. Returns
+        the refusal, if any, and whether the token outlives the grant (a warning, as for
+        ``expires_in``: revocation at expiry is then the cut-off).
+        """
         try:
-            self.idp.verify_jwt_access_token(token.access_token, audience=request.audience)
+            claims = self.idp.verify_jwt_access_token(token.access_token, audience=request.audience)
         except IdPError as exc:
-            return Refusal(exc.code, exc.description)
-        return None
+            return Refusal(exc.code, exc.description), False
+        if claims is None:
+            return None, False
+        approved = set(request.scope_list)
+        for name in ("scope", "scp"):
+            claimed = claims.get(name)
+            if claimed is None:
+                continue
+            if isinstance(claimed, str):
+                scopes = set(claimed.split())
+            elif isinstance(claimed, list) and all(isinstance(s, str) for s in claimed):
+                scopes = set(claimed)
+            else:
+                return Refusal("invalid_token", f"the access token's {name} claim is not a list of scopes"), False
+            if not scopes <= approved:
+                extra = " ".join(sorted(scopes - approved))
+                return Refusal(
+                    "scope_wider_than_approved", f"the access token claims scopes that were not approved: {extra}"
+                ), False
+        exp = claims["exp"]
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return Refusal("invalid_token", "the access token's exp is not a number"), False
+        now = self.clock().timestamp()
+        if token.expires_in is not None and exp > now + token.expires_in + JWT_CLOCK_LEEWAY.total_seconds():
+            return Refusal(
+                "invalid_response", "the access token's exp is later than the answer's expires_in said"
+            ), False
+        return None, exp > expires_at.timestamp() + JWT_CLOCK_LEEWAY.total_seconds()
 
     def _store(
         self,
@@ -334,18 +400,49 @@ class MintService:
         if refusal is not None:
             self._refused_in(session, request.id, refusal, fingerprint(token.access_token), now)
 
-    def _could_not_store(self, request_id: str, token: ExchangedToken) -> None:
-        """The database refused the token. It exists only in this thread's memory now: revoke it
-        here, once, and say so loudly; the IdP caps its life at the grant's expiry in any case."""
+    def _could_not_store(self, request_id: str, token: ExchangedToken, *, expires_at: datetime) -> None:
+        """The database refused the token, again and again. It exists only in this thread's memory
+        now, so this thread keeps it until it is dead or in the grant table: each round it tries to
+        store it as refused (the revocation engine then takes over) and to revoke it directly, until
+        introspection proves it inactive or the grant's own end has passed."""
         ref = log_failure(log, f"could not store the token minted for {request_id}; revoking it directly")
-        outcome = "succeeded"
-        try:
-            self.idp.revoke(token.access_token)
-        except Exception as exc:
-            outcome = f"failed ({exc.code if isinstance(exc, IdPError) else type(exc).__name__})"
+        token_fingerprint = fingerprint(token.access_token)
+        refusal = Refusal("token_unstored", f"the database refused the token at first (ref {ref})")
+        pause = 1.0
+        outcome = "not confirmed"
+        while True:
+            try:
+                with session_scope(self.engine) as session:
+                    request = store.get_request(session=session, request_id=request_id)
+                    if request is None:
+                        raise LookupError(request_id)
+                    self._store_in(
+                        session, request, token, started_at=self.clock(), expires_at=expires_at, refusal=refusal
+                    )
+            except Exception:
+                log.warning("token %s for %s: still cannot store it", token_fingerprint, request_id)
+            else:
+                log.critical(
+                    "token %s for %s is stored at last, as refused (ref %s)", token_fingerprint, request_id, ref
+                )
+                self.wake(self.clock())
+                return
+            try:
+                self.idp.revoke(token.access_token)
+                if not self.idp.introspect(token.access_token).get("active"):
+                    outcome = "succeeded"
+                    break
+                outcome = "failed (still active)"
+            except Exception as exc:
+                outcome = f"failed ({exc.code if isinstance(exc, IdPError) else type(exc).__name__})"
+            if self.clock() >= expires_at:
+                break
+            log.warning("token %s for %s: direct revocation %s; trying again", token_fingerprint, request_id, outcome)
+            self.sleep(pause)
+            pause = min(pause * 2, 30.0)
         log.critical(
             "token %s for %s could not be stored (ref %s); direct revocation %s",
-            fingerprint(token.access_token),
+            token_fingerprint,
             request_id,
             ref,
             outcome,
@@ -353,11 +450,7 @@ class MintService:
         try:
             with session_scope(self.engine) as session:
                 self.announcer.alert(
-                    session,
-                    AlertKind.TOKEN_UNSTORED,
-                    request_id,
-                    fingerprint=fingerprint(token.access_token),
-                    revocation=outcome,
+                    session, AlertKind.TOKEN_UNSTORED, request_id, fingerprint=token_fingerprint, revocation=outcome
                 )
                 self._fail_in(session, request_id, "internal_error", f"the token could not be stored (ref {ref})")
         except Exception:
@@ -408,6 +501,13 @@ class MintService:
             token_fingerprint=token_fingerprint,
         )
 
+    def _unholdable(self, request_id: str, exc: IdPError) -> None:
+        """The IdP issued something the bot cannot hold or send back: a person must revoke it."""
+        log.critical("the IdP answered %s an access token the bot cannot hold: %s", request_id, exc.description)
+        with session_scope(self.engine) as session:
+            self.announcer.alert(session, AlertKind.TOKEN_UNHOLDABLE, request_id)
+            self._fail_in(session, request_id, exc.code, exc.description)
+
     def _fail(self, request_id: str, code: str, detail: str) -> None:
         with session_scope(self.engine) as session:
             self._fail_in(session, request_id, code, detail)
@@ -434,25 +534,37 @@ class MintService:
         else:
             log.warning("request %s was no longer minting when its mint failed (%s)", request_id, code)
 
-    def _activate(self, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime) -> None:
+    def _activate(
+        self, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime, outlives_grant: bool
+    ) -> None:
         with session_scope(self.engine) as session:
-            late = self._activate_in(session, request, token, expires_at=expires_at)
+            late = self._activate_in(session, request, token, expires_at=expires_at, outlives_grant=outlives_grant)
         self.wake(self.clock() if late is not None else expires_at)
 
     def _activate_in(
-        self, session: Session, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime
+        self,
+        session: Session,
+        request: AccessRequest,
+        token: ExchangedToken,
+        *,
+        expires_at: datetime,
+        outlives_grant: bool = False,
     ) -> Refusal | None:
         """The checked token becomes the grant, unless it lost its hold or its request; then it is refused."""
         now = self.clock()
         pickup_id = secrets.token_urlsafe(32)
         link_expires_at = min(now + PICKUP_LINK_LIFETIME, expires_at)
         granted = token.scope if token.scope is not None else request.scope_list
-        lifetime_warning = token.expires_in is not None and token.expires_in > request.duration_seconds
+        lifetime_warning = outlives_grant or (
+            token.expires_in is not None and token.expires_in > request.duration_seconds
+        )
         if lifetime_warning:
             log.warning(
-                "IdP token for %s lives %ss, longer than the approved %ss; revocation at expiry is the cut-off",
+                "IdP token for %s lives longer (expires_in %s, JWT exp later: %s) than the approved %ss; "
+                "revocation at expiry is the cut-off",
                 request.id,
                 token.expires_in,
+                outlives_grant,
                 request.duration_seconds,
             )
         if not grant_store.activate(

@@ -68,6 +68,7 @@ class AlertKind(StrEnum):
     REVOCATION_OVERDUE = "revocation_overdue"  # not confirmed revoked well after expiry
     PICKUP_UNDELIVERABLE = "pickup_undeliverable"  # the requester never got their link
     TOKEN_UNSTORED = "token_unstored"  # the bot could not store a token it received
+    TOKEN_UNHOLDABLE = "token_unholdable"  # the IdP answered a token the bot cannot even represent
 
 
 @dataclass(frozen=True)

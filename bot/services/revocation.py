@@ -94,21 +94,38 @@ class RevocationService:
     _busy_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sweep(self) -> list[str]:
-        """Claim what is due, as much as idle workers can start now, and hand it to them."""
+        """Claim what is due, as much as idle workers can start now, and hand it to them.
+
+        The idle workers are reserved before the claim, so two sweeps at once (the timer and a
+        freed worker) never claim more than there are workers to start: a claimed grant's lease
+        runs from the moment it is claimed.
+        """
         with self._busy_lock:
-            idle = self.worker_count - self._busy
-            self._saturated = idle <= 0
-        if idle <= 0:
-            return []
-        now = self.clock()
+            limit = min(self.timing.batch, self.worker_count - self._busy)
+            self._saturated = limit <= 0
+            if limit <= 0:
+                return []
+            self._busy += limit
+        claimed: list[str] = []
         claim_id = secrets.token_hex(16)
+        try:
+            claimed = self._claim(limit, claim_id)
+        finally:
+            with self._busy_lock:
+                self._busy -= limit - len(claimed)
+                self._saturated = len(claimed) >= limit
+        for request_id in claimed:
+            future = submit_logged(
+                self.workers, log, f"revocation worker for {request_id}", self.revoke_claimed, request_id, claim_id
+            )
+            future.add_done_callback(self._worker_done)
+        return claimed
+
+    def _claim(self, limit: int, claim_id: str) -> list[str]:
+        now = self.clock()
         with session_scope(self.engine) as session:
             claim = grant_store.claim_due(
-                session=session,
-                now=now,
-                claim_id=claim_id,
-                lease_until=now + self.timing.lease,
-                limit=min(self.timing.batch, idle),
+                session=session, now=now, claim_id=claim_id, lease_until=now + self.timing.lease, limit=limit
             )
             for request_id, attempts in claim.lapsed:
                 record(
@@ -124,17 +141,7 @@ class RevocationService:
             log.warning(
                 "revocation of %s: attempt %d recorded no outcome before its lease ran out", request_id, attempts
             )
-        limit = min(self.timing.batch, idle)
-        with self._busy_lock:
-            self._saturated = len(claim.claimed) >= limit
-        for request_id in claim.claimed:
-            with self._busy_lock:
-                self._busy += 1
-            future = submit_logged(
-                self.workers, log, f"revocation worker for {request_id}", self.revoke_claimed, request_id, claim_id
-            )
-            future.add_done_callback(self._worker_done)
-        return claim.claimed
+        return list(claim.claimed)
 
     def _worker_done(self, _future: object) -> None:
         with self._busy_lock:

@@ -302,6 +302,12 @@ def alert_text(alert: Alert) -> str:
                 f"not store it; revoking it at once {escape(str(facts.get('revocation') or 'was attempted'))}. "
                 "Check the IdP and the bot's logs."
             )
+        case AlertKind.TOKEN_UNHOLDABLE:
+            return (
+                f":rotating_light: The IdP answered the token exchange for {rid} with an access token that is not "
+                "valid text, so jit-bot can neither hold it nor send it back to be revoked. Revoke the tokens "
+                "issued for this request at the IdP by hand."
+            )
 
 
 def help_text() -> str:

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy import event as sa_event
 from sqlmodel import Session, col, select
 
 from bot.domain.audit import FORBIDDEN_DETAIL_KEYS
@@ -74,6 +75,9 @@ def legacy_event_link(prev_hash: str, canonical: str) -> str:
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
+_PENDING = "jit_pending_audit"
+
+
 def append_event(
     *,
     session: Session,
@@ -83,35 +87,59 @@ def append_event(
     request_id: str | None,
     details: dict[str, Any],
 ) -> None:
-    """Append one event. Plain SQL statements rather than ORM objects: this runs in every
-    transaction the bot makes, and the unit-of-work bookkeeping was most of its cost."""
+    """Append one event to the chain, as part of the session's transaction.
+
+    The event is linked and written when the transaction commits, not now: linking takes the
+    chain's head row lock, which serialises every writer on PostgreSQL, so it is taken for the last
+    moment of a transaction rather than for all the work that follows an event. A transaction that
+    rolls back writes nothing. A secret-bearing detail is refused at once.
+    """
     leaked = FORBIDDEN_DETAIL_KEYS.intersection(details)
     if leaked:
         raise ValueError(f"refusing to audit secret-bearing keys: {sorted(leaked)}")
+    # Round-trip through JSON now, so the link is over exactly what the database will give back.
+    stored_details = json.loads(json.dumps(details, sort_keys=True))
+    pending: list[dict[str, Any]] | None = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = []
+        if not sa_event.contains(session, "before_commit", _write_pending):
+            sa_event.listen(session, "before_commit", _write_pending)
+            sa_event.listen(session, "after_rollback", _forget_pending)
+    pending.append(
+        {"at": at, "event_type": event_type, "actor": actor, "request_id": request_id, "details": stored_details}
+    )
+
+
+def _forget_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def _write_pending(session: Session) -> None:
+    """Link and write the transaction's events (plain SQL: the unit-of-work bookkeeping of ORM
+    objects was most of the cost of an event)."""
+    pending: list[dict[str, Any]] = session.info.pop(_PENDING, None) or []
+    if not pending:
+        return
     key = audit_key_of(session.connection())
     # FOR UPDATE serialises appenders on PostgreSQL; SQLite's BEGIN IMMEDIATE already did.
     head_seq, head_hash = session.execute(
         select(AuditHead.seq, AuditHead.hash).where(col(AuditHead.id) == 1).with_for_update()
     ).one()
-    seq = head_seq + 1
-    # Round-trip through JSON now, so the link is over exactly what the database will give back.
-    stored_details = json.loads(json.dumps(details, sort_keys=True))
-    canonical = canonical_event(
-        seq=seq, at=at, event_type=event_type, actor=actor, request_id=request_id, details=stored_details
-    )
-    link = event_link(key, head_hash, canonical)
-    session.execute(
-        insert(AuditEvent).values(
+    seq, link = head_seq, head_hash
+    rows = []
+    for item in pending:
+        seq += 1
+        canonical = canonical_event(
             seq=seq,
-            at=at,
-            event_type=event_type,
-            actor=actor,
-            request_id=request_id,
-            details=stored_details,
-            prev_hash=head_hash,
-            hash=link,
+            at=item["at"],
+            event_type=item["event_type"],
+            actor=item["actor"],
+            request_id=item["request_id"],
+            details=item["details"],
         )
-    )
+        previous, link = link, event_link(key, link, canonical)
+        rows.append({**item, "seq": seq, "prev_hash": previous, "hash": link})
+    session.execute(insert(AuditEvent), rows)
     session.execute(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=link))
 
 

@@ -55,6 +55,12 @@ class ReplayCache:
             return True
 
 
+def _ascii_digits(value: str, max_length: int) -> bool:
+    """Plain 0-9 digits, not too many: str.isdigit() also accepts other scripts' digits and
+    superscripts, and int() of thousands of digits raises."""
+    return 0 < len(value) <= max_length and value.isascii() and value.isdigit()
+
+
 class _TooLarge(Exception):
     pass
 
@@ -80,7 +86,7 @@ class SlackEdge:
     async def handle(self, request: Request) -> Response:
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not _ascii_digits(declared, 20):
                 return self._refuse(400, "a request with a malformed Content-Length")
             if int(declared) > self._max_body:
                 return self._refuse(413, f"a {declared}-byte request (the limit is {self._max_body})")
@@ -90,9 +96,13 @@ class SlackEdge:
             return self._refuse(413, f"a request larger than {self._max_body} bytes")
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
-        if not timestamp.isdigit() or not signature.startswith("v0="):
+        if not _ascii_digits(timestamp, 12) or not signature.startswith("v0=") or not signature.isascii():
             return self._refuse(401, "a request without a valid Slack signature header")
-        if not self._verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
+        try:
+            valid = self._verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
+        except Exception as exc:  # whatever the headers hold, an unverifiable request is refused, not a 500
+            return self._refuse(401, f"a request whose signature could not be checked ({type(exc).__name__})")
+        if not valid:
             return self._refuse(401, "a request whose signature does not verify (or is too old)")
         if request.headers.get("x-slack-retry-num") is not None:
             # Slack retries when our first answer was slow; that first delivery is being handled.
