@@ -560,12 +560,12 @@ class MintService:
         )
         if lifetime_warning:
             log.warning(
-                "IdP token for %s lives longer (expires_in %s, JWT exp later: %s) than the approved %ss; "
+                "IdP token for %s lives longer than the approved %ss (expires_in %s, JWT exp later: %s); "
                 "revocation at expiry is the cut-off",
                 request.id,
+                request.duration_seconds,
                 token.expires_in,
                 outlives_grant,
-                request.duration_seconds,
             )
         if not grant_store.activate(
             session=session,
