@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     slack_hooks_url: str = "https://hooks.slack.com/"
     # Messages per second the bot sends to any one channel (Slack allows about one, with short bursts).
     slack_channel_rate: float = Field(default=1.0, gt=0, le=1000)
+    # Seconds one Slack Web API call may take in all, connect to last byte (well inside the outbox lease).
+    slack_call_deadline: float = Field(default=15.0, ge=1, le=30)
 
     jit_database_url: str = "sqlite:///jit.db"
     jit_policy_file: Path = Path("policy.yml")

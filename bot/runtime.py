@@ -40,6 +40,7 @@ from bot.slack.adapters import SlackDirectory, SlackNotifier
 from bot.slack.app import build_bolt_app
 from bot.slack.guard import Workspace
 from bot.slack.listeners import Listeners
+from bot.slack.web_client import DeadlineWebClient
 from bot.store.audit import bind_audit_key
 from bot.store.crypto import TokenCipher
 from bot.store.db import make_engine, ping
@@ -145,10 +146,12 @@ def build_runtime(
     )
 
     # The Slack side. The SDK's own retries are off: the outbox retries, and knows what was sent.
-    client = WebClient(
+    # Every call ends within SLACK_CALL_DEADLINE, however slowly Slack answers.
+    client = DeadlineWebClient(
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_url,
-        timeout=10,
+        timeout=int(settings.slack_call_deadline),
+        total_timeout=settings.slack_call_deadline,
         retry_handlers=[],
     )
     directory = SlackDirectory(client)

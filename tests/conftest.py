@@ -244,11 +244,17 @@ def revocation_timing() -> RevocationTiming:
 
 @contextmanager
 def serving(
-    engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy
+    engine: Engine,
+    database_url: str,
+    policy: Policy,
+    slack: SlackStandIn,
+    delivery: DeliveryPolicy,
+    *,
+    slack_call_deadline: float = 15.0,
 ) -> Iterator[Bot]:
     """One bot, served on loopback, talking to ``slack``; a second call on the same database is a replica."""
     sock = free_socket()
-    settings = build_settings(slack, database_url, sock.getsockname()[1])
+    settings = build_settings(slack, database_url, sock.getsockname()[1], slack_call_deadline=slack_call_deadline)
     runtime = build_runtime(settings, policy, engine=engine, delivery=delivery)
     served = ServedApp(runtime, sock).start()
     sender = SlackRequests(
@@ -265,10 +271,21 @@ def serving(
 
 
 @pytest.fixture
+def slack_call_deadline() -> float:
+    """SLACK_CALL_DEADLINE of the bot under test; a test of slow answers shortens it."""
+    return 15.0
+
+
+@pytest.fixture
 def bot(
-    engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy
+    engine: Engine,
+    database_url: str,
+    policy: Policy,
+    slack: SlackStandIn,
+    delivery: DeliveryPolicy,
+    slack_call_deadline: float,
 ) -> Iterator[Bot]:
-    with serving(engine, database_url, policy, slack, delivery) as served:
+    with serving(engine, database_url, policy, slack, delivery, slack_call_deadline=slack_call_deadline) as served:
         yield served
 
 

@@ -185,3 +185,53 @@ def test_two_replicas_deliver_each_message_once(bot: Bot, second_replica: Bot) -
         assert_card_order(bot.slack, request_id)
     no_duplicates(bot.slack)
     assert bot.slack.rejected() == []
+
+
+# --- a Slack that answers a byte a second -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("slack_call_deadline", [2.0])
+def test_a_trickling_answer_ends_the_call_by_its_deadline_and_the_message_arrives_once_slack_recovers(
+    bot: Bot,
+) -> None:
+    request_id = submit(bot, "request prod-db read 30m slack is slow to answer")
+    bot.slack.wait_for(lambda: cards_posted(bot.slack)[request_id] == 1)
+    # From now on every chat.update answer (status line and headers too) comes at 2 bytes a second:
+    # a ~1 KB answer would hold the call for minutes, and each read still sees a byte in time.
+    bot.slack.trickle("chat.update", 2)
+    _, key, _ = bot.send.slash(REQUESTER, f"revoke {request_id}")
+    bot.slack.wait_for(lambda: bot.stored(request_id).status == "cancelled")
+
+    def card_update() -> OutboxMessage | None:
+        with Session(bot.engine) as session:
+            return session.exec(
+                select(OutboxMessage).where(
+                    OutboxMessage.request_id == request_id, OutboxMessage.kind == "card_changed"
+                )
+            ).first()
+
+    # Each try ends at the 2 s deadline, recorded as a timeout, and is retried.
+    timed_out = bot.slack.wait_for(
+        lambda: m if (m := card_update()) is not None and m.attempts >= 2 else None, timeout=30
+    )
+    assert timed_out.status != "sent" and "TimeoutError" in str(timed_out.last_error)
+    # Meanwhile the audit channel's summary of the cancellation, in another lane, went out.
+    bot.slack.wait_for(
+        lambda: [
+            c
+            for c in bot.slack.calls_to("chat.postMessage")
+            if c.ok and c.args.get("channel") == AUDIT_CHANNEL and request_id in str(c.args.get("text"))
+        ]
+    )
+    bot.slack.trickle("chat.update", 0)
+
+    def delivered() -> OutboxMessage | None:
+        with Session(bot.engine) as session:
+            message = session.get(OutboxMessage, timed_out.id)
+            return message if message is not None and message.status == "sent" else None
+
+    # Once Slack answers in time again, the same message goes out (the stand-in applied each try
+    # at once, as Slack may have; the card says cancelled).
+    assert bot.slack.wait_for(delivered, timeout=30).attempts >= timed_out.attempts
+    row = bot.stored(request_id)
+    assert "cancel" in json.dumps(bot.slack.message(str(row.card_channel), str(row.card_ts))["blocks"]).lower()

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.bounded_http import CallBudget, budgeted_client
 from bot.idp.errors import IdPError, waiting_within
-from bot.idp.http import CallBudget, budgeted_client
 
 
 def test_a_hanging_name_lookup_ends_at_the_calls_deadline(monkeypatch: pytest.MonkeyPatch) -> None:

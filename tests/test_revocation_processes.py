@@ -291,10 +291,15 @@ def cards_posted(slack: SlackStandIn) -> dict[str, tuple[str, str]]:
 
 
 def rows(engine: Engine, ids: list[str]) -> dict[str, tuple[AccessRequest, Grant | None]]:
+    # One statement, so both rows come from one snapshot: a revocation commits the grant and its
+    # request together, and two reads under READ COMMITTED could see one before and one after.
     with Session(engine) as session:
-        requests = session.exec(select(AccessRequest).where(col(AccessRequest.id).in_(ids))).all()
-        grants = {g.request_id: g for g in session.exec(select(Grant).where(col(Grant.request_id).in_(ids))).all()}
-        return {r.id: (r, grants.get(r.id)) for r in requests}
+        pairs = session.exec(
+            select(AccessRequest, Grant)
+            .join(Grant, col(Grant.request_id) == col(AccessRequest.id), isouter=True)
+            .where(col(AccessRequest.id).in_(ids))
+        ).all()
+        return {r.id: (r, g) for r, g in pairs}
 
 
 def statuses(engine: Engine, ids: list[str]) -> dict[str, tuple[str, str | None]]:

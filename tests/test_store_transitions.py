@@ -137,3 +137,23 @@ def test_revoke_now_ends_the_pickup_link_before_the_engine_gets_to_the_grant(key
             session=session, hashed=pickup_hash("the-link"), now=NOW + timedelta(minutes=1)
         )
         assert not grant_store.pickup_exists(session=session, hashed=pickup_hash("the-link"))
+
+
+def test_audit_events_are_linked_at_commit_and_a_rollback_writes_none(keyed: Engine) -> None:
+    from bot.store.audit import append_event, verify_chain
+
+    now = datetime.now(UTC)
+    with pytest.raises(RuntimeError), session_scope(keyed) as session:
+        append_event(session=session, at=now, event_type="rolled_back", actor="t", request_id=None, details={})
+        raise RuntimeError("the use case failed after its event")
+    with session_scope(keyed) as session:
+        for n in range(3):
+            append_event(session=session, at=now, event_type=f"kept_{n}", actor="t", request_id=None, details={"n": n})
+        # Nothing is written before the commit: the head row is not locked for the whole transaction.
+        assert session.exec(select(AuditEvent).where(AuditEvent.event_type == "kept_0")).first() is None
+    with Session(keyed) as session:
+        kinds = [e.event_type for e in session.exec(select(AuditEvent).order_by(AuditEvent.seq))]
+        report = verify_chain(session=session, key=base64.urlsafe_b64decode(AUDIT_KEY))
+    assert "rolled_back" not in kinds
+    assert kinds[-3:] == ["kept_0", "kept_1", "kept_2"]
+    assert report.intact and report.events == len(kinds), report

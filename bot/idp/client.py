@@ -2,7 +2,7 @@
 
 authlib authenticates the client (``client_secret_basic``, ``client_secret_post``,
 ``private_key_jwt``); sending the request and reading the answer is done here, because an IdP's
-answer is untrusted input: every call has a total deadline and a size cap (``bot.idp.http``), and
+answer is untrusted input: every call has a total deadline and a size cap (``bot.bounded_http``), and
 every field is type-checked before use. An exchange answer that carries an access token always
 yields that token, however odd the rest of it, so the caller can hold it and revoke it.
 """
@@ -23,11 +23,11 @@ import httpx
 import jwt
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 
+from bot.bounded_http import CallBudget, budgeted_transport
 from bot.config import ClientAuth
 from bot.domain.text import one_line
 from bot.idp.discovery import Discovery, ProviderMetadata
 from bot.idp.errors import IdPError, idp_error_for, retry_after_seconds, waiting_within
-from bot.idp.http import CallBudget, budgeted_transport
 from bot.idp.keys import SigningKey
 
 with warnings.catch_warnings():

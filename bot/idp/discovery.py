@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
+from bot.bounded_http import CallBudget, budgeted_client
 from bot.idp.errors import IdPError, idp_error_for, waiting_within
-from bot.idp.http import CallBudget, budgeted_client
 
 
 @dataclass(frozen=True)

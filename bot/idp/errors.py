@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 import httpx
 
+from bot.bounded_http import CallBudget
 from bot.domain.text import one_line
-from bot.idp.http import CallBudget
 
 
 class IdPError(Exception):

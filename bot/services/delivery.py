@@ -308,11 +308,16 @@ class Dispatcher:
 
     def _current_card(self, message: Claimed, notice: CardChanged) -> CardChanged | None:
         """The card's coordinates as stored now; None when this update is out of date or has no card."""
-        if self._superseded(message):
-            return None
+        # One read for both questions: this runs for every card update.
         with read_scope(self._engine) as session:
-            request = request_store.get_request(session=session, request_id=notice.request.id)
+            newer = outbox_store.newer_in_lane(
+                session=session, lane=message.lane, after_id=message.id, kind=message.kind
+            )
+            request = None if newer else request_store.get_request(session=session, request_id=notice.request.id)
             coordinates = (request.card_channel, request.card_ts) if request is not None else (None, None)
+        if newer:
+            self._finish(message, OutboxStatus.SUPERSEDED)
+            return None
         channel, ts = coordinates
         if channel is None or ts is None:
             self._finish(message, OutboxStatus.DROPPED, error="the card was never posted")

@@ -62,6 +62,13 @@ class Doorbell:
         return rung
 
 
+_PENDING = "jit_outbox_pending"
+
+
+def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
 class Announcer:
     """Turns "this happened" into notices in the outbox. One per process, built in the composition root."""
 
@@ -110,26 +117,33 @@ class Announcer:
     # --- the outbox ----------------------------------------------------------------------------
 
     def queue(self, session: Session, notice: Notice, *, secret: bytes | None = None) -> None:
+        """Add the notice to the transaction's messages: they are written together, in one INSERT,
+        when it commits (and not at all if it rolls back), and the doorbell rings after."""
         where = self._route(notice)
         if where is None:
             return
         lane, channel = where
-        outbox_store.add(
-            session=session,
-            lane=lane,
-            channel=channel,
-            kind=notice.kind,
-            request_id=_request_id(notice),
-            payload=_payload(notice),
-            secret=secret,
-            now=self._clock(),
-        )
-        if not session.info.get("jit_rings_doorbell"):
-            session.info["jit_rings_doorbell"] = True
+        pending: list[dict[str, Any]] | None = session.info.get(_PENDING)
+        if pending is None:
+            pending = session.info[_PENDING] = []
+            event.listen(session, "before_commit", self._write, once=True)
             event.listen(session, "after_commit", self._ring, once=True)
+            event.listen(session, "after_rollback", _forget, once=True)
+        pending.append(
+            {
+                "lane": lane,
+                "channel": channel,
+                "kind": notice.kind,
+                "request_id": _request_id(notice),
+                "payload": _payload(notice),
+                "secret": secret,
+            }
+        )
 
-    def _ring(self, session: Session) -> None:
-        session.info.pop("jit_rings_doorbell", None)
+    def _write(self, session: Session) -> None:
+        outbox_store.add_many(session=session, messages=session.info.pop(_PENDING, None) or [], now=self._clock())
+
+    def _ring(self, session: Session) -> None:  # noqa: ARG002 - the event's signature
         self._doorbell.ring()
 
     def _route(self, notice: Notice) -> tuple[str, str] | None:

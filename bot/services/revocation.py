@@ -193,14 +193,14 @@ class RevocationService:
     def _begin(self, request_id: str, claim_id: str) -> _Held | None:
         """Read the claimed grant; on its first attempt, let the card say revocation is pending."""
         with session_scope(self.engine) as session:
-            grant = grant_store.get_grant(session=session, request_id=request_id)
+            grant = grant_store.get_grant(session=session, request_id=request_id, fresh=True)
             if grant is None or grant.claim_id != claim_id or grant.status != GrantStatus.REVOKING.value:
                 return None  # claimed by someone else after our lease ran out
             held = _Held(
                 grant.token_ciphertext, grant.token_fingerprint, grant.expires_at, grant.refusal, grant.attempts
             )
             if grant.refusal is None and grant.attempts == 0:
-                self.announcer.card(session, load_snapshot(session, request_id, policy=self.policy))
+                self.announcer.card(session, load_snapshot(session, request_id, policy=self.policy, grant=grant))
         return held
 
     def _prove(self, token: str, deadline: float) -> dict[str, Any]:

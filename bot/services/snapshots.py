@@ -55,14 +55,16 @@ def snapshot(
     )
 
 
-def load_snapshot(session: Session, request_id: str, *, policy: Policy, now: datetime | None = None) -> RequestSnapshot:
-    """The request as this transaction sees it, with its votes and grant."""
-    request = store.get_request(session=session, request_id=request_id)
+def load_snapshot(
+    session: Session, request_id: str, *, policy: Policy, now: datetime | None = None, grant: Grant | None = None
+) -> RequestSnapshot:
+    """The request as this transaction sees it, with its votes and grant (``grant``: already read
+    fresh in this transaction, so not read again)."""
+    # One SELECT each, current even when this session already holds the row.
+    request = store.get_request(session=session, request_id=request_id, fresh=True)
     if request is None:
         raise LookupError(f"request {request_id} does not exist")
-    session.refresh(request)
     votes = store.votes_for(session=session, request_id=request_id)
-    grant = grant_store.get_grant(session=session, request_id=request_id)
-    if grant is not None:
-        session.refresh(grant)
+    if grant is None:
+        grant = grant_store.get_grant(session=session, request_id=request_id, fresh=True)
     return snapshot(request, votes, policy=policy, grant=grant, now=now)

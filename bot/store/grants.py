@@ -28,8 +28,9 @@ def add_grant(*, session: Session, grant: Grant) -> None:
     session.flush()
 
 
-def get_grant(*, session: Session, request_id: str) -> Grant | None:
-    return session.get(Grant, request_id)
+def get_grant(*, session: Session, request_id: str, fresh: bool = False) -> Grant | None:
+    """``fresh``: read the row again even if this session holds it (guarded UPDATEs bypass the session)."""
+    return session.get(Grant, request_id, populate_existing=fresh)
 
 
 def claim_pickup(*, session: Session, hashed: str, now: datetime) -> bool:

@@ -47,32 +47,15 @@ class Claimed:
     attempts: int
 
 
-def add(
-    *,
-    session: Session,
-    lane: str,
-    channel: str,
-    kind: str,
-    request_id: str | None,
-    payload: dict[str, Any],
-    secret: bytes | None,
-    now: datetime,
-) -> None:
-    # A plain INSERT, not an ORM object: it runs in the transaction of nearly every use case.
-    session.execute(
-        insert(OutboxMessage).values(
-            lane=lane,
-            channel=channel,
-            kind=kind,
-            request_id=request_id,
-            payload=payload,
-            secret=secret,
-            status=OutboxStatus.PENDING.value,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-    )
+def add_many(*, session: Session, messages: list[dict[str, Any]], now: datetime) -> None:
+    """Several messages (lane, channel, kind, request_id, payload, secret) in one INSERT, in order."""
+    if not messages:
+        return
+    rows = [
+        {**m, "status": OutboxStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "created_at": now}
+        for m in messages
+    ]
+    session.execute(insert(OutboxMessage), rows)
 
 
 @dataclass(frozen=True)

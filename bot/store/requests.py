@@ -21,8 +21,9 @@ def add_request(*, session: Session, request: AccessRequest) -> None:
     session.flush()
 
 
-def get_request(*, session: Session, request_id: str) -> AccessRequest | None:
-    return session.get(AccessRequest, request_id)
+def get_request(*, session: Session, request_id: str, fresh: bool = False) -> AccessRequest | None:
+    """``fresh``: read the row again even if this session holds it (guarded UPDATEs bypass the session)."""
+    return session.get(AccessRequest, request_id, populate_existing=fresh)
 
 
 def lock_if_status(*, session: Session, request_id: str, status: RequestStatus, now: datetime) -> bool:
