@@ -12,9 +12,11 @@ from bot.domain.commands import (
     CommandError,
     CommandErrorCode,
     HelpCommand,
+    ListCommand,
     OpenRequestModal,
     RequestDraft,
     ResourcesCommand,
+    RevokeCommand,
     SubmitRequest,
     parse_command,
 )
@@ -121,7 +123,12 @@ def test_whitespace_reason_is_empty() -> None:
 @given(st.text(max_size=300))
 def test_parser_is_total_on_any_text(text: str) -> None:
     parsed = parse_command(text, POLICY)
-    assert isinstance(parsed, HelpCommand | ResourcesCommand | OpenRequestModal | SubmitRequest | CommandError)
+    assert isinstance(
+        parsed,
+        HelpCommand | ResourcesCommand | ListCommand | RevokeCommand | OpenRequestModal | SubmitRequest | CommandError,
+    )
+    if isinstance(parsed, RevokeCommand):
+        assert parsed.request_id
     if isinstance(parsed, CommandError):
         assert parsed.message.strip()
     if isinstance(parsed, SubmitRequest):
