@@ -219,3 +219,14 @@ def budgeted_client(budget: CallBudget, *, ssl_context: ssl.SSLContext, url: str
         timeout=httpx.Timeout(max(budget.remaining(), 0.001)),
         trust_env=False,
     )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """RFC 9110 Retry-After in its delay-seconds form; an HTTP date or junk is ignored."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), 3600.0) if seconds == seconds else None  # NaN is not a delay

@@ -8,7 +8,9 @@ from contextlib import contextmanager
 
 import httpx
 
-from bot.bounded_http import CallBudget
+from bot.bounded_http import CallBudget, retry_after_seconds
+
+__all__ = ["IdPError", "idp_error_for", "retry_after_seconds", "waiting_within"]
 from bot.domain.text import one_line
 
 
@@ -53,17 +55,6 @@ def idp_error_for(exc: httpx.HTTPError, budget: CallBudget, *, during: str) -> I
     if isinstance(exc, httpx.TimeoutException):
         return IdPError("idp_timeout", f"{during}: the IdP did not answer in time", transient=True)
     return IdPError("idp_unreachable", f"{during}: {type(exc).__name__}", transient=True)
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """RFC 9110 Retry-After in its delay-seconds form; an HTTP date or junk is ignored."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), 3600.0) if seconds == seconds else None  # NaN is not a delay
 
 
 @contextmanager

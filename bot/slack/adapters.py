@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from bot.bounded_http import retry_after_seconds
 from bot.domain.text import one_line
-from bot.idp.errors import retry_after_seconds
 from bot.services.notices import Alert, ApprovalCard, AuditSummary, CardChanged, Notice, PickupLink, RequesterTold
 from bot.services.ports import Delivered, DeliveryError, DirectoryError
 from bot.slack.blocks import alert_text, approval_card, audit_summary_text, card_text, outcome_text, pickup_text
