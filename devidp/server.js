@@ -1,5 +1,5 @@
 // jit-bot development IdP: oidc-provider with the RFC 8693 token-exchange profile of
-// DESIGN.md section 3. For tests and local trials only; it binds to 127.0.0.1.
+// docs/architecture.md ("The token exchange profile"). For tests and local trials only; it binds to 127.0.0.1.
 //
 // Environment (all read once at start):
 //   DEVIDP_PORT                 required; TCP port on 127.0.0.1 (0 = pick one; the ready line says which)

@@ -1,4 +1,4 @@
-"""A wire-level stand-in for the Slack Web API, for tests (DESIGN.md section 5).
+"""A wire-level stand-in for the Slack Web API, for tests (see "Tests" in docs/architecture.md).
 
 Slack cannot be reached from the test machines, so the real ``slack_sdk.WebClient`` is pointed at
 this server instead (``WebClient(token=..., base_url=standin.api_url)``). It speaks HTTP on

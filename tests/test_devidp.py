@@ -1,4 +1,4 @@
-"""The development IdP over real HTTP: token exchange (DESIGN.md section 3), introspection,
+"""The development IdP over real HTTP: token exchange (the profile in docs/architecture.md), introspection,
 revocation and the admin endpoints the bot's tests rely on."""
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import jwt
 
 from bot.idp.keys import SigningKey
 
-# DESIGN.md section 3: exp at most 120 s after iat. Shorter is safer; 60 s leaves room for retries.
+# The token-exchange profile (docs/architecture.md) allows exp at most 120 s after iat. Shorter is
+# safer; 60 s leaves room for retries.
 ASSERTION_LIFETIME_SECONDS = 60
 
 

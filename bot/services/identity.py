@@ -1,4 +1,5 @@
-"""Slack user -> IdP subject (DESIGN.md section 2)."""
+"""Slack user -> IdP subject: the policy's ``identities:`` first, then, if ``identity.email_fallback``
+is on, the Slack profile's email (docs/architecture.md, "The flow")."""
 
 from __future__ import annotations
 
