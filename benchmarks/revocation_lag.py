@@ -51,12 +51,14 @@ active_grants, database, and the details above. Progress goes to stderr. Takes a
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -666,6 +668,10 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> tuple[dic
             "idp_state_file": args.idp_state_file,
             "sqlite_analyzed": args.sqlite_analyze and make_url(database_url).get_backend_name() == "sqlite",
             "bot_warnings": len(bot.log_lines("WARNING")),
+            # What they said, digits folded, most frequent first: a count alone hides what went wrong.
+            "bot_warning_kinds": collections.Counter(
+                re.sub(r"\d+", "N", line.split(" WARNING ", 1)[1])[:120] for line in bot.log_lines("WARNING")
+            ).most_common(5),
             "cpus": os.cpu_count(),
             # Over the expiry window, in % of one core; other = the rest of the machine (not us).
             **cpu_use,

@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, update
+from sqlalchemy import event as sa_event
 from sqlmodel import Session, select
 
 from bot.domain.audit import AuditEventType
+from bot.domain.policy import Policy
 from bot.domain.status import GRANT_TRANSITIONS, REQUEST_TRANSITIONS, GrantStatus, IllegalTransition, RequestStatus
 from bot.store.audit import bind_audit_key
 from bot.store.db import session_scope
@@ -28,24 +30,28 @@ def keyed(engine: Engine) -> Iterator[Engine]:
 
 def _request(engine: Engine, status: RequestStatus = RequestStatus.PENDING) -> str:
     with session_scope(engine) as session:
-        session.add(
-            AccessRequest(
-                id="R000000001",
-                requester_slack_id="U0REQUESTER",
-                requester_subject="alice",
-                resource="prod-db",
-                audience="https://db.internal.example",
-                scopes="read",
-                duration_seconds=60,
-                reason="test",
-                approvals_required=1,
-                approver_channel="C0APPROVERS",
-                status=status.value,
-                created_at=NOW,
-                updated_at=NOW,
-            )
-        )
+        _add_request(session, "R000000001", status)
     return "R000000001"
+
+
+def _add_request(session: Session, request_id: str, status: RequestStatus = RequestStatus.PENDING) -> None:
+    session.add(
+        AccessRequest(
+            id=request_id,
+            requester_slack_id="U0REQUESTER",
+            requester_subject="alice",
+            resource="prod-db",
+            audience="https://db.internal.example",
+            scopes="read",
+            duration_seconds=60,
+            reason="test",
+            approvals_required=1,
+            approver_channel="C0APPROVERS",
+            status=status.value,
+            created_at=NOW,
+            updated_at=NOW,
+        )
+    )
 
 
 def _events(engine: Engine) -> list[str]:
@@ -157,3 +163,32 @@ def test_audit_events_are_linked_at_commit_and_a_rollback_writes_none(keyed: Eng
     assert "rolled_back" not in kinds
     assert kinds[-3:] == ["kept_0", "kept_1", "kept_2"]
     assert report.intact and report.events == len(kinds), report
+
+
+def test_the_audit_link_is_the_last_write_of_a_transaction(keyed: Engine, policy: Policy) -> None:
+    """The head row is locked for as short a time as possible: every other write of the transaction
+    (outbox rows queued after the event, ORM objects added after it) goes before the link."""
+    from bot.services.notices import AlertKind
+    from bot.services.outbox import Announcer, Doorbell
+    from bot.store.audit import append_event
+
+    assert policy.channels.audit, "the test policy routes alerts to an audit channel"
+    announcer = Announcer(policy=policy, clock=lambda: NOW, doorbell=Doorbell())
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    sa_event.listen(keyed.engine, "before_cursor_execute", seen)
+    try:
+        with session_scope(keyed) as session:
+            append_event(session=session, at=NOW, event_type="first", actor="t", request_id=None, details={})
+            announcer.alert(session, AlertKind.REVOCATION_OVERDUE, None, late_seconds=31)
+            _add_request(session, "R000000009")
+    finally:
+        sa_event.remove(keyed.engine, "before_cursor_execute", seen)
+    writes = [s for s in statements if s.startswith(("insert", "update", "with", "select audit_head"))]
+    head = [i for i, s in enumerate(writes) if "audit_head" in s]
+    others = [i for i, s in enumerate(writes) if "audit_head" not in s and "into audit_event" not in s]
+    assert any("into outbox" in writes[i] for i in others) and any("into access_request" in writes[i] for i in others)
+    assert head and min(head) > max(others), writes

@@ -126,7 +126,9 @@ class Announcer:
         pending: list[dict[str, Any]] | None = session.info.get(_PENDING)
         if pending is None:
             pending = session.info[_PENDING] = []
-            event.listen(session, "before_commit", self._write, once=True)
+            # Ahead of every other before_commit listener: the audit chain's link is written last,
+            # because it takes the head-row lock that every writer queues on (bot.store.audit).
+            event.listen(session, "before_commit", self._write, once=True, insert=True)
             event.listen(session, "after_commit", self._ring, once=True)
             event.listen(session, "after_rollback", _forget, once=True)
         pending.append(

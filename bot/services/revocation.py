@@ -67,15 +67,6 @@ class RevocationTiming:
     overdue_after: timedelta = timedelta(seconds=30)
 
 
-@dataclass(frozen=True)
-class _Held:
-    ciphertext: bytes | None
-    fingerprint: str
-    expires_at: datetime
-    refusal: str | None
-    attempts: int
-
-
 @dataclass
 class RevocationService:
     engine: Engine
@@ -106,7 +97,7 @@ class RevocationService:
             if limit <= 0:
                 return []
             self._busy += limit
-        claimed: list[str] = []
+        claimed: list[grant_store.ClaimedGrant] = []
         claim_id = secrets.token_hex(16)
         try:
             claimed = self._claim(limit, claim_id)
@@ -114,19 +105,27 @@ class RevocationService:
             with self._busy_lock:
                 self._busy -= limit - len(claimed)
                 self._saturated = len(claimed) >= limit
-        for request_id in claimed:
+        for held in claimed:
             future = submit_logged(
-                self.workers, log, f"revocation worker for {request_id}", self.revoke_claimed, request_id, claim_id
+                self.workers, log, f"revocation worker for {held.request_id}", self.revoke_claimed, held, claim_id
             )
             future.add_done_callback(self._worker_done)
-        return claimed
+        return [held.request_id for held in claimed]
 
-    def _claim(self, limit: int, claim_id: str) -> list[str]:
+    def _claim(self, limit: int, claim_id: str) -> list[grant_store.ClaimedGrant]:
+        """Claim due grants, and on a grant's first attempt let its card say revocation is pending.
+
+        The claim returns what the attempts need, and the cards are queued in its transaction, so
+        a revocation costs no transaction of its own before it reaches the IdP.
+        """
         now = self.clock()
         with session_scope(self.engine) as session:
             claim = grant_store.claim_due(
                 session=session, now=now, claim_id=claim_id, lease_until=now + self.timing.lease, limit=limit
             )
+            for held in claim.grants:
+                if held.refusal is None and held.attempts == 0:
+                    self.announcer.card(session, load_snapshot(session, held.request_id, policy=self.policy))
             for request_id, attempts in claim.lapsed:
                 record(
                     AuditEventType.REVOCATION_FAILED,
@@ -141,7 +140,7 @@ class RevocationService:
             log.warning(
                 "revocation of %s: attempt %d recorded no outcome before its lease ran out", request_id, attempts
             )
-        return list(claim.claimed)
+        return claim.grants
 
     def _worker_done(self, _future: object) -> None:
         with self._busy_lock:
@@ -158,25 +157,25 @@ class RevocationService:
         with read_scope(self.engine) as session:
             return grant_store.next_due(session=session)
 
-    def revoke_claimed(self, request_id: str, claim_id: str) -> None:
+    def revoke_claimed(self, held: grant_store.ClaimedGrant, claim_id: str) -> None:
         """One attempt at one claimed grant. Every outcome is recorded; no exception escapes silently."""
         try:
-            self._attempt(request_id, claim_id)
+            self._attempt(held, claim_id)
         except Exception:
             # The attempt's own bookkeeping failed (database down?). The claim's lease runs out and
             # the next sweep counts it as a failed attempt and retries.
-            log_failure(log, f"revocation of {request_id} could not be recorded; it is retried when its lease ends")
+            log_failure(
+                log, f"revocation of {held.request_id} could not be recorded; it is retried when its lease ends"
+            )
 
-    def _attempt(self, request_id: str, claim_id: str) -> None:
-        held = self._begin(request_id, claim_id)
-        if held is None:
-            return
+    def _attempt(self, held: grant_store.ClaimedGrant, claim_id: str) -> None:
+        request_id = held.request_id
         deadline = time.monotonic() + self.timing.attempt_budget
         proof: dict[str, Any]
         try:
-            if held.ciphertext is None:
+            if held.token_ciphertext is None:
                 raise RuntimeError("no stored token to revoke")
-            token = self.cipher.decrypt(held.ciphertext)
+            token = self.cipher.decrypt(held.token_ciphertext)
             self.idp.revoke(token, timeout=self._call_timeout(deadline))
             proof = self._prove(token, deadline)
         except Exception as exc:  # IdPError, StillActive, or anything else: all count as a failed attempt
@@ -190,19 +189,6 @@ class RevocationService:
             raise IdPError("idp_timeout", "the attempt's deadline passed", transient=True)
         return min(self.timing.call_timeout, left)
 
-    def _begin(self, request_id: str, claim_id: str) -> _Held | None:
-        """Read the claimed grant; on its first attempt, let the card say revocation is pending."""
-        with session_scope(self.engine) as session:
-            grant = grant_store.get_grant(session=session, request_id=request_id, fresh=True)
-            if grant is None or grant.claim_id != claim_id or grant.status != GrantStatus.REVOKING.value:
-                return None  # claimed by someone else after our lease ran out
-            held = _Held(
-                grant.token_ciphertext, grant.token_fingerprint, grant.expires_at, grant.refusal, grant.attempts
-            )
-            if grant.refusal is None and grant.attempts == 0:
-                self.announcer.card(session, load_snapshot(session, request_id, policy=self.policy, grant=grant))
-        return held
-
     def _prove(self, token: str, deadline: float) -> dict[str, Any]:
         if not self.idp.metadata().introspection_endpoint:
             return {"revocation": "accepted", "introspection": "not offered by the IdP"}
@@ -211,7 +197,7 @@ class RevocationService:
             raise StillActive("the token still introspects as active after revocation")
         return {"revocation": "accepted", "introspection": {"active": False}}
 
-    def _revoked(self, request_id: str, claim_id: str, held: _Held, proof: dict[str, Any]) -> None:
+    def _revoked(self, request_id: str, claim_id: str, held: grant_store.ClaimedGrant, proof: dict[str, Any]) -> None:
         now = self.clock()
         with session_scope(self.engine) as session:
             if not move_grant(
@@ -225,7 +211,7 @@ class RevocationService:
                     AuditEventType.GRANT_REVOKED,
                     actor="jit-bot",
                     details={
-                        "token_fingerprint": held.fingerprint,
+                        "token_fingerprint": held.token_fingerprint,
                         "expires_at": held.expires_at.isoformat(),
                         "lag_ms": int((now - held.expires_at).total_seconds() * 1000),
                         "proof": proof,
@@ -259,7 +245,9 @@ class RevocationService:
         else:
             log.warning("grant %s is revoked but its request was no longer active", request_id)
 
-    def _refused_token_dead(self, session: Session, request_id: str, held: _Held, now: datetime) -> None:
+    def _refused_token_dead(
+        self, session: Session, request_id: str, held: grant_store.ClaimedGrant, now: datetime
+    ) -> None:
         """A token that was never handed out is dead. If its mint was interrupted while it waited for
         its checks, the request is failed now; either way the audit channel hears it is resolved."""
         if held.refusal == grant_store.UNCHECKED and move_request(
@@ -277,7 +265,7 @@ class RevocationService:
             session,
             AlertKind.REFUSED_TOKEN_REVOKED,
             request_id,
-            fingerprint=held.fingerprint,
+            fingerprint=held.token_fingerprint,
             proof="the IdP accepted the revocation and introspection says inactive",
         )
 

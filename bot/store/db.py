@@ -39,7 +39,20 @@ def make_engine(url: str) -> Engine:
     # load). A connection the server dropped fails one transaction instead, and SQLAlchemy then
     # discards the whole pool. Background writers retry (leases, the outbox, the mint's store
     # retries); a click in that moment gets the bot's error reply and can be repeated.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    _keep_prepared_statements(engine)
+    return engine
+
+
+def _keep_prepared_statements(engine: Engine) -> None:
+    """psycopg prepares a statement once it has run five times and keeps 100 per connection; the bot
+    has more distinct statements than that (a multi-row INSERT per row count), and evicting one costs
+    a DEALLOCATE, so a connection keeps more of them."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if hasattr(dbapi_connection, "prepared_max"):
+            dbapi_connection.prepared_max = 1000
 
 
 def _owner_only_file(path: Path) -> None:
@@ -122,11 +135,26 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 @contextmanager
 def read_scope(engine: Engine) -> Iterator[Session]:
     """A transaction that only reads. On SQLite it takes no write lock, so pages, health probes and
-    lookups never queue behind writers (nor make writers queue behind them)."""
-    with Session(engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False) as session:
+    lookups never queue behind writers (nor make writers queue behind them).
+
+    On PostgreSQL it is a READ ONLY transaction (the server refuses a write in it) that ends with
+    COMMIT: psycopg forgets every prepared statement of a connection that rolls back, and these
+    reads run after nearly every write, so ending them with ROLLBACK made each statement of the bot
+    be parsed and planned afresh and cost a DEALLOCATE ALL round trip.
+    """
+    postgres = engine.dialect.name == "postgresql"
+    options: dict[str, Any] = {READ_ONLY_OPTION: True}
+    if postgres:
+        options["postgresql_readonly"] = True
+    with Session(engine.execution_options(**options), expire_on_commit=False) as session:
         try:
             yield session
-        finally:
+        except BaseException:
+            session.rollback()
+            raise
+        if postgres:
+            session.commit()
+        else:
             session.rollback()
 
 

@@ -86,10 +86,26 @@ def refuse(*, session: Session, request_id: str, refusal: str, now: datetime) ->
 
 
 @dataclass(frozen=True)
+class ClaimedGrant:
+    """What a revocation attempt needs of a grant it claimed, read by the claim itself."""
+
+    request_id: str
+    token_ciphertext: bytes | None
+    token_fingerprint: str
+    expires_at: datetime
+    refusal: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
 class Claim:
-    claimed: list[str]
+    grants: list[ClaimedGrant]
     # Revocations whose previous lease ran out with no outcome recorded: (request id, attempts).
     lapsed: list[tuple[str, int]]
+
+    @property
+    def claimed(self) -> list[str]:
+        return [g.request_id for g in self.grants]
 
 
 def claim_due(
@@ -127,7 +143,7 @@ def claim_due(
             .returning(col(Grant.request_id), col(Grant.attempts))
         ).all()
     ]
-    claimed: list[str] = []
+    claimed: list[ClaimedGrant] = []
     for status, moment in ((ACTIVE, Grant.expires_at), (REVOKING, Grant.lease_until)):
         if len(claimed) >= limit:
             break
@@ -140,10 +156,20 @@ def claim_due(
             update(Grant)
             .where(col(Grant.request_id).in_(pick.scalar_subquery()), due)
             .values(status=REVOKING, claim_id=claim_id, lease_until=lease_until, in_attempt=True)
-            .returning(col(Grant.request_id))
+            .returning(
+                col(Grant.request_id),
+                col(Grant.token_ciphertext),
+                col(Grant.token_fingerprint),
+                col(Grant.expires_at),
+                col(Grant.refusal),
+                col(Grant.attempts),
+            )
         )
-        claimed += [row[0] for row in result.all()]
-    return Claim(claimed=claimed, lapsed=lapsed)
+        claimed += [
+            ClaimedGrant(rid, cipher, fingerprint, expires, refusal, int(attempts))
+            for rid, cipher, fingerprint, expires, refusal, attempts in result.all()
+        ]
+    return Claim(grants=claimed, lapsed=lapsed)
 
 
 def next_due(*, session: Session) -> datetime | None:

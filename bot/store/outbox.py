@@ -15,8 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, text, update
 from sqlmodel import Session, col, select
 
 from bot.store.models import OutboxMessage
@@ -32,6 +31,8 @@ class OutboxStatus(StrEnum):
 
 
 OPEN = (OutboxStatus.PENDING.value, OutboxStatus.SENDING.value)
+# The predicate of the partial indexes on open messages (models.OutboxMessage), as they spell it.
+_OPEN_ROWS = text("outbox.status IN ('pending', 'sending')")
 DONE = (OutboxStatus.SENT.value, OutboxStatus.FAILED.value, OutboxStatus.SUPERSEDED.value, OutboxStatus.DROPPED.value)
 
 
@@ -81,9 +82,15 @@ def _candidates_statement(per_channel: int) -> Any:
     hides the messages waiting for the others.
     """
     row = OutboxMessage
-    earlier = aliased(OutboxMessage)
-    blocked = exists().where(
-        col(earlier.lane) == col(row.lane), col(earlier.id) < col(row.id), col(earlier.status).in_(OPEN)
+    # A lane's head is its oldest open message. Finding the heads by grouping is linear in the open
+    # messages; the former "no earlier open message in this lane" anti-join was quadratic in a lane's
+    # backlog (24 ms for 1,500 open messages, run after nearly every commit). The predicate is the
+    # partial indexes' own text, so the planner can use them with any parameters.
+    lane_heads = (
+        select(func.min(col(row.id)).label("id"))
+        .where(_OPEN_ROWS)
+        .group_by(col(row.lane))
+        .subquery("lane_heads")
     )
     heads = (
         select(
@@ -91,7 +98,8 @@ def _candidates_statement(per_channel: int) -> Any:
             col(row.channel).label("channel"),
             func.row_number().over(partition_by=col(row.channel), order_by=col(row.id)).label("nth"),
         )
-        .where(_due(bindparam("now")), ~blocked, col(row.channel).not_in(bindparam("skip", expanding=True)))
+        .join(lane_heads, lane_heads.c.id == col(row.id))
+        .where(_due(bindparam("now")), col(row.channel).not_in(bindparam("skip", expanding=True)))
         .subquery()
     )
     return (
