@@ -222,8 +222,6 @@ class Dispatcher:
             )
         started = 0
         for message in claimed:
-            if message.kind == CardChanged.kind and self._superseded(message):
-                continue  # a newer version of this card is queued: this one costs Slack nothing
             with self._lock:
                 self._in_flight[message.id] = (message.channel, time.monotonic())
             future = workers.submit(self.deliver, message)
@@ -295,16 +293,6 @@ class Dispatcher:
                 self._put_back(message, seconds=self._backoff(message.attempts), error=f"internal_error (ref {ref})")
             return
         self._sent(message, notice, delivered)
-
-    def _superseded(self, message: Claimed) -> bool:
-        """Close a card update that a newer one in its lane replaces."""
-        with read_scope(self._engine) as session:
-            newer = outbox_store.newer_in_lane(
-                session=session, lane=message.lane, after_id=message.id, kind=message.kind
-            )
-        if newer:
-            self._finish(message, OutboxStatus.SUPERSEDED)
-        return newer
 
     def _current_card(self, message: Claimed, notice: CardChanged) -> CardChanged | None:
         """The card's coordinates as stored now; None when this update is out of date or has no card."""

@@ -120,12 +120,14 @@ def _write_pending(session: Session) -> None:
     pending: list[dict[str, Any]] = session.info.pop(_PENDING, None) or []
     if not pending:
         return
-    key = audit_key_of(session.connection())
     # The session flushes its objects after before_commit: flush them now, so that their writes are
-    # not made while this transaction holds the head row.
+    # not made while this transaction holds the head row. From here on the statements run on the
+    # connection, without the ORM: events never become objects.
     session.flush()
+    connection = session.connection()
+    key = audit_key_of(connection)
     # FOR UPDATE serialises appenders on PostgreSQL; SQLite's BEGIN IMMEDIATE already did.
-    head_seq, head_hash = session.execute(
+    head_seq, head_hash = connection.execute(
         select(AuditHead.seq, AuditHead.hash).where(col(AuditHead.id) == 1).with_for_update()
     ).one()
     seq, link = head_seq, head_hash
@@ -143,16 +145,16 @@ def _write_pending(session: Session) -> None:
         previous, link = link, event_link(key, link, canonical)
         rows.append({**item, "seq": seq, "prev_hash": previous, "hash": link})
     move_head = update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=link)
-    if session.get_bind().dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql":
         # One round trip for the events and the head: every round trip here is time the head-row
         # lock is held, and all writers queue on it. (SQLite has no data-modifying WITH; its lock is
         # in-process and its round trips cost nothing.)
-        session.execute(
+        connection.execute(
             insert(AuditEvent).values(rows).add_cte(move_head.returning(col(AuditHead.id)).cte("moved_head"))
         )
         return
-    session.execute(insert(AuditEvent), rows)
-    session.execute(move_head)
+    connection.execute(insert(AuditEvent), rows)
+    connection.execute(move_head)
 
 
 @dataclass(frozen=True)

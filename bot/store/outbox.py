@@ -4,6 +4,9 @@ Rows of one lane are delivered strictly in id order: a worker may only claim a l
 undelivered row, so a card update never overtakes the post that created the card. Claims are
 exclusive (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite) and leased, so
 replicas deliver each message once, and a worker that dies loses its claim when the lease ends.
+
+Statements run on the session's connection, in its transaction, without the ORM: outbox rows never
+become objects, and the ORM's work around each statement cost more than the statement.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def add_many(*, session: Session, messages: list[dict[str, Any]], now: datetime)
         {**m, "status": OutboxStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "created_at": now}
         for m in messages
     ]
-    session.execute(insert(OutboxMessage), rows)
+    session.connection().execute(insert(OutboxMessage), rows)
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,7 @@ def _candidates_statement(per_channel: int) -> Any:
     # backlog (24 ms for 1,500 open messages, run after nearly every commit). The predicate is the
     # partial indexes' own text, so the planner can use them with any parameters.
     lane_heads = (
-        select(func.min(col(row.id)).label("id"))
-        .where(_OPEN_ROWS)
-        .group_by(col(row.lane))
-        .subquery("lane_heads")
+        select(func.min(col(row.id)).label("id")).where(_OPEN_ROWS).group_by(col(row.lane)).subquery("lane_heads")
     )
     heads = (
         select(
@@ -115,9 +115,13 @@ def candidates(
 ) -> list[Candidate]:
     """The oldest due lane heads of each channel outside ``skip_channels``, oldest first. A read: it
     takes no lock, so a worker with nothing to send never queues behind the database's writers."""
-    rows = session.execute(
-        _candidates_statement(per_channel), {"now": now, "skip": sorted(skip_channels) or [""], "limit": limit}
-    ).all()
+    rows = (
+        session.connection()
+        .execute(
+            _candidates_statement(per_channel), {"now": now, "skip": sorted(skip_channels) or [""], "limit": limit}
+        )
+        .all()
+    )
     return [Candidate(int(r[0]), str(r[1])) for r in rows]
 
 
@@ -132,7 +136,7 @@ def claim(
     """
     if not ids:
         return []
-    result = session.execute(
+    result = session.connection().execute(
         update(OutboxMessage)
         .where(col(OutboxMessage.id).in_(list(ids)), _due(now))
         .values(status=OutboxStatus.SENDING.value, claim_id=claim_id, lease_until=lease_until)
@@ -153,7 +157,7 @@ def claim(
 
 def renew(*, session: Session, claim_id: str, ids: Collection[int], lease_until: datetime) -> None:
     if ids:
-        session.execute(
+        session.connection().execute(
             update(OutboxMessage)
             .where(col(OutboxMessage.id).in_(list(ids)), col(OutboxMessage.claim_id) == claim_id)
             .where(col(OutboxMessage.status) == OutboxStatus.SENDING.value)
@@ -172,7 +176,7 @@ def finish(
 ) -> bool:
     """Close a claimed message (sent, failed, superseded, dropped); the secret is wiped. False if the
     claim was lost meanwhile (the lease ran out and another worker took it)."""
-    result = session.execute(
+    result = session.connection().execute(
         update(OutboxMessage)
         .where(
             col(OutboxMessage.id) == message_id,
@@ -187,14 +191,14 @@ def finish(
             last_error=error[:300] if error else None,
         )
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return bool(result.rowcount == 1)
 
 
 def retry(
     *, session: Session, message_id: int, claim_id: str, at: datetime, error: str, count_attempt: bool = True
 ) -> bool:
     """Put a claimed message back, due at ``at``. A pacing hold is not an attempt."""
-    result = session.execute(
+    result = session.connection().execute(
         update(OutboxMessage)
         .where(
             col(OutboxMessage.id) == message_id,
@@ -209,7 +213,7 @@ def retry(
             last_error=error[:300],
         )
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return bool(result.rowcount == 1)
 
 
 def newer_in_lane(*, session: Session, lane: str, after_id: int, kind: str) -> bool:
@@ -234,5 +238,5 @@ def purge(*, session: Session, before: datetime, limit: int = 1000) -> int:
         .where(col(OutboxMessage.status).in_(DONE), col(OutboxMessage.created_at) < before)
         .limit(limit)
     )
-    result = session.execute(delete(OutboxMessage).where(col(OutboxMessage.id).in_(old.scalar_subquery())))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    result = session.connection().execute(delete(OutboxMessage).where(col(OutboxMessage.id).in_(old.scalar_subquery())))
+    return int(result.rowcount)
