@@ -27,6 +27,7 @@ from bot.idp.client import IdPClient, IdPConfig
 from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpiryScheduler
 from bot.services.alarm import Alarm
+from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.early import EarlyEndService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
@@ -88,6 +89,7 @@ class Runtime:
     requests: RequestService
     voting: VotingService
     dispatcher: Dispatcher
+    backlog: RevocationBacklog
     scheduler: ExpiryScheduler
     idp_side: IdPSide | None
 
@@ -162,6 +164,8 @@ def build_runtime(
         TokenCipher(settings.jit_encryption_key.get_secret_value()) if settings.jit_encryption_key is not None else None
     )
     announcer = Announcer(policy=policy, clock=clock, doorbell=doorbell, cipher=cipher)
+    # Raised by the revocation engine while grants wait for a worker; the outbox yields to it.
+    backlog = RevocationBacklog()
     dispatcher = Dispatcher(
         engine=engine,
         policy=policy,
@@ -171,6 +175,7 @@ def build_runtime(
         clock=clock,
         cipher=cipher,
         settings=delivery or DeliveryPolicy.for_rate(settings.slack_channel_rate),
+        backlog=backlog,
     )
 
     # The IdP side.
@@ -181,6 +186,7 @@ def build_runtime(
             engine=engine,
             announcer=announcer,
             alarm=alarm,
+            backlog=backlog,
             clock=clock,
             retry=mint_retry,
             timing=revocation_timing,
@@ -258,6 +264,7 @@ def build_runtime(
         requests=requests,
         voting=voting,
         dispatcher=dispatcher,
+        backlog=backlog,
         scheduler=scheduler,
         idp_side=idp_side,
     )
@@ -270,6 +277,7 @@ def _idp_side(
     engine: Engine,
     announcer: Announcer,
     alarm: Alarm,
+    backlog: RevocationBacklog,
     clock: Callable[[], datetime],
     retry: RetryPolicy | None,
     timing: RevocationTiming | None,
@@ -315,6 +323,7 @@ def _idp_side(
         worker_count=REVOCATION_THREADS,
         wake=alarm.wake_at,
         timing=timing or RevocationTiming(),
+        backlog=backlog,
     )
     return IdPSide(
         idp=idp,

@@ -570,6 +570,8 @@ class SlackStandIn:
             _APP_TOKEN_METHOD: self._apps_connections_open,
         }
         self._delays: dict[str, float] = {}
+        self._delayed_now = 0
+        self._delayed_most = 0
         # Called with each recorded Web API call, outside the lock (benchmarks time events with it).
         self.observers: list[Callable[[Call], None]] = []
         self._init_state()
@@ -786,6 +788,15 @@ class SlackStandIn:
                     conn.released = True
             self._cond.notify_all()
 
+    def most_delayed_at_once(self, *, reset: bool = False) -> int:
+        """The most calls that were waiting out a ``set_delay`` at the same moment (how many calls
+        the bot had in flight at once); ``reset`` starts counting afresh."""
+        with self._lock:
+            most = self._delayed_most
+            if reset:
+                self._delayed_most = self._delayed_now
+            return most
+
     def set_delay(self, method: str, seconds: float) -> None:
         """Delay every answer to ``method`` (or ``"response_url"``); 0 removes the delay."""
         with self._lock:
@@ -921,8 +932,15 @@ class SlackStandIn:
     def _delay(self, method: str) -> None:
         with self._lock:
             seconds = self._delays.get(method, 0.0)
+            if seconds:
+                self._delayed_now += 1
+                self._delayed_most = max(self._delayed_most, self._delayed_now)
         if seconds:
-            self._stopping.wait(seconds)
+            try:
+                self._stopping.wait(seconds)
+            finally:
+                with self._lock:
+                    self._delayed_now -= 1
 
     def _injected(self, method: str) -> tuple[str, int, int | None] | None:
         queue = self._failures.get(method)

@@ -320,11 +320,15 @@ def test_sweeps_at_the_same_moment_never_claim_more_grants_than_there_are_worker
     # A lease starts when it is claimed; a grant claimed with no worker free would run out its lease unattempted.
     assert len(leased) <= service.worker_count, (len(leased), [len(c) for c in claimed])
     assert sum(len(c) for c in claimed) <= service.worker_count
+    # Grants are waiting for a worker: the engine says so, and the outbox yields to it meanwhile.
+    assert bot.served.runtime.backlog.behind()
     bot.idp.reset()  # let the stalled attempts end
     for request_id in ids:
         bot.slack.wait_for(
             lambda rid=request_id: (g := grant(bot, rid)) is not None and g.status == "revoked", timeout=60
         )
+    service.sweep()
+    assert not bot.served.runtime.backlog.behind(), "caught up: the outbox gets its workers back"
 
 
 # --- the database refusing the token -------------------------------------------------------------

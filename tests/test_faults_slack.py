@@ -235,3 +235,23 @@ def test_a_trickling_answer_ends_the_call_by_its_deadline_and_the_message_arrive
     assert bot.slack.wait_for(delivered, timeout=30).attempts >= timed_out.attempts
     row = bot.stored(request_id)
     assert "cancel" in json.dumps(bot.slack.message(str(row.card_channel), str(row.card_ts))["blocks"]).lower()
+
+
+def test_while_revocations_wait_for_a_worker_the_outbox_sends_one_message_at_a_time(bot: Bot) -> None:
+    """Ending access comes before telling people: with the revocation engine behind, the outbox has
+    one call to Slack in flight instead of several, and nothing is lost; once it has caught up, the
+    outbox works in parallel again."""
+    backlog = bot.served.runtime.backlog
+    bot.slack.set_delay("chat.postMessage", 0.3)  # every call overlaps the next unless sent one by one
+    backlog.report(behind=True)
+    first = [submit(bot, f"request prod-db read 30m while behind {n}") for n in range(4)]
+    bot.slack.wait_for(lambda: set(cards_posted(bot.slack)) >= set(first), timeout=30, description="4 cards")
+    assert bot.slack.most_delayed_at_once(reset=True) == 1
+
+    backlog.report(behind=False)
+    second = [submit(bot, f"request prod-db read 30m caught up {n}") for n in range(4)]
+    bot.slack.wait_for(lambda: set(cards_posted(bot.slack)) >= set(second), timeout=30, description="4 more")
+    # Cards to the approvers' channel and summaries to the audit channel go out side by side again.
+    assert bot.slack.most_delayed_at_once() >= 2
+    assert cards_posted(bot.slack) == Counter(dict.fromkeys(first + second, 1))
+    no_duplicates(bot.slack)

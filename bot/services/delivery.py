@@ -31,6 +31,7 @@ from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
 from bot.domain.text import one_line
+from bot.services.backlog import RevocationBacklog
 from bot.services.notices import (
     Alert,
     AlertKind,
@@ -128,8 +129,10 @@ class Dispatcher:
         clock: Callable[[], datetime],
         cipher: TokenCipher | None = None,
         settings: DeliveryPolicy | None = None,
+        backlog: RevocationBacklog | None = None,
     ) -> None:
         self._engine = engine
+        self._backlog = backlog
         self._policy = policy
         self._notifier = notifier
         self._announcer = announcer
@@ -191,7 +194,9 @@ class Dispatcher:
         if workers is None:
             raise RuntimeError("the dispatcher is not started")
         with self._lock:
-            free = self._settings.workers - len(self._in_flight)
+            # Revocations waiting for a worker come first: one message at a time until they catch up.
+            allowed = 1 if self._backlog is not None and self._backlog.behind() else self._settings.workers
+            free = allowed - len(self._in_flight)
             now_mono = time.monotonic()
             calls = Counter(channel for channel, _ in self._in_flight.values())
             full = {channel for channel, n in calls.items() if n >= self._settings.channel_in_flight}

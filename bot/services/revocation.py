@@ -30,6 +30,7 @@ from bot.domain.status import GrantStatus, RequestStatus
 from bot.idp.client import IdPClient
 from bot.idp.errors import IdPError
 from bot.services.audit import record
+from bot.services.backlog import RevocationBacklog
 from bot.services.notices import AlertKind
 from bot.services.outbox import Announcer
 from bot.services.snapshots import load_snapshot
@@ -81,7 +82,8 @@ class RevocationService:
     wake: Callable[[datetime], None] = lambda _when: None
     timing: RevocationTiming = RevocationTiming()
     _busy: int = 0
-    _saturated: bool = False
+    # Raised while due grants wait for a worker (the outbox then delivers less; see bot.services.backlog).
+    backlog: RevocationBacklog = field(default_factory=RevocationBacklog)
     _busy_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sweep(self) -> list[str]:
@@ -93,8 +95,8 @@ class RevocationService:
         """
         with self._busy_lock:
             limit = min(self.timing.batch, self.worker_count - self._busy)
-            self._saturated = limit <= 0
             if limit <= 0:
+                self.backlog.report(behind=True)
                 return []
             self._busy += limit
         claimed: list[grant_store.ClaimedGrant] = []
@@ -104,7 +106,8 @@ class RevocationService:
         finally:
             with self._busy_lock:
                 self._busy -= limit - len(claimed)
-                self._saturated = len(claimed) >= limit
+                # Claiming all it could may have left due grants behind; fewer means none are left.
+                self.backlog.report(behind=len(claimed) >= limit)
         for held in claimed:
             future = submit_logged(
                 self.workers, log, f"revocation worker for {held.request_id}", self.revoke_claimed, held, claim_id
@@ -146,7 +149,7 @@ class RevocationService:
         with self._busy_lock:
             self._busy -= 1
         # A worker is free: if the last sweep left grants behind for want of workers, claim one now.
-        if self._saturated:
+        if self.backlog.behind():
             self.wake(self.clock())
 
     def has_idle_worker(self) -> bool:
