@@ -557,7 +557,11 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> tuple[dic
             signing_secret=SIGNING_SECRET,
             response_url_for=slack.response_url,
             trigger_id=slack.new_trigger_id,
-            http=httpx.Client(timeout=30, limits=httpx.Limits(max_connections=args.concurrency * 2)),
+            http=httpx.Client(
+                timeout=30,
+                # Idle connections closed before uvicorn's 5 s keep-alive timeout closes them under us.
+                limits=httpx.Limits(max_connections=args.concurrency * 2, keepalive_expiry=2.0),
+            ),
         )
         # Minting runs at about 6 grants a second on 2 cores (each is a request, a vote and a mint,
         # with the outbox delivering their cards meanwhile); the first expiry must come after it.
