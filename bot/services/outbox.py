@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event
@@ -91,8 +91,10 @@ class Announcer:
         self.queue(session, ApprovalCard(request))
         self.queue(session, AuditSummary(request, "submitted"))
 
-    def card(self, session: Session, request: RequestSnapshot) -> None:
-        self.queue(session, CardChanged(request))
+    def card(self, session: Session, request: RequestSnapshot, *, hold: timedelta | None = None) -> None:
+        """The card changed. ``hold``: send it no sooner than that from now, so that a state likely
+        to last only a moment (*Revocation pending*) is replaced by the next version, unsent."""
+        self.queue(session, CardChanged(request), not_before=self._clock() + hold if hold else None)
 
     def requester(self, session: Session, request: RequestSnapshot) -> None:
         self.queue(session, RequesterTold(request))
@@ -116,7 +118,9 @@ class Announcer:
 
     # --- the outbox ----------------------------------------------------------------------------
 
-    def queue(self, session: Session, notice: Notice, *, secret: bytes | None = None) -> None:
+    def queue(
+        self, session: Session, notice: Notice, *, secret: bytes | None = None, not_before: datetime | None = None
+    ) -> None:
         """Add the notice to the transaction's messages: they are written together, in one INSERT,
         when it commits (and not at all if it rolls back), and the doorbell rings after."""
         where = self._route(notice)
@@ -139,6 +143,7 @@ class Announcer:
                 "request_id": _request_id(notice),
                 "payload": _payload(notice),
                 "secret": secret,
+                "not_before": not_before,
             }
         )
 

@@ -64,6 +64,10 @@ class RevocationTiming:
     attempt_budget: float = 20.0
     call_timeout: float = 5.0
     batch: int = 200
+    # The *Revocation pending* card waits this long before it is sent: most revocations finish
+    # sooner, and their *Revoked* card replaces it unsent (a Slack call saved per grant, and no
+    # flicker); a slower one shows pending this soon after the claim.
+    pending_card_hold: timedelta = timedelta(seconds=1)
     # The watchdog alerts a grant that is still not confirmed revoked this long after its expiry.
     overdue_after: timedelta = timedelta(seconds=30)
 
@@ -128,7 +132,11 @@ class RevocationService:
             )
             for held in claim.grants:
                 if held.refusal is None and held.attempts == 0:
-                    self.announcer.card(session, load_snapshot(session, held.request_id, policy=self.policy))
+                    self.announcer.card(
+                        session,
+                        load_snapshot(session, held.request_id, policy=self.policy),
+                        hold=self.timing.pending_card_hold,
+                    )
             for request_id, attempts in claim.lapsed:
                 record(
                     AuditEventType.REVOCATION_FAILED,

@@ -33,6 +33,8 @@ class OutboxStatus(StrEnum):
     DROPPED = "dropped"  # nothing left to deliver to (a card that was never posted)
 
 
+# The kind of a card update (bot.services.notices.CardChanged), which the next one replaces.
+CARD_CHANGED = "card_changed"
 OPEN = (OutboxStatus.PENDING.value, OutboxStatus.SENDING.value)
 # The predicate of the partial indexes on open messages (models.OutboxMessage), as they spell it.
 _OPEN_ROWS = text("outbox.status IN ('pending', 'sending')")
@@ -52,11 +54,30 @@ class Claimed:
 
 
 def add_many(*, session: Session, messages: list[dict[str, Any]], now: datetime) -> None:
-    """Several messages (lane, channel, kind, request_id, payload, secret) in one INSERT, in order."""
+    """Several messages (lane, channel, kind, request_id, payload, secret, not_before) in one INSERT,
+    in order. A card update replaces the updates of the same card still waiting to be sent: each is
+    the whole card, so only the newest matters (one being sent now is left to finish)."""
     if not messages:
         return
+    card_lanes = sorted({m["lane"] for m in messages if m["kind"] == CARD_CHANGED})
+    if card_lanes:
+        session.connection().execute(
+            update(OutboxMessage)
+            .where(
+                col(OutboxMessage.lane).in_(card_lanes),
+                col(OutboxMessage.kind) == CARD_CHANGED,
+                col(OutboxMessage.status) == OutboxStatus.PENDING.value,
+            )
+            .values(status=OutboxStatus.SUPERSEDED.value, last_error=None)
+        )
     rows = [
-        {**m, "status": OutboxStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "created_at": now}
+        {
+            **{k: v for k, v in m.items() if k != "not_before"},
+            "status": OutboxStatus.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": m.get("not_before") or now,
+            "created_at": now,
+        }
         for m in messages
     ]
     session.connection().execute(insert(OutboxMessage), rows)
