@@ -64,9 +64,12 @@ def add_many(*, session: Session, messages: list[dict[str, Any]], now: datetime)
         session.connection().execute(
             update(OutboxMessage)
             .where(
+                # Spelled as the partial index's predicate, so this is an index lookup per lane
+                # whatever the parameters (the delivered history would be a full scan).
+                _OPEN_ROWS,
+                text("outbox.status = 'pending'"),
                 col(OutboxMessage.lane).in_(card_lanes),
                 col(OutboxMessage.kind) == CARD_CHANGED,
-                col(OutboxMessage.status) == OutboxStatus.PENDING.value,
             )
             .values(status=OutboxStatus.SUPERSEDED.value, last_error=None)
         )
