@@ -35,8 +35,8 @@ class OutboxStatus(StrEnum):
 
 # The kind of a card update (bot.services.notices.CardChanged), which the next one replaces.
 CARD_CHANGED = "card_changed"
-OPEN = (OutboxStatus.PENDING.value, OutboxStatus.SENDING.value)
-# The predicate of the partial indexes on open messages (models.OutboxMessage), as they spell it.
+# The predicate of the partial indexes on open messages (models.OutboxMessage), as they spell it:
+# written with parameters instead, a prepared statement's generic plan cannot use those indexes.
 _OPEN_ROWS = text("outbox.status IN ('pending', 'sending')")
 DONE = (OutboxStatus.SENT.value, OutboxStatus.FAILED.value, OutboxStatus.SUPERSEDED.value, OutboxStatus.DROPPED.value)
 
@@ -123,7 +123,7 @@ def _candidates_statement(per_channel: int) -> Any:
             func.row_number().over(partition_by=col(row.channel), order_by=col(row.id)).label("nth"),
         )
         .join(lane_heads, lane_heads.c.id == col(row.id))
-        .where(_due(bindparam("now")), col(row.channel).not_in(bindparam("skip", expanding=True)))
+        .where(_OPEN_ROWS, _due(bindparam("now")), col(row.channel).not_in(bindparam("skip", expanding=True)))
         .subquery()
     )
     return (
@@ -248,7 +248,7 @@ def newer_in_lane(*, session: Session, lane: str, after_id: int, kind: str) -> b
             col(OutboxMessage.lane) == lane,
             col(OutboxMessage.id) > after_id,
             col(OutboxMessage.kind) == kind,
-            col(OutboxMessage.status).in_(OPEN),
+            _OPEN_ROWS,
         )
         .limit(1)
     ).first()
