@@ -11,7 +11,7 @@ a dummy string), so every sweep and every revocation runs with that many live gr
 due: a ``RevocationService`` built by ``bot.runtime.build_runtime`` from the bot's own settings runs
 its claim path (``sweep()``: one guarded claim that finds nothing) and ``next_due()``, as each expiry
 sweep does; median of ``--sweep-runs`` (``claim_ms``: the claim alone). ``full_sweep_ms`` is one
-whole ``ExpiryScheduler.sweep()`` (claim, next due, re-arming); ``housekeeping_ms`` the jobs that run
+whole ``ExpirySweep.run()`` (claim, next due, re-arming); ``housekeeping_ms`` the jobs that run
 beside it (request timeouts, interrupted mints, the watchdog, outbox cleanup).
 
 Then ``--grants`` real grants are minted THROUGH SLACK, over the subprocess's HTTP: a signed
@@ -293,8 +293,8 @@ def measure_sweep(settings: Any, runs: int) -> dict[str, Any]:
     runtime = build_runtime(settings, make_policy(**BENCH_POLICY), engine=engine)
     try:
         revocation = runtime.revocation
-        scheduler = runtime.scheduler
-        assert revocation is not None and scheduler is not None
+        sweep = runtime.sweep
+        assert revocation is not None and sweep is not None
 
         def claim_path() -> None:
             claimed = revocation.sweep()
@@ -304,15 +304,10 @@ def measure_sweep(settings: Any, runs: int) -> dict[str, Any]:
 
         claim = timed(claim_path, runs)
         claim_only = timed(revocation.sweep, runs)
-        full = timed(scheduler.sweep, runs)
-        housekeeping = timed(scheduler.run_housekeeping, runs)
+        full = timed(sweep.run, runs)
+        housekeeping = timed(runtime.run_housekeeping, runs)
     finally:
-        # The scheduler was never started, so Runtime.close() (which stops it) does not apply.
-        runtime.executor.shutdown(wait=True)
-        if runtime.idp_side is not None:
-            runtime.idp_side.revocation_workers.shutdown(wait=True)
-            runtime.idp_side.mint_workers.shutdown(wait=True)
-        engine.dispose()
+        runtime.close()
     return {
         "sweep_ms": round(statistics.median(claim), 2),
         "sweep_max_ms": round(max(claim), 2),

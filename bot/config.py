@@ -35,6 +35,12 @@ def _is_placeholder(value: str) -> bool:
     return not lowered or any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
 
 
+def _refuse_placeholder(value: SecretStr | None, fix: str) -> SecretStr | None:
+    if value is not None and _is_placeholder(value.get_secret_value()):
+        raise ValueError(f"still holds a placeholder; {fix}")
+    return value
+
+
 class ClientAuth(StrEnum):
     CLIENT_SECRET_BASIC = "client_secret_basic"
     CLIENT_SECRET_POST = "client_secret_post"
@@ -93,9 +99,7 @@ class Settings(BaseSettings):
     @field_validator("oidc_client_secret", "jit_encryption_key", "jit_audit_key")
     @classmethod
     def _secret_not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and _is_placeholder(value.get_secret_value()):
-            raise ValueError("still holds a placeholder; put the real value here")
-        return value
+        return _refuse_placeholder(value, "put the real value here")
 
     @field_validator("jit_encryption_key", "jit_audit_key")
     @classmethod
@@ -135,9 +139,7 @@ class Settings(BaseSettings):
     @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token")
     @classmethod
     def _not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and _is_placeholder(value.get_secret_value()):
-            raise ValueError("still holds a placeholder; put the real value from your Slack app here")
-        return value
+        return _refuse_placeholder(value, "put the real value from your Slack app here")
 
     @field_validator("slack_bot_token")
     @classmethod

@@ -1,7 +1,7 @@
 """The composition root: builds every part from Settings and a Policy, for the CLI and for tests.
 
-It reads top to bottom: the store, the Slack side, the IdP side (when configured), the use cases,
-the jobs, the edges.
+It reads top to bottom: the store and the scheduler, the Slack side, the IdP side (when configured),
+the use cases, the jobs, the edges. Every part gets its collaborators in its constructor.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from bot.domain.policy import Policy
 from bot.files import beside_database, load_or_create_key
 from bot.idp.client import IdPClient, IdPConfig
 from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
-from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpiryScheduler
-from bot.services.alarm import Alarm
+from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpirySweep, ExpiryTimer
+from bot.jobs.scheduler import Every, JobScheduler
 from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.early import EarlyEndService
@@ -44,7 +44,7 @@ from bot.slack.listeners import Listeners
 from bot.slack.web_client import DeadlineWebClient
 from bot.store.audit import bind_audit_key
 from bot.store.crypto import TokenCipher
-from bot.store.db import make_engine, ping
+from bot.store.db import health, make_engine
 from bot.store.types import utcnow
 from bot.web.app import create_web_app
 from bot.web.slack_edge import SlackEdge
@@ -59,6 +59,11 @@ LISTENER_THREADS = 4
 REVOCATION_THREADS = 8
 MINT_THREADS = 4
 AUDIT_KEY_FILE = "jit-audit-key"
+HOUSEKEEPING_INTERVAL_SECONDS = 2.0
+REQUEST_TIMEOUTS_JOB = "request-timeouts"
+REVOCATION_WATCHDOG_JOB = "revocation-watchdog"
+OUTBOX_PURGE_JOB = "outbox-purge"
+HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE_JOB)
 
 
 @dataclass
@@ -90,7 +95,8 @@ class Runtime:
     voting: VotingService
     dispatcher: Dispatcher
     backlog: RevocationBacklog
-    scheduler: ExpiryScheduler
+    jobs: JobScheduler
+    sweep: ExpirySweep | None
     idp_side: IdPSide | None
 
     @property
@@ -115,13 +121,17 @@ class Runtime:
         return dict(identity.data) if isinstance(identity.data, dict) else {}
 
     def start_background(self) -> None:
-        """Start delivering the outbox and the expiry engine (its first act is a reconciling sweep)."""
+        """Start delivering the outbox and the jobs (the expiry engine's first act is a reconciling sweep)."""
         self.dispatcher.start()
-        self.scheduler.start()
+        self.jobs.start()
+
+    def run_housekeeping(self) -> None:
+        """Every housekeeping job once, in order (what the scheduler does every few seconds; for tools and tests)."""
+        self.jobs.run_now(*(name for name in self.jobs.names if name in HOUSEKEEPING_JOBS))
 
     def close(self) -> None:
         # Stop new sweeps, finish work already acked to Slack or claimed, then let go of the database.
-        self.scheduler.stop()
+        self.jobs.stop()
         self.executor.shutdown(wait=True)
         if self.idp_side is not None:
             self.idp_side.mint_workers.shutdown(wait=True)
@@ -146,6 +156,9 @@ def build_runtime(
         engine or make_engine(settings.jit_database_url),
         audit_key_for(settings.jit_database_url, settings.jit_audit_key),
     )
+    # The scheduler comes first because use cases arm the expiry timer; jobs are registered below.
+    jobs = JobScheduler()
+    timer = ExpiryTimer(jobs)
 
     # The Slack side. The SDK's own retries are off: the outbox retries, and knows what was sent.
     # Every call ends within SLACK_CALL_DEADLINE, however slowly Slack answers.
@@ -159,7 +172,6 @@ def build_runtime(
     directory = SlackDirectory(client)
     workspace = Workspace()
     doorbell = Doorbell()
-    alarm = Alarm()
     cipher = (
         TokenCipher(settings.jit_encryption_key.get_secret_value()) if settings.jit_encryption_key is not None else None
     )
@@ -178,14 +190,14 @@ def build_runtime(
         backlog=backlog,
     )
 
-    # The IdP side.
+    # The IdP side, when one is configured.
     idp_side = (
         _idp_side(
             settings,
             policy,
             engine=engine,
             announcer=announcer,
-            alarm=alarm,
+            wake=timer.wake_at,
             backlog=backlog,
             clock=clock,
             retry=mint_retry,
@@ -202,21 +214,19 @@ def build_runtime(
         engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, on_approved=submit_mint
     )
     early = EarlyEndService(
-        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, wake=alarm.wake_at
+        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, wake=timer.wake_at
     )
     timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
 
     # The jobs.
-    housekeeping: list[tuple[str, Callable[[], object]]] = [("request-timeouts", timeouts.run)]
+    sweep = None
     if idp_side is not None:
-        housekeeping.append(("revocation-watchdog", idp_side.revocation.watch))
-    housekeeping.append(("outbox-purge", dispatcher.purge))
-    scheduler = ExpiryScheduler(
-        revocation=idp_side.revocation if idp_side else None,
-        alarm=alarm,
-        housekeeping=housekeeping,
-        interval=sweep_interval,
-    )
+        sweep = ExpirySweep(revocation=idp_side.revocation, timer=timer)
+        sweep.register(jobs, interval=sweep_interval)
+    jobs.add(REQUEST_TIMEOUTS_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), timeouts.run)
+    if idp_side is not None:
+        jobs.add(REVOCATION_WATCHDOG_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), idp_side.revocation.watch)
+    jobs.add(OUTBOX_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), dispatcher.purge)
 
     # The edges.
     listeners = Listeners(
@@ -236,19 +246,11 @@ def build_runtime(
         workspace=workspace,
         hooks_url=settings.slack_hooks_url,
     )
-
-    def health() -> dict[str, str]:
-        try:
-            ping(engine)
-            return {"database": "ok"}
-        except Exception as exc:  # a health probe reports, it does not raise
-            return {"database": f"error: {type(exc).__name__}"}
-
     web_app = create_web_app(
         slack=None
         if settings.socket_mode
         else SlackEdge(bolt_app=bolt_app, signing_secret=settings.slack_signing_secret.get_secret_value()),
-        health=health,
+        health=lambda: health(engine),
         jwks=jwks([idp_side.signing_key]) if idp_side is not None else None,
         pickup=idp_side.pickup if idp_side is not None else None,
     )
@@ -265,7 +267,8 @@ def build_runtime(
         voting=voting,
         dispatcher=dispatcher,
         backlog=backlog,
-        scheduler=scheduler,
+        jobs=jobs,
+        sweep=sweep,
         idp_side=idp_side,
     )
 
@@ -276,7 +279,7 @@ def _idp_side(
     *,
     engine: Engine,
     announcer: Announcer,
-    alarm: Alarm,
+    wake: Callable[[datetime], None],
     backlog: RevocationBacklog,
     clock: Callable[[], datetime],
     retry: RetryPolicy | None,
@@ -304,7 +307,7 @@ def _idp_side(
         announcer=announcer,
         clock=clock,
         public_url=settings.public_url,
-        wake=alarm.wake_at,
+        wake=wake,
         retry=retry or RetryPolicy(),
     )
     # Mints run on their own threads: an IdP that is slow or down (seconds of retries) must not hold
@@ -321,7 +324,7 @@ def _idp_side(
         clock=clock,
         workers=revocation_workers,
         worker_count=REVOCATION_THREADS,
-        wake=alarm.wake_at,
+        wake=wake,
         timing=timing or RevocationTiming(),
         backlog=backlog,
     )

@@ -148,7 +148,7 @@ def test_a_token_that_arrives_after_its_mint_was_given_up_is_refused_and_revoked
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "minting")
     # While the exchange is in flight, the bot's clock passes the point where a mint counts as interrupted.
     bot.clock.advance(timedelta(minutes=3))
-    bot.served.runtime.scheduler.run_housekeeping()
+    bot.served.runtime.run_housekeeping()
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "failed")
     assert bot.stored(request_id).failure_code == "mint_interrupted"
 

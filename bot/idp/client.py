@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -156,6 +156,17 @@ class IdPClient:
         finally:
             client.close()
 
+    def _token_call(
+        self, token: str, endpoint: Literal["revocation", "introspection"], timeout: float | None
+    ) -> httpx.Response:
+        """POST a token to the revocation or introspection endpoint (RFC 7009 / RFC 7662 share the form)."""
+        budget = self.budget(timeout)
+        metadata = self.metadata(budget)
+        url = metadata.revocation_endpoint if endpoint == "revocation" else metadata.introspection_endpoint
+        if not url:
+            raise IdPError(f"{endpoint}_unsupported", f"the IdP publishes no {endpoint}_endpoint", transient=False)
+        return self._post(budget, metadata, url, {"token": token, "token_type_hint": "access_token"}, during=endpoint)
+
     def _post(
         self, budget: CallBudget, metadata: ProviderMetadata, url: str, form: dict[str, str], *, during: str
     ) -> httpx.Response:
@@ -198,33 +209,13 @@ class IdPClient:
         return parse_exchange(_json(response))
 
     def revoke(self, token: str, *, timeout: float | None = None) -> None:
-        budget = self.budget(timeout)
-        metadata = self.metadata(budget)
-        if not metadata.revocation_endpoint:
-            raise IdPError("revocation_unsupported", "the IdP publishes no revocation_endpoint", transient=False)
-        response = self._post(
-            budget,
-            metadata,
-            metadata.revocation_endpoint,
-            {"token": token, "token_type_hint": "access_token"},
-            during="revocation",
-        )
+        response = self._token_call(token, "revocation", timeout)
         # RFC 7009 section 2.2: 200 for success, including tokens that were already invalid.
         if response.status_code != 200:
             raise _oauth_error(response, "revocation_failed", during="revocation")
 
     def introspect(self, token: str, *, timeout: float | None = None) -> dict[str, Any]:
-        budget = self.budget(timeout)
-        metadata = self.metadata(budget)
-        if not metadata.introspection_endpoint:
-            raise IdPError("introspection_unsupported", "the IdP publishes no introspection_endpoint", transient=False)
-        response = self._post(
-            budget,
-            metadata,
-            metadata.introspection_endpoint,
-            {"token": token, "token_type_hint": "access_token"},
-            during="introspection",
-        )
+        response = self._token_call(token, "introspection", timeout)
         if response.status_code != 200:
             raise _oauth_error(response, "introspection_failed", during="introspection")
         answer = _json(response)

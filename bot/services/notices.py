@@ -19,43 +19,45 @@ from bot.services.ports import RequestSnapshot
 
 
 @dataclass(frozen=True)
-class ApprovalCard:
-    """Post the approval card to the resource's approver channel."""
+class _AboutRequest:
+    """A notice drawn from one request as its transaction left it."""
 
     request: RequestSnapshot
+
+
+@dataclass(frozen=True)
+class ApprovalCard(_AboutRequest):
+    """Post the approval card to the resource's approver channel."""
+
     kind: Literal["approval_card"] = "approval_card"
 
 
 @dataclass(frozen=True)
-class CardChanged:
+class CardChanged(_AboutRequest):
     """Redraw the card of a request (its coordinates are read when it is delivered)."""
 
-    request: RequestSnapshot
     kind: Literal["card_changed"] = "card_changed"
 
 
 @dataclass(frozen=True)
-class RequesterTold:
+class RequesterTold(_AboutRequest):
     """DM the requester where their request now stands."""
 
-    request: RequestSnapshot
     kind: Literal["requester_told"] = "requester_told"
 
 
 @dataclass(frozen=True)
-class PickupLink:
+class PickupLink(_AboutRequest):
     """DM the requester the one-time link; the link itself travels encrypted, beside the notice."""
 
-    request: RequestSnapshot
     link_expires_at: datetime
     kind: Literal["pickup_link"] = "pickup_link"
 
 
 @dataclass(frozen=True)
-class AuditSummary:
+class AuditSummary(_AboutRequest):
     """One line in the audit channel."""
 
-    request: RequestSnapshot
     event: str
     kind: Literal["audit_summary"] = "audit_summary"
 

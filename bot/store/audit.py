@@ -66,6 +66,18 @@ def canonical_event(
     )
 
 
+def canonical_row(event: AuditEvent) -> str:
+    """The canonical form of a stored event (what its link was computed over)."""
+    return canonical_event(
+        seq=event.seq,
+        at=event.at,
+        event_type=event.event_type,
+        actor=event.actor,
+        request_id=event.request_id,
+        details=event.details,
+    )
+
+
 def event_link(key: bytes, prev_hash: str, canonical: str) -> str:
     return hmac.new(key, (prev_hash + canonical).encode(), hashlib.sha256).hexdigest()
 
@@ -199,14 +211,7 @@ def verify_chain(*, session: Session, key: bytes) -> ChainReport:
             return ChainReport(count, expected_seq, f"event {expected_seq} is missing", unkeyed)
         if event.prev_hash != prev_hash:
             return ChainReport(count, event.seq, f"event {event.seq} does not link to event {event.seq - 1}", unkeyed)
-        canonical = canonical_event(
-            seq=event.seq,
-            at=event.at,
-            event_type=event.event_type,
-            actor=event.actor,
-            request_id=event.request_id,
-            details=event.details,
-        )
+        canonical = canonical_row(event)
         if hmac.compare_digest(event_link(key, prev_hash, canonical), event.hash):
             keyed_seen = True
         elif not keyed_seen and hmac.compare_digest(legacy_event_link(prev_hash, canonical), event.hash):
@@ -231,14 +236,7 @@ def first_event_is_unkeyed(*, session: Session, key: bytes) -> bool:
     first = session.exec(select(AuditEvent).where(col(AuditEvent.seq) == 1)).first()
     if first is None:
         return False
-    canonical = canonical_event(
-        seq=first.seq,
-        at=first.at,
-        event_type=first.event_type,
-        actor=first.actor,
-        request_id=first.request_id,
-        details=first.details,
-    )
+    canonical = canonical_row(first)
     return not hmac.compare_digest(event_link(key, GENESIS, canonical), first.hash)
 
 
@@ -255,14 +253,7 @@ def rekey(*, session: Session, key: bytes, at: datetime) -> ChainReport:
         raise ValueError("every event is already linked with the key; nothing to re-key")
     prev_hash = GENESIS
     for event in list(iter_events(session=session)):
-        canonical = canonical_event(
-            seq=event.seq,
-            at=event.at,
-            event_type=event.event_type,
-            actor=event.actor,
-            request_id=event.request_id,
-            details=event.details,
-        )
+        canonical = canonical_row(event)
         link = event_link(key, prev_hash, canonical)
         session.execute(
             update(AuditEvent).where(col(AuditEvent.seq) == event.seq).values(prev_hash=prev_hash, hash=link)

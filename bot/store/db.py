@@ -171,10 +171,14 @@ def _read_only_engine(engine: Engine) -> Engine:
     return found
 
 
-def ping(engine: Engine) -> None:
-    """A read that proves the database answers; raises if it does not."""
-    with read_scope(engine) as session:
-        session.execute(text("SELECT 1"))
+def health(engine: Engine) -> dict[str, str]:
+    """The health probe's answer: a read that proves the database answers. It reports, never raises."""
+    try:
+        with read_scope(engine) as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        return {"database": f"error: {type(exc).__name__}"}
+    return {"database": "ok"}
 
 
 def migrate(engine: Engine) -> None:

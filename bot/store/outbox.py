@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, text, update
+from sqlalchemy.sql.dml import Update
 from sqlmodel import Session, col, select
 
 from bot.store.models import OutboxMessage
@@ -179,6 +180,15 @@ def claim(
     return sorted(claimed, key=lambda c: c.id)
 
 
+def _held(message_id: int, claim_id: str) -> Update:
+    """An update of one message, only while this claim still holds it (a lapsed lease loses it)."""
+    return update(OutboxMessage).where(
+        col(OutboxMessage.id) == message_id,
+        col(OutboxMessage.claim_id) == claim_id,
+        col(OutboxMessage.status) == OutboxStatus.SENDING.value,
+    )
+
+
 def renew(*, session: Session, claim_id: str, ids: Collection[int], lease_until: datetime) -> None:
     if ids:
         session.connection().execute(
@@ -201,13 +211,7 @@ def finish(
     """Close a claimed message (sent, failed, superseded, dropped); the secret is wiped. False if the
     claim was lost meanwhile (the lease ran out and another worker took it)."""
     result = session.connection().execute(
-        update(OutboxMessage)
-        .where(
-            col(OutboxMessage.id) == message_id,
-            col(OutboxMessage.claim_id) == claim_id,
-            col(OutboxMessage.status) == OutboxStatus.SENDING.value,
-        )
-        .values(
+        _held(message_id, claim_id).values(
             status=status.value,
             sent_at=now if status is OutboxStatus.SENT else None,
             lease_until=None,
@@ -223,13 +227,7 @@ def retry(
 ) -> bool:
     """Put a claimed message back, due at ``at``. A pacing hold is not an attempt."""
     result = session.connection().execute(
-        update(OutboxMessage)
-        .where(
-            col(OutboxMessage.id) == message_id,
-            col(OutboxMessage.claim_id) == claim_id,
-            col(OutboxMessage.status) == OutboxStatus.SENDING.value,
-        )
-        .values(
+        _held(message_id, claim_id).values(
             status=OutboxStatus.PENDING.value,
             next_attempt_at=at,
             lease_until=None,

@@ -1,17 +1,12 @@
 """Requests, votes and the hash-chained audit trail.
 
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-27
+Written 2026-11-27.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0001"
-down_revision = None
-branch_labels = None
-depends_on = None
+revision, down_revision = "0001", None
 
 GENESIS = "0" * 64
 

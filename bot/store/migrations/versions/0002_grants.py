@@ -1,17 +1,12 @@
 """Grants: the minted token (encrypted), its expiry and its one-time pickup link.
 
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-27
+Written 2026-11-27.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0002", "0001"
 
 
 def upgrade() -> None:

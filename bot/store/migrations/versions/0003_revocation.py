@@ -1,17 +1,12 @@
 """Revocation engine: claims with leases, attempts, and the indexes the sweep needs.
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-27
+Written 2026-11-27.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0003", "0002"
 
 
 def upgrade() -> None:

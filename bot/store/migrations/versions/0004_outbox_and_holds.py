@@ -1,18 +1,13 @@
 """Never leave access behind: tokens held only to be revoked, the revocation watchdog, request
 origins against replays, and the outbox of what the bot tells people in Slack.
 
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-01
+Written 2026-12-01.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0004", "0003"
 
 OPEN = "status IN ('pending', 'sending')"
 
@@ -45,20 +40,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
     )
-    op.create_index(
-        "ix_outbox_open_lane",
-        "outbox",
-        ["lane", "id"],
-        sqlite_where=sa.text(OPEN),
-        postgresql_where=sa.text(OPEN),
-    )
-    op.create_index(
-        "ix_outbox_open_due",
-        "outbox",
-        ["status", "next_attempt_at"],
-        sqlite_where=sa.text(OPEN),
-        postgresql_where=sa.text(OPEN),
-    )
+    # Partial indexes over open messages only: the delivered history grows, the work does not.
+    open_indexes = {"ix_outbox_open_lane": ["lane", "id"], "ix_outbox_open_due": ["status", "next_attempt_at"]}
+    for name, columns in open_indexes.items():
+        op.create_index(name, "outbox", columns, sqlite_where=sa.text(OPEN), postgresql_where=sa.text(OPEN))
 
 
 def downgrade() -> None:
