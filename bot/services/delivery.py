@@ -29,20 +29,10 @@ from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
-from bot.domain.status import RequestStatus
 from bot.domain.text import one_line
+from bot.services import notices
 from bot.services.backlog import RevocationBacklog
-from bot.services.notices import (
-    Alert,
-    AlertKind,
-    ApprovalCard,
-    AuditSummary,
-    CardChanged,
-    Notice,
-    PickupLink,
-    RequesterTold,
-    notice_codec,
-)
+from bot.services.notices import Notice
 from bot.services.outbox import Announcer, Doorbell
 from bot.services.ports import Delivered, DeliveryError, Notifier
 from bot.services.snapshots import load_snapshot
@@ -53,7 +43,7 @@ from bot.store.audit import append_event
 from bot.store.crypto import TokenCipher
 from bot.store.db import read_scope, session_scope
 from bot.store.outbox import Claimed, OutboxStatus
-from bot.store.transitions import Audit, move_request
+from bot.store.transitions import BOT_ACTOR, cancel_request
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +261,12 @@ class Dispatcher:
     def deliver(self, message: Claimed) -> None:
         """One attempt at one claimed message; its outcome is always recorded."""
         try:
-            notice = notice_codec().validate_python(message.payload)
+            notice = notices.notice_codec().validate_python(message.payload)
         except ValidationError:
             log_failure(log, f"outbox message {message.id} cannot be read; it is dropped")
             self._finish(message, OutboxStatus.DROPPED, error="unreadable payload")
             return
-        if isinstance(notice, CardChanged):
+        if isinstance(notice, notices.CardChanged):
             prepared = self._current_card(message, notice)
             if prepared is None:
                 return
@@ -299,7 +289,7 @@ class Dispatcher:
             return
         self._sent(message, notice, delivered)
 
-    def _current_card(self, message: Claimed, notice: CardChanged) -> CardChanged | None:
+    def _current_card(self, message: Claimed, notice: notices.CardChanged) -> notices.CardChanged | None:
         """The card's coordinates as stored now; None when this update is out of date or has no card."""
         # One read for both questions: this runs for every card update.
         with read_scope(self._engine) as session:
@@ -315,7 +305,7 @@ class Dispatcher:
         if channel is None or ts is None:
             self._finish(message, OutboxStatus.DROPPED, error="the card was never posted")
             return None
-        return CardChanged(replace(notice.request, card_channel=channel, card_ts=ts))
+        return notices.CardChanged(replace(notice.request, card_channel=channel, card_ts=ts))
 
     def _backoff(self, attempts: int) -> float:
         delay: float = self._settings.first_retry * 2.0 ** max(attempts, 0)
@@ -370,7 +360,7 @@ class Dispatcher:
             ):
                 log.warning("outbox message %s was delivered after its claim moved on", message.id)
                 return
-            if isinstance(notice, ApprovalCard) and delivered.channel and delivered.ts:
+            if isinstance(notice, notices.ApprovalCard) and delivered.channel and delivered.ts:
                 request_store.set_card(
                     session=session, request_id=notice.request.id, channel=delivered.channel, ts=delivered.ts
                 )
@@ -378,7 +368,7 @@ class Dispatcher:
                     session=session,
                     at=now,
                     event_type=AuditEventType.CARD_POSTED.value,
-                    actor="jit-bot",
+                    actor=BOT_ACTOR,
                     request_id=notice.request.id,
                     details={"channel": delivered.channel, "ts": delivered.ts},
                 )
@@ -398,31 +388,31 @@ class Dispatcher:
             ):
                 return
             match notice:
-                case ApprovalCard(request=request):
+                case notices.ApprovalCard(request=request):
                     self._cancel_unposted(session, request.id, request.requester, request.approver_channel, code, now)
-                case PickupLink(request=request) | RequesterTold(request=request):
-                    what = "pickup link DM" if isinstance(notice, PickupLink) else f"{request.status} DM"
+                case notices.PickupLink(request=request) | notices.RequesterTold(request=request):
+                    what = "pickup link DM" if isinstance(notice, notices.PickupLink) else f"{request.status} DM"
                     append_event(
                         session=session,
                         at=now,
                         event_type=AuditEventType.DELIVERY_FAILED.value,
-                        actor="jit-bot",
+                        actor=BOT_ACTOR,
                         request_id=request.id,
                         details={"what": what, "slack_error": code},
                     )
-                    if isinstance(notice, PickupLink):
+                    if isinstance(notice, notices.PickupLink):
                         self._announcer.alert(
                             session,
-                            AlertKind.PICKUP_UNDELIVERABLE,
+                            notices.AlertKind.PICKUP_UNDELIVERABLE,
                             request.id,
                             requester=request.requester,
                             slack_error=code,
                         )
-                case CardChanged(request=request):
+                case notices.CardChanged(request=request):
                     log.warning("the card of %s could not be updated: %s", request.id, code)
-                case AuditSummary(request=request):
+                case notices.AuditSummary(request=request):
                     log.warning("audit summary for %s could not be posted: %s", request.id, code)
-                case Alert():
+                case notices.Alert():
                     log.error(
                         "ALERT could not be posted to the audit channel (%s): %s %s", code, notice.alert, notice.facts
                     )
@@ -431,23 +421,17 @@ class Dispatcher:
     def _cancel_unposted(
         self, session: Session, request_id: str, requester: str, channel: str, code: str, now: datetime
     ) -> None:
-        won = move_request(
+        won = cancel_request(
             session=session,
             request_id=request_id,
-            source=RequestStatus.PENDING,
-            target=RequestStatus.CANCELLED,
+            actor=BOT_ACTOR,
             now=now,
-            event=Audit(
-                AuditEventType.REQUEST_CANCELLED,
-                actor="jit-bot",
-                details={
-                    "cause": "approval card could not be posted",
-                    "slack_error": code,
-                    "requester": requester,
-                    "channel": channel,
-                },
-            ),
-            decided_at=now,
+            details={
+                "cause": "approval card could not be posted",
+                "slack_error": code,
+                "requester": requester,
+                "channel": channel,
+            },
             failure_code="card_undeliverable",
             failure_detail=code,
         )

@@ -40,7 +40,7 @@ from bot.store import requests as store
 from bot.store.crypto import TokenCipher, fingerprint, pickup_hash
 from bot.store.db import session_scope
 from bot.store.models import AccessRequest, Grant
-from bot.store.transitions import Audit, move_request
+from bot.store.transitions import BOT_ACTOR, Audit, fail_mint, move_request
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class MintService:
                 now=now,
                 event=Audit(
                     AuditEventType.MINT_STARTED,
-                    actor="jit-bot",
+                    actor=BOT_ACTOR,
                     details={
                         "audience": request.audience,
                         "scopes": list(request.scope_list),
@@ -220,7 +220,7 @@ class MintService:
                 AuditEventType.MINT_RETRY,
                 session=session,
                 at=self.clock(),
-                actor="jit-bot",
+                actor=BOT_ACTOR,
                 request_id=request_id,
                 attempt=attempt,
                 error=exc.code,
@@ -391,7 +391,7 @@ class MintService:
             AuditEventType.TOKEN_RECEIVED,
             session=session,
             at=now,
-            actor="jit-bot",
+            actor=BOT_ACTOR,
             request_id=request.id,
             token_fingerprint=fingerprint(token.access_token),
             granted_scopes=list(granted),
@@ -479,7 +479,7 @@ class MintService:
             AuditEventType.TOKEN_REFUSED,
             session=session,
             at=now,
-            actor="jit-bot",
+            actor=BOT_ACTOR,
             request_id=request_id,
             error=refusal.code,
             detail=refusal.detail,
@@ -515,20 +515,13 @@ class MintService:
     def _fail_in(
         self, session: Session, request_id: str, code: str, detail: str, *, token_fingerprint: str | None = None
     ) -> None:
-        now = self.clock()
-        if move_request(
+        if fail_mint(
             session=session,
             request_id=request_id,
-            source=RequestStatus.MINTING,
-            target=RequestStatus.FAILED,
-            now=now,
-            event=Audit(
-                AuditEventType.MINT_FAILED,
-                actor="jit-bot",
-                details={"error": code, "detail": detail, "token_fingerprint": token_fingerprint},
-            ),
-            failure_code=code[:64],
-            failure_detail=detail[:500],
+            code=code,
+            detail=detail,
+            now=self.clock(),
+            token_fingerprint=token_fingerprint,
         ):
             self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
         else:
@@ -586,7 +579,7 @@ class MintService:
             now=now,
             event=Audit(
                 AuditEventType.GRANT_ACTIVE,
-                actor="jit-bot",
+                actor=BOT_ACTOR,
                 details={
                     "token_fingerprint": fingerprint(token.access_token),
                     "granted_scopes": list(granted),

@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from bot.services.audit import AuditEventType, record
 from bot.store import grants as grant_store
@@ -83,21 +84,14 @@ class PickupService:
             if grant is None:
                 return PickupResult(PickupOutcome.UNKNOWN)
             if not claimed or grant.token_ciphertext is None:
-                record(
-                    AuditEventType.PICKUP_REFUSED,
-                    session=session,
-                    at=now,
-                    actor="pickup-link",
-                    request_id=grant.request_id,
-                    why="already used" if grant.picked_up_at is not None else "expired or grant ended",
-                )
+                why = "already used" if grant.picked_up_at is not None else "expired or grant ended"
+                _audit(session, now, AuditEventType.PICKUP_REFUSED, grant.request_id, why=why)
                 return PickupResult(PickupOutcome.GONE)
-            record(
+            _audit(
+                session,
+                now,
                 AuditEventType.TOKEN_PICKED_UP,
-                session=session,
-                at=now,
-                actor="pickup-link",
-                request_id=grant.request_id,
+                grant.request_id,
                 token_fingerprint=grant.token_fingerprint,
             )
             return PickupResult(
@@ -110,3 +104,7 @@ class PickupService:
                     audience=grant.audience,
                 ),
             )
+
+
+def _audit(session: Session, at: datetime, event: AuditEventType, request_id: str, **details: str | None) -> None:
+    record(event, session=session, at=at, actor="pickup-link", request_id=request_id, **details)

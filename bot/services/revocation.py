@@ -39,7 +39,7 @@ from bot.store import grants as grant_store
 from bot.store.crypto import TokenCipher
 from bot.store.db import read_scope, session_scope
 from bot.store.models import Grant
-from bot.store.transitions import Audit, move_grant, move_request
+from bot.store.transitions import BOT_ACTOR, Audit, fail_mint, move_grant, move_request
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +138,7 @@ class RevocationService:
                         hold=self.timing.pending_card_hold,
                     )
             for request_id, attempts in claim.lapsed:
-                record(
-                    AuditEventType.REVOCATION_FAILED,
-                    session=session,
-                    at=now,
-                    actor="jit-bot",
-                    request_id=request_id,
-                    attempt=attempts,
-                    error="lease_expired",
-                )
+                _failed_attempt(session, request_id, attempts, now, error="lease_expired")
         for request_id, attempts in claim.lapsed:
             log.warning(
                 "revocation of %s: attempt %d recorded no outcome before its lease ran out", request_id, attempts
@@ -220,7 +212,7 @@ class RevocationService:
                 claim_id=claim_id,
                 event=Audit(
                     AuditEventType.GRANT_REVOKED,
-                    actor="jit-bot",
+                    actor=BOT_ACTOR,
                     details={
                         "token_fingerprint": held.token_fingerprint,
                         "expires_at": held.expires_at.isoformat(),
@@ -261,15 +253,9 @@ class RevocationService:
     ) -> None:
         """A token that was never handed out is dead. If its mint was interrupted while it waited for
         its checks, the request is failed now; either way the audit channel hears it is resolved."""
-        if held.refusal == grant_store.UNCHECKED and move_request(
-            session=session,
-            request_id=request_id,
-            source=RequestStatus.MINTING,
-            target=RequestStatus.FAILED,
-            now=now,
-            event=Audit(AuditEventType.MINT_FAILED, actor="jit-bot", details={"error": "mint_interrupted"}),
-            failure_code="mint_interrupted",
-            failure_detail="the bot stopped while checking the token; the token was revoked",
+        detail = "the bot stopped while checking the token; the token was revoked"
+        if held.refusal == grant_store.UNCHECKED and fail_mint(
+            session=session, request_id=request_id, code="mint_interrupted", detail=detail, now=now
         ):
             self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
         self.announcer.alert(
@@ -298,16 +284,7 @@ class RevocationService:
             )
             if attempts is None:
                 return
-            record(
-                AuditEventType.REVOCATION_FAILED,
-                session=session,
-                at=now,
-                actor="jit-bot",
-                request_id=request_id,
-                attempt=attempts,
-                error=code,
-                retry_at=retry_at.isoformat(),
-            )
+            _failed_attempt(session, request_id, attempts, now, error=code, retry_at=retry_at.isoformat())
             if still_active:
                 self.announcer.alert(session, AlertKind.STILL_ACTIVE, request_id)
             elif attempts == ALERT_AFTER_FAILURES:
@@ -327,7 +304,7 @@ class RevocationService:
                     AuditEventType.REVOCATION_OVERDUE,
                     session=session,
                     at=now,
-                    actor="jit-bot",
+                    actor=BOT_ACTOR,
                     request_id=request_id,
                     late_seconds=late,
                     attempts=grant.attempts if grant else None,
@@ -345,3 +322,15 @@ class RevocationService:
                 "grant %s is overdue: not confirmed revoked %s after its expiry", request_id, self.timing.overdue_after
             )
         return [request_id for request_id, _ in overdue]
+
+
+def _failed_attempt(session: Session, request_id: str, attempts: int, now: datetime, **details: str) -> None:
+    record(
+        AuditEventType.REVOCATION_FAILED,
+        session=session,
+        at=now,
+        actor=BOT_ACTOR,
+        request_id=request_id,
+        attempt=attempts,
+        **details,
+    )

@@ -21,7 +21,7 @@ from bot.services.outbox import Announcer
 from bot.services.snapshots import load_snapshot
 from bot.store import requests as store
 from bot.store.db import read_scope, session_scope
-from bot.store.transitions import Audit, move_request
+from bot.store.transitions import BOT_ACTOR, fail_mint
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TimeoutService:
                     AuditEventType.REQUEST_EXPIRED,
                     session=session,
                     at=now,
-                    actor="jit-bot",
+                    actor=BOT_ACTOR,
                     request_id=request_id,
                     timeout_seconds=int(self.policy.request_timeout.total_seconds()),
                 )
@@ -79,16 +79,8 @@ class TimeoutService:
             )
         for request_id in stuck:
             with session_scope(self.engine) as session:
-                if move_request(
-                    session=session,
-                    request_id=request_id,
-                    source=RequestStatus.MINTING,
-                    target=RequestStatus.FAILED,
-                    now=now,
-                    event=Audit(AuditEventType.MINT_FAILED, actor="jit-bot", details={"error": "mint_interrupted"}),
-                    failure_code="mint_interrupted",
-                    failure_detail="the bot stopped while minting; a token it received is being revoked",
-                ):
+                detail = "the bot stopped while minting; a token it received is being revoked"
+                if fail_mint(session=session, request_id=request_id, code="mint_interrupted", detail=detail, now=now):
                     self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
 
     def resume_unminted(self) -> None:

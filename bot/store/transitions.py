@@ -25,6 +25,9 @@ from bot.domain.status import GRANT_TRANSITIONS, REQUEST_TRANSITIONS, GrantStatu
 from bot.store.audit import append_event
 from bot.store.models import AccessRequest, Grant
 
+# The actor of what the bot does by itself (mints, revocations, timeouts).
+BOT_ACTOR = "jit-bot"
+
 
 @dataclass(frozen=True)
 class Audit:
@@ -55,6 +58,41 @@ def move_request(
     if won and event is not None:
         _append(session, now, request_id, event)
     return won
+
+
+def fail_mint(
+    *, session: Session, request_id: str, code: str, detail: str, now: datetime, token_fingerprint: str | None = None
+) -> bool:
+    """minting -> failed, the one way a mint ends without a grant (refused, interrupted, unstorable)."""
+    details: dict[str, Any] = {"error": code, "detail": detail}
+    if token_fingerprint is not None:
+        details["token_fingerprint"] = token_fingerprint
+    return move_request(
+        session=session,
+        request_id=request_id,
+        source=RequestStatus.MINTING,
+        target=RequestStatus.FAILED,
+        now=now,
+        event=Audit(AuditEventType.MINT_FAILED, actor=BOT_ACTOR, details=details),
+        failure_code=code[:64],
+        failure_detail=detail[:500],
+    )
+
+
+def cancel_request(
+    *, session: Session, request_id: str, actor: str, now: datetime, details: dict[str, Any], **fields: Any
+) -> bool:
+    """pending -> cancelled: by the requester, or by the bot when the approval card cannot be posted."""
+    return move_request(
+        session=session,
+        request_id=request_id,
+        source=RequestStatus.PENDING,
+        target=RequestStatus.CANCELLED,
+        now=now,
+        event=Audit(AuditEventType.REQUEST_CANCELLED, actor=actor, details=details),
+        decided_at=now,
+        **fields,
+    )
 
 
 def move_grant(
