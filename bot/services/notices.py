@@ -1,5 +1,8 @@
 """What the bot tells people: one small dataclass per kind of message.
 
+Adding a kind of message is one dataclass here (its facts, its ``kind`` and its ``route``), added to
+``Notice``, and one renderer in the Slack adapter (``bot/slack/adapters.py``).
+
 Use cases build notices inside the transaction of the change they report and hand them to the
 outbox (``bot.services.outbox``), which stores them as JSON and has them delivered; the Slack
 adapter renders each kind. Notices carry facts (snapshots, codes, numbers), never Slack text.
@@ -17,6 +20,20 @@ from pydantic import Field, TypeAdapter
 
 from bot.services.ports import RequestSnapshot
 
+# Where a notice goes: (lane, channel). Messages of one lane are delivered strictly in order.
+Route = tuple[str, str]
+AUDIT_LANE = "audit"
+# Alerts have their own lane so that a backlog of summaries never delays one.
+ALERT_LANE = "alert"
+
+
+def card_lane(request_id: str) -> str:
+    return f"card:{request_id}"
+
+
+def dm_lane(user_id: str) -> str:
+    return f"dm:{user_id}"
+
 
 @dataclass(frozen=True)
 class _AboutRequest:
@@ -31,6 +48,9 @@ class ApprovalCard(_AboutRequest):
 
     kind: Literal["approval_card"] = "approval_card"
 
+    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002 - every notice answers it
+        return card_lane(self.request.id), self.request.approver_channel
+
 
 @dataclass(frozen=True)
 class CardChanged(_AboutRequest):
@@ -38,12 +58,18 @@ class CardChanged(_AboutRequest):
 
     kind: Literal["card_changed"] = "card_changed"
 
+    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
+        return card_lane(self.request.id), self.request.card_channel or self.request.approver_channel
+
 
 @dataclass(frozen=True)
 class RequesterTold(_AboutRequest):
     """DM the requester where their request now stands."""
 
     kind: Literal["requester_told"] = "requester_told"
+
+    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
+        return dm_lane(self.request.requester), self.request.requester
 
 
 @dataclass(frozen=True)
@@ -53,6 +79,9 @@ class PickupLink(_AboutRequest):
     link_expires_at: datetime
     kind: Literal["pickup_link"] = "pickup_link"
 
+    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
+        return dm_lane(self.request.requester), self.request.requester
+
 
 @dataclass(frozen=True)
 class AuditSummary(_AboutRequest):
@@ -60,6 +89,9 @@ class AuditSummary(_AboutRequest):
 
     event: str
     kind: Literal["audit_summary"] = "audit_summary"
+
+    def route(self, audit_channel: str | None) -> Route | None:
+        return (AUDIT_LANE, audit_channel) if audit_channel else None
 
 
 class AlertKind(StrEnum):
@@ -81,6 +113,9 @@ class Alert:
     request_id: str | None
     facts: dict[str, str | int | None] = field(default_factory=dict)
     kind: Literal["alert"] = "alert"
+
+    def route(self, audit_channel: str | None) -> Route | None:
+        return (ALERT_LANE, audit_channel) if audit_channel else None
 
 
 Notice = ApprovalCard | CardChanged | RequesterTold | PickupLink | AuditSummary | Alert

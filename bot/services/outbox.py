@@ -38,15 +38,6 @@ from bot.store.crypto import TokenCipher
 
 log = logging.getLogger(__name__)
 
-AUDIT_LANE = "audit"
-# Alerts have their own lane so that a backlog of summaries never delays one.
-ALERT_LANE = "alert"
-
-
-def card_lane(request_id: str) -> str:
-    return f"card:{request_id}"
-
-
 class Doorbell:
     """Rung after a commit that queued messages; the delivery pump waits on it."""
 
@@ -154,25 +145,11 @@ class Announcer:
         self._doorbell.ring()
 
     def _route(self, notice: Notice) -> tuple[str, str] | None:
-        match notice:
-            case ApprovalCard(request=r):
-                return card_lane(r.id), r.approver_channel
-            case CardChanged(request=r):
-                return card_lane(r.id), r.card_channel or r.approver_channel
-            case RequesterTold(request=r) | PickupLink(request=r):
-                return f"dm:{r.requester}", r.requester
-            case AuditSummary():
-                audit = self._policy.channels.audit
-                return (AUDIT_LANE, audit) if audit else None
-            case Alert():
-                audit = self._policy.channels.audit
-                if audit is None:
-                    # Nowhere to post it; the log is all a security lead gets, so make it loud.
-                    log.error(
-                        "ALERT (no audit channel configured): %s %s %s", notice.alert, notice.request_id, notice.facts
-                    )
-                    return None
-                return ALERT_LANE, audit
+        where = notice.route(self._policy.channels.audit)
+        if where is None and isinstance(notice, Alert):
+            # Nowhere to post it; the log is all a security lead gets, so make it loud.
+            log.error("ALERT (no audit channel configured): %s %s %s", notice.alert, notice.request_id, notice.facts)
+        return where
 
 
 def _request_id(notice: Notice) -> str | None:
