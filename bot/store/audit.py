@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy import event as sa_event
 from sqlmodel import Session, col, select
 
-from bot.domain.audit import FORBIDDEN_DETAIL_KEYS
+from bot.domain.audit import FORBIDDEN_DETAIL_KEYS, AuditEventType
 from bot.store.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
@@ -264,7 +264,7 @@ def rekey(*, session: Session, key: bytes, at: datetime) -> ChainReport:
     append_event(
         session=session,
         at=at,
-        event_type="audit_chain_keyed",
+        event_type=AuditEventType.AUDIT_CHAIN_KEYED.value,
         actor="jit-bot audit rekey",
         request_id=None,
         details={"relinked_events": before.events, "unkeyed_events": before.unkeyed, "previous_tip": before.tip},
