@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 
 from bot.config import Settings
 from bot.domain.policy import Policy
+from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
 from bot.runtime import build_runtime
 from bot.services.delivery import DeliveryPolicy
 from bot.services.minting import RetryPolicy
@@ -242,6 +243,12 @@ def revocation_timing() -> RevocationTiming:
     return RevocationTiming()
 
 
+@pytest.fixture
+def sweep_interval() -> float:
+    """The expiry engine's periodic sweep; a test of its timer makes it long, so only the timer is on time."""
+    return SWEEP_INTERVAL_SECONDS
+
+
 @contextmanager
 def serving(
     engine: Engine,
@@ -251,11 +258,12 @@ def serving(
     delivery: DeliveryPolicy,
     *,
     slack_call_deadline: float = 15.0,
+    clock: Any = None,
 ) -> Iterator[Bot]:
     """One bot, served on loopback, talking to ``slack``; a second call on the same database is a replica."""
     sock = free_socket()
     settings = build_settings(slack, database_url, sock.getsockname()[1], slack_call_deadline=slack_call_deadline)
-    runtime = build_runtime(settings, policy, engine=engine, delivery=delivery)
+    runtime = build_runtime(settings, policy, engine=engine, delivery=delivery, **({"clock": clock} if clock else {}))
     served = ServedApp(runtime, sock).start()
     sender = SlackRequests(
         base_url=served.base_url,
@@ -368,6 +376,7 @@ def minting_bot(
     delivery: DeliveryPolicy,
     mint_retry: RetryPolicy,
     revocation_timing: RevocationTiming,
+    sweep_interval: float,
 ) -> Iterator[MintingBot]:
     from cryptography.fernet import Fernet
 
@@ -405,6 +414,7 @@ def minting_bot(
         mint_retry=mint_retry,
         delivery=delivery,
         revocation_timing=revocation_timing,
+        sweep_interval=sweep_interval,
     )
     served = ServedApp(runtime, sock).start()
     sender = SlackRequests(

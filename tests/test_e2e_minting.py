@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
@@ -12,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
+from bot.logs import configure_logging
 from bot.store.models import Grant
 from tests.conftest import (
     APPROVER_1,
@@ -222,29 +227,96 @@ def test_jwks_is_served_with_kid(minting_bot: MintingBot) -> None:
     assert "d" not in key, "the private part must never be published"
 
 
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def uvicorn_records() -> Iterator[list[logging.LogRecord]]:
+    """uvicorn's loggers do not propagate to the root (so caplog never sees them): listen to them at DEBUG."""
+    kept = _Kept()
+    names = ("uvicorn", "uvicorn.error", "uvicorn.access")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in ("uvicorn", "uvicorn.access"):
+        logging.getLogger(name).addHandler(kept)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        yield kept.records
+    finally:
+        for name in ("uvicorn", "uvicorn.access"):
+            logging.getLogger(name).removeHandler(kept)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def written_at_debug(records: list[logging.LogRecord]) -> list[str]:
+    """The records that ``jit-bot serve --log-level DEBUG`` would write, formatted the way it writes them:
+    message, traceback and stack included. (Its configuration keeps client libraries at WARNING; the
+    records they make at DEBUG in this process are never written.)"""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    loggers = [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    saved = [(lg, lg.level, lg.filters[:]) for lg in loggers]
+    try:
+        configure_logging(logging.DEBUG)
+        formatter = root.handlers[0].formatter
+        assert formatter is not None
+        return [formatter.format(r) for r in records if logging.getLogger(r.name).isEnabledFor(r.levelno)]
+    finally:
+        root.handlers[:], root.level = handlers, level
+        for lg, lg_level, filters in saved:
+            lg.setLevel(lg_level)
+            lg.filters[:] = filters
+
+
 def test_token_leaks_nowhere(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot)
-    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
-    assert len(token) >= 20
+    with uvicorn_records() as from_uvicorn:
+        bot.idp.fail_next(503)  # one retry, so the mint has something to say in the log
+        request_id = approve(bot)
+        url = pickup_url(bot, request_id)
+        # urllib, not httpx: this test's own client must not log the link it fetches.
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": "application/json"})) as answer:
+            token = json.load(answer)["access_token"]
+        assert len(token) >= 20
 
-    # Not in any Slack call, argument or answer.
-    slack_traffic = json.dumps([(c.method, c.args, c.response) for c in bot.slack.calls], default=str)
-    slack_traffic += json.dumps([r.payload for r in bot.slack.responses], default=str)
-    assert token not in slack_traffic
+        # Not in any Slack call, argument or answer.
+        slack_traffic = json.dumps([(c.method, c.args, c.response) for c in bot.slack.calls], default=str)
+        slack_traffic += json.dumps([r.payload for r in bot.slack.responses], default=str)
+        assert token not in slack_traffic
+        # Not in the audit trail, and not in plaintext anywhere in the database.
+        assert token not in json.dumps([e.model_dump(mode="json") for e in bot.audit()])
+        with bot.engine.connect() as connection:
+            for table in ("access_request", "vote", "audit_event", "audit_head", "grant"):
+                rows = connection.execute(text(f'SELECT * FROM "{table}"')).fetchall()
+                dump = repr(rows)
+                assert token not in dump, table
+                assert token.encode() not in dump.encode()
+        grant = _grant(bot, request_id)
+        assert grant.token_ciphertext is not None and token.encode() not in grant.token_ciphertext
+
+        # Revoked too, so that the revocation path has had its say in the log.
+        bot.send.slash(REQUESTER, f"revoke {request_id}")
+        bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked")
+
     # Not in any log line of the bot's process (captured at DEBUG).
     for record in bot.log_records.records:
         assert token not in record.getMessage() and token not in str(record.args)
-    # Not in the audit trail, and not in plaintext anywhere in the database.
-    assert token not in json.dumps([e.model_dump(mode="json") for e in bot.audit()])
-    with bot.engine.connect() as connection:
-        for table in ("access_request", "vote", "audit_event", "audit_head", "grant"):
-            rows = connection.execute(text(f'SELECT * FROM "{table}"')).fetchall()
-            dump = repr(rows)
-            assert token not in dump, table
-            assert token.encode() not in dump.encode()
-    grant = _grant(bot, request_id)
-    assert grant.token_ciphertext is not None and token.encode() not in grant.token_ciphertext
+    # Nor in any line the bot would write at DEBUG, tracebacks included, uvicorn's own loggers too; and
+    # neither is the pickup link, which is as good as the token until it is used.
+    pickup_secret = url.rsplit("/", 1)[1]
+    assert len(pickup_secret) >= 32
+    lines = written_at_debug([*bot.log_records.records, *from_uvicorn])
+    assert any(request_id in line and "attempt 1" in line for line in lines), "the check sees the bot's lines"
+    for line in lines:
+        assert token not in line, line
+        assert pickup_secret not in line, line
 
 
 def test_scope_wider_than_approved_is_refused_and_revoked_until_proven_dead(minting_bot: MintingBot) -> None:

@@ -28,10 +28,11 @@ _UNKNOWN = "No such pickup link."
 def pickup_router(service: PickupService) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/pickup/{pickup_id}")
+    # HEAD is routed here too (FastAPI would answer it with a bare 405 of its own, without the headers).
+    @router.api_route("/pickup/{pickup_id}", methods=["GET", "HEAD"])
     async def pickup(pickup_id: str, request: Request) -> Response:
         if request.method != "GET":
-            # Starlette answers HEAD through GET routes; a link checker's HEAD must not use up the link.
+            # A link checker's HEAD must not use up the link.
             return Response(status_code=405, headers={**SECURITY_HEADERS, "Allow": "GET"})
         result = await run_in_threadpool(service.claim, pickup_id)
         wants_json = "application/json" in request.headers.get("accept", "")
