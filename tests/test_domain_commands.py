@@ -21,6 +21,7 @@ from bot.domain.commands import (
     parse_command,
 )
 from bot.domain.durations import DurationError, format_duration, parse_duration
+from bot.slack.messages import command_error_text
 from tests.conftest import make_policy
 
 POLICY = make_policy()
@@ -109,7 +110,7 @@ def test_bad_input_gets_a_specific_message(text: str, code: CommandErrorCode, wo
     assert isinstance(parsed, CommandError)
     assert parsed.code is code
     for word in words:
-        assert word in parsed.message, f"{word!r} missing from {parsed.message!r}"
+        assert word in command_error_text(parsed), f"{word!r} missing from {command_error_text(parsed)!r}"
 
 
 def test_whitespace_reason_is_empty() -> None:
@@ -130,7 +131,7 @@ def test_parser_is_total_on_any_text(text: str) -> None:
     if isinstance(parsed, RevokeCommand):
         assert parsed.request_id
     if isinstance(parsed, CommandError):
-        assert parsed.message.strip()
+        assert command_error_text(parsed).strip()
     if isinstance(parsed, SubmitRequest):
         _assert_within_policy(parsed.draft)
 
@@ -164,7 +165,7 @@ words = st.sampled_from(
 def test_parser_is_total_on_near_valid_commands(parts: list[str]) -> None:
     parsed = parse_command(" ".join(["request", *parts]), POLICY)
     if isinstance(parsed, CommandError):
-        assert parsed.message.strip()
+        assert command_error_text(parsed).strip()
     elif isinstance(parsed, SubmitRequest):
         _assert_within_policy(parsed.draft)
     else:

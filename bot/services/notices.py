@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from bot.services.ports import RequestSnapshot
+from bot.services.snapshots import RequestSnapshot
 
 
 @dataclass(frozen=True)
