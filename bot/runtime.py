@@ -30,6 +30,7 @@ from bot.jobs.scheduler import Every, JobScheduler
 from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.early import EarlyEndService
+from bot.services.listing import ListingService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
 from bot.services.outbox import Announcer, Doorbell
 from bot.services.pickup import PickupService
@@ -216,6 +217,7 @@ def build_runtime(
     early = EarlyEndService(
         engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, wake=timer.wake_at
     )
+    listing = ListingService(engine=engine, policy=policy, clock=clock)
     timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
 
     # The jobs.
@@ -234,6 +236,7 @@ def build_runtime(
         requests=requests,
         voting=voting,
         early=early,
+        listing=listing,
         directory=directory,
         hooks_url=settings.slack_hooks_url,
     )

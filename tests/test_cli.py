@@ -24,7 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from bot.idp.keys import generate_signing_key
-from bot.slack.blocks import help_text
+from bot.slack.messages import help_text
 from bot.store.audit import append_event, bind_audit_key, canonical_event, event_link, legacy_event_link
 from bot.store.db import MIGRATIONS, make_engine, migrate, session_scope
 from tests.conftest import AUDIT_KEY, BOT_TOKEN, POLICY, REQUESTER, SIGNING_SECRET

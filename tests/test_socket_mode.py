@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from bot.slack.blocks import help_text
+from bot.slack.messages import help_text
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, AuditEvent
 from tests.conftest import (

@@ -1,21 +1,25 @@
 """Parsing ``/jit …`` text into a command, and checking a request against the catalog.
 
-Everything here is pure and total: any input yields a command or a ``CommandError`` with a message
-meant for the person who typed it. The hypothesis tests hold us to that.
+Everything here is pure and total: any input yields a command or a ``CommandError`` that names what
+is wrong as a code and facts (``bot.slack.messages`` words it for the person who typed it). The
+hypothesis tests hold us to that.
+
+The sub-commands are declared once, in ``SUBCOMMANDS``: the parser, ``/jit help`` and the README's
+command table are all drawn from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from bot.domain.durations import DurationError, format_duration, parse_duration
+from bot.domain.durations import DurationError, parse_duration
 from bot.domain.policy import Policy, Resource
 from bot.domain.text import one_line
 
 MAX_REASON_LENGTH = 500
-USAGE = "/jit request <resource> <scopes> <duration> <reason…>"
 
 
 class CommandErrorCode(StrEnum):
@@ -27,14 +31,26 @@ class CommandErrorCode(StrEnum):
     DURATION_TOO_LONG = "duration_too_long"
     EMPTY_REASON = "empty_reason"
     REASON_TOO_LONG = "reason_too_long"
-    UNMAPPED_REQUESTER = "unmapped_requester"
     MISSING_REQUEST_ID = "missing_request_id"
 
 
 @dataclass(frozen=True)
 class CommandError:
+    """What is wrong with a command: a code and the facts its message needs (unused ones stay empty)."""
+
     code: CommandErrorCode
-    message: str
+    # What the person typed that is wrong: the sub-command, resource, scope or duration.
+    typed: str = ""
+    resource: str = ""
+    # The known resources (UNKNOWN_RESOURCE) or the resource's scopes (scope errors).
+    allowed: tuple[str, ...] = ()
+    max_duration: timedelta = timedelta(0)
+    # The scopes as typed, for the example in EMPTY_REASON.
+    scopes: tuple[str, ...] = ()
+    # The reason's length (REASON_TOO_LONG).
+    length: int = 0
+    # BAD_DURATION: what the duration parser found wrong, in its own words.
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,48 +98,51 @@ class SubmitRequest:
 Command = HelpCommand | ResourcesCommand | ListCommand | RevokeCommand | OpenRequestModal | SubmitRequest | CommandError
 
 
-def _code(text: str) -> str:
-    # Backticks inside user text would break the inline code span we show it in.
-    return "`" + text.replace("`", "'")[:80] + "`"
+@dataclass(frozen=True)
+class Words:
+    """What a sub-command's parser sees: the words after the sub-command, and the whole text."""
+
+    args: tuple[str, ...]
+    text: str
 
 
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]
+@dataclass(frozen=True)
+class SubCommand:
+    """One entry of the command table."""
+
+    name: str
+    # The arguments after the name as the usage line shows them; "" when there are none.
+    arguments: str
+    # What it does, for ``/jit help`` and the README (Slack mrkdwn and Markdown alike: code spans only).
+    summary: str
+    parse: Callable[[Words, Policy], Command]
+    # Its answer needs no I/O, so it goes back in the acknowledgement itself, with no lazy step.
+    answered_in_ack: bool
+    aliases: tuple[str, ...] = ()
+
+    def usages(self) -> tuple[str, ...]:
+        """One usage line per spelling, the name first."""
+        return tuple(f"/jit {name} {self.arguments}".rstrip() for name in (self.name, *self.aliases))
 
 
-def _listing(items: tuple[str, ...] | list[str]) -> str:
-    return ", ".join(_code(i) for i in items)
+@dataclass(frozen=True)
+class Parsed:
+    """A parsed command and whether the acknowledgement answers it (errors always are)."""
+
+    command: Command
+    answered_in_ack: bool
 
 
-def parse_command(text: str, policy: Policy) -> Command:
-    words = text.split()
-    if not words or words[0].lower() == "help":
-        return HelpCommand()
-    sub = words[0].lower()
-    if sub == "resources":
-        return ResourcesCommand()
-    if sub == "list":
-        return ListCommand()
-    if sub in ("revoke", "cancel"):
-        if len(words) != 2:
-            return CommandError(
-                CommandErrorCode.MISSING_REQUEST_ID,
-                "Which request? Use `/jit revoke <request id>`; `/jit list` shows yours.",
-            )
-        return RevokeCommand(request_id=words[1].strip().upper())
-    if sub != "request":
-        return CommandError(
-            CommandErrorCode.UNKNOWN_SUBCOMMAND,
-            f"Unknown command {_code(words[0])}. Try `/jit help`.",
-        )
-    args = words[1:]
+def _request(words: Words, policy: Policy) -> Command:
+    args = words.args
     # Fewer than three arguments: ask in a form. Three (no reason): that is a specific mistake to name.
     if len(args) < 3:
         known = args[0] if args and policy.resource(args[0]) is not None else None
         return OpenRequestModal(resource=known)
     resource_name, scopes_text, duration_text = args[0], args[1], args[2]
     # The reason keeps the requester's own spacing after the third argument.
-    reason = text.split(None, 4)[4] if len(text.split(None, 4)) == 5 else ""
+    split = words.text.split(None, 4)
+    reason = split[4] if len(split) == 5 else ""
     result = check_request(
         policy,
         resource_name=resource_name,
@@ -134,16 +153,84 @@ def parse_command(text: str, policy: Policy) -> Command:
     return SubmitRequest(result) if isinstance(result, RequestDraft) else result
 
 
+def _revoke(words: Words, _policy: Policy) -> Command:
+    if len(words.args) != 1:
+        return CommandError(CommandErrorCode.MISSING_REQUEST_ID)
+    return RevokeCommand(request_id=words.args[0].strip().upper())
+
+
+SUBCOMMANDS: tuple[SubCommand, ...] = (
+    SubCommand(
+        name="request",
+        arguments="<resource> <scopes> <duration> <reason…>",
+        summary="ask for access, e.g. `/jit request prod-db read 30m checking INC-1234`. Scopes are "
+        "comma-separated; durations look like `90s`, `15m`, `2h`, `1h30m`. With arguments missing "
+        "(or none), a form asks for the rest: the resource, its scopes, durations up to its maximum, the reason.",
+        parse=_request,
+        answered_in_ack=False,
+    ),
+    SubCommand(
+        name="resources",
+        arguments="",
+        summary="what you can ask for, with scopes, maximum durations and approver channels.",
+        parse=lambda _words, _policy: ResourcesCommand(),
+        answered_in_ack=True,
+    ),
+    SubCommand(
+        name="list",
+        arguments="",
+        summary="your pending requests and active grants, with time left.",
+        parse=lambda _words, _policy: ListCommand(),
+        answered_in_ack=False,
+    ),
+    SubCommand(
+        name="revoke",
+        aliases=("cancel",),
+        arguments="<request id>",
+        summary="end an active grant now (the requester or an approver of the resource), "
+        "or cancel your own pending request.",
+        parse=_revoke,
+        answered_in_ack=False,
+    ),
+    SubCommand(
+        name="help",
+        arguments="",
+        summary="the commands and what they do.",
+        parse=lambda _words, _policy: HelpCommand(),
+        answered_in_ack=True,
+    ),
+)
+
+_BY_NAME = {name: sub for sub in SUBCOMMANDS for name in (sub.name, *sub.aliases)}
+_HELP = _BY_NAME["help"]
+
+
+def subcommand(word: str) -> SubCommand | None:
+    """The table entry a typed sub-command names; names are matched without regard to case."""
+    return _BY_NAME.get(word.lower())
+
+
+def parse(text: str, policy: Policy) -> Parsed:
+    words = text.split()
+    # No words at all: what someone who types a bare ``/jit`` wants is the help.
+    sub = subcommand(words[0]) if words else _HELP
+    if sub is None:
+        return Parsed(CommandError(CommandErrorCode.UNKNOWN_SUBCOMMAND, typed=words[0]), answered_in_ack=True)
+    command = sub.parse(Words(args=tuple(words[1:]), text=text), policy)
+    return Parsed(command, answered_in_ack=sub.answered_in_ack or isinstance(command, CommandError))
+
+
+def parse_command(text: str, policy: Policy) -> Command:
+    return parse(text, policy).command
+
+
 def check_request(
     policy: Policy, *, resource_name: str, scopes: list[str], duration_text: str, reason: str
 ) -> RequestDraft | CommandError:
     """Check one request against the catalog; the first problem found is reported."""
     resource = policy.resource(resource_name)
     if resource is None:
-        return CommandError(
-            CommandErrorCode.UNKNOWN_RESOURCE,
-            f"Unknown resource {_code(resource_name)}. Known resources: {_listing(policy.resource_names)}.",
-        )
+        return CommandError(CommandErrorCode.UNKNOWN_RESOURCE, typed=resource_name, allowed=policy.resource_names)
     scope_error = _check_scopes(resource, scopes)
     if scope_error is not None:
         return scope_error
@@ -152,42 +239,36 @@ def check_request(
     except DurationError as exc:
         return CommandError(
             CommandErrorCode.BAD_DURATION,
-            f"{_sentence(str(exc))}. "
-            f"The maximum for {_code(resource.name)} is {format_duration(resource.max_duration)}.",
+            typed=duration_text,
+            resource=resource.name,
+            max_duration=resource.max_duration,
+            detail=str(exc),
         )
     if duration > resource.max_duration:
         return CommandError(
             CommandErrorCode.DURATION_TOO_LONG,
-            f"{_code(duration_text)} is longer than the maximum for {_code(resource.name)}: "
-            f"{format_duration(resource.max_duration)}.",
+            typed=duration_text,
+            resource=resource.name,
+            max_duration=resource.max_duration,
         )
     # One line, no control or invisible characters: a reason must not forge lines on a card or in a log.
     cleaned_reason = one_line(reason)
     if not cleaned_reason:
         return CommandError(
-            CommandErrorCode.EMPTY_REASON,
-            f"A reason is required, e.g. `/jit request {resource.name} {','.join(scopes)} "
-            f"{duration_text} checking INC-1234`.",
+            CommandErrorCode.EMPTY_REASON, typed=duration_text, resource=resource.name, scopes=tuple(scopes)
         )
     if len(cleaned_reason) > MAX_REASON_LENGTH:
-        return CommandError(
-            CommandErrorCode.REASON_TOO_LONG,
-            f"The reason is {len(cleaned_reason)} characters; keep it under {MAX_REASON_LENGTH}.",
-        )
+        return CommandError(CommandErrorCode.REASON_TOO_LONG, length=len(cleaned_reason))
     ordered = tuple(dict.fromkeys(scopes))
     return RequestDraft(resource=resource.name, scopes=ordered, duration=duration, reason=cleaned_reason)
 
 
 def _check_scopes(resource: Resource, scopes: list[str]) -> CommandError | None:
     if not scopes:
-        return CommandError(
-            CommandErrorCode.NO_SCOPES,
-            f"Name at least one scope for {_code(resource.name)}. Allowed: {_listing(resource.scopes)}.",
-        )
+        return CommandError(CommandErrorCode.NO_SCOPES, resource=resource.name, allowed=resource.scopes)
     for scope in scopes:
         if scope not in resource.scopes:
             return CommandError(
-                CommandErrorCode.SCOPE_NOT_OFFERED,
-                f"{_code(resource.name)} does not offer scope {_code(scope)}. Allowed: {_listing(resource.scopes)}.",
+                CommandErrorCode.SCOPE_NOT_OFFERED, typed=scope, resource=resource.name, allowed=resource.scopes
             )
     return None

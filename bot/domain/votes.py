@@ -17,16 +17,6 @@ class VoteRefusal(StrEnum):
     RESOURCE_REMOVED = "resource_removed"
 
 
-REFUSAL_TEXT: dict[VoteRefusal, str] = {
-    VoteRefusal.UNKNOWN_REQUEST: "That request does not exist.",
-    VoteRefusal.NOT_PENDING: "That request is no longer pending, so it cannot be voted on.",
-    VoteRefusal.SELF_APPROVAL: "You cannot vote on your own request.",
-    VoteRefusal.NOT_APPROVER: "You are not an approver for this resource.",
-    VoteRefusal.ALREADY_VOTED: "You have already voted on this request.",
-    VoteRefusal.RESOURCE_REMOVED: "That resource is no longer in the policy, so the request cannot be decided.",
-}
-
-
 @dataclass(frozen=True)
 class VoteFacts:
     status: RequestStatus
@@ -42,10 +32,6 @@ class VoteFacts:
 class VoteDecision:
     refusal: VoteRefusal | None
     new_status: RequestStatus
-
-    @property
-    def accepted(self) -> bool:
-        return self.refusal is None
 
 
 def decide_vote(facts: VoteFacts, choice: VoteChoice) -> VoteDecision:

@@ -1,10 +1,11 @@
-"""Ending access early (``/jit revoke``, the Revoke now button) and listing one's own requests."""
+"""Ending access early: ``/jit revoke`` (or ``cancel``) and the Revoke now button."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Engine
 
@@ -12,14 +13,38 @@ from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.domain.status import GrantStatus, RequestStatus
 from bot.services.audit import record
-from bot.services.identity import resolve_approvers
+from bot.services.identity import OnSlackFailure, resolve_approvers
 from bot.services.outbox import Announcer
-from bot.services.ports import Directory, DirectoryError, RequestSnapshot
-from bot.services.snapshots import load_snapshot, snapshot
+from bot.services.ports import Directory
+from bot.services.snapshots import load_snapshot
 from bot.store import grants as grant_store
 from bot.store import requests as store
 from bot.store.db import read_scope, session_scope
 from bot.store.transitions import Audit, move_request
+
+
+class RevokeOutcome(StrEnum):
+    REVOKING = "revoking"  # the grant's revocation has begun
+    CANCELLED = "cancelled"  # the requester's pending request is cancelled
+    NO_SUCH_REQUEST = "no_such_request"
+    NOT_ALLOWED = "not_allowed"  # neither the requester nor an approver
+    APPROVER_ON_PENDING = "approver_on_pending"  # approvers decide pending requests on the card
+    DECIDED_MEANWHILE = "decided_meanwhile"  # the cancel lost a race with a vote or the timeout
+    TOKEN_REVOKED = "token_revoked"
+    REFUSED_TOKEN = "refused_token"  # a token was refused and is being revoked; it was never handed out
+    ALREADY_REVOKING = "already_revoking"
+    NOTHING_TO_REVOKE = "nothing_to_revoke"
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    outcome: RevokeOutcome
+    # As given (NO_SUCH_REQUEST: as typed, which may be anything).
+    request_id: str
+    # The request's status, where the outcome reports it.
+    status: str = ""
+    # NOTHING_TO_REVOKE: the grant is still being minted, so trying again soon may work.
+    still_minting: bool = False
 
 
 @dataclass
@@ -32,8 +57,8 @@ class EarlyEndService:
     # Wakes the revocation engine now (a no-op without an IdP).
     wake: Callable[[datetime], None] = lambda _when: None
 
-    def revoke(self, request_id: str, *, actor: str) -> str:
-        """End an active grant now, or cancel one's own pending request. Returns the reply text.
+    def revoke(self, request_id: str, *, actor: str) -> RevokeResult:
+        """End an active grant now, or cancel one's own pending request.
 
         What can be done is read from the grant, not only from the request: a request that failed
         may still hold a refused token that is being revoked, and a grant being revoked says so.
@@ -41,7 +66,7 @@ class EarlyEndService:
         with read_scope(self.engine) as session:
             request = store.get_request(session=session, request_id=request_id)
             if request is None:
-                return f"There is no request `{request_id[:16]}`. `/jit list` shows yours."
+                return RevokeResult(RevokeOutcome.NO_SUCH_REQUEST, request_id)
             requester, resource_name, status = request.requester_slack_id, request.resource, request.status
             grant = grant_store.get_grant(session=session, request_id=request_id)
             grant_status, refusal = (grant.status, grant.refusal) if grant is not None else (None, None)
@@ -59,30 +84,28 @@ class EarlyEndService:
                     refusal="not_requester_or_approver",
                     request_status=status,
                 )
-            return "Only the requester or an approver of this resource can revoke it."
+            return RevokeResult(RevokeOutcome.NOT_ALLOWED, request_id, status)
         if status == RequestStatus.PENDING.value:
             return self._cancel(request_id, actor=actor, requester=requester, now=now)
         if grant_status == GrantStatus.REVOKED.value:
-            return f"Request `{request_id}` is {status}, so there is nothing to revoke: its token is revoked."
+            return RevokeResult(RevokeOutcome.TOKEN_REVOKED, request_id, status)
         if refusal is not None and refusal != grant_store.UNCHECKED:
-            return (
-                f"Request `{request_id}` is {status}: its token was never handed out and is being revoked at the IdP."
-            )
+            return RevokeResult(RevokeOutcome.REFUSED_TOKEN, request_id, status)
         if grant_status == GrantStatus.REVOKING.value:
-            return f"Grant `{request_id}` is already being revoked."
+            return RevokeResult(RevokeOutcome.ALREADY_REVOKING, request_id, status)
         if grant_status != GrantStatus.ACTIVE.value or refusal is not None:
-            hint = " It is still being minted; try again in a moment." if status in ("approved", "minting") else ""
-            return f"Request `{request_id}` is {status}, so there is nothing to revoke.{hint}"
+            minting = status in (RequestStatus.APPROVED.value, RequestStatus.MINTING.value)
+            return RevokeResult(RevokeOutcome.NOTHING_TO_REVOKE, request_id, status, still_minting=minting)
         with session_scope(self.engine) as session:
             if not grant_store.expire_now(session=session, request_id=request_id, now=now):
-                return f"Grant `{request_id}` is already being revoked."
+                return RevokeResult(RevokeOutcome.ALREADY_REVOKING, request_id, status)
             record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
         self.wake(now)
-        return f"Revoking `{request_id}` now. The card and the requester are told once the IdP confirms."
+        return RevokeResult(RevokeOutcome.REVOKING, request_id, status)
 
-    def _cancel(self, request_id: str, *, actor: str, requester: str, now: datetime) -> str:
+    def _cancel(self, request_id: str, *, actor: str, requester: str, now: datetime) -> RevokeResult:
         if actor != requester:
-            return "Approvers decide pending requests with the Deny button on the card."
+            return RevokeResult(RevokeOutcome.APPROVER_ON_PENDING, request_id, RequestStatus.PENDING.value)
         with session_scope(self.engine) as session:
             if not move_request(
                 session=session,
@@ -96,33 +119,13 @@ class EarlyEndService:
                 decided_at=now,
                 decided_by=actor,
             ):
-                return f"Request `{request_id}` was decided meanwhile; `/jit list` shows where it stands."
+                return RevokeResult(RevokeOutcome.DECIDED_MEANWHILE, request_id)
             self.announcer.card(session, load_snapshot(session, request_id, policy=self.policy))
-        return f"Request `{request_id}` was cancelled."
+        return RevokeResult(RevokeOutcome.CANCELLED, request_id, RequestStatus.CANCELLED.value)
 
     def _approvers(self, resource_name: str) -> frozenset[str]:
         resource = self.policy.resource(resource_name)
         if resource is None:
             return frozenset()
-        try:
-            return resolve_approvers(resource.approvers, directory=self.directory)
-        except DirectoryError:
-            return resource.user_approvers  # usergroups unknown right now: only listed users qualify
-
-    def list_for(self, user: str) -> list[RequestSnapshot]:
-        now = self.clock()
-        with read_scope(self.engine) as session:
-            rows = store.open_requests_of(session=session, requester=user)
-            grants = {
-                g.request_id: g for g in grant_store.grants_for(session=session, request_ids=[r.id for r in rows])
-            }
-            return [
-                snapshot(
-                    r,
-                    store.votes_for(session=session, request_id=r.id),
-                    policy=self.policy,
-                    grant=grants.get(r.id),
-                    now=now,
-                )
-                for r in rows
-            ]
+        # Slack down: approvers the policy names by id can still end a grant, and so can the requester.
+        return resolve_approvers(resource, directory=self.directory, on_slack_failure=OnSlackFailure.LISTED_USERS_ONLY)

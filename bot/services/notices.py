@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from bot.services.ports import RequestSnapshot
+from bot.services.snapshots import RequestSnapshot
 
 # Where a notice goes: (lane, channel). Messages of one lane are delivered strictly in order.
 Route = tuple[str, str]

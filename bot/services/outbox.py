@@ -32,7 +32,7 @@ from bot.services.notices import (
     RequesterTold,
     notice_codec,
 )
-from bot.services.ports import RequestSnapshot
+from bot.services.snapshots import RequestSnapshot
 from bot.store import outbox as outbox_store
 from bot.store.crypto import TokenCipher
 

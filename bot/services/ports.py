@@ -7,54 +7,10 @@ real Slack client against the stand-in, or with a plain fake that implements the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from bot.services.notices import Notice
-
-
-@dataclass(frozen=True)
-class VoteView:
-    voter: str
-    choice: str
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class RequestSnapshot:
-    """A request as it stood when a transaction committed: what cards and messages are drawn from."""
-
-    id: str
-    requester: str
-    resource: str
-    resource_description: str
-    scopes: tuple[str, ...]
-    duration: timedelta
-    reason: str
-    status: str
-    approvals_required: int
-    votes: tuple[VoteView, ...]
-    created_at: datetime
-    decided_at: datetime | None
-    deny_reason: str | None
-    approver_channel: str
-    card_channel: str | None
-    card_ts: str | None
-    active_until: datetime | None = None
-    revoked_at: datetime | None = None
-    # The grant's expiry has passed and the IdP has not confirmed the revocation yet.
-    revocation_pending: bool = False
-    failure_code: str | None = None
-    failure_detail: str | None = None
-
-    @property
-    def approvers_so_far(self) -> tuple[str, ...]:
-        return tuple(v.voter for v in self.votes if v.choice == "approve")
-
-    @property
-    def deniers(self) -> tuple[str, ...]:
-        return tuple(v.voter for v in self.votes if v.choice == "deny")
 
 
 class DirectoryError(Exception):

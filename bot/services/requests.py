@@ -17,11 +17,11 @@ from bot.domain.audit import AuditEventType
 from bot.domain.commands import RequestDraft
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
-from bot.services.errors import UserFacingError
+from bot.services.errors import TooManyPending
 from bot.services.identity import resolve_subject
 from bot.services.outbox import Announcer
-from bot.services.ports import Directory, RequestSnapshot
-from bot.services.snapshots import snapshot
+from bot.services.ports import Directory
+from bot.services.snapshots import RequestSnapshot, snapshot
 from bot.store import requests as store
 from bot.store.audit import append_event
 from bot.store.db import session_scope
@@ -37,17 +37,9 @@ def new_request_id() -> str:
     return "R" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
 
 
-def normalise_request_id(text: str) -> str:
-    return text.strip().upper()
-
-
 def origin_key(kind: str, slack_id: str) -> str:
     """The idempotency key of a request created by one Slack interaction (its trigger, its view)."""
     return hashlib.sha256(f"{kind}:{slack_id}".encode()).hexdigest()
-
-
-class TooManyPending(UserFacingError):
-    code = "too_many_pending"
 
 
 @dataclass
@@ -129,7 +121,4 @@ class RequestService:
             session=session, requester=requester, statuses=frozenset({RequestStatus.PENDING})
         )
         if pending >= limit:
-            raise TooManyPending(
-                f"You already have {pending} requests waiting for approval (the limit is {limit}). "
-                "Wait for one to be decided, or cancel one with `/jit revoke <request id>`; `/jit list` shows them."
-            )
+            raise TooManyPending(pending=pending, limit=limit)

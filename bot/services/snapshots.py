@@ -1,18 +1,61 @@
-"""Turning rows into the snapshots that notices carry."""
+"""The snapshots that notices carry, and how they are built from rows."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
 from bot.domain.policy import Policy
 from bot.domain.status import GrantStatus
-from bot.services.ports import RequestSnapshot, VoteView
 from bot.store import grants as grant_store
 from bot.store import requests as store
 from bot.store.models import AccessRequest, Grant, Vote
+
+
+@dataclass(frozen=True)
+class VoteView:
+    voter: str
+    choice: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RequestSnapshot:
+    """A request as it stood when a transaction committed: what cards and messages are drawn from."""
+
+    id: str
+    requester: str
+    resource: str
+    resource_description: str
+    scopes: tuple[str, ...]
+    duration: timedelta
+    reason: str
+    status: str
+    approvals_required: int
+    votes: tuple[VoteView, ...]
+    created_at: datetime
+    decided_at: datetime | None
+    deny_reason: str | None
+    approver_channel: str
+    card_channel: str | None
+    card_ts: str | None
+    active_until: datetime | None = None
+    revoked_at: datetime | None = None
+    # The grant's expiry has passed and the IdP has not confirmed the revocation yet.
+    revocation_pending: bool = False
+    failure_code: str | None = None
+    failure_detail: str | None = None
+
+    @property
+    def approvers_so_far(self) -> tuple[str, ...]:
+        return tuple(v.voter for v in self.votes if v.choice == "approve")
+
+    @property
+    def deniers(self) -> tuple[str, ...]:
+        return tuple(v.voter for v in self.votes if v.choice == "deny")
 
 
 def snapshot(

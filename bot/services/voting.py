@@ -13,13 +13,12 @@ from sqlmodel import Session
 
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus, VoteChoice
-from bot.domain.votes import REFUSAL_TEXT, VoteDecision, VoteFacts, VoteRefusal, decide_vote
+from bot.domain.votes import VoteDecision, VoteFacts, VoteRefusal, decide_vote
 from bot.services.audit import AuditEventType, record
-from bot.services.errors import UserFacingError
-from bot.services.identity import resolve_approvers
+from bot.services.identity import OnSlackFailure, resolve_approvers
 from bot.services.outbox import Announcer
-from bot.services.ports import Directory, DirectoryError, RequestSnapshot
-from bot.services.snapshots import snapshot
+from bot.services.ports import Directory
+from bot.services.snapshots import RequestSnapshot, snapshot
 from bot.store import requests as store
 from bot.store.db import read_scope, session_scope
 from bot.store.models import Vote
@@ -34,17 +33,6 @@ class VoteResult:
     request: RequestSnapshot | None
     decided: bool
     """True only for the one vote that moved the request out of pending."""
-
-    @property
-    def accepted(self) -> bool:
-        return self.refusal is None
-
-    @property
-    def message(self) -> str:
-        if self.refusal is not None:
-            return REFUSAL_TEXT[self.refusal]
-        assert self.request is not None
-        return f"Your vote on `{self.request.id}` was recorded."
 
 
 @dataclass
@@ -98,19 +86,17 @@ class VotingService:
         return result
 
     def _approvers_for(self, request_id: str) -> frozenset[str] | None:
-        """Resolved before any lock is taken: a Slack round-trip must never hold the database."""
+        """Resolved before any lock is taken: a Slack round-trip must never hold the database.
+
+        Raises ApproversUnknown when Slack cannot list an approver group: no vote is judged without it.
+        """
         with read_scope(self.engine) as session:
             request = store.get_request(session=session, request_id=request_id)
             resource_name = request.resource if request is not None else None
         resource = self.policy.resource(resource_name) if resource_name else None
         if resource is None:
             return None
-        try:
-            return resolve_approvers(resource.approvers, directory=self.directory)
-        except DirectoryError as exc:
-            raise UserFacingError(
-                f"Slack could not list the approver group for `{resource.name}` ({exc}). Nothing changed; try again."
-            ) from None
+        return resolve_approvers(resource, directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE)
 
     def _decide(
         self,

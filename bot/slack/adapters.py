@@ -14,7 +14,8 @@ from bot.bounded_http import retry_after_seconds
 from bot.domain.text import one_line
 from bot.services.notices import Alert, ApprovalCard, AuditSummary, CardChanged, Notice, PickupLink, RequesterTold
 from bot.services.ports import Delivered, DeliveryError, DirectoryError
-from bot.slack.blocks import alert_text, approval_card, audit_summary_text, card_text, outcome_text, pickup_text
+from bot.slack.cards import approval_card, card_text
+from bot.slack.messages import alert_text, audit_summary_text, outcome_text, pickup_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

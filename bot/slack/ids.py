@@ -1,4 +1,5 @@
-"""Every action, callback and block id the bot sends to Slack and expects back."""
+"""The ids on the approval card that Slack sends back when someone clicks. (The forms own theirs:
+``bot.slack.forms``.)"""
 
 from __future__ import annotations
 
@@ -9,22 +10,8 @@ class ActionId(StrEnum):
     APPROVE = "jit_approve"
     DENY = "jit_deny"
     REVOKE = "jit_revoke"
-    MODAL_RESOURCE = "jit_modal_resource"
-    MODAL_SCOPES = "jit_modal_scopes"
-    MODAL_DURATION = "jit_modal_duration"
-    MODAL_REASON = "jit_modal_reason"
-    DENY_REASON = "jit_deny_reason"
-
-
-class CallbackId(StrEnum):
-    REQUEST_MODAL = "jit_request_modal"
-    DENY_MODAL = "jit_deny_modal"
 
 
 class BlockId(StrEnum):
-    RESOURCE = "resource"
-    SCOPES = "scopes"
-    DURATION = "duration"
-    REASON = "reason"
-    DENY_REASON = "deny_reason"
+    # The card's status line, which every redraw replaces.
     DECISION = "decision"

@@ -6,37 +6,47 @@ a Bolt lazy function on a worker thread.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext, BoltResponse
 
 from bot.domain.commands import (
-    MAX_REASON_LENGTH,
     CommandError,
-    CommandErrorCode,
     HelpCommand,
     ListCommand,
     OpenRequestModal,
-    RequestDraft,
+    Parsed,
     ResourcesCommand,
     RevokeCommand,
     SubmitRequest,
-    check_request,
-    parse_command,
+    parse,
 )
 from bot.domain.policy import Policy
 from bot.domain.status import VoteChoice
-from bot.domain.text import one_line
 from bot.services.early import EarlyEndService
 from bot.services.identity import resolve_subject
+from bot.services.listing import ListingService
 from bot.services.ports import Directory
 from bot.services.requests import RequestService, origin_key
 from bot.services.voting import VotingService
-from bot.slack.blocks import deny_modal, help_text, list_text, request_modal, resources_text, submitted_text
-from bot.slack.ids import ActionId, BlockId, CallbackId
+from bot.slack.forms import DenyForm, RequestForm, form_metadata
+from bot.slack.ids import ActionId
+from bot.slack.messages import (
+    command_error_text,
+    help_text,
+    list_text,
+    resources_text,
+    revoke_text,
+    submitted_text,
+    vote_refusal_text,
+)
 from bot.slack.replies import Reply, ephemeral, user_errors, via_response_url
+
+# Where the command middleware leaves the parsed ``/jit`` command. Bolt deep-copies the context into
+# the request it hands the lazy listener (after the ack function has run), so both steps read the
+# same parse.
+PARSED = "jit_parsed_command"
 
 
 def _respond_reply(respond: Any, **_: Any) -> Reply:
@@ -45,19 +55,11 @@ def _respond_reply(respond: Any, **_: Any) -> Reply:
 
 def _view_reply(view: dict[str, Any], body: dict[str, Any], client: Any, listener_self: Any, **_: Any) -> Reply:
     return via_response_url(
-        _metadata(view).get("response_url"),
+        form_metadata(view).get("response_url"),
         client=client,
         user_id=body["user"]["id"],
         hooks_url=listener_self.hooks_url,
     )
-
-
-def _metadata(view: dict[str, Any]) -> dict[str, str]:
-    try:
-        data = json.loads(view.get("private_metadata") or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 @dataclass
@@ -66,52 +68,78 @@ class Listeners:
     requests: RequestService
     voting: VotingService
     early: EarlyEndService
+    listing: ListingService
     directory: Directory
     # Replies go only to response_urls under this prefix (Slack's hooks host).
     hooks_url: str
+    request_form: RequestForm = field(init=False)
+    deny_form: DenyForm = field(init=False, default_factory=DenyForm)
+
+    def __post_init__(self) -> None:
+        self.request_form = RequestForm(self.policy)
 
     def register(self, app: App) -> None:
-        app.command("/jit")(ack=self.ack_command, lazy=[self.run_command])
+        app.command("/jit", middleware=[self.parse_command])(ack=self.ack_command, lazy=[self.run_command])
         app.action(ActionId.APPROVE.value)(ack=self.ack_only, lazy=[self.approve])
         app.action(ActionId.DENY.value)(ack=self.ack_only, lazy=[self.deny_clicked])
         app.action(ActionId.REVOKE.value)(ack=self.ack_only, lazy=[self.revoke_clicked])
-        app.action(ActionId.MODAL_RESOURCE.value)(ack=self.ack_only, lazy=[self.modal_resource_chosen])
-        app.view(CallbackId.REQUEST_MODAL.value)(ack=self.ack_request_modal, lazy=[self.request_modal_submitted])
-        app.view(CallbackId.DENY_MODAL.value)(ack=self.ack_deny_modal, lazy=[self.deny_modal_submitted])
+        app.action(RequestForm.ActionId.RESOURCE.value)(ack=self.ack_only, lazy=[self.modal_resource_chosen])
+        app.view(RequestForm.CALLBACK_ID)(ack=self.ack_request_modal, lazy=[self.request_modal_submitted])
+        app.view(DenyForm.CALLBACK_ID)(ack=self.ack_deny_modal, lazy=[self.deny_modal_submitted])
 
     # --- slash command -------------------------------------------------------------------------
 
-    def ack_command(self, ack: Ack, command: dict[str, Any]) -> None:
-        parsed = parse_command(command.get("text") or "", self.policy)
+    def parse_command(
+        self, context: BoltContext, command: dict[str, Any], resp: BoltResponse, next: Any
+    ) -> BoltResponse:
+        """Listener middleware: the command is parsed once per request, here."""
+        context[PARSED] = parse(command.get("text") or "", self.policy)
+        next()
+        return resp
+
+    def ack_command(self, ack: Ack, context: BoltContext) -> None:
+        parsed: Parsed = context[PARSED]
         # Answers that need no I/O go straight back in the ack, as JSON so they are explicitly ephemeral.
-        if isinstance(parsed, HelpCommand):
-            ack(text=help_text(), response_type="ephemeral")
-        elif isinstance(parsed, ResourcesCommand):
-            ack(text=resources_text(self.policy), response_type="ephemeral")
-        elif isinstance(parsed, CommandError):
-            ack(text=parsed.message, response_type="ephemeral")
+        if parsed.answered_in_ack:
+            ack(text=self._answer_now(parsed), response_type="ephemeral")
         else:
             ack()
 
+    def _answer_now(self, parsed: Parsed) -> str:
+        match parsed.command:
+            case HelpCommand():
+                return help_text()
+            case ResourcesCommand():
+                return resources_text(self.policy)
+            case CommandError() as error:
+                return command_error_text(error)
+            case other:
+                raise TypeError(f"{type(other).__name__} is not answered in the acknowledgement")
+
     @user_errors(_respond_reply)
-    def run_command(self, command: dict[str, Any], respond: Any, client: Any) -> None:
-        parsed = parse_command(command.get("text") or "", self.policy)
+    def run_command(self, command: dict[str, Any], context: BoltContext, respond: Any, client: Any) -> None:
+        parsed: Parsed = context[PARSED]
+        if parsed.answered_in_ack:
+            return
         user = command["user_id"]
-        if isinstance(parsed, SubmitRequest):
-            origin = origin_key("command", str(command.get("trigger_id") or "")) if command.get("trigger_id") else None
-            submitted = self.requests.submit(parsed.draft, requester=user, origin=origin)
-            respond(text=submitted_text(submitted), response_type="ephemeral")
-        elif isinstance(parsed, ListCommand):
-            listing = self.early.list_for(user)
-            respond(text=list_text(listing, self.requests.clock()), response_type="ephemeral")
-        elif isinstance(parsed, RevokeCommand):
-            respond(text=self.early.revoke(parsed.request_id, actor=user), response_type="ephemeral")
-        elif isinstance(parsed, OpenRequestModal):
-            # Say "you are not mapped" now rather than after the person has filled in the form.
-            resolve_subject(user, policy=self.policy, directory=self.directory)
-            resource = self.policy.resource(parsed.resource) if parsed.resource else None
-            view = request_modal(self.policy, resource=resource, metadata={"response_url": command["response_url"]})
-            client.views_open(trigger_id=command["trigger_id"], view=view)
+        match parsed.command:
+            case SubmitRequest(draft=draft):
+                trigger = str(command.get("trigger_id") or "")
+                origin = origin_key("command", trigger) if trigger else None
+                submitted = self.requests.submit(draft, requester=user, origin=origin)
+                respond(text=submitted_text(submitted), response_type="ephemeral")
+            case ListCommand():
+                respond(text=list_text(self.listing.open_requests_of(user)), response_type="ephemeral")
+            case RevokeCommand(request_id=request_id):
+                respond(text=revoke_text(self.early.revoke(request_id, actor=user)), response_type="ephemeral")
+            case OpenRequestModal(resource=name):
+                # Say "you are not mapped" now rather than after the person has filled in the form.
+                resolve_subject(user, policy=self.policy, directory=self.directory)
+                resource = self.policy.resource(name) if name else None
+                view = self.request_form.view(resource=resource, metadata={"response_url": command["response_url"]})
+                client.views_open(trigger_id=command["trigger_id"], view=view)
+            case HelpCommand() | ResourcesCommand() | CommandError():
+                raise TypeError(f"{parsed.command} was answered in the acknowledgement")
 
     # --- approval card -------------------------------------------------------------------------
 
@@ -121,56 +149,51 @@ class Listeners:
     @user_errors(_respond_reply)
     def approve(self, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         result = self.voting.cast(str(action.get("value", "")), voter=body["user"]["id"], choice=VoteChoice.APPROVE)
-        if not result.accepted:
-            ephemeral(respond)(result.message)
+        if result.refusal is not None:
+            ephemeral(respond)(vote_refusal_text(result.refusal))
 
     @user_errors(_respond_reply)
     def revoke_clicked(self, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
-        reply = self.early.revoke(str(action.get("value", "")), actor=body["user"]["id"])
-        ephemeral(respond)(reply)
+        result = self.early.revoke(str(action.get("value", "")), actor=body["user"]["id"])
+        ephemeral(respond)(revoke_text(result))
 
     @user_errors(_respond_reply)
     def deny_clicked(self, body: dict[str, Any], action: dict[str, Any], respond: Any, client: Any) -> None:
         request_id = str(action.get("value", ""))
         check = self.voting.preflight(request_id, voter=body["user"]["id"], choice=VoteChoice.DENY)
-        if not check.accepted:
-            ephemeral(respond)(check.message)
+        if check.refusal is not None:
+            ephemeral(respond)(vote_refusal_text(check.refusal))
             return
-        view = deny_modal(request_id, metadata={"response_url": body.get("response_url", "")})
+        view = self.deny_form.view(request_id, metadata={"response_url": body.get("response_url", "")})
         client.views_open(trigger_id=body["trigger_id"], view=view)
+
+    def ack_deny_modal(self, ack: Ack, view: dict[str, Any]) -> None:
+        reason = self.deny_form.parse(view)
+        if isinstance(reason, dict):
+            ack(response_action="errors", errors=reason)
+        else:
+            ack()
 
     @user_errors(_view_reply)
     def deny_modal_submitted(self, view: dict[str, Any], body: dict[str, Any], client: Any) -> None:
-        request_id = _metadata(view).get("request_id", "")
-        reason = _deny_reason(view)
-        if isinstance(reason, DenyReasonError):  # Bolt runs lazy functions even when the ack refused the form
+        reason = self.deny_form.parse(view)
+        if isinstance(reason, dict):  # Bolt runs lazy functions even when the ack refused the form
             return
+        request_id = self.deny_form.request_id(view)
         result = self.voting.cast(request_id, voter=body["user"]["id"], choice=VoteChoice.DENY, reason=reason)
-        if not result.accepted:
-            _view_reply(view=view, body=body, client=client, listener_self=self)(result.message)
-
-    def ack_deny_modal(self, ack: Ack, view: dict[str, Any]) -> None:
-        reason = _deny_reason(view)
-        if isinstance(reason, DenyReasonError):
-            ack(response_action="errors", errors={BlockId.DENY_REASON.value: reason.message})
-        else:
-            ack()
+        if result.refusal is not None:
+            _view_reply(view=view, body=body, client=client, listener_self=self)(vote_refusal_text(result.refusal))
 
     # --- request modal -------------------------------------------------------------------------
 
     @user_errors(_respond_reply)
     def modal_resource_chosen(self, body: dict[str, Any], action: dict[str, Any], client: Any) -> None:
-        chosen = (action.get("selected_option") or {}).get("value")
-        resource = self.policy.resource(chosen) if chosen else None
         view = body["view"]
-        client.views_update(
-            view_id=view["id"],
-            hash=view.get("hash"),
-            view=request_modal(self.policy, resource=resource, metadata=_metadata(view)),
-        )
+        chosen = (action.get("selected_option") or {}).get("value")
+        client.views_update(view_id=view["id"], hash=view.get("hash"), view=self.request_form.redrawn(view, chosen))
 
     def ack_request_modal(self, ack: Ack, view: dict[str, Any]) -> None:
-        checked = _modal_request(view, self.policy)
+        checked = self.request_form.parse(view)
         if isinstance(checked, dict):
             ack(response_action="errors", errors=checked)
         else:
@@ -178,77 +201,9 @@ class Listeners:
 
     @user_errors(_view_reply)
     def request_modal_submitted(self, view: dict[str, Any], body: dict[str, Any], client: Any) -> None:
-        checked = _modal_request(view, self.policy)
+        checked = self.request_form.parse(view)
         if isinstance(checked, dict):  # the ack already showed these errors in the form
             return
         origin = origin_key("view", str(view.get("id"))) if view.get("id") else None
         submitted = self.requests.submit(checked, requester=body["user"]["id"], origin=origin)
         _view_reply(view=view, body=body, client=client, listener_self=self)(submitted_text(submitted))
-
-
-def _values(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    values = (view.get("state") or {}).get("values") or {}
-    return values if isinstance(values, dict) else {}
-
-
-def _block(view: dict[str, Any], prefix: str) -> tuple[str, dict[str, Any]] | None:
-    for block_id, actions in _values(view).items():
-        if block_id == prefix or block_id.startswith(prefix + ":"):
-            return block_id, actions
-    return None
-
-
-@dataclass(frozen=True)
-class DenyReasonError:
-    message: str
-
-
-def _deny_reason(view: dict[str, Any]) -> str | DenyReasonError:
-    """The deny reason, on one line, or what is wrong with it (shown in the form)."""
-    reason = one_line(_text_value(view, BlockId.DENY_REASON.value, ActionId.DENY_REASON.value))
-    if not reason:
-        return DenyReasonError("Give the requester a reason.")
-    if len(reason) > MAX_REASON_LENGTH:
-        return DenyReasonError(f"Keep the reason under {MAX_REASON_LENGTH} characters (it is {len(reason)}).")
-    return reason
-
-
-def _text_value(view: dict[str, Any], block_id: str, action_id: str) -> str:
-    value = (_values(view).get(block_id) or {}).get(action_id, {}).get("value")
-    return str(value).strip() if value else ""
-
-
-def _modal_request(view: dict[str, Any], policy: Policy) -> RequestDraft | dict[str, str]:
-    """The modal's answers checked exactly like the typed command; errors keyed by block id."""
-    resource_block = _block(view, BlockId.RESOURCE.value)
-    selected = (resource_block[1].get(ActionId.MODAL_RESOURCE.value, {}) if resource_block else {}).get(
-        "selected_option"
-    )
-    resource_name = str(selected["value"]) if selected else ""
-    scopes_block = _block(view, BlockId.SCOPES.value)
-    duration_block = _block(view, BlockId.DURATION.value)
-    if not resource_name or scopes_block is None or duration_block is None:
-        return {BlockId.RESOURCE.value: "Choose a resource first."}
-    if scopes_block[0] != f"{BlockId.SCOPES.value}:{resource_name}":
-        return {BlockId.RESOURCE.value: "The form changed; choose the resource again."}
-    scopes = [
-        str(o["value"]) for o in scopes_block[1].get(ActionId.MODAL_SCOPES.value, {}).get("selected_options") or []
-    ]
-    duration_option = duration_block[1].get(ActionId.MODAL_DURATION.value, {}).get("selected_option")
-    checked = check_request(
-        policy,
-        resource_name=resource_name,
-        scopes=scopes,
-        duration_text=str(duration_option["value"]) if duration_option else "",
-        reason=_text_value(view, BlockId.REASON.value, ActionId.MODAL_REASON.value),
-    )
-    if isinstance(checked, RequestDraft):
-        return checked
-    target = {
-        CommandErrorCode.UNKNOWN_RESOURCE: BlockId.RESOURCE.value,
-        CommandErrorCode.NO_SCOPES: scopes_block[0],
-        CommandErrorCode.SCOPE_NOT_OFFERED: scopes_block[0],
-        CommandErrorCode.BAD_DURATION: duration_block[0],
-        CommandErrorCode.DURATION_TOO_LONG: duration_block[0],
-    }.get(checked.code, BlockId.REASON.value)
-    return {target: checked.message}

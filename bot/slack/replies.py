@@ -11,6 +11,7 @@ from typing import Any
 from slack_sdk.webhook import WebhookClient
 
 from bot.services.errors import UserFacingError
+from bot.slack.messages import unexpected_error_text, user_error_text
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def via_response_url(url: str | None, *, client: Any, user_id: str, hooks_url: s
 
 
 def user_errors(reply_from: Callable[..., Reply]) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Wrap a lazy listener: typed errors become their message, anything else a reference id.
+    """Wrap a lazy listener: refusals become their words, anything else a reference id.
 
     ``reply_from`` receives the listener's keyword arguments (and, as ``listener_self``, the object
     whose method it is) and returns where to answer.
@@ -60,14 +61,11 @@ def user_errors(reply_from: Callable[..., Reply]) -> Callable[[Callable[..., Non
             try:
                 listener(*args, **kwargs)
             except UserFacingError as exc:
-                _safe_reply(lambda: reply_from(**where), exc.message)
+                _safe_reply(lambda: reply_from(**where), user_error_text(exc))
             except Exception:
                 ref = secrets.token_hex(4)
                 log.exception("unexpected error in %s (ref %s)", listener.__name__, ref)
-                _safe_reply(
-                    lambda: reply_from(**where),
-                    f"Something went wrong on our side and nothing was changed. Reference: `{ref}`.",
-                )
+                _safe_reply(lambda: reply_from(**where), unexpected_error_text(ref))
 
         return run
 

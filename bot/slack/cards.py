@@ -1,0 +1,161 @@
+"""The approval card: its blocks and its fallback text, built with slack_sdk.models so limits are checked."""
+
+from __future__ import annotations
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.domain.status import RequestStatus
+from bot.services.snapshots import RequestSnapshot
+from bot.slack.ids import ActionId, BlockId
+from bot.slack.text import clip, code, duration, escape, mention, mentions, when
+
+# Deny reasons are limited to MAX_REASON_LENGTH when given; on cards and DMs they are clipped shorter
+# still, so that a long one can never push a card over Slack's limits and leave its buttons live.
+MAX_SHOWN_DENY_REASON = 300
+
+_STATUS_LINE = {
+    RequestStatus.PENDING: ":hourglass_flowing_sand: Pending approval",
+    RequestStatus.APPROVED: ":white_check_mark: Approved",
+    RequestStatus.DENIED: ":no_entry: Denied",
+    RequestStatus.CANCELLED: ":heavy_multiplication_x: Cancelled",
+    RequestStatus.EXPIRED: ":alarm_clock: Expired without a decision",
+    RequestStatus.MINTING: ":key: Approved; the IdP is issuing the token",
+    RequestStatus.ACTIVE: ":large_green_circle: Active",
+    RequestStatus.FAILED: ":x: Failed",
+    RequestStatus.REVOKED: ":lock: Revoked",
+}
+
+
+def card_text(request: RequestSnapshot) -> str:
+    """The notification / screen-reader fallback for the card."""
+    return (
+        f"Access request {request.id}: {mention(request.requester)} asks for {request.resource} "
+        f"({', '.join(request.scopes)}) for {duration(request.duration)}. {status_summary(request)}"
+    )
+
+
+def status_summary(request: RequestSnapshot) -> str:
+    """Where the request stands, in one line: the card's decision block, and the audit channel's lines."""
+    status = RequestStatus(request.status)
+    if status is RequestStatus.EXPIRED:
+        return f"{_STATUS_LINE[status]} (no decision within the request timeout)"
+    if status is RequestStatus.CANCELLED:
+        if request.failure_code == "card_undeliverable":
+            said = code(request.failure_detail or "")
+            return f"{_STATUS_LINE[status]}: the approval card could not be posted (Slack said {said})"
+        return f"{_STATUS_LINE[status]}"
+    if status is RequestStatus.PENDING:
+        got = len(request.approvers_so_far)
+        line = f"{_STATUS_LINE[status]}: {got} of {request.approvals_required} approval(s)"
+        if request.approvers_so_far:
+            line += f", approved by {mentions(request.approvers_so_far)}"
+        return line
+    if status is RequestStatus.DENIED:
+        line = f"{_STATUS_LINE[status]} by {mentions(request.deniers)}"
+        if request.deny_reason:
+            line += f": {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}"
+        return line
+    approved_by = f"approved by {mentions(request.approvers_so_far)}"
+    if status is RequestStatus.APPROVED:
+        return f"{_STATUS_LINE[status]} by {mentions(request.approvers_so_far)}"
+    if status is RequestStatus.ACTIVE and request.revocation_pending:
+        return (
+            f":warning: Revocation pending: the grant has expired and the IdP has not confirmed it yet. {approved_by}"
+        )
+    if status is RequestStatus.ACTIVE and request.active_until is not None:
+        return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
+    if status is RequestStatus.REVOKED and request.revoked_at is not None:
+        return f"{_STATUS_LINE[status]} at {when(request.revoked_at)}; {approved_by}"
+    if status is RequestStatus.FAILED:
+        return f"{_STATUS_LINE[status]}: {failure_text(request)}; {approved_by}"
+    return f"{_STATUS_LINE.get(status, status.value)}; {approved_by}"
+
+
+# Failure codes that are the bot's own findings, not an error the IdP answered with.
+_OWN_FINDINGS = frozenset(
+    {
+        "scope_wider_than_approved",
+        "token_too_late",
+        "checks_too_slow",
+        "token_too_large",
+        "invalid_response",
+        "invalid_token",
+        "jwks_unavailable",
+        "idp_timeout",
+        "idp_unreachable",
+        "idp_answer_too_large",
+        "internal_error",
+        "mint_interrupted",
+    }
+)
+
+
+def failure_text(request: RequestSnapshot) -> str:
+    """Why no token was issued, on the card and in the requester's DM."""
+    detail = f" ({escape(clip(request.failure_detail, 300))})" if request.failure_detail else ""
+    failure = code(request.failure_code or "unknown")
+    who = "jit-bot found" if request.failure_code in _OWN_FINDINGS else "IdP said"
+    return f"the token could not be issued: {who} {failure}{detail}"
+
+
+def approval_card(request: RequestSnapshot) -> list[Block]:
+    fields = [
+        MarkdownTextObject(text=f"*Requester*\n{mention(request.requester)}"),
+        MarkdownTextObject(
+            text=f"*Resource*\n{code(request.resource)}"
+            + (f" {escape(clip(request.resource_description, 200))}" if request.resource_description else "")
+        ),
+        MarkdownTextObject(text=f"*Scopes*\n{' '.join(code(s) for s in request.scopes)}"),
+        MarkdownTextObject(text=f"*Duration*\n{duration(request.duration)}"),
+        MarkdownTextObject(text=f"*Approvals needed*\n{request.approvals_required}"),
+        MarkdownTextObject(text=f"*Request id*\n{code(request.id)}"),
+    ]
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=f"Access request {request.id}")),
+        SectionBlock(fields=fields),
+        SectionBlock(text=MarkdownTextObject(text=f"*Reason*\n{clip(escape(request.reason), 2900)}")),
+        SectionBlock(block_id=BlockId.DECISION.value, text=MarkdownTextObject(text=status_summary(request))),
+    ]
+    if request.status == RequestStatus.PENDING.value:
+        blocks.append(
+            ActionsBlock(
+                elements=[
+                    ButtonElement(
+                        text=PlainTextObject(text="Approve"),
+                        action_id=ActionId.APPROVE.value,
+                        value=request.id,
+                        style="primary",
+                    ),
+                    ButtonElement(
+                        text=PlainTextObject(text="Deny"),
+                        action_id=ActionId.DENY.value,
+                        value=request.id,
+                        style="danger",
+                    ),
+                ]
+            )
+        )
+    if request.status == RequestStatus.ACTIVE.value and not request.revocation_pending:
+        blocks.append(
+            ActionsBlock(
+                elements=[
+                    ButtonElement(
+                        text=PlainTextObject(text="Revoke now"),
+                        action_id=ActionId.REVOKE.value,
+                        value=request.id,
+                        style="danger",
+                    )
+                ]
+            )
+        )
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Requested {when(request.created_at)}")]))
+    return blocks

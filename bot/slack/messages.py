@@ -1,0 +1,307 @@
+"""Text for people: DMs, audit lines, alerts, command answers and refusals.
+
+Use cases return codes and facts; this is where they become words (Slack mrkdwn). The approval card
+is drawn in ``bot.slack.cards``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from bot.domain.commands import MAX_REASON_LENGTH, SUBCOMMANDS, CommandError, CommandErrorCode, SubCommand
+from bot.domain.durations import format_duration
+from bot.domain.policy import Policy
+from bot.domain.status import RequestStatus
+from bot.domain.votes import VoteRefusal
+from bot.services.early import RevokeOutcome, RevokeResult
+from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
+from bot.services.listing import Listing
+from bot.services.notices import Alert, AlertKind
+from bot.services.snapshots import RequestSnapshot
+from bot.slack.cards import MAX_SHOWN_DENY_REASON, failure_text, status_summary
+from bot.slack.text import clip, code, duration, escape, mention, mentions, when
+
+# --- what happened to a request ------------------------------------------------------------------
+
+
+def outcome_text(request: RequestSnapshot) -> str:
+    """The DM the requester gets when their request is decided."""
+    status = RequestStatus(request.status)
+    head = f"Your request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)})"
+    if status is RequestStatus.APPROVED:
+        return f"{head} was approved by {mentions(request.approvers_so_far)}."
+    if status is RequestStatus.DENIED:
+        reason = f" Reason: {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}" if request.deny_reason else ""
+        return f"{head} was denied by {mentions(request.deniers)}.{reason}"
+    if status is RequestStatus.FAILED:
+        return f"{head} was approved, but {failure_text(request)}. Nothing was issued to you."
+    if status is RequestStatus.REVOKED:
+        at = when(request.revoked_at) if request.revoked_at else "now"
+        return f"{head} has ended: the token was revoked at the IdP at {at}."
+    if status is RequestStatus.EXPIRED:
+        return f"{head} expired without a decision. Ask again if you still need it."
+    if status is RequestStatus.CANCELLED and request.failure_code == "card_undeliverable":
+        return (
+            f"{head} was cancelled: its approval card could not be posted to <#{request.approver_channel}> "
+            f"(Slack said {code(request.failure_detail or '')}). Ask an admin to invite the bot to that channel, "
+            "then try again."
+        )
+    if status is RequestStatus.CANCELLED:
+        return f"{head} was cancelled."
+    return f"{head} is now {status.value}."
+
+
+def list_text(listing: Listing) -> str:
+    """``/jit list``: the caller's open requests and live grants."""
+    if not listing.requests:
+        return "You have no pending requests and no active grants."
+    lines = ["*Your requests and grants*"]
+    for request in listing.requests:
+        what = f"`{request.id}` {code(request.resource)} ({', '.join(request.scopes)})"
+        status = RequestStatus(request.status)
+        if status is RequestStatus.ACTIVE and request.active_until is not None:
+            left = max(request.active_until - listing.now, timedelta(0))
+            lines.append(
+                f"• {what}: active, {format_duration(timedelta(seconds=int(left.total_seconds())))} left "
+                f"(until {when(request.active_until)})"
+            )
+        elif status is RequestStatus.PENDING:
+            lines.append(
+                f"• {what}: pending, {len(request.approvers_so_far)} of {request.approvals_required} approval(s)"
+            )
+        else:
+            lines.append(f"• {what}: {status.value}")
+    return clip("\n".join(lines), 3000)
+
+
+def pickup_text(request: RequestSnapshot, url: str, link_expires_at: datetime) -> str:
+    """The only place a pickup URL is ever written: the requester's DM. It holds no token."""
+    until = when(request.active_until) if request.active_until else "its expiry"
+    return (
+        f"Your access to {code(request.resource)} ({', '.join(request.scopes)}), request `{request.id}`, "
+        f"was approved by {mentions(request.approvers_so_far)} and is active until {until}.\n"
+        f"Pick up your token once, before {when(link_expires_at)}: {url}\n"
+        "The link works one time only. Never paste the token into Slack."
+    )
+
+
+def submitted_text(request: RequestSnapshot) -> str:
+    return (
+        f"Request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)}, "
+        f"{duration(request.duration)}) was sent to <#{request.approver_channel}> for approval. "
+        "You will get a DM when it is decided."
+    )
+
+
+def audit_summary_text(request: RequestSnapshot, event: str) -> str:
+    return (
+        f"[{event}] `{request.id}` {mention(request.requester)} → {code(request.resource)} "
+        f"({', '.join(request.scopes)}, {duration(request.duration)}). {status_summary(request)}"
+    )
+
+
+def alert_text(alert: Alert) -> str:
+    """An alert for the audit channel: what happened, to which grant, and what jit-bot does about it."""
+    facts = alert.facts
+    rid = code(alert.request_id or "?")
+
+    def fact(name: str) -> str:
+        return code(str(facts.get(name) or "?"))
+
+    match alert.alert:
+        case AlertKind.TOKEN_REFUSED:
+            return (
+                f":rotating_light: Grant {rid} was failed: {escape(clip(str(facts.get('detail') or ''), 300))}. "
+                f"The token (fingerprint {fact('fingerprint')}) was never handed out and is queued for revocation; "
+                "jit-bot retries until the IdP confirms it is inactive."
+            )
+        case AlertKind.REFUSED_TOKEN_REVOKED:
+            return (
+                f":white_check_mark: The refused token of {rid} (fingerprint {fact('fingerprint')}) is revoked: "
+                f"{escape(str(facts.get('proof') or 'the IdP confirmed it'))}."
+            )
+        case AlertKind.REVOCATION_FAILING:
+            return (
+                f":rotating_light: Revocation of grant {rid} is not done: {facts.get('attempts')} attempts failed "
+                f"({fact('error')}). jit-bot keeps retrying; check the IdP."
+            )
+        case AlertKind.STILL_ACTIVE:
+            return (
+                f":rotating_light: Revocation of grant {rid} is not done: the IdP accepted the revocation but the "
+                "token still introspects as ACTIVE. jit-bot keeps retrying; check the IdP."
+            )
+        case AlertKind.REVOCATION_OVERDUE:
+            return (
+                f":rotating_light: Grant {rid} expired {facts.get('late_seconds')} s ago and the IdP has not "
+                f"confirmed its revocation ({facts.get('attempts')} attempts so far, last error {fact('last_error')}). "
+                "jit-bot keeps retrying; check the IdP."
+            )
+        case AlertKind.PICKUP_UNDELIVERABLE:
+            requester = str(facts.get("requester") or "")
+            return (
+                f":warning: The pickup link for {rid} could not be sent to {mention(requester)} (Slack said "
+                f"{fact('slack_error')}). The grant is active and nobody has its token; end it with "
+                f"`/jit revoke {escape(alert.request_id or '')}` unless the requester can be reached."
+            )
+        case AlertKind.TOKEN_UNSTORED:
+            return (
+                f":rotating_light: jit-bot received a token for {rid} (fingerprint {fact('fingerprint')}) but could "
+                f"not store it; revoking it at once {escape(str(facts.get('revocation') or 'was attempted'))}. "
+                "Check the IdP and the bot's logs."
+            )
+        case AlertKind.TOKEN_UNHOLDABLE:
+            return (
+                f":rotating_light: The IdP answered the token exchange for {rid} with an access token that is not "
+                "valid text, so jit-bot can neither hold it nor send it back to be revoked. Revoke the tokens "
+                "issued for this request at the IdP by hand."
+            )
+
+
+# --- answers to /jit -----------------------------------------------------------------------------
+
+
+def help_text() -> str:
+    """``/jit help``, drawn from the command table."""
+    return "\n".join(
+        [
+            "*jit-bot*: just-in-time access, approved in Slack, minted by the IdP, revoked on time.",
+            *(f"• {usage_of(sub)}: {sub.summary}" for sub in SUBCOMMANDS),
+        ]
+    )
+
+
+def usage_of(sub: SubCommand) -> str:
+    """A command's usage lines as code spans: ```/jit revoke <request id>` or `/jit cancel <request id>```."""
+    return " or ".join(f"`{usage}`" for usage in sub.usages())
+
+
+def resources_text(policy: Policy) -> str:
+    lines = ["*Resources you can request*"]
+    for resource in policy.resources:
+        description = f": {escape(resource.description)}" if resource.description else ""
+        lines.append(
+            f"• {code(resource.name)}{description}. Scopes: {', '.join(code(s) for s in resource.scopes)}; "
+            f"max {format_duration(resource.max_duration)}; approvals needed: {resource.approvals_required} "
+            f"in <#{resource.approver_channel}>"
+        )
+    return clip("\n".join(lines), 3000)
+
+
+def _typed(text: str) -> str:
+    """What someone typed, in a code span: backticks inside would end it, and it is kept short."""
+    return "`" + text.replace("`", "'")[:80] + "`"
+
+
+def _typed_list(items: tuple[str, ...]) -> str:
+    return ", ".join(_typed(i) for i in items)
+
+
+def command_error_text(error: CommandError) -> str:
+    """What is wrong with a typed command (or a form's answers), and how to put it right."""
+    resource = _typed(error.resource)
+    match error.code:
+        case CommandErrorCode.UNKNOWN_SUBCOMMAND:
+            return f"Unknown command {_typed(error.typed)}. Try `/jit help`."
+        case CommandErrorCode.UNKNOWN_RESOURCE:
+            return f"Unknown resource {_typed(error.typed)}. Known resources: {_typed_list(error.allowed)}."
+        case CommandErrorCode.NO_SCOPES:
+            return f"Name at least one scope for {resource}. Allowed: {_typed_list(error.allowed)}."
+        case CommandErrorCode.SCOPE_NOT_OFFERED:
+            return f"{resource} does not offer scope {_typed(error.typed)}. Allowed: {_typed_list(error.allowed)}."
+        case CommandErrorCode.BAD_DURATION:
+            problem = error.detail[:1].upper() + error.detail[1:]
+            return f"{problem}. The maximum for {resource} is {format_duration(error.max_duration)}."
+        case CommandErrorCode.DURATION_TOO_LONG:
+            return (
+                f"{_typed(error.typed)} is longer than the maximum for {resource}: "
+                f"{format_duration(error.max_duration)}."
+            )
+        case CommandErrorCode.EMPTY_REASON:
+            return (
+                f"A reason is required, e.g. `/jit request {error.resource} {','.join(error.scopes)} "
+                f"{error.typed} checking INC-1234`."
+            )
+        case CommandErrorCode.REASON_TOO_LONG:
+            return f"The reason is {error.length} characters; keep it under {MAX_REASON_LENGTH}."
+        case CommandErrorCode.MISSING_REQUEST_ID:
+            return "Which request? Use `/jit revoke <request id>`; `/jit list` shows yours."
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def vote_refusal_text(refusal: VoteRefusal) -> str:
+    match refusal:
+        case VoteRefusal.UNKNOWN_REQUEST:
+            return "That request does not exist."
+        case VoteRefusal.NOT_PENDING:
+            return "That request is no longer pending, so it cannot be voted on."
+        case VoteRefusal.SELF_APPROVAL:
+            return "You cannot vote on your own request."
+        case VoteRefusal.NOT_APPROVER:
+            return "You are not an approver for this resource."
+        case VoteRefusal.ALREADY_VOTED:
+            return "You have already voted on this request."
+        case VoteRefusal.RESOURCE_REMOVED:
+            return "That resource is no longer in the policy, so the request cannot be decided."
+
+
+def revoke_text(result: RevokeResult) -> str:
+    """The answer to ``/jit revoke`` and to the Revoke now button."""
+    rid, status = result.request_id, result.status
+    match result.outcome:
+        case RevokeOutcome.REVOKING:
+            return f"Revoking `{rid}` now. The card and the requester are told once the IdP confirms."
+        case RevokeOutcome.CANCELLED:
+            return f"Request `{rid}` was cancelled."
+        case RevokeOutcome.NO_SUCH_REQUEST:
+            return f"There is no request `{rid[:16]}`. `/jit list` shows yours."
+        case RevokeOutcome.NOT_ALLOWED:
+            return "Only the requester or an approver of this resource can revoke it."
+        case RevokeOutcome.APPROVER_ON_PENDING:
+            return "Approvers decide pending requests with the Deny button on the card."
+        case RevokeOutcome.DECIDED_MEANWHILE:
+            return f"Request `{rid}` was decided meanwhile; `/jit list` shows where it stands."
+        case RevokeOutcome.TOKEN_REVOKED:
+            return f"Request `{rid}` is {status}, so there is nothing to revoke: its token is revoked."
+        case RevokeOutcome.REFUSED_TOKEN:
+            return f"Request `{rid}` is {status}: its token was never handed out and is being revoked at the IdP."
+        case RevokeOutcome.ALREADY_REVOKING:
+            return f"Grant `{rid}` is already being revoked."
+        case RevokeOutcome.NOTHING_TO_REVOKE:
+            hint = " It is still being minted; try again in a moment." if result.still_minting else ""
+            return f"Request `{rid}` is {status}, so there is nothing to revoke.{hint}"
+
+
+def user_error_text(error: UserFacingError) -> str:
+    """A use case's refusal, for the person who asked."""
+    match error:
+        case UnmappedRequester(why=Unmapped.EMAIL_UNKNOWN, slack_error=slack_error):
+            return (
+                "Your Slack account is not mapped to an identity, and Slack could not tell us your email "
+                f"({slack_error})."
+            )
+        case UnmappedRequester(why=Unmapped.NO_EMAIL):
+            return (
+                "Your Slack account is not mapped to an identity and your Slack profile has no email. "
+                "Ask an admin to add you under `identities:` in the policy file."
+            )
+        case UnmappedRequester(why=Unmapped.NOT_LISTED, user=user):
+            return (
+                f"Your Slack account ({mention(user)}) is not mapped to an identity. "
+                "Ask an admin to add you under `identities:` in the policy file."
+            )
+        case TooManyPending(pending=pending, limit=limit):
+            return (
+                f"You already have {pending} requests waiting for approval (the limit is {limit}). "
+                "Wait for one to be decided, or cancel one with `/jit revoke <request id>`; `/jit list` shows them."
+            )
+        case ApproversUnknown(resource=resource, slack_error=slack_error):
+            return (
+                f"Slack could not list the approver group for `{resource}` ({slack_error}). Nothing changed; try again."
+            )
+    raise TypeError(f"no words for {type(error).__name__}")
+
+
+def unexpected_error_text(reference: str) -> str:
+    return f"Something went wrong on our side and nothing was changed. Reference: `{reference}`."
