@@ -86,6 +86,35 @@ BOT_ID = "B0JITBOT01"
 TEAM_ID = "T0STANDIN1"
 APP_ID = "A0JITBOT01"
 
+
+def slash_command_fields(
+    user: str,
+    text: str,
+    *,
+    response_url: str,
+    trigger_id: str,
+    command: str = "/jit",
+    channel: str = "C0GENERAL01",
+    app_id: str = APP_ID,
+) -> dict[str, str]:
+    """The fields Slack sends with a slash command typed in this workspace: the HTTP form over the
+    Events API, the same fields as a JSON object in a Socket Mode envelope."""
+    return {
+        "token": "deprecated-verification-token",
+        "team_id": TEAM_ID,
+        "team_domain": "example",
+        "channel_id": channel,
+        "channel_name": "general",
+        "user_id": user,
+        "user_name": user.lower(),
+        "command": command,
+        "text": text,
+        "api_app_id": app_id,
+        "is_enterprise_install": "false",
+        "response_url": response_url,
+        "trigger_id": trigger_id,
+    }
+
 MAX_MESSAGE_TEXT = 40_000
 MAX_MARKDOWN_TEXT = 12_000
 MAX_MESSAGE_BLOCKS = 50

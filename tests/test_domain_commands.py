@@ -21,7 +21,7 @@ from bot.domain.commands import (
     parse_command,
 )
 from bot.domain.durations import DurationError, format_duration, parse_duration
-from tests.conftest import make_policy
+from tests.world import make_policy
 
 POLICY = make_policy()
 
