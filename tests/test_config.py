@@ -191,20 +191,21 @@ def test_every_problem_gets_its_own_line() -> None:
     assert "65535" in lines[2]
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        pytest.param("SLACK_BOT_TOKEN", "xoxb-replace-me", id="bot-token-from-env-example"),
-        pytest.param("SLACK_SIGNING_SECRET", "replace-me", id="signing-secret-from-env-example"),
-        pytest.param("SLACK_APP_TOKEN", "xapp-replace-me", id="app-token-from-env-example"),
-        pytest.param("SLACK_BOT_TOKEN", "xoxb-your-bot-token", id="your-token"),
-        pytest.param("SLACK_BOT_TOKEN", "xoxb-xxxxxxxxxx-xxxxxxxxxx", id="xxxx"),
-        pytest.param("SLACK_SIGNING_SECRET", "<signing secret>", id="angle-brackets"),
-        pytest.param("SLACK_SIGNING_SECRET", "CHANGEME", id="changeme-any-case"),
-        pytest.param("SLACK_SIGNING_SECRET", "", id="empty"),
-        pytest.param("SLACK_BOT_TOKEN", "   ", id="blank"),
-    ],
-)
+# What people leave in a secret's place, by the variable it is left in.
+PLACEHOLDERS = {
+    "bot-token-from-env-example": ("SLACK_BOT_TOKEN", "xoxb-replace-me"),
+    "signing-secret-from-env-example": ("SLACK_SIGNING_SECRET", "replace-me"),
+    "app-token-from-env-example": ("SLACK_APP_TOKEN", "xapp-replace-me"),
+    "your-token": ("SLACK_BOT_TOKEN", "xoxb-your-bot-token"),
+    "xxxx": ("SLACK_BOT_TOKEN", "xoxb-xxxxxxxxxx-xxxxxxxxxx"),
+    "angle-brackets": ("SLACK_SIGNING_SECRET", "<signing secret>"),
+    "changeme-any-case": ("SLACK_SIGNING_SECRET", "CHANGEME"),
+    "empty": ("SLACK_SIGNING_SECRET", ""),
+    "blank": ("SLACK_BOT_TOKEN", "   "),
+}
+
+
+@pytest.mark.parametrize(("variable", "value"), list(PLACEHOLDERS.values()), ids=list(PLACEHOLDERS))
 def test_placeholder_secret_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     good_env(monkeypatch)
     monkeypatch.setenv(variable, value)
