@@ -15,10 +15,10 @@ a Deny on a pending card opens the reason modal), and a few ``/jit help`` and ma
 After the timed part it waits (bounded by ``--drain-timeout``) until the background work for every
 request has reached the stand-in, so the figures are for work that really happened.
 
-The app listens on a socket bound as ``jit-bot serve`` binds its own (TCP_NODELAY on every
-connection); ``--harness-socket`` uses the tests' ``free_socket()`` instead, which adds the client's
-delayed-ACK wait (~40 ms) to every request on a kept-alive connection (see ``serving_socket``).
-Everything (app, stand-in, clients) shares one process and its GIL, as in the tests; ``cpu_cores``
+By default the bot is the real ``jit-bot serve`` in its own process; with ``--in-process`` it is
+served in this process as the tests serve it, on a socket bound as ``jit-bot serve`` binds its own
+(TCP_NODELAY on every connection), and everything (app, stand-in, clients) shares one process and its
+GIL, as in the tests. ``cpu_cores``
 (process CPU during the timed part) and ``gc_max_pause_ms`` (longest stop-the-world collection) are
 printed to help read the latencies.
 
@@ -32,12 +32,8 @@ import argparse
 import gc
 import json
 import logging
-import os
 import random
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,33 +50,18 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
-import yaml  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from bot.runtime import build_runtime  # noqa: E402
+from benchmarks.common import BENCH_POLICY, bot_in_process, workspace  # noqa: E402
 from bot.services.delivery import DeliveryPolicy  # noqa: E402
-from bot.store.db import make_engine, migrate  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    APPROVER_1,
-    APPROVER_2,
-    BOT_TOKEN,
-    CARD_ID,
-    POLICY,
-    REQUESTER,
-    SIGNING_SECRET,
-    SLACK_USERS,
-    USERGROUPS,
-    build_settings,
-    make_policy,
-)
-from tests.harness import ServedApp, SlackRequests, free_socket  # noqa: E402
+from bot.slack.ids import ActionId  # noqa: E402
+from tests.harness import SlackRequests  # noqa: E402
+from tests.processes import ServeProcess, free_port, write_policy  # noqa: E402
 from tests.signing import signed_headers  # noqa: E402
 from tests.slack_standin import SlackStandIn  # noqa: E402
+from tests.testbot import Card, card_of  # noqa: E402
+from tests.world import APPROVER_1, APPROVER_2, REQUESTER, SIGNING_SECRET, make_policy, serve_env  # noqa: E402
 
-APPROVE = "jit_approve"
-DENY = "jit_deny"
-# One requester sends every request, so the per-requester quota of pending requests is lifted.
-BENCH_POLICY = {**POLICY, "limits": {"pending_per_requester": 10_000}}
 SUBMITTED_ID = re.compile(r"Request `(R[0-9A-Z]{9})`")
 
 # Share of the timed requests of each kind; the rest of the clicks are Approve.
@@ -113,11 +94,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="serve the app inside this process, as the tests do, instead of a `jit-bot serve` subprocess",
     )
-    parser.add_argument(
-        "--harness-socket",
-        action="store_true",
-        help="serve on tests.harness.free_socket() as the tests do; it leaves Nagle on (see serving_socket)",
-    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.clients < 1 or args.warmup < 1:
         parser.error("--requests, --clients and --warmup must be at least 1")
@@ -135,129 +111,36 @@ class Stack:
     backend: str
 
 
-def serving_socket(*, harness: bool) -> socket.socket:
-    """A loopback listening socket for uvicorn, bound as ``jit-bot serve`` binds its own.
-
-    ``uvicorn.run(host=, port=)`` lets asyncio create the socket from getaddrinfo, so its proto is
-    IPPROTO_TCP and asyncio sets TCP_NODELAY on every accepted connection. ``tests.harness.free_socket``
-    makes ``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0), asyncio's ``_set_nodelay`` skips it, and on
-    a kept-alive connection each response's second write waits for the client's delayed ACK: about
-    40 ms per request that production does not have. ``harness=True`` measures that socket anyway.
-    """
-    if harness:
-        return free_socket()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @contextmanager
-def running_stack(database_url: str | None, *, harness_socket: bool = False) -> Iterator[Stack]:
+def running_stack(database_url: str | None) -> Iterator[Stack]:
     """The stand-in, a migrated database and the served app, as the tests' ``bot`` fixture builds them."""
-    with tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp, workspace() as slack:
         url = database_url or f"sqlite:///{Path(tmp) / 'jit.db'}"
-        engine = make_engine(url)
-        migrate(engine)
-        slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
-        served: ServedApp | None = None
-        try:
-            sock = serving_socket(harness=harness_socket)
-            settings = build_settings(slack, url, sock.getsockname()[1])
-            runtime = build_runtime(
-                settings, make_policy(**BENCH_POLICY), engine=engine, delivery=DeliveryPolicy.for_rate(1000)
-            )
-            served = ServedApp(runtime, sock).start()
-            send = SlackRequests(
-                base_url=served.base_url,
-                signing_secret=SIGNING_SECRET,
-                response_url_for=slack.response_url,
-                trigger_id=slack.new_trigger_id,
-            )
-            try:
-                yield Stack(base_url=served.base_url, slack=slack, send=send, backend=make_url(url).get_backend_name())
-            finally:
-                send.http.close()
-        finally:
-            if served is not None:
-                served.stop()  # waits for acked work, then disposes of the engine
-            else:
-                engine.dispose()
-            slack.stop()
+        # The stand-in does not rate-limit, so the bot need not pace itself: this measures the bot.
+        with bot_in_process(slack, url, make_policy(**BENCH_POLICY), DeliveryPolicy.for_rate(1000)) as bot:
+            yield Stack(bot.served.base_url, slack, bot.send, make_url(url).get_backend_name())
 
 
 @contextmanager
 def bot_process(database_url: str | None) -> Iterator[Stack]:
     """The real ``jit-bot serve`` in its own process, as deployed; Slack (the stand-in) and the load
     generator stay in this process, so they do not compete with the bot for its interpreter lock."""
-    with tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="jit-bench-") as tmp, workspace() as slack:
         url = database_url or f"sqlite:///{Path(tmp) / 'jit.db'}"
-        policy_file = Path(tmp) / "policy.yml"
-        policy_file.write_text(yaml.safe_dump(BENCH_POLICY))
-        slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": tmp,
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": slack.api_url,
-            "JIT_DATABASE_URL": url,
-            "JIT_POLICY_FILE": str(policy_file),
-            "JIT_HTTP_PORT": str(port),
-            "SLACK_HOOKS_URL": f"{slack.base_url}/response/",
-            # The stand-in does not rate-limit, so the bot need not pace itself: this measures the bot.
-            "SLACK_CHANNEL_RATE": "1000",
-        }
-        log_path = Path(tmp) / "bot.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "jit-bot"), "serve"],
-                env=env,
-                cwd=tmp,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        base_url = f"http://127.0.0.1:{port}"
+        policy_file = write_policy(Path(tmp), BENCH_POLICY)
+        process = ServeProcess(Path(tmp), serve_env(slack, url, free_port(), JIT_POLICY_FILE=str(policy_file)))
         try:
-            if not wait_until(lambda: _healthy(base_url), 30):
-                raise RuntimeError(f"jit-bot serve did not come up:\n{log_path.read_text()[-2000:]}")
-            send = SlackRequests(
-                base_url=base_url,
-                signing_secret=SIGNING_SECRET,
-                response_url_for=slack.response_url,
-                trigger_id=slack.new_trigger_id,
-            )
+            process.wait_healthy(timeout=30)
+            send = SlackRequests.for_standin(process.base_url, slack)
             try:
-                yield Stack(base_url=base_url, slack=slack, send=send, backend=make_url(url).get_backend_name())
+                yield Stack(process.base_url, slack, send, make_url(url).get_backend_name())
             finally:
                 send.http.close()
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            slack.stop()
-
-
-def _healthy(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+            process.stop()
 
 
 # --- what the stand-in has seen ------------------------------------------------------------------
-
-
-@dataclass
-class Card:
-    request_id: str
-    channel: str
-    ts: str
 
 
 @dataclass
@@ -300,12 +183,9 @@ class Tracker:
                     self.done["votes_accepted"] += 1
                 elif call.method == "views.open":
                     self.done["deny_modals"] += 1
-                elif call.method == "chat.postMessage" and call.args.get("blocks"):
-                    match = CARD_ID.search(str(call.args.get("text", "")))
-                    if match:
-                        self.done["cards"] += 1
-                        card = Card(match.group(1), str(call.response["channel"]), str(call.response["ts"]))
-                        self._posted[card.request_id] = card
+                elif card := card_of(call):
+                    self.done["cards"] += 1
+                    self._posted[card.request_id] = card
             self._calls_seen = len(calls)
             for response in responses[self._responses_seen :]:
                 if response.key in self.click_keys:
@@ -398,7 +278,7 @@ class Load:
         else:
             card = self.tracker.pick(rng)
             voter = APPROVER_1 if rng.random() < 0.5 else APPROVER_2
-            action = APPROVE if kind == "approve" else DENY
+            action = ActionId.APPROVE if kind == "approve" else ActionId.DENY
             payload, key = self.send.click_payload(voter, action, card.request_id, channel=card.channel, ts=card.ts)
             body = self.send.payload_body(payload)
             self.tracker.expect(key, click=True)
@@ -556,11 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     rng = random.Random(args.seed)
-    stack_cm = (
-        running_stack(args.database_url, harness_socket=args.harness_socket)
-        if args.in_process
-        else bot_process(args.database_url)
-    )
+    stack_cm = running_stack(args.database_url) if args.in_process else bot_process(args.database_url)
     with stack_cm as stack:
         tracker = Tracker(stack.slack)
         load = Load(send=stack.send, tracker=tracker)
@@ -597,7 +473,6 @@ def main(argv: list[str] | None = None) -> int:
         "offered_rate": args.rate,
         "errors": len(errors) + unsent,
         "database": backend,
-        "server_socket": "harness" if args.harness_socket else "tcp",
         "mix": {kind: timed[kind] for kind in ("slash", "approve", "deny", "other")},
         "by_kind": by_kind,
         # Diagnostics for the timed part: CPU of the whole process (app, stand-in and clients share it)

@@ -31,27 +31,24 @@ if str(REPO_ROOT) not in sys.path:
 
 from cryptography.fernet import Fernet  # noqa: E402
 
+from benchmarks.common import bot_in_process, workspace  # noqa: E402
 from bot.idp.keys import generate_signing_key  # noqa: E402
-from bot.runtime import build_runtime  # noqa: E402
 from bot.services.delivery import DeliveryPolicy  # noqa: E402
-from bot.store.db import make_engine, migrate  # noqa: E402
-from tests.conftest import (  # noqa: E402
+from bot.slack.ids import ActionId  # noqa: E402
+from tests.devidp import DevIdP  # noqa: E402
+from tests.harness import free_socket  # noqa: E402
+from tests.slack_standin import Call  # noqa: E402
+from tests.testbot import Bot, card_of  # noqa: E402
+from tests.world import (  # noqa: E402
     APPROVER_1,
-    BOT_TOKEN,
     CARD_ID,
-    IDP_CLIENT_ID,
-    IDP_CLIENT_SECRET,
     REQUESTER,
-    SIGNING_SECRET,
-    SLACK_USERS,
-    USERGROUPS,
-    build_settings,
     dev_idp_trusting,
-    fresh_postgres_database,
+    idp_values,
+    lifted_quota,
     make_policy,
+    scratch_database,
 )
-from tests.harness import ServedApp, SlackRequests, free_socket  # noqa: E402
-from tests.slack_standin import Call, SlackStandIn  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,47 +66,37 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     workdir = Path(tempfile.mkdtemp(prefix="jit-mint-bench-"))
-    if args.database_url and not args.database_url.startswith("sqlite"):
-        with fresh_postgres_database(args.database_url, prefix="jit_bench") as url:
-            return run(args, workdir, url)
-    return run(args, workdir, args.database_url or f"sqlite:///{workdir / 'jit.db'}")
+    with scratch_database(args.database_url, workdir) as url:
+        return run(args, workdir, url)
 
 
 def run(args: argparse.Namespace, workdir: Path, database_url: str) -> int:
-    engine = make_engine(database_url)
-    migrate(engine)
     key_file = workdir / "signing-key.pem"
     key_file.write_bytes(generate_signing_key().pem())
-
-    slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    public_url = f"http://127.0.0.1:{port}"
-    idp = dev_idp_trusting(public_url).start()
-    settings = build_settings(
-        slack,
-        database_url,
-        port,
-        oidc_issuer=idp.issuer,
-        oidc_client_id=IDP_CLIENT_ID,
-        oidc_client_secret=IDP_CLIENT_SECRET,
-        oidc_token_lifetime_param="requested_lifetime",
-        jit_encryption_key=Fernet.generate_key().decode(),
-        jit_signing_key_file=key_file,
-    )
     total = args.grants + 5  # a few to warm up the IdP, the JWKS path and the connection pools
     # All requests are pending at once, so the per-requester quota is lifted; and the stand-in does
     # not rate-limit, so neither does the bot: this measures the bot, not Slack's pace.
-    policy = make_policy(limits={"pending_per_requester": total})
+    policy = make_policy(**lifted_quota(total))
     unpaced = DeliveryPolicy(channel_burst=100_000, channel_per_second=100_000.0)
-    served = ServedApp(build_runtime(settings, policy, engine=engine, delivery=unpaced), sock).start()
-    send = SlackRequests(
-        base_url=served.base_url,
-        signing_secret=SIGNING_SECRET,
-        response_url_for=slack.response_url,
-        trigger_id=slack.new_trigger_id,
-    )
+    sock = free_socket()
+    public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    idp = dev_idp_trusting(public_url).start()
+    try:
+        with workspace() as slack, bot_in_process(
+            slack,
+            database_url,
+            policy,
+            unpaced,
+            sock=sock,
+            **idp_values(idp.issuer, encryption_key=Fernet.generate_key().decode(), signing_key_file=key_file),
+        ) as bot:
+            return measure(args, bot, idp, total)
+    finally:
+        idp.close()
 
+
+def measure(args: argparse.Namespace, bot: Bot, idp: DevIdP, total: int) -> int:
+    slack, send = bot.slack, bot.send
     cards: dict[str, tuple[str, str]] = {}
     active_at: dict[str, float] = {}
     done: dict[str, threading.Event] = {}
@@ -122,64 +109,57 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> int:
             return
         request_id = match.group(1)
         with lock:
-            if call.method == "chat.postMessage" and call.args.get("blocks"):
-                cards[request_id] = (call.response["channel"], call.response["ts"])
+            if card := card_of(call):
+                cards[request_id] = (card.channel, card.ts)
             elif call.method == "chat.update" and "Active" in text and request_id not in active_at:
                 active_at[request_id] = time.perf_counter()
                 if request_id in done:
                     done[request_id].set()
 
     slack.observers.append(observe)
-    try:
-        for n in range(total):
-            send.slash(REQUESTER, f"request prod-db read 30m bench {n}")
-        deadline = time.monotonic() + 60
-        while len(cards) < total and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if len(cards) < total:
-            print(f"only {len(cards)} of {total} cards were posted", file=sys.stderr)
-            return 1
-        ids = list(cards)
-        latencies: list[float] = []
-        errors = 0
+    for n in range(total):
+        send.slash(REQUESTER, f"request prod-db read 30m bench {n}")
+    deadline = time.monotonic() + 60
+    while len(cards) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if len(cards) < total:
+        print(f"only {len(cards)} of {total} cards were posted", file=sys.stderr)
+        return 1
+    ids = list(cards)
+    latencies: list[float] = []
+    errors = 0
 
-        def approve(request_id: str, measured: bool) -> None:
-            nonlocal errors
-            with lock:
-                event = done.setdefault(request_id, threading.Event())
-            channel, ts = cards[request_id]
-            started = time.perf_counter()
-            response, _ = send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
-            if response.status_code != 200 or not event.wait(timeout=20):
-                errors += 1
-                return
-            if measured:
-                latencies.append((active_at[request_id] - started) * 1000)
+    def approve(request_id: str, measured: bool) -> None:
+        nonlocal errors
+        with lock:
+            event = done.setdefault(request_id, threading.Event())
+        channel, ts = cards[request_id]
+        started = time.perf_counter()
+        response, _ = send.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
+        if response.status_code != 200 or not event.wait(timeout=20):
+            errors += 1
+            return
+        if measured:
+            latencies.append((active_at[request_id] - started) * 1000)
 
-        for request_id in ids[:5]:
-            approve(request_id, measured=False)
-        exchanges_before = idp.stats()["exchanges"]
-        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-            list(pool.map(lambda rid: approve(rid, measured=True), ids[5:]))
-        exchanges = idp.stats()["exchanges"] - exchanges_before
-        result = {
-            "grants": args.grants,
-            "concurrency": args.concurrency,
-            "database": engine.dialect.name,
-            "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
-            "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
-            "max_ms": round(max(latencies), 1) if latencies else None,
-            "exchanges": exchanges,
-            "errors": errors,
-        }
-        print(json.dumps(result))
-        return 0 if errors == 0 and exchanges == args.grants else 1
-    finally:
-        send.http.close()
-        served.stop()
-        idp.close()
-        slack.stop()
-        engine.dispose()
+    for request_id in ids[:5]:
+        approve(request_id, measured=False)
+    exchanges_before = idp.stats()["exchanges"]
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        list(pool.map(lambda rid: approve(rid, measured=True), ids[5:]))
+    exchanges = idp.stats()["exchanges"] - exchanges_before
+    result = {
+        "grants": args.grants,
+        "concurrency": args.concurrency,
+        "database": bot.engine.dialect.name,
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+        "max_ms": round(max(latencies), 1) if latencies else None,
+        "exchanges": exchanges,
+        "errors": errors,
+    }
+    print(json.dumps(result))
+    return 0 if errors == 0 and exchanges == args.grants else 1
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import hashlib
 import json
 import math
@@ -60,13 +59,11 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -77,44 +74,37 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
-import yaml  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 from sqlalchemy import Engine, create_engine, func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from benchmarks.common import BENCH_POLICY, started_standin  # noqa: E402
 from bot.idp.keys import generate_signing_key  # noqa: E402
 from bot.runtime import build_runtime  # noqa: E402
+from bot.slack.ids import ActionId  # noqa: E402
 from bot.store.db import make_engine, migrate  # noqa: E402
 from bot.store.models import AccessRequest, Grant  # noqa: E402
 from bot.store.types import utcnow  # noqa: E402
-from tests.conftest import (  # noqa: E402
+from tests.devidp import DevIdP  # noqa: E402
+from tests.harness import SlackRequests  # noqa: E402
+from tests.processes import ServeProcess, free_port, write_policy  # noqa: E402
+from tests.world import (  # noqa: E402
     APPROVER_1,
     APPROVERS_CHANNEL,
-    AUDIT_KEY,
-    BOT_TOKEN,
-    IDP_CLIENT_ID,
-    IDP_CLIENT_SECRET,
-    IDP_RESOURCES,
     POLICY,
     REQUESTER,
-    SIGNING_SECRET,
-    SLACK_USERS,
-    USERGROUPS,
+    as_env,
     build_settings,
-    fresh_postgres_database,
+    dev_idp_options,
+    idp_values,
     make_policy,
+    scratch_database,
+    serve_env,
 )
-from tests.devidp import DevIdP, free_port  # noqa: E402
-from tests.harness import SlackRequests  # noqa: E402
-from tests.slack_standin import SlackStandIn  # noqa: E402
 
-JIT_BOT = Path(sys.executable).parent / "jit-bot"
-LIFETIME_PARAM = "requested_lifetime"
 SYNTHETIC_PREFIX = "B"  # the bot's own ids start with R
 # A grant whose command would leave it less than this before expiry means minting fell behind.
 MIN_DURATION_S = 5
-# One requester mints every grant, several at a time, so the quota of pending requests is lifted.
-BENCH_POLICY = {**POLICY, "limits": {"pending_per_requester": 10_000}}
 
 
 def log(message: str) -> None:
@@ -185,16 +175,6 @@ class CpuWindow:
 
 
 # --- the database ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def scratch_database(url: str | None, workdir: Path) -> Iterator[str]:
-    """A SQLite file in ``workdir``, or a fresh database on the given PostgreSQL server."""
-    if url is None or make_url(url).get_backend_name() == "sqlite":
-        yield url or f"sqlite:///{workdir / 'jit.db'}"
-        return
-    with fresh_postgres_database(url, prefix="jit_bench") as fresh:
-        yield fresh
 
 
 def reader_engine(database_url: str) -> Engine:
@@ -319,67 +299,6 @@ def measure_sweep(settings: Any, runs: int) -> dict[str, Any]:
     }
 
 
-# --- the bot --------------------------------------------------------------------------------------
-
-
-class BotProcess:
-    """``jit-bot serve`` with a clean environment; output to files so a full pipe never stalls it."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.log_path = workdir / "serve.log"
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [str(JIT_BOT), "serve"],
-            cwd=workdir,
-            env={
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": str(workdir),
-                "LANG": "C.UTF-8",
-                "PYTHONUNBUFFERED": "1",
-                **env,
-            },
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_healthy(self, base_url: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"jit-bot serve exited with {self.process.returncode}:\n{self.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"jit-bot serve did not become healthy:\n{self.tail()}")
-
-    def memory_mb(self) -> dict[str, float]:
-        values: dict[str, float] = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                values[key] = int(rest.split()[0]) / 1024  # kB
-        return values
-
-    def tail(self, size: int = 3000) -> str:
-        return self.log_path.read_bytes()[-size:].decode(errors="replace")
-
-    def log_lines(self, level: str) -> list[str]:
-        return [line for line in self.log_path.read_text().splitlines() if f" {level} " in line]
-
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
-        return self.process.returncode
-
-
 # --- minting through Slack ------------------------------------------------------------------------
 
 
@@ -436,7 +355,7 @@ def mint_through_slack(
             failures.append(f"grant {i}: no request (HTTP {response.status_code})")
             return None
         # The bot re-authorises the vote from the database; the card's coordinates play no part in it.
-        response, _key = send.click(APPROVER_1, "jit_approve", request_id, channel=APPROVERS_CHANNEL, ts="1.000001")
+        response, _key = send.click(APPROVER_1, ActionId.APPROVE, request_id, channel=APPROVERS_CHANNEL, ts="1.000001")
         if response.status_code != 200 or not poll(lambda: grant_active(request_id), 30):
             failures.append(f"grant {i} ({request_id}): never active (HTTP {response.status_code})")
             return None
@@ -489,75 +408,29 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> tuple[dic
 
     key_file = workdir / "signing-key.pem"
     key_file.write_bytes(generate_signing_key().pem())
-    (workdir / "policy.yml").write_text(yaml.safe_dump(BENCH_POLICY, sort_keys=False))
+    policy_file = write_policy(workdir, BENCH_POLICY)
     port = free_port()
     public_url = f"http://127.0.0.1:{port}"
 
-    slack = SlackStandIn(BOT_TOKEN, users=SLACK_USERS, usergroups=USERGROUPS).start()
-    idp = BenchIdP(
-        persist=args.idp_state_file,
-        client_id=IDP_CLIENT_ID,
-        client_secret=IDP_CLIENT_SECRET,
-        trusted_issuer=public_url,
-        trusted_jwks_url=f"{public_url}/.well-known/jwks.json",
-        resources=IDP_RESOURCES,
-        lifetime_param=LIFETIME_PARAM,
-    )
+    slack = started_standin()
+    idp = BenchIdP(persist=args.idp_state_file, **dev_idp_options(public_url))
     reader = reader_engine(database_url)
-    bot: BotProcess | None = None
+    bot: ServeProcess | None = None
     send: SlackRequests | None = None
     try:
         idp.start()
-        settings = build_settings(
-            slack,
-            database_url,
-            port,
-            oidc_issuer=idp.issuer,
-            oidc_client_id=IDP_CLIENT_ID,
-            oidc_client_secret=IDP_CLIENT_SECRET,
-            oidc_token_lifetime_param=LIFETIME_PARAM,
-            jit_encryption_key=encryption_key,
-            jit_signing_key_file=key_file,
-        )
-        sweep = measure_sweep(settings, args.sweep_runs)
+        idp_settings = idp_values(idp.issuer, encryption_key=encryption_key, signing_key_file=key_file)
+        sweep = measure_sweep(build_settings(slack, database_url, port, **idp_settings), args.sweep_runs)
         log(f"sweep with {args.active} active grants, nothing due: {sweep}")
 
-        bot = BotProcess(
-            workdir,
-            {
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                "SLACK_API_URL": slack.api_url,
-                "JIT_DATABASE_URL": database_url,
-                "JIT_HTTP_HOST": "127.0.0.1",
-                "JIT_HTTP_PORT": str(port),
-                "JIT_POLICY_FILE": str(workdir / "policy.yml"),
-                "OIDC_ISSUER": idp.issuer,
-                "OIDC_CLIENT_ID": IDP_CLIENT_ID,
-                "OIDC_CLIENT_SECRET": IDP_CLIENT_SECRET,
-                "OIDC_TOKEN_LIFETIME_PARAM": LIFETIME_PARAM,
-                "JIT_ENCRYPTION_KEY": encryption_key,
-                "JIT_SIGNING_KEY_FILE": str(key_file),
-                "JIT_AUDIT_KEY": AUDIT_KEY,
-                "SLACK_HOOKS_URL": f"{slack.base_url}/response/",
-                # The stand-in does not rate-limit, so the bot need not pace itself: this measures the bot.
-                "SLACK_CHANNEL_RATE": "1000",
-            },
-        )
-        bot.wait_healthy(public_url)
+        env = serve_env(slack, database_url, port, JIT_POLICY_FILE=str(policy_file), **as_env(idp_settings))
+        bot = ServeProcess(workdir, env)
+        bot.wait_healthy(timeout=60)
         log(f"jit-bot serve is up (pid {bot.process.pid}); minting {args.grants} grants through Slack")
 
-        send = SlackRequests(
-            base_url=public_url,
-            signing_secret=SIGNING_SECRET,
-            response_url_for=slack.response_url,
-            trigger_id=slack.new_trigger_id,
-            http=httpx.Client(
-                timeout=30,
-                # Idle connections closed before uvicorn's 5 s keep-alive timeout closes them under us.
-                limits=httpx.Limits(max_connections=args.concurrency * 2, keepalive_expiry=2.0),
-            ),
-        )
+        # Idle connections closed before uvicorn's 5 s keep-alive timeout closes them under us.
+        limits = httpx.Limits(max_connections=args.concurrency * 2, keepalive_expiry=2.0)
+        send = SlackRequests.for_standin(public_url, slack, http=httpx.Client(timeout=30, limits=limits))
         # Minting runs at about 6 grants a second on 2 cores (each is a request, a vote and a mint,
         # with the outbox delivering their cards meanwhile); the first expiry must come after it.
         lead = args.lead if args.lead is not None else 20 + args.grants * 0.3
@@ -685,7 +558,7 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> tuple[dic
         return result, problems
     except BaseException:
         if bot is not None:
-            log(f"bot log tail:\n{bot.tail()}")
+            log(f"bot log tail:\n{bot.output()[-3000:]}")
         raise
     finally:
         if send is not None:

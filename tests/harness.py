@@ -15,8 +15,10 @@ import httpx
 import uvicorn
 
 from bot.runtime import Runtime
+from bot.slack.ids import ActionId
 from tests.signing import signed_headers
-from tests.slack_standin import APP_ID, TEAM_ID  # the workspace the stand-in plays
+from tests.slack_standin import APP_ID, TEAM_ID, SlackStandIn, slash_command_fields  # the workspace it plays
+from tests.world import SIGNING_SECRET
 
 __all__ = ["APP_ID", "TEAM_ID", "ServedApp", "SlackRequests", "free_socket"]
 
@@ -73,6 +75,18 @@ class SlackRequests:
         default_factory=lambda: httpx.Client(timeout=30, limits=httpx.Limits(keepalive_expiry=2.0))
     )
 
+    @classmethod
+    def for_standin(cls, base_url: str, slack: SlackStandIn, *, http: httpx.Client | None = None) -> SlackRequests:
+        """Requests to the app at ``base_url`` from the workspace ``slack`` plays, signed with the test secret."""
+        extra = {} if http is None else {"http": http}
+        return cls(
+            base_url=base_url,
+            signing_secret=SIGNING_SECRET,
+            response_url_for=slack.response_url,
+            trigger_id=slack.new_trigger_id,
+            **extra,
+        )
+
     def post_signed(
         self,
         body: str,
@@ -91,23 +105,10 @@ class SlackRequests:
     def command_body(self, user: str, text: str, *, channel: str = "C0GENERAL01") -> tuple[str, str, str]:
         key = secrets.token_hex(6)
         trigger_id = self.trigger_id()
-        body = urlencode(
-            {
-                "token": "deprecated-verification-token",
-                "team_id": TEAM_ID,
-                "team_domain": "example",
-                "channel_id": channel,
-                "channel_name": "general",
-                "user_id": user,
-                "user_name": user.lower(),
-                "command": "/jit",
-                "text": text,
-                "api_app_id": APP_ID,
-                "is_enterprise_install": "false",
-                "response_url": self.response_url_for(key),
-                "trigger_id": trigger_id,
-            }
+        fields = slash_command_fields(
+            user, text, response_url=self.response_url_for(key), trigger_id=trigger_id, channel=channel
         )
+        body = urlencode(fields)
         return body, key, trigger_id
 
     def slash(self, user: str, text: str, **kwargs: Any) -> tuple[httpx.Response, str, str]:
@@ -119,7 +120,7 @@ class SlackRequests:
         return urlencode({"payload": json.dumps(payload)})
 
     def click_payload(
-        self, user: str, action_id: str, value: str, *, channel: str, ts: str
+        self, user: str, action_id: ActionId, value: str, *, channel: str, ts: str
     ) -> tuple[dict[str, Any], str]:
         key = secrets.token_hex(6)
         payload = {
@@ -147,7 +148,7 @@ class SlackRequests:
         return payload, key
 
     def click(
-        self, user: str, action_id: str, value: str, *, channel: str, ts: str, **kwargs: Any
+        self, user: str, action_id: ActionId, value: str, *, channel: str, ts: str, **kwargs: Any
     ) -> tuple[httpx.Response, str]:
         payload, key = self.click_payload(user, action_id, value, channel=channel, ts=ts)
         return self.post_signed(self.payload_body(payload), **kwargs), key

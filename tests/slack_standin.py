@@ -86,6 +86,35 @@ BOT_ID = "B0JITBOT01"
 TEAM_ID = "T0STANDIN1"
 APP_ID = "A0JITBOT01"
 
+
+def slash_command_fields(
+    user: str,
+    text: str,
+    *,
+    response_url: str,
+    trigger_id: str,
+    command: str = "/jit",
+    channel: str = "C0GENERAL01",
+    app_id: str = APP_ID,
+) -> dict[str, str]:
+    """The fields Slack sends with a slash command typed in this workspace: the HTTP form over the
+    Events API, the same fields as a JSON object in a Socket Mode envelope."""
+    return {
+        "token": "deprecated-verification-token",
+        "team_id": TEAM_ID,
+        "team_domain": "example",
+        "channel_id": channel,
+        "channel_name": "general",
+        "user_id": user,
+        "user_name": user.lower(),
+        "command": command,
+        "text": text,
+        "api_app_id": app_id,
+        "is_enterprise_install": "false",
+        "response_url": response_url,
+        "trigger_id": trigger_id,
+    }
+
 MAX_MESSAGE_TEXT = 40_000
 MAX_MARKDOWN_TEXT = 12_000
 MAX_MESSAGE_BLOCKS = 50
@@ -348,13 +377,21 @@ class _BlockKit:
         for i, block in enumerate(self.items(blocks, ptr, max_blocks, min_items=0)):
             self.block(block, f"{ptr}/{i}")
 
-    def block(self, block: Any, ptr: str) -> None:
-        if not isinstance(block, dict):
+    def kind_of(self, obj: Any, ptr: str, allowed: set[str], refusal: str) -> str | None:
+        """The type of ``obj`` if it is an object of one of the ``allowed`` types; otherwise says why
+        not (``refusal`` with the type in it) and returns None."""
+        if not isinstance(obj, dict):
             self.fail(ptr, "must be an object")
-            return
-        kind = block.get("type")
-        if kind not in _KNOWN_BLOCKS:
-            self.fail(f"{ptr}/type", f"unknown block type {kind!r}")
+            return None
+        kind = obj.get("type")
+        if kind not in allowed:
+            self.fail(f"{ptr}/type", refusal.format(repr(kind)))
+            return None
+        return str(kind)
+
+    def block(self, block: Any, ptr: str) -> None:
+        kind = self.kind_of(block, ptr, _KNOWN_BLOCKS, "unknown block type {}")
+        if kind is None:
             return
         self.unique_id(block.get("block_id"), f"{ptr}/block_id", self._block_ids, "block_id")
         if kind == "section":
@@ -402,12 +439,8 @@ class _BlockKit:
     # -- elements ---------------------------------------------------------------------------
 
     def element(self, el: Any, ptr: str, allowed: set[str]) -> None:
-        if not isinstance(el, dict):
-            self.fail(ptr, "must be an object")
-            return
-        kind = el.get("type")
-        if kind not in allowed:
-            self.fail(f"{ptr}/type", f"element type {kind!r} is not allowed here")
+        kind = self.kind_of(el, ptr, allowed, "element type {} is not allowed here")
+        if kind is None:
             return
         if kind == "image":
             self.image(el, ptr)
@@ -766,11 +799,7 @@ class SlackStandIn:
         takes effect at once. 0 removes the trickle."""
         if bytes_per_second < 0:
             raise ValueError("bytes_per_second must not be negative")
-        with self._lock:
-            if bytes_per_second > 0:
-                self._trickles[method] = bytes_per_second
-            else:
-                self._trickles.pop(method, None)
+        self._set_or_remove(self._trickles, method, bytes_per_second)
 
     def stall(self, method: str) -> None:
         """Accept calls to ``method`` (or ``"response_url"``) and record them -- they take effect,
@@ -799,11 +828,15 @@ class SlackStandIn:
 
     def set_delay(self, method: str, seconds: float) -> None:
         """Delay every answer to ``method`` (or ``"response_url"``); 0 removes the delay."""
+        self._set_or_remove(self._delays, method, seconds)
+
+    def _set_or_remove(self, faults: dict[str, Any], method: str, amount: float) -> None:
+        """A per-method fault: set to ``amount``, or switched off by 0."""
         with self._lock:
-            if seconds > 0:
-                self._delays[method] = seconds
+            if amount > 0:
+                faults[method] = amount
             else:
-                self._delays.pop(method, None)
+                faults.pop(method, None)
 
     # -- channel membership -----------------------------------------------------------------
 
@@ -811,25 +844,25 @@ class SlackStandIn:
         """The bot leaves (or was never in) ``channel``: chat.postMessage, chat.update and
         chat.postEphemeral there get ``not_in_channel`` (kind ``not_found``). Membership is checked
         right after the channel id, before the message itself, as a channel-level refusal."""
-        channel = _channel_with_members(channel)
-        with self._lock:
-            self._without_bot.add(channel)
+        self._mark(self._without_bot, channel, True)
 
     def add_bot_to(self, channel: str) -> None:
-        channel = _channel_with_members(channel)
-        with self._lock:
-            self._without_bot.discard(channel)
+        self._mark(self._without_bot, channel, False)
 
     def archive(self, channel: str) -> None:
         """Archives ``channel``: chat.* posts there get ``is_archived`` (members or not)."""
-        channel = _channel_with_members(channel)
-        with self._lock:
-            self._archived.add(channel)
+        self._mark(self._archived, channel, True)
 
     def unarchive(self, channel: str) -> None:
+        self._mark(self._archived, channel, False)
+
+    def _mark(self, marked: set[str], channel: str, on: bool) -> None:
         channel = _channel_with_members(channel)
         with self._lock:
-            self._archived.discard(channel)
+            if on:
+                marked.add(channel)
+            else:
+                marked.discard(channel)
 
     # -- recordings -------------------------------------------------------------------------
 
@@ -839,18 +872,19 @@ class SlackStandIn:
             return list(self._calls)
 
     def calls_to(self, method: str) -> list[Call]:
-        with self._lock:
-            return [c for c in self._calls if c.method == method]
+        return self._calls_where(lambda c: c.method == method)
 
     def rejected(self) -> list[Call]:
         """Calls Slack would have refused as malformed. Tests assert this is empty."""
-        with self._lock:
-            return [c for c in self._calls if c.kind == "rejected"]
+        return self._calls_where(lambda c: c.kind == "rejected")
 
     def ratelimited_calls(self) -> list[Call]:
         """Calls a ``rate_limit`` bucket answered with 429 (violations included)."""
+        return self._calls_where(lambda c: c.kind == "ratelimited")
+
+    def _calls_where(self, keep: Callable[[Call], bool]) -> list[Call]:
         with self._lock:
-            return [c for c in self._calls if c.kind == "ratelimited"]
+            return [c for c in self._calls if keep(c)]
 
     def retry_after_violations(self) -> list[Call]:
         """Calls to a bucket made before the Retry-After of its last 429 had run out."""

@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.slack_standin import APP_ID, TEAM_ID  # the same workspace the Web API stand-in plays
+from tests.slack_standin import APP_ID, slash_command_fields  # the same workspace the Web API stand-in plays
 
 PATH = "/link/"
 
@@ -181,21 +181,15 @@ class SocketModeServer:
         channel: str = "C0GENERAL01",
     ) -> str:
         """A slash command as Slack delivers it in Socket Mode: the HTTP form fields, as a JSON object."""
-        payload = {
-            "token": "deprecated-verification-token",
-            "team_id": TEAM_ID,
-            "team_domain": "example",
-            "channel_id": channel,
-            "channel_name": "general",
-            "user_id": user,
-            "user_name": user.lower(),
-            "command": command,
-            "text": text,
-            "api_app_id": self.app_id,
-            "is_enterprise_install": "false",
-            "response_url": response_url,
-            "trigger_id": trigger_id,
-        }
+        payload = slash_command_fields(
+            user,
+            text,
+            response_url=response_url,
+            trigger_id=trigger_id,
+            command=command,
+            channel=channel,
+            app_id=self.app_id,
+        )
         return self.push("slash_commands", payload)
 
     def interactive(self, payload: dict[str, Any]) -> str:

@@ -5,21 +5,14 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import yaml
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
@@ -27,53 +20,16 @@ from bot.idp.keys import generate_signing_key
 from bot.slack.messages import help_text
 from bot.store.audit import append_event, bind_audit_key, canonical_event, event_link, legacy_event_link
 from bot.store.db import MIGRATIONS, make_engine, migrate, session_scope
-from tests.conftest import AUDIT_KEY, BOT_TOKEN, POLICY, REQUESTER, SIGNING_SECRET
 from tests.harness import SlackRequests
+from tests.processes import ServeProcess, assert_no_traceback, free_port, run_cli, write_policy
 from tests.slack_standin import SlackStandIn
+from tests.world import AUDIT_KEY, BOT_TOKEN, POLICY, REQUESTER, SIGNING_SECRET, serve_env
 
-JIT_BOT = Path(sys.executable).parent / "jit-bot"
 SECRETS = (BOT_TOKEN, SIGNING_SECRET)
-
-
-def base_env(tmp_path: Path) -> dict[str, str]:
-    """Only what a process needs to run: nothing SLACK_* or JIT_* leaks in from the test runner."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def served_env(slack: SlackStandIn) -> dict[str, str]:
-    """What every served bot in these tests shares: one audit key (replicas must), replies to the stand-in."""
-    return {
-        "JIT_AUDIT_KEY": AUDIT_KEY,
-        "SLACK_HOOKS_URL": f"{slack.base_url}/response/",
-        # The stand-in does not rate-limit unless a test asks it to, so the bot need not pace itself.
-        "SLACK_CHANNEL_RATE": "1000",
-    }
-
-
-def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(JIT_BOT), *args],
-        cwd=tmp_path,
-        env={**base_env(tmp_path), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def write_dotenv(tmp_path: Path, **values: str) -> None:
     (tmp_path / ".env").write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-
-
-def write_policy(tmp_path: Path, data: dict[str, Any] = POLICY, name: str = "policy.yml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def assert_no_secrets(*outputs: str) -> None:
@@ -88,18 +44,6 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ")
 def messages(stderr: str) -> list[str]:
     """stderr without INFO/WARNING log records (alembic logs a few on import): what the person is told."""
     return [line for line in stderr.splitlines() if not LOG_LINE.match(line)]
-
-
-def assert_no_traceback(output: str) -> None:
-    assert "Traceback" not in output, output
-    assert "Error:" not in output, output
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- jit-bot check --------------------------------------------------------------------------------
@@ -283,66 +227,6 @@ def test_check_missing_policy_file(tmp_path: Path) -> None:
 # --- jit-bot serve (against the `slack` stand-in from conftest) -------------------------------------
 
 
-class Served:
-    """A ``jit-bot serve`` process; its output goes to files so a full pipe can never stall it."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.stdout_path = tmp_path / "serve.stdout"
-        self.stderr_path = tmp_path / "serve.stderr"
-        self._stdout = self.stdout_path.open("w")
-        self._stderr = self.stderr_path.open("w")
-        self.process = subprocess.Popen(
-            [str(JIT_BOT), "serve"],
-            cwd=tmp_path,
-            env={**base_env(tmp_path), **env},
-            stdout=self._stdout,
-            stderr=self._stderr,
-        )
-
-    def output(self) -> str:
-        return self.stdout_path.read_text() + self.stderr_path.read_text()
-
-    def wait_healthy(self, base_url: str, timeout: float = 30) -> httpx.Response:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"jit-bot serve exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                response = httpx.get(f"{base_url}/healthz", timeout=2)
-                if response.status_code == 200:
-                    return response
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"jit-bot serve did not become healthy:\n{self.output()}")
-
-    def terminate(self, timeout: float = 10) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
-        self.close()
-        return code
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._stdout.close()
-        self._stderr.close()
-
-
-def serve_env(slack: SlackStandIn, database_url: str, port: int, **extra: str) -> dict[str, str]:
-    return {
-        "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": slack.api_url,
-        "JIT_DATABASE_URL": database_url,
-        "JIT_HTTP_HOST": "127.0.0.1",
-        "JIT_HTTP_PORT": str(port),
-        **served_env(slack),
-        **extra,
-    }
-
-
 def head_revision() -> str:
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert head is not None
@@ -351,11 +235,10 @@ def head_revision() -> str:
 
 def test_serve_migrates_serves_and_stops(tmp_path: Path, slack: SlackStandIn, database_url: str) -> None:
     write_policy(tmp_path)
-    port = free_port()
-    served = Served(tmp_path, serve_env(slack, database_url, port))
-    base_url = f"http://127.0.0.1:{port}"
+    served = ServeProcess(tmp_path, serve_env(slack, database_url, free_port()))
+    base_url = served.base_url
     try:
-        health = served.wait_healthy(base_url)
+        health = served.wait_healthy()
         assert health.json()["status"] == "ok"
         assert health.json()["database"] == "ok"
 
@@ -372,12 +255,7 @@ def test_serve_migrates_serves_and_stops(tmp_path: Path, slack: SlackStandIn, da
         # The bot checked its token with Slack before serving.
         assert [call.ok for call in slack.calls_to("auth.test")] == [True]
 
-        sender = SlackRequests(
-            base_url=base_url,
-            signing_secret=SIGNING_SECRET,
-            response_url_for=slack.response_url,
-            trigger_id=slack.new_trigger_id,
-        )
+        sender = SlackRequests.for_standin(base_url, slack)
         forger = SlackRequests(
             base_url=base_url,
             signing_secret="0" * 32,
@@ -419,10 +297,9 @@ def test_serve_migrates_serves_and_stops(tmp_path: Path, slack: SlackStandIn, da
 
 def test_serve_exits_zero_on_sigterm(tmp_path: Path, slack: SlackStandIn) -> None:
     write_policy(tmp_path)
-    port = free_port()
-    served = Served(tmp_path, serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", port))
+    served = ServeProcess(tmp_path, serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", free_port()))
     try:
-        served.wait_healthy(f"http://127.0.0.1:{port}")
+        served.wait_healthy()
         code = served.terminate(timeout=10)
     finally:
         served.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
@@ -15,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from bot.config import ConfigError, Settings, load_policy, load_settings
-from tests.conftest import (
+from tests.world import (
     APPROVER_1,
     APPROVER_2,
     APPROVERS_CHANNEL,
@@ -190,20 +191,21 @@ def test_every_problem_gets_its_own_line() -> None:
     assert "65535" in lines[2]
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        pytest.param("SLACK_BOT_TOKEN", "xoxb-replace-me", id="bot-token-from-env-example"),
-        pytest.param("SLACK_SIGNING_SECRET", "replace-me", id="signing-secret-from-env-example"),
-        pytest.param("SLACK_APP_TOKEN", "xapp-replace-me", id="app-token-from-env-example"),
-        pytest.param("SLACK_BOT_TOKEN", "xoxb-your-bot-token", id="your-token"),
-        pytest.param("SLACK_BOT_TOKEN", "xoxb-xxxxxxxxxx-xxxxxxxxxx", id="xxxx"),
-        pytest.param("SLACK_SIGNING_SECRET", "<signing secret>", id="angle-brackets"),
-        pytest.param("SLACK_SIGNING_SECRET", "CHANGEME", id="changeme-any-case"),
-        pytest.param("SLACK_SIGNING_SECRET", "", id="empty"),
-        pytest.param("SLACK_BOT_TOKEN", "   ", id="blank"),
-    ],
-)
+# What people leave in a secret's place, by the variable it is left in.
+PLACEHOLDERS = {
+    "bot-token-from-env-example": ("SLACK_BOT_TOKEN", "xoxb-replace-me"),
+    "signing-secret-from-env-example": ("SLACK_SIGNING_SECRET", "replace-me"),
+    "app-token-from-env-example": ("SLACK_APP_TOKEN", "xapp-replace-me"),
+    "your-token": ("SLACK_BOT_TOKEN", "xoxb-your-bot-token"),
+    "xxxx": ("SLACK_BOT_TOKEN", "xoxb-xxxxxxxxxx-xxxxxxxxxx"),
+    "angle-brackets": ("SLACK_SIGNING_SECRET", "<signing secret>"),
+    "changeme-any-case": ("SLACK_SIGNING_SECRET", "CHANGEME"),
+    "empty": ("SLACK_SIGNING_SECRET", ""),
+    "blank": ("SLACK_BOT_TOKEN", "   "),
+}
+
+
+@pytest.mark.parametrize(("variable", "value"), list(PLACEHOLDERS.values()), ids=list(PLACEHOLDERS))
 def test_placeholder_secret_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     good_env(monkeypatch)
     monkeypatch.setenv(variable, value)
@@ -354,6 +356,57 @@ def _duplicate_resource(data: dict[str, Any]) -> None:
     data["resources"].append(copy.deepcopy(data["resources"][0]))
 
 
+def _key(path: str) -> str:
+    """The key an error names for a dotted path into POLICY: ``resources.1.scopes`` is ``resources[1].scopes``."""
+    return re.sub(r"\.(\d+)", r"[\1]", path)
+
+
+# A value set at a dotted path of a copy of POLICY -> what the one error line says about that key.
+WRONG: dict[str, tuple[str, Any, str]] = {
+    "bad-duration": ("resources.1.max_duration", "2 hours", "'2 hours' is not a duration like 90s, 15m, 2h or 1h30m"),
+    "duration-over-a-week": ("resources.1.max_duration", "8d", "longer than the 7-day limit"),
+    "zero-duration": ("resources.1.max_duration", "0m", "longer than zero"),
+    "bad-request-timeout": ("request_timeout", "forever", "'forever' is not a duration"),
+    "approver-not-a-slack-id": (
+        "resources.0.approvers",
+        [APPROVER_1, "bob@example.com"],
+        "'bob@example.com' is neither a Slack user id (U…) nor a usergroup id (S…)",
+    ),
+    "no-approvers": ("resources.0.approvers", [], "must list at least one entry"),
+    "approver-channel-not-an-id": (
+        "resources.2.approver_channel",
+        "#approvers",
+        "'#approvers' is not a Slack channel id",
+    ),
+    "audit-channel-not-an-id": ("channels.audit", "audit-log", "'audit-log' is not a Slack channel id"),
+    "zero-approvals-required": ("resources.0.approvals_required", 0, "greater than or equal to 1"),
+    "duplicate-scope": ("resources.0.scopes", ["read", "write", "read"], "lists scope 'read' twice"),
+    "scope-with-space": ("resources.0.scopes", ["read write"], "'read write' is not a valid scope name"),
+    "bad-resource-name": ("resources.0.name", "Prod DB", "must be lower-case letters"),
+    "empty-resources": ("resources", [], "must list at least one entry"),
+    "identities-key-not-a-user-id": (
+        "identities",
+        {"alice@example.com": "alice"},
+        "key 'alice@example.com' is not a Slack user id",
+    ),
+    "identities-empty-subject": ("identities", {REQUESTER: " "}, f"'{REQUESTER}' maps to an empty IdP subject"),
+    "unknown-top-level-key": ("approvers", [APPROVER_1], "is not a known key"),
+}
+
+# Files that are not a policy at all -> what the one error line (naming no key) says.
+NOT_POLICIES = {
+    "invalid-yaml-bad-indent": (
+        "resources:\n  - name: prod-db\n     audience: https://db.internal.example\n",
+        "not valid YAML (line 3): mapping values are not allowed here",
+    ),
+    "invalid-yaml-unclosed-bracket": (
+        "request_timeout: 30m\nresources: [\n  {name: prod-db,\n  scopes: [read}\n",
+        "not valid YAML (line 4)",
+    ),
+    "top-level-list": ("- prod-db\n- billing\n", "must be a mapping with at least a 'resources' key"),
+    "empty-file": ("", "must be a mapping with at least a 'resources' key"),
+}
+
 # (mutation of POLICY, or raw file text) -> lines that must appear, each as (key path, problem).
 BAD_POLICIES = [
     pytest.param(
@@ -361,46 +414,7 @@ BAD_POLICIES = [
         [("resources[0].max_durration", "is not a known key"), ("resources[0].max_duration", "is required")],
         id="unknown-resource-key-typo",
     ),
-    pytest.param(
-        _set("resources.1.max_duration", "2 hours"),
-        [("resources[1].max_duration", "'2 hours' is not a duration like 90s, 15m, 2h or 1h30m")],
-        id="bad-duration",
-    ),
-    pytest.param(
-        _set("resources.1.max_duration", "8d"),
-        [("resources[1].max_duration", "longer than the 7-day limit")],
-        id="duration-over-a-week",
-    ),
-    pytest.param(
-        _set("resources.1.max_duration", "0m"),
-        [("resources[1].max_duration", "longer than zero")],
-        id="zero-duration",
-    ),
-    pytest.param(
-        _set("request_timeout", "forever"),
-        [("request_timeout", "'forever' is not a duration")],
-        id="bad-request-timeout",
-    ),
-    pytest.param(
-        _set("resources.0.approvers", [APPROVER_1, "bob@example.com"]),
-        [("resources[0].approvers", "'bob@example.com' is neither a Slack user id (U…) nor a usergroup id (S…)")],
-        id="approver-not-a-slack-id",
-    ),
-    pytest.param(
-        _set("resources.0.approvers", []),
-        [("resources[0].approvers", "must list at least one entry")],
-        id="no-approvers",
-    ),
-    pytest.param(
-        _set("resources.2.approver_channel", "#approvers"),
-        [("resources[2].approver_channel", "'#approvers' is not a Slack channel id")],
-        id="approver-channel-not-an-id",
-    ),
-    pytest.param(
-        _set("channels.audit", "audit-log"),
-        [("channels.audit", "'audit-log' is not a Slack channel id")],
-        id="audit-channel-not-an-id",
-    ),
+    # Rules across keys are reported on the resource as a whole.
     pytest.param(
         _set("resources.1.approvals_required", 3),
         [("resources[1]", "approvals_required is 3 but only 2 approver(s) are listed")],
@@ -412,71 +426,16 @@ BAD_POLICIES = [
         id="approvals-required-above-distinct-approvers",
     ),
     pytest.param(
-        _set("resources.0.approvals_required", 0),
-        [("resources[0].approvals_required", "greater than or equal to 1")],
-        id="zero-approvals-required",
+        _duplicate_resource, [("resources", "resource 'prod-db' is defined twice")], id="duplicate-resource-name"
     ),
-    pytest.param(
-        _duplicate_resource,
-        [("resources", "resource 'prod-db' is defined twice")],
-        id="duplicate-resource-name",
-    ),
-    pytest.param(
-        _set("resources.0.scopes", ["read", "write", "read"]),
-        [("resources[0].scopes", "lists scope 'read' twice")],
-        id="duplicate-scope",
-    ),
-    pytest.param(
-        _set("resources.0.scopes", ["read write"]),
-        [("resources[0].scopes", "'read write' is not a valid scope name")],
-        id="scope-with-space",
-    ),
-    pytest.param(
-        _set("resources.0.name", "Prod DB"),
-        [("resources[0].name", "must be lower-case letters")],
-        id="bad-resource-name",
-    ),
-    pytest.param(
-        _set("resources", []),
-        [("resources", "must list at least one entry")],
-        id="empty-resources",
-    ),
-    pytest.param(
-        _set("identities", {"alice@example.com": "alice"}),
-        [("identities", "key 'alice@example.com' is not a Slack user id")],
-        id="identities-key-not-a-user-id",
-    ),
-    pytest.param(
-        _set("identities", {REQUESTER: " "}),
-        [("identities", f"'{REQUESTER}' maps to an empty IdP subject")],
-        id="identities-empty-subject",
-    ),
-    pytest.param(
-        _set("approvers", [APPROVER_1]),
-        [("approvers", "is not a known key")],
-        id="unknown-top-level-key",
-    ),
+    # An unknown key inside a known one is named by its full path.
     pytest.param(
         _set("identity", {"email_fallbak": True}),
         [("identity.email_fallbak", "is not a known key")],
         id="unknown-nested-key",
     ),
-    pytest.param(
-        "resources:\n  - name: prod-db\n     audience: https://db.internal.example\n",
-        [(None, "not valid YAML (line 3): mapping values are not allowed here")],
-        id="invalid-yaml-bad-indent",
-    ),
-    pytest.param(
-        "request_timeout: 30m\nresources: [\n  {name: prod-db,\n  scopes: [read}\n",
-        [(None, "not valid YAML (line 4)")],
-        id="invalid-yaml-unclosed-bracket",
-    ),
-    pytest.param(
-        "- prod-db\n- billing\n",
-        [(None, "must be a mapping with at least a 'resources' key")],
-        id="top-level-list",
-    ),
-    pytest.param("", [(None, "must be a mapping with at least a 'resources' key")], id="empty-file"),
+    *(pytest.param(_set(path, value), [(_key(path), why)], id=case) for case, (path, value, why) in WRONG.items()),
+    *(pytest.param(text, [(None, problem)], id=case) for case, (text, problem) in NOT_POLICIES.items()),
 ]
 
 
@@ -525,10 +484,14 @@ def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     assert any("approvals_required" in line and "duplicate" in line for line in caught.value.lines)
 
 
+def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Slack settings of the right shape, and ``values``, in the environment."""
+    for name, value in {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_SIGNING_SECRET": "abc123def456", **values}.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_idp_settings_need_client_and_encryption_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1-2-abc")
-    monkeypatch.setenv("SLACK_SIGNING_SECRET", "abc123def456")
-    monkeypatch.setenv("OIDC_ISSUER", "https://idp.example.com/")
+    set_env(monkeypatch, OIDC_ISSUER="https://idp.example.com/")
     with pytest.raises(ConfigError) as caught:
         load_settings()
     lines = caught.value.lines
@@ -539,9 +502,7 @@ def test_idp_settings_need_client_and_encryption_key(monkeypatch: pytest.MonkeyP
 
 
 def test_encryption_key_must_be_a_fernet_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1-2-abc")
-    monkeypatch.setenv("SLACK_SIGNING_SECRET", "abc123def456")
-    monkeypatch.setenv("JIT_ENCRYPTION_KEY", "too-short-to-be-a-key")
+    set_env(monkeypatch, JIT_ENCRYPTION_KEY="too-short-to-be-a-key")
     with pytest.raises(ConfigError) as caught:
         load_settings()
     (line,) = caught.value.lines
@@ -551,13 +512,14 @@ def test_encryption_key_must_be_a_fernet_key(monkeypatch: pytest.MonkeyPatch) ->
 def test_complete_idp_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from cryptography.fernet import Fernet
 
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1-2-abc")
-    monkeypatch.setenv("SLACK_SIGNING_SECRET", "abc123def456")
-    monkeypatch.setenv("OIDC_ISSUER", "https://idp.example.com/")
-    monkeypatch.setenv("OIDC_CLIENT_ID", "jit-bot")
-    monkeypatch.setenv("OIDC_CLIENT_SECRET", "s3cret")
-    monkeypatch.setenv("OIDC_CLIENT_AUTH", "client_secret_post")
-    monkeypatch.setenv("JIT_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    set_env(
+        monkeypatch,
+        OIDC_ISSUER="https://idp.example.com/",
+        OIDC_CLIENT_ID="jit-bot",
+        OIDC_CLIENT_SECRET="s3cret",
+        OIDC_CLIENT_AUTH="client_secret_post",
+        JIT_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+    )
     settings = load_settings()
     assert settings.idp_configured
     assert settings.oidc_issuer == "https://idp.example.com"

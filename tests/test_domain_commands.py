@@ -23,7 +23,7 @@ from bot.domain.commands import (
 )
 from bot.domain.durations import DurationError, format_duration, parse_duration
 from bot.slack.messages import command_error_text
-from tests.conftest import make_policy
+from tests.world import make_policy
 
 POLICY = make_policy()
 

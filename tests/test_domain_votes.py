@@ -17,66 +17,37 @@ BASE = {
     "approvals_required": 1,
 }
 
+# One approval of two is in, from UA2; in VOTED_HALFWAY it came from UA1, who votes in these cases.
+HALFWAY = {"approvals_required": 2, "prior_voters": frozenset({"UA2"}), "approvals_so_far": 1}
+VOTED_HALFWAY = {**HALFWAY, "prior_voters": frozenset({"UA1"})}
+APPROVE, DENY = VoteChoice.APPROVE, VoteChoice.DENY
+PENDING, APPROVED, DENIED = RequestStatus.PENDING, RequestStatus.APPROVED, RequestStatus.DENIED
+SELF, NOT_APPROVER, VOTED, NOT_PENDING = (
+    VoteRefusal.SELF_APPROVAL,
+    VoteRefusal.NOT_APPROVER,
+    VoteRefusal.ALREADY_VOTED,
+    VoteRefusal.NOT_PENDING,
+)
+
+# description, changes to BASE, the vote, the refusal (None: counted), the request's status after it
 CASES = [
-    ("first approval of 1 approves", {}, VoteChoice.APPROVE, None, RequestStatus.APPROVED),
-    ("first approval of 2 stays pending", {"approvals_required": 2}, VoteChoice.APPROVE, None, RequestStatus.PENDING),
-    (
-        "second distinct approval of 2 approves",
-        {"approvals_required": 2, "prior_voters": frozenset({"UA2"}), "approvals_so_far": 1},
-        VoteChoice.APPROVE,
-        None,
-        RequestStatus.APPROVED,
-    ),
-    ("one deny denies", {"approvals_required": 2}, VoteChoice.DENY, None, RequestStatus.DENIED),
-    (
-        "deny after an approval still denies",
-        {"approvals_required": 2, "prior_voters": frozenset({"UA2"}), "approvals_so_far": 1},
-        VoteChoice.DENY,
-        None,
-        RequestStatus.DENIED,
-    ),
-    (
-        "requester cannot approve even when an approver",
-        {"voter": "UREQ"},
-        VoteChoice.APPROVE,
-        VoteRefusal.SELF_APPROVAL,
-        RequestStatus.PENDING,
-    ),
-    (
-        "requester cannot deny own request",
-        {"voter": "UREQ"},
-        VoteChoice.DENY,
-        VoteRefusal.SELF_APPROVAL,
-        RequestStatus.PENDING,
-    ),
-    ("outsider refused", {"voter": "UX"}, VoteChoice.APPROVE, VoteRefusal.NOT_APPROVER, RequestStatus.PENDING),
-    (
-        "second vote by same approver refused",
-        {"approvals_required": 2, "prior_voters": frozenset({"UA1"}), "approvals_so_far": 1},
-        VoteChoice.APPROVE,
-        VoteRefusal.ALREADY_VOTED,
-        RequestStatus.PENDING,
-    ),
-    (
-        "vote after approval refused",
-        {"status": RequestStatus.APPROVED},
-        VoteChoice.DENY,
-        VoteRefusal.NOT_PENDING,
-        RequestStatus.APPROVED,
-    ),
-    (
-        "vote after denial refused",
-        {"status": RequestStatus.DENIED},
-        VoteChoice.APPROVE,
-        VoteRefusal.NOT_PENDING,
-        RequestStatus.DENIED,
-    ),
+    ("first approval of 1 approves", {}, APPROVE, None, APPROVED),
+    ("first approval of 2 stays pending", {"approvals_required": 2}, APPROVE, None, PENDING),
+    ("second distinct approval of 2 approves", HALFWAY, APPROVE, None, APPROVED),
+    ("one deny denies", {"approvals_required": 2}, DENY, None, DENIED),
+    ("deny after an approval still denies", HALFWAY, DENY, None, DENIED),
+    ("requester cannot approve even when an approver", {"voter": "UREQ"}, APPROVE, SELF, PENDING),
+    ("requester cannot deny own request", {"voter": "UREQ"}, DENY, SELF, PENDING),
+    ("outsider refused", {"voter": "UX"}, APPROVE, NOT_APPROVER, PENDING),
+    ("second vote by same approver refused", VOTED_HALFWAY, APPROVE, VOTED, PENDING),
+    ("vote after approval refused", {"status": APPROVED}, DENY, NOT_PENDING, APPROVED),
+    ("vote after denial refused", {"status": DENIED}, APPROVE, NOT_PENDING, DENIED),
     (
         "outsider on a decided request hears it is decided",
-        {"status": RequestStatus.DENIED, "voter": "UX"},
-        VoteChoice.APPROVE,
-        VoteRefusal.NOT_PENDING,
-        RequestStatus.DENIED,
+        {"status": DENIED, "voter": "UX"},
+        APPROVE,
+        NOT_PENDING,
+        DENIED,
     ),
 ]
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any
 
+from bot.slack.ids import ActionId, CallbackId
 from bot.store.audit import verify_chain
 from bot.store.db import session_scope
-from tests.conftest import (
+from tests.testbot import Bot, buttons, card_text, deny_form
+from tests.world import (
     APPROVER_1,
     APPROVER_2,
     APPROVERS_CHANNEL,
@@ -17,49 +18,9 @@ from tests.conftest import (
     GROUP_MEMBER,
     OUTSIDER,
     REQUESTER,
-    Bot,
 )
 
-APPROVE = "jit_approve"
-DENY = "jit_deny"
-
-
-def _card_texts(message: dict[str, Any]) -> str:
-    """Everything a person reads on the card, flattened."""
-    parts: list[str] = [str(message.get("text", ""))]
-    for block in message.get("blocks") or []:
-        for key in ("text",):
-            if isinstance(block.get(key), dict):
-                parts.append(block[key]["text"])
-        for field in block.get("fields") or []:
-            parts.append(field["text"])
-        for element in block.get("elements") or []:
-            if isinstance(element.get("text"), dict):
-                parts.append(element["text"]["text"])
-            elif isinstance(element.get("text"), str):
-                parts.append(element["text"])
-    return "\n".join(parts)
-
-
-def _buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e for b in message.get("blocks") or [] if b["type"] == "actions" for e in b["elements"]]
-
-
-def _card_showing(bot: Bot, channel: str, ts: str, words: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        message = bot.slack.message(channel, ts)
-        return message if words in _card_texts(message) else None
-
-    found: dict[str, Any] = bot.slack.wait_for(check)
-    return found
-
-
-def _dms_to(bot: Bot, user: str) -> list[str]:
-    return [
-        str(c.args.get("text"))
-        for c in bot.slack.calls_to("chat.postMessage")
-        if c.args.get("channel") == user and c.ok
-    ]
+APPROVE, DENY = ActionId.APPROVE, ActionId.DENY
 
 
 def test_request_posts_a_card_with_everything_an_approver_needs(bot: Bot) -> None:
@@ -67,7 +28,7 @@ def test_request_posts_a_card_with_everything_an_approver_needs(bot: Bot) -> Non
 
     assert channel == APPROVERS_CHANNEL
     card = bot.slack.message(channel, ts)
-    text = _card_texts(card)
+    text = card_text(card)
     for expected in (
         f"<@{REQUESTER}>",
         "prod-db",
@@ -79,9 +40,10 @@ def test_request_posts_a_card_with_everything_an_approver_needs(bot: Bot) -> Non
         "Approvals needed*\n1",
     ):
         assert expected in text, f"{expected!r} not on the card"
-    buttons = _buttons(card)
-    assert [b["text"]["text"] for b in buttons] == ["Approve", "Deny"]
-    assert all(b["value"] == request_id for b in buttons), "buttons carry only the request id"
+    shown = buttons(card)
+    assert [b["text"]["text"] for b in shown] == ["Approve", "Deny"]
+    assert [b["action_id"] for b in shown] == [APPROVE, DENY]
+    assert all(b["value"] == request_id for b in shown), "buttons carry only the request id"
 
     row = bot.stored(request_id)
     assert (row.status, row.requester_subject, row.scopes, row.duration_seconds) == ("pending", "alice", "read", 1800)
@@ -100,11 +62,11 @@ def test_one_of_two_approvers_approves(bot: Bot) -> None:
     assert response.status_code == 200
 
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "approved")
-    bot.slack.wait_for(lambda: _dms_to(bot, REQUESTER))
-    card = _card_showing(bot, channel, ts, "Approved")
-    assert f"<@{APPROVER_2}>" in _card_texts(card)
-    assert _buttons(card) == [], "a decided card has no buttons"
-    (dm,) = _dms_to(bot, REQUESTER)
+    bot.slack.wait_for(lambda: bot.dms_to(REQUESTER))
+    card = bot.card_showing(request_id, "Approved")
+    assert f"<@{APPROVER_2}>" in card_text(card)
+    assert buttons(card) == [], "a decided card has no buttons"
+    (dm,) = bot.dms_to(REQUESTER)
     assert request_id in dm and "approved" in dm and f"<@{APPROVER_2}>" in dm
     row = bot.stored(request_id)
     assert row.decided_by == APPROVER_2 and row.decided_at is not None
@@ -129,12 +91,12 @@ def test_two_of_two_needs_two_distinct_approvers(bot: Bot) -> None:
     request_id, channel, ts = bot.request(REQUESTER, "request billing refund 15m refund order 42")
 
     bot.send.click(APPROVER_1, APPROVE, request_id, channel=channel, ts=ts)
-    bot.slack.wait_for(lambda: "1 of 2" in _card_texts(bot.slack.message(channel, ts)))
+    bot.slack.wait_for(lambda: "1 of 2" in card_text(bot.slack.message(channel, ts)))
     card = bot.slack.message(channel, ts)
-    assert f"<@{APPROVER_1}>" in _card_texts(card)
-    assert len(_buttons(card)) == 2, "still pending: buttons stay"
+    assert f"<@{APPROVER_1}>" in card_text(card)
+    assert len(buttons(card)) == 2, "still pending: buttons stay"
     assert bot.stored(request_id).status == "pending"
-    assert _dms_to(bot, REQUESTER) == []
+    assert bot.dms_to(REQUESTER) == []
 
     # The same approver again does not count twice.
     _, key = bot.send.click(APPROVER_1, APPROVE, request_id, channel=channel, ts=ts)
@@ -144,10 +106,10 @@ def test_two_of_two_needs_two_distinct_approvers(bot: Bot) -> None:
 
     bot.send.click(APPROVER_2, APPROVE, request_id, channel=channel, ts=ts)
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "approved")
-    bot.slack.wait_for(lambda: _dms_to(bot, REQUESTER))
-    text = _card_texts(_card_showing(bot, channel, ts, "Approved"))
+    bot.slack.wait_for(lambda: bot.dms_to(REQUESTER))
+    text = card_text(bot.card_showing(request_id, "Approved"))
     assert f"<@{APPROVER_1}>" in text and f"<@{APPROVER_2}>" in text
-    assert len(_dms_to(bot, REQUESTER)) == 1
+    assert len(bot.dms_to(REQUESTER)) == 1
 
 
 def test_usergroup_members_may_approve(bot: Bot) -> None:
@@ -163,33 +125,28 @@ def test_deny_asks_for_a_reason_and_tells_the_requester(bot: Bot) -> None:
     bot.send.click(APPROVER_1, DENY, request_id, channel=channel, ts=ts)
     opened = bot.slack.wait_for(lambda: [c for c in bot.slack.calls_to("views.open") if c.ok])
     view = opened[0].response["view"]
-    assert view["callback_id"] == "jit_deny_modal"
+    assert view["callback_id"] == CallbackId.DENY_MODAL
     assert bot.stored(request_id).status == "pending", "opening the modal decides nothing"
 
     # A blank reason is refused inside the modal and changes nothing.
-    blank = bot.send.submit_view(
-        APPROVER_1, view, {"deny_reason": {"jit_deny_reason": {"type": "plain_text_input", "value": "  "}}}
-    )
+    blank = bot.send.submit_view(APPROVER_1, view, deny_form("  "))
     assert blank.json()["response_action"] == "errors"
     assert bot.stored(request_id).status == "pending"
 
-    ok = bot.send.submit_view(
-        APPROVER_1, view, {"deny_reason": {"jit_deny_reason": {"type": "plain_text_input", "value": "use the replica"}}}
-    )
+    ok = bot.send.submit_view(APPROVER_1, view, deny_form("use the replica"))
     assert ok.status_code == 200 and ok.text in ("", "null")
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "denied")
-    (dm,) = bot.slack.wait_for(lambda: _dms_to(bot, REQUESTER))
+    (dm,) = bot.slack.wait_for(lambda: bot.dms_to(REQUESTER))
     assert "denied" in dm and "use the replica" in dm and f"<@{APPROVER_1}>" in dm
-    text = _card_texts(_card_showing(bot, channel, ts, "Denied"))
+    text = card_text(bot.card_showing(request_id, "Denied"))
     assert "use the replica" in text and f"<@{APPROVER_1}>" in text
     assert bot.stored(request_id).deny_reason == "use the replica"
     assert [e.event_type for e in bot.audit(request_id)][-2:] == ["vote_cast", "request_denied"]
 
 
-def _refused(bot: Bot, user: str, action: str, request_id: str, channel: str, ts: str) -> str:
-    _, key = bot.send.click(user, action, request_id, channel=channel, ts=ts)
-    found = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
-    payload = found[0].payload
+def _refused(bot: Bot, user: str, action: ActionId, request_id: str, channel: str, ts: str) -> str:
+    _, key = bot.click(user, action, request_id, channel=channel, ts=ts)
+    payload = bot.replies(key)[0].payload
     assert payload.get("response_type") == "ephemeral"
     assert payload.get("replace_original") in (False, None), "a refusal must not replace the card"
     return str(payload["text"])
@@ -226,7 +183,7 @@ def test_vote_after_decision_is_refused(bot: Bot) -> None:
     assert "no longer pending" in _refused(bot, APPROVER_2, DENY, request_id, channel, ts)
     assert "no longer pending" in _refused(bot, APPROVER_2, APPROVE, request_id, channel, ts)
     assert bot.stored(request_id).status == "approved"
-    assert len(bot.slack.wait_for(lambda: _dms_to(bot, REQUESTER))) == 1
+    assert len(bot.slack.wait_for(lambda: bot.dms_to(REQUESTER))) == 1
     assert [e.details["refusal"] for e in bot.audit(request_id) if e.event_type == "unauthorized_attempt"] == [
         "not_pending",
         "not_pending",
@@ -246,9 +203,9 @@ def test_slack_retry_of_a_click_changes_state_once(bot: Bot) -> None:
     assert events.count("vote_cast") == 1 and events.count("request_approved") == 1
     assert "unauthorized_attempt" not in events
     # The DM goes out just after the commit; wait for it, then make sure it was the only one.
-    bot.slack.wait_for(lambda: _dms_to(bot, REQUESTER))
+    bot.slack.wait_for(lambda: bot.dms_to(REQUESTER))
     time.sleep(0.3)
-    assert len(_dms_to(bot, REQUESTER)) == 1
+    assert len(bot.dms_to(REQUESTER)) == 1
 
 
 def test_audit_chain_verifies_after_a_flow(bot: Bot) -> None:

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import APPROVERS_CHANNEL, OUTSIDER, REQUESTER, UNMAPPED, Bot
+from bot.slack.ids import ActionId, BlockId, CallbackId
 from tests.signing import slack_signature
+from tests.testbot import Bot, opened_views, request_form
+from tests.world import APPROVER_1, APPROVERS_CHANNEL, OUTSIDER, REQUESTER, SIGNING_SECRET, UNMAPPED
 
 
 def _nothing_recorded(bot: Bot) -> None:
@@ -22,10 +24,7 @@ def _nothing_recorded(bot: Bot) -> None:
 
 
 def _approve_body(bot: Bot) -> str:
-    payload, _ = bot.send.click_payload(
-        "U0APPROVER1", "jit_approve", "RAAAAAAAAA", channel=APPROVERS_CHANNEL, ts="1.000001"
-    )
-    return bot.send.payload_body(payload)
+    return bot.click_body(APPROVER_1, ActionId.APPROVE, "RAAAAAAAAA", channel=APPROVERS_CHANNEL, ts="1.000001")
 
 
 @pytest.mark.parametrize("kind", ["command", "click"])
@@ -57,7 +56,7 @@ def test_forged_missing_and_stale_signatures_get_401(bot: Bot, kind: str) -> Non
         headers={
             "Content-Type": "application/x-www-form-urlencoded",
             "X-Slack-Request-Timestamp": ts,
-            "X-Slack-Signature": slack_signature("8f742231b10e8888abcd99yyyzzz85a5", ts, body),
+            "X-Slack-Signature": slack_signature(SIGNING_SECRET, ts, body),
         },
     )
     assert response.status_code == 401
@@ -151,52 +150,40 @@ def test_card_that_cannot_be_posted_cancels_the_request(bot: Bot) -> None:
 # --- the modal -----------------------------------------------------------------------------------
 
 
-def _opened_views(bot: Bot) -> list[dict[str, Any]]:
-    return [c.response["view"] for c in bot.slack.calls_to("views.open") if c.ok]
-
-
 def test_request_modal_behaves_like_the_typed_command(bot: Bot) -> None:
     _, key, _ = bot.send.slash(REQUESTER, "request")
-    (view,) = bot.slack.wait_for(lambda: _opened_views(bot))
-    assert view["callback_id"] == "jit_request_modal"
-    assert [b["block_id"] for b in view["blocks"]] == ["resource", "reason"]
+    (view,) = bot.slack.wait_for(lambda: opened_views(bot.slack))
+    assert view["callback_id"] == CallbackId.REQUEST_MODAL
+    assert [b["block_id"] for b in view["blocks"]] == [BlockId.RESOURCE, BlockId.REASON]
 
     # Choosing a resource rebuilds the form with that resource's scopes and durations.
     choose = {
         "type": "static_select",
-        "action_id": "jit_modal_resource",
-        "block_id": "resource",
+        "action_id": ActionId.MODAL_RESOURCE,
+        "block_id": BlockId.RESOURCE,
         "selected_option": {"text": {"type": "plain_text", "text": "prod-db"}, "value": "prod-db"},
         "action_ts": "1.1",
     }
     assert bot.send.view_action(REQUESTER, view, choose).status_code == 200
     updated = bot.slack.wait_for(lambda: [c.response["view"] for c in bot.slack.calls_to("views.update") if c.ok])[0]
     blocks = {b["block_id"]: b for b in updated["blocks"]}
-    assert set(blocks) == {"resource", "scopes:prod-db", "duration:prod-db", "reason"}
-    assert [o["value"] for o in blocks["scopes:prod-db"]["element"]["options"]] == ["read", "write"]
-    durations = [o["value"] for o in blocks["duration:prod-db"]["element"]["options"]]
+    scopes, duration = f"{BlockId.SCOPES}:prod-db", f"{BlockId.DURATION}:prod-db"
+    assert set(blocks) == {BlockId.RESOURCE, scopes, duration, BlockId.REASON}
+    assert [o["value"] for o in blocks[scopes]["element"]["options"]] == ["read", "write"]
+    durations = [o["value"] for o in blocks[duration]["element"]["options"]]
     assert durations[-1] == "2h" and "4h" not in durations
 
-    def values(scopes: list[str], duration: str, reason: str) -> dict[str, Any]:
-        return {
-            "resource": {"jit_modal_resource": {"type": "static_select", "selected_option": {"value": "prod-db"}}},
-            "scopes:prod-db": {
-                "jit_modal_scopes": {"type": "multi_static_select", "selected_options": [{"value": s} for s in scopes]}
-            },
-            "duration:prod-db": {
-                "jit_modal_duration": {"type": "static_select", "selected_option": {"value": duration}}
-            },
-            "reason": {"jit_modal_reason": {"type": "plain_text_input", "value": reason}},
-        }
+    def values(chosen_scopes: list[str], chosen_duration: str, reason: str) -> dict[str, Any]:
+        return request_form("prod-db", chosen_scopes, chosen_duration, reason)
 
     # The form is checked like the command: errors land on the right field and nothing is stored.
     bad = bot.send.submit_view(REQUESTER, updated, values(["read"], "30m", "   "))
-    assert bad.json() == {"response_action": "errors", "errors": {"reason": bad.json()["errors"]["reason"]}}
-    assert "reason is required" in bad.json()["errors"]["reason"]
+    assert bad.json() == {"response_action": "errors", "errors": {BlockId.REASON: bad.json()["errors"][BlockId.REASON]}}
+    assert "reason is required" in bad.json()["errors"][BlockId.REASON]
     forged_scope = bot.send.submit_view(REQUESTER, updated, values(["admin"], "30m", "x"))
-    assert "does not offer scope `admin`" in forged_scope.json()["errors"]["scopes:prod-db"]
+    assert "does not offer scope `admin`" in forged_scope.json()["errors"][scopes]
     too_long = bot.send.submit_view(REQUESTER, updated, values(["read"], "4h", "x"))
-    assert "longer than the maximum" in too_long.json()["errors"]["duration:prod-db"]
+    assert "longer than the maximum" in too_long.json()["errors"][duration]
     time.sleep(0.3)
     assert bot.request_count() == 0
 
@@ -221,10 +208,10 @@ def test_request_modal_behaves_like_the_typed_command(bot: Bot) -> None:
 
 def test_partial_command_prefills_the_modal(bot: Bot) -> None:
     bot.send.slash(REQUESTER, "request k8s")
-    (view,) = bot.slack.wait_for(lambda: _opened_views(bot))
+    (view,) = bot.slack.wait_for(lambda: opened_views(bot.slack))
     blocks = {b["block_id"]: b for b in view["blocks"]}
-    assert blocks["resource"]["element"]["initial_option"]["value"] == "k8s"
-    assert [o["value"] for o in blocks["duration:k8s"]["element"]["options"]][-1] == "30m"
+    assert blocks[BlockId.RESOURCE]["element"]["initial_option"]["value"] == "k8s"
+    assert [o["value"] for o in blocks[f"{BlockId.DURATION}:k8s"]["element"]["options"]][-1] == "30m"
 
 
 def test_unmapped_requester_gets_no_modal(bot: Bot) -> None:

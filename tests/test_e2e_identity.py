@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bot.domain.policy import Policy
-from tests.conftest import UNMAPPED, Bot, make_policy
+from tests.testbot import Bot
+from tests.world import UNMAPPED, make_policy
 
 
 @pytest.fixture

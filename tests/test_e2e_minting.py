@@ -14,50 +14,11 @@ from datetime import timedelta
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlmodel import Session
 
 from bot.logs import configure_logging
-from bot.store.models import Grant
-from tests.conftest import (
-    APPROVER_1,
-    APPROVER_2,
-    AUDIT_CHANNEL,
-    IDP_CLIENT_ID,
-    IDP_CLIENT_SECRET,
-    REQUESTER,
-    MintingBot,
-)
-
-PICKUP = re.compile(r"(http://127\.0\.0\.1:\d+/pickup/[A-Za-z0-9_-]+)")
-
-
-def approve(bot: MintingBot, text_: str = "request prod-db read 30m checking INC-1234") -> str:
-    request_id, channel, ts = bot.request(REQUESTER, text_)
-    bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
-    bot.slack.wait_for(lambda: bot.stored(request_id).status in ("active", "failed"), timeout=15)
-    return request_id
-
-
-def dm_texts(bot: MintingBot) -> list[str]:
-    return [
-        str(c.args.get("text"))
-        for c in bot.slack.calls_to("chat.postMessage")
-        if c.ok and c.args.get("channel") == REQUESTER
-    ]
-
-
-def pickup_url(bot: MintingBot, request_id: str) -> str:
-    dms = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if PICKUP.search(t) and request_id in t])
-    match = PICKUP.search(dms[-1])
-    assert match is not None
-    return match.group(1)
-
-
-def _grant(bot: MintingBot, request_id: str) -> Grant:
-    with Session(bot.engine) as session:
-        grant = session.get(Grant, request_id)
-        assert grant is not None
-        return grant
+from bot.slack.ids import ActionId
+from tests.testbot import MintingBot
+from tests.world import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, IDP_CLIENT_ID, IDP_CLIENT_SECRET, REQUESTER
 
 
 def _basic(client_id: str, secret: str) -> tuple[str, str]:
@@ -69,7 +30,7 @@ def _basic(client_id: str, secret: str) -> tuple[str, str]:
 
 def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot)
+    request_id = bot.approve()
     assert bot.stored(request_id).status == "active"
     assert bot.idp.stats()["exchanges"] == 1
 
@@ -84,12 +45,12 @@ def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> Non
     assert claims["jit"]["scopes"] == ["read"]
     assert claims["jit"]["approvers"] == [APPROVER_1]
     assert claims["jit"]["reason"] == "checking INC-1234"
-    grant = _grant(bot, request_id)
+    grant = bot.grant(request_id)
     assert abs(claims["jit"]["expires_at"] - grant.expires_at.timestamp()) < 1
     assert grant.expires_at - grant.issued_at == timedelta(minutes=30)
 
     # The requester's DM carries a pickup link and no token.
-    url = pickup_url(bot, request_id)
+    url = bot.pickup_url(request_id)
     picked = httpx.get(url, headers={"Accept": "application/json"})
     assert picked.status_code == 200
     body = picked.json()
@@ -112,14 +73,7 @@ def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> Non
     assert info["exp"] <= grant.expires_at.timestamp() + 1
 
     # The card says until when; the audit trail has the fingerprint, not the token.
-    row = bot.stored(request_id)
-    card = bot.slack.wait_for(
-        lambda: (
-            (m := bot.slack.message(str(row.card_channel), str(row.card_ts)))
-            and "Active" in json.dumps(m["blocks"])
-            and m
-        )
-    )
+    card = bot.eventually(lambda: (m := bot.card(request_id)) and "Active" in json.dumps(m["blocks"]) and m)
     assert "until" in json.dumps(card["blocks"])
     events = [e.event_type for e in bot.audit(request_id)]
     # The token is in the grant table the moment it arrives, then checked, then activated.
@@ -131,8 +85,8 @@ def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> Non
 
 def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    first = approve(bot)
-    url = pickup_url(bot, first)
+    first = bot.approve()
+    url = bot.pickup_url(first)
 
     # A link checker's HEAD does not use the link up.
     head = httpx.head(url)
@@ -157,13 +111,13 @@ def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
     assert "already used" not in unknown.text, "an unknown link must not look like a used one"
 
     # A second grant whose link is left unopened past 10 minutes.
-    second = approve(bot, "request prod-db write 1h second grant")
-    url2 = pickup_url(bot, second)
+    second = bot.approve("request prod-db write 1h second grant")
+    url2 = bot.pickup_url(second)
     assert url2 != url
     bot.clock.advance(timedelta(minutes=10, seconds=1))
     expired = httpx.get(url2)
     assert expired.status_code == 410
-    assert _grant(bot, second).picked_up_at is None
+    assert bot.grant(second).picked_up_at is None
     refusals = [e.details["why"] for e in bot.audit() if e.event_type == "pickup_refused"]
     assert refusals == ["already used", "already used", "expired or grant ended"]
 
@@ -171,7 +125,7 @@ def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
 def test_idp_down_is_retried_then_failed_and_the_bot_stays_healthy(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.fail_next(503, count=100)
-    request_id = approve(bot)
+    request_id = bot.approve()
     row = bot.stored(request_id)
     assert row.status == "failed"
     assert row.failure_code == "temporarily_unavailable"
@@ -183,13 +137,13 @@ def test_idp_down_is_retried_then_failed_and_the_bot_stays_healthy(minting_bot: 
 
     # The IdP recovers: the next approval mints normally.
     bot.idp.reset()
-    assert approve(bot, "request prod-db read 15m after recovery") and bot.idp.stats()["exchanges"] >= 1
+    assert bot.approve("request prod-db read 15m after recovery") and bot.idp.stats()["exchanges"] >= 1
 
 
 def test_slow_idp_times_out_within_the_budget(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.set_delay(2500)  # longer than the 1 s attempt timeout the fixture configures
-    request_id = approve(bot)
+    request_id = bot.approve()
     row = bot.stored(request_id)
     assert row.status == "failed"
     assert row.failure_code == "idp_timeout"
@@ -201,7 +155,7 @@ def test_racing_approvals_mint_once(minting_bot: MintingBot) -> None:
     for round_no in range(5):
         request_id, channel, ts = bot.request(REQUESTER, f"request prod-db read 30m race {round_no}")
         bodies = [
-            bot.send.payload_body(bot.send.click_payload(user, "jit_approve", request_id, channel=channel, ts=ts)[0])
+            bot.click_body(user, ActionId.APPROVE, request_id, channel=channel, ts=ts)
             for user in (APPROVER_1, APPROVER_2)
         ]
         barrier = threading.Barrier(2)
@@ -279,8 +233,8 @@ def test_token_leaks_nowhere(minting_bot: MintingBot) -> None:
     bot = minting_bot
     with uvicorn_records() as from_uvicorn:
         bot.idp.fail_next(503)  # one retry, so the mint has something to say in the log
-        request_id = approve(bot)
-        url = pickup_url(bot, request_id)
+        request_id = bot.approve()
+        url = bot.pickup_url(request_id)
         # urllib, not httpx: this test's own client must not log the link it fetches.
         with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": "application/json"})) as answer:
             token = json.load(answer)["access_token"]
@@ -298,11 +252,11 @@ def test_token_leaks_nowhere(minting_bot: MintingBot) -> None:
                 dump = repr(rows)
                 assert token not in dump, table
                 assert token.encode() not in dump.encode()
-        grant = _grant(bot, request_id)
+        grant = bot.grant(request_id)
         assert grant.token_ciphertext is not None and token.encode() not in grant.token_ciphertext
 
         # Revoked too, so that the revocation path has had its say in the log.
-        bot.send.slash(REQUESTER, f"revoke {request_id}")
+        bot.command(REQUESTER, f"/jit revoke {request_id}")
         bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked")
 
     # Not in any log line of the bot's process (captured at DEBUG).
@@ -322,14 +276,14 @@ def test_token_leaks_nowhere(minting_bot: MintingBot) -> None:
 def test_scope_wider_than_approved_is_refused_and_revoked_until_proven_dead(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.misbehave_next(extra_scope="write")
-    request_id = approve(bot)  # asks for read only
+    request_id = bot.approve()  # asks for read only
     row = bot.stored(request_id)
     assert row.status == "failed"
     assert row.failure_code == "scope_wider_than_approved"
     assert "never handed out" in (row.failure_detail or "")
     # The token is held (encrypted, never handed out) only until the IdP confirms it dead.
-    bot.slack.wait_for(lambda: _grant(bot, request_id).status == "revoked", timeout=15)
-    grant = _grant(bot, request_id)
+    bot.slack.wait_for(lambda: bot.grant(request_id).status == "revoked", timeout=15)
+    grant = bot.grant(request_id)
     assert grant.refusal == "scope_wider_than_approved" and grant.token_ciphertext is None
     assert grant.pickup_hash is None, "a refused token never had a pickup link"
     (issued,) = [t for t in bot.idp.tokens() if t["request_id"] == request_id]
@@ -337,7 +291,7 @@ def test_scope_wider_than_approved_is_refused_and_revoked_until_proven_dead(mint
     alerts = bot.slack.wait_for(lambda: a if len(a := _audit_alerts(bot, request_id)) >= 2 else None)
     assert "write" in alerts[0] and "queued for revocation" in alerts[0] and "by hand" not in alerts[0]
     assert "is revoked" in alerts[1]
-    dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if "could not be issued" in t])[0]
+    dm = bot.slack.wait_for(lambda: [t for t in bot.dms_to(REQUESTER) if "could not be issued" in t])[0]
     assert "scope_wider_than_approved" in dm and "/pickup/" not in dm
     proof = [e for e in bot.audit(request_id) if e.event_type == "grant_revoked"]
     assert proof and proof[0].details["proof"]["introspection"] == {"active": False}
@@ -356,9 +310,9 @@ def _audit_alerts(bot: MintingBot, request_id: str) -> list[str]:
 def test_idp_lifetime_longer_than_approved_is_a_warning(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.misbehave_next(expires_in=86400)
-    request_id = approve(bot)
+    request_id = bot.approve()
     assert bot.stored(request_id).status == "active", "a longer IdP lifetime does not fail the grant"
-    grant = _grant(bot, request_id)
+    grant = bot.grant(request_id)
     assert grant.idp_expires_in == 86400
     assert grant.expires_at - grant.issued_at == timedelta(minutes=30), "our expiry stays the approved one"
     (active,) = [e for e in bot.audit(request_id) if e.event_type == "grant_active"]
@@ -368,11 +322,9 @@ def test_idp_lifetime_longer_than_approved_is_a_warning(minting_bot: MintingBot)
 
 def test_revocation_and_introspection_functions(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot)
-    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
-    minting = bot.served.runtime.minting
-    assert minting is not None
-    idp = minting.idp
+    request_id = bot.approve()
+    token = bot.token(request_id)
+    idp = bot.idp_client
     assert idp.introspect(token)["active"] is True
     idp.revoke(token)
     assert idp.introspect(token) == {"active": False}
@@ -385,18 +337,16 @@ def test_revocation_reports_idp_trouble_as_transient(minting_bot: MintingBot) ->
     from bot.idp.errors import IdPError
 
     bot = minting_bot
-    request_id = approve(bot)
-    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
-    minting = bot.served.runtime.minting
-    assert minting is not None
+    request_id = bot.approve()
+    token = bot.token(request_id)
     bot.idp.fail_next(503, endpoint="revocation")
     with pytest.raises(IdPError) as caught:
-        minting.idp.revoke(token)
+        bot.idp_client.revoke(token)
     assert caught.value.transient and caught.value.status == 503
     assert token not in str(caught.value)
     bot.idp.stop()
     with pytest.raises(IdPError) as down:
-        minting.idp.introspect(token)
+        bot.idp_client.introspect(token)
     assert down.value.transient and down.value.code == "idp_unreachable"
     bot.idp.start()
-    assert minting.idp.introspect(token)["active"] is True
+    assert bot.idp_client.introspect(token)["active"] is True

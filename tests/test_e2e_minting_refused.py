@@ -8,8 +8,8 @@ import pytest
 from sqlmodel import Session
 
 from bot.store.models import Grant
-from tests.conftest import AUDIT_CHANNEL, MintingBot
-from tests.test_e2e_minting import approve, dm_texts
+from tests.testbot import MintingBot
+from tests.world import AUDIT_CHANNEL, REQUESTER
 
 
 @pytest.fixture
@@ -20,13 +20,13 @@ def idp_resources() -> dict[str, list[str]]:
 
 def test_idp_refusal_fails_the_grant_and_says_why(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db write 30m schema change")
+    request_id = bot.approve("request prod-db write 30m schema change")
     row = bot.stored(request_id)
     assert row.status == "failed"
     assert row.failure_code == "invalid_scope"
     with Session(bot.engine) as session:
         assert session.get(Grant, request_id) is None, "nothing stored for a refused exchange"
-    dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if "could not be issued" in t])[0]
+    dm = bot.slack.wait_for(lambda: [t for t in bot.dms_to(REQUESTER) if "could not be issued" in t])[0]
     assert "invalid_scope" in dm and request_id in dm and "/pickup/" not in dm
     # The card is redrawn through the outbox, just after the DM or just before it.
     bot.slack.wait_for(

@@ -9,9 +9,11 @@ import pytest
 from sqlmodel import Session, select
 
 from bot.domain.policy import Policy
+from bot.slack.ids import ActionId
 from bot.store.models import Vote
-from tests.conftest import APPROVER_1, APPROVER_2, REQUESTER, Bot, make_policy
 from tests.harness import TEAM_ID
+from tests.testbot import Bot, deny_form
+from tests.world import APPROVER_1, APPROVER_2, REQUESTER, lifted_quota, make_policy
 
 ROUNDS = 50
 
@@ -19,15 +21,11 @@ ROUNDS = 50
 @pytest.fixture
 def policy() -> Policy:
     # Some rounds leave their request pending; the default quota of 5 would refuse the sixth.
-    return make_policy(limits={"pending_per_requester": 100})
+    return make_policy(**lifted_quota(100))
 
 
-def _click_together(bot: Bot, clicks: list[tuple[str, str]], request_id: str, channel: str, ts: str) -> None:
-    bodies = [
-        bot.send.payload_body(bot.send.click_payload(user, action, request_id, channel=channel, ts=ts)[0])
-        for user, action in clicks
-    ]
-    _post_together(bot, bodies)
+def _click_together(bot: Bot, clicks: list[tuple[str, ActionId]], request_id: str, channel: str, ts: str) -> None:
+    _post_together(bot, [bot.click_body(user, action, request_id, channel=channel, ts=ts) for user, action in clicks])
 
 
 def _post_together(bot: Bot, bodies: list[str]) -> None:
@@ -48,11 +46,7 @@ def _post_together(bot: Bot, bodies: list[str]) -> None:
 
 
 def _outcome_dms(bot: Bot, request_id: str) -> int:
-    return sum(
-        1
-        for c in bot.slack.calls_to("chat.postMessage")
-        if c.ok and c.args.get("channel") == REQUESTER and request_id in str(c.args.get("text"))
-    )
+    return len(bot.dms_to(REQUESTER, request_id))
 
 
 def _settled(bot: Bot, request_id: str, expected_events: int) -> list[str]:
@@ -64,7 +58,7 @@ def _settled(bot: Bot, request_id: str, expected_events: int) -> list[str]:
 def test_two_approvers_racing_change_state_once(bot: Bot) -> None:
     for round_no in range(ROUNDS):
         request_id, channel, ts = bot.request(REQUESTER, f"request prod-db read 30m race {round_no}")
-        _click_together(bot, [(APPROVER_1, "jit_approve"), (APPROVER_2, "jit_approve")], request_id, channel, ts)
+        _click_together(bot, [(APPROVER_1, ActionId.APPROVE), (APPROVER_2, ActionId.APPROVE)], request_id, channel, ts)
 
         # submitted + card_posted, then the winner's vote_cast + request_approved, the loser's refusal.
         events = _settled(bot, request_id, 5)
@@ -79,8 +73,7 @@ def test_two_approvers_racing_change_state_once(bot: Bot) -> None:
         assert len(votes) == 1
         assert bot.stored(request_id).decided_by == votes[0].voter_slack_id
     # Every round's late work is done by now; each request got exactly one outcome DM.
-    dms = [c for c in bot.slack.calls_to("chat.postMessage") if c.ok and c.args.get("channel") == REQUESTER]
-    assert len(dms) == ROUNDS
+    assert len(bot.dms_to(REQUESTER)) == ROUNDS
 
 
 def test_approve_and_deny_racing_decide_once(bot: Bot) -> None:
@@ -88,30 +81,16 @@ def test_approve_and_deny_racing_decide_once(bot: Bot) -> None:
     for round_no in range(20):
         request_id, channel, ts = bot.request(REQUESTER, f"request prod-db read 30m race {round_no}")
         # Deny needs a reason first: open the modal, then race its submission against an Approve click.
-        bot.send.click(APPROVER_2, "jit_deny", request_id, channel=channel, ts=ts)
-        (view,) = bot.slack.wait_for(
-            lambda rid=request_id: [
-                c.response["view"]
-                for c in bot.slack.calls_to("views.open")
-                if c.ok and rid in c.response["view"]["private_metadata"]
-            ]
-        )
+        view = bot.open_deny_modal(APPROVER_2, request_id)
         deny_body = bot.send.payload_body(
             {
                 "type": "view_submission",
                 "user": {"id": APPROVER_2},
                 "team": {"id": TEAM_ID},
-                "view": {
-                    **view,
-                    "state": {
-                        "values": {"deny_reason": {"jit_deny_reason": {"type": "plain_text_input", "value": "no"}}}
-                    },
-                },
+                "view": {**view, "state": {"values": deny_form("no")}},
             }
         )
-        approve_body = bot.send.payload_body(
-            bot.send.click_payload(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)[0]
-        )
+        approve_body = bot.click_body(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
         _post_together(bot, [deny_body, approve_body])
         events = _settled(bot, request_id, 5)
         decided = [e for e in events if e in ("request_approved", "request_denied")]
@@ -126,7 +105,7 @@ def test_approve_and_deny_racing_decide_once(bot: Bot) -> None:
 def test_double_click_by_one_approver_counts_once(bot: Bot) -> None:
     for round_no in range(20):
         request_id, channel, ts = bot.request(REQUESTER, f"request billing read 15m race {round_no}")
-        _click_together(bot, [(APPROVER_1, "jit_approve"), (APPROVER_1, "jit_approve")], request_id, channel, ts)
+        _click_together(bot, [(APPROVER_1, ActionId.APPROVE), (APPROVER_1, ActionId.APPROVE)], request_id, channel, ts)
         events = _settled(bot, request_id, 4)
         assert Counter(events)["vote_cast"] == 1, events
         assert Counter(events)["unauthorized_attempt"] == 1, events

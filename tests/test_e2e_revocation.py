@@ -5,41 +5,15 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any
-
-import httpx
-from sqlmodel import Session
 
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
+from bot.slack.ids import ActionId
 from bot.store.models import Grant
-from tests.conftest import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, OUTSIDER, REQUESTER, MintingBot
-from tests.test_e2e_minting import approve, dm_texts, pickup_url
+from tests.testbot import MintingBot
+from tests.world import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, OUTSIDER, REQUESTER
 
 # Scheduling on a loaded test machine (the timer itself keeps well under a second).
 SCHEDULING_MARGIN = timedelta(seconds=2)
-
-
-def _grant(bot: MintingBot, request_id: str) -> Grant:
-    with Session(bot.engine) as session:
-        grant = session.get(Grant, request_id)
-        assert grant is not None
-        return grant
-
-
-def _card(bot: MintingBot, request_id: str) -> dict[str, Any]:
-    row = bot.stored(request_id)
-    return bot.slack.message(str(row.card_channel), str(row.card_ts))
-
-
-def _token(bot: MintingBot, request_id: str) -> str:
-    answer = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()
-    return str(answer["access_token"])
-
-
-def _introspect(bot: MintingBot, token: str) -> dict[str, Any]:
-    """The IdP's own word, over plain HTTP with the client's credentials: not the bot's client, whose
-    bugs would otherwise prove its own revocations."""
-    return bot.idp.introspect(token)
 
 
 def _lag_bound() -> timedelta:
@@ -58,28 +32,27 @@ def _revoked_on_time(grant: Grant, due: datetime) -> None:
     assert timedelta(0) <= late < _lag_bound(), f"revoked {late} after it was due"
 
 
-def _audit_channel(bot: MintingBot, words: str) -> list[str]:
-    return [
-        str(c.args.get("text"))
-        for c in bot.slack.calls_to("chat.postMessage")
-        if c.args.get("channel") == AUDIT_CHANNEL and words in str(c.args.get("text"))
-    ]
+def _revoked_at_the_last_retry(bot: MintingBot, request_id: str) -> None:
+    """Revoked at the first retry due after the IdP came back, not a backoff or more later."""
+    last_failure = [e for e in bot.audit(request_id) if e.event_type == "revocation_failed"][-1]
+    _revoked_on_time(bot.grant(request_id), datetime.fromisoformat(last_failure.details["retry_at"]))
 
 
 def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 3s quick look")
-    token = _token(bot, request_id)
-    assert _introspect(bot, token)["active"] is True
-    expires_at = _grant(bot, request_id).expires_at
+    # Long enough that the token is still live when the test picks it up on a loaded machine.
+    request_id = bot.approve("request prod-db read 5s quick look")
+    token = bot.token(request_id)
+    assert bot.introspect(token)["active"] is True
+    expires_at = bot.grant(request_id).expires_at
 
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=15)
-    grant = _grant(bot, request_id)
+    grant = bot.grant(request_id)
     assert grant.status == "revoked"
     assert grant.revoked_at is not None and grant.revoked_at >= expires_at, "never revoked early"
     _revoked_on_time(grant, expires_at)
     assert grant.token_ciphertext is None, "the stored token is wiped"
-    assert _introspect(bot, token) == {"active": False}
+    assert bot.introspect(token) == {"active": False}
     assert bot.idp.revocation_count(token) == 1
 
     (event,) = [e for e in bot.audit(request_id) if e.event_type == "grant_revoked"]
@@ -87,56 +60,54 @@ def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
     assert event.details["token_fingerprint"] == grant.token_fingerprint
     assert 0 <= event.details["lag_ms"] < _lag_bound().total_seconds() * 1000
 
-    card = bot.slack.wait_for(lambda: (c := _card(bot, request_id)) and "Revoked" in json.dumps(c["blocks"]) and c)
+    card = bot.slack.wait_for(lambda: (c := bot.card(request_id)) and "Revoked" in json.dumps(c["blocks"]) and c)
     assert "Revoke now" not in json.dumps(card["blocks"]), "no button on an ended grant"
-    ended = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if request_id in t and "revoked at the IdP" in t])
+    ended = bot.slack.wait_for(lambda: [t for t in bot.dms_to(REQUESTER, request_id) if "revoked at the IdP" in t])
     assert len(ended) == 1
-    assert bot.slack.wait_for(lambda: _audit_channel(bot, "[revoked]"))
+    assert bot.slack.wait_for(lambda: bot.posts_to(AUDIT_CHANNEL, "[revoked]"))
     assert bot.slack.rejected() == []
 
 
 def test_idp_outage_is_retried_alerted_and_finished(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 2s outage drill")
-    token = _token(bot, request_id)
+    request_id = bot.approve("request prod-db read 2s outage drill")
+    token = bot.token(request_id)
     bot.idp.stop()
 
-    bot.slack.wait_for(lambda: "Revocation pending" in json.dumps(_card(bot, request_id)["blocks"]), timeout=15)
+    bot.slack.wait_for(lambda: "Revocation pending" in json.dumps(bot.card(request_id)["blocks"]), timeout=15)
     assert bot.stored(request_id).status == "active"
-    assert _grant(bot, request_id).status == "revoking"
-    alert = bot.slack.wait_for(lambda: _audit_channel(bot, ":rotating_light:"), timeout=20)
+    assert bot.grant(request_id).status == "revoking"
+    alert = bot.slack.wait_for(lambda: bot.posts_to(AUDIT_CHANNEL, ":rotating_light:"), timeout=20)
     assert request_id in alert[0] and "3 attempts failed" in alert[0]
     failures = [e for e in bot.audit(request_id) if e.event_type == "revocation_failed"]
     assert [e.details["attempt"] for e in failures][:3] == [1, 2, 3]
-    assert _grant(bot, request_id).token_ciphertext is not None, "nothing wiped before the IdP confirms"
+    assert bot.grant(request_id).token_ciphertext is not None, "nothing wiped before the IdP confirms"
 
     bot.idp.start()
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=30)
-    assert _introspect(bot, token) == {"active": False}
+    assert bot.introspect(token) == {"active": False}
     assert bot.idp.revocation_count(token) == 1
-    # Revoked at the first retry due after the IdP came back, not a backoff or more later.
-    last_failure = [e for e in bot.audit(request_id) if e.event_type == "revocation_failed"][-1]
-    _revoked_on_time(_grant(bot, request_id), datetime.fromisoformat(last_failure.details["retry_at"]))
-    assert len(_audit_channel(bot, ":rotating_light:")) == 1, "one alert, not one per retry"
-    ended = [t for t in dm_texts(bot) if request_id in t and "revoked at the IdP" in t]
+    _revoked_at_the_last_retry(bot, request_id)
+    assert len(bot.posts_to(AUDIT_CHANNEL, ":rotating_light:", accepted=False)) == 1, "one alert, not one per retry"
+    ended = [t for t in bot.dms_to(REQUESTER, request_id) if "revoked at the IdP" in t]
     assert len(ended) == 1
 
 
 def test_revoke_now_button_and_command(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    first = approve(bot, "request prod-db read 1h first")
+    first = bot.approve("request prod-db read 1h first")
     row = bot.stored(first)
     # The card is updated just after the grant is stored; wait for it like a person would.
-    card = bot.slack.wait_for(lambda: (c := _card(bot, first)) and "Active" in json.dumps(c["blocks"]) and c)
+    card = bot.slack.wait_for(lambda: (c := bot.card(first)) and "Active" in json.dumps(c["blocks"]) and c)
     buttons = [e for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert [b["text"]["text"] for b in buttons] == ["Revoke now"]
 
     # Someone else: refused, audited, nothing changes.
-    _, key = bot.send.click(OUTSIDER, "jit_revoke", first, channel=str(row.card_channel), ts=str(row.card_ts))
+    _, key = bot.click(OUTSIDER, ActionId.REVOKE, first, channel=str(row.card_channel), ts=str(row.card_ts))
     refusal = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
     assert "Only the requester or an approver" in refusal[0].payload["text"]
     time.sleep(0.3)
-    assert _grant(bot, first).status == "active"
+    assert bot.grant(first).status == "active"
     attempts = [e for e in bot.audit(first) if e.event_type == "unauthorized_attempt"]
     assert attempts[-1].details == {
         "action": "revoke",
@@ -145,16 +116,16 @@ def test_revoke_now_button_and_command(minting_bot: MintingBot) -> None:
     }
 
     # The requester presses Revoke now.
-    _, key = bot.send.click(REQUESTER, "jit_revoke", first, channel=str(row.card_channel), ts=str(row.card_ts))
+    _, key = bot.click(REQUESTER, ActionId.REVOKE, first, channel=str(row.card_channel), ts=str(row.card_ts))
     reply = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
     assert "Revoking" in reply[0].payload["text"]
     bot.slack.wait_for(lambda: bot.stored(first).status == "revoked", timeout=10)
     (requested,) = [e for e in bot.audit(first) if e.event_type == "revoke_requested"]
     assert requested.actor == REQUESTER
-    _revoked_on_time(_grant(bot, first), requested.at)
+    _revoked_on_time(bot.grant(first), requested.at)
 
     # An approver uses the command on another grant.
-    second = approve(bot, "request prod-db read 1h second")
+    second = bot.approve("request prod-db read 1h second")
     _, key, _ = bot.send.slash(APPROVER_2, f"revoke {second.lower()}")
     bot.slack.wait_for(lambda: bot.stored(second).status == "revoked", timeout=10)
 
@@ -181,7 +152,7 @@ def test_requester_can_cancel_a_pending_request(minting_bot: MintingBot) -> None
 
 def test_list_shows_pending_and_active_with_time_left(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    active = approve(bot, "request prod-db read 1h30m active one")
+    active = bot.approve("request prod-db read 1h30m active one")
     pending, _, _ = bot.request(REQUESTER, "request billing refund 15m pending one")
     _, key, _ = bot.send.slash(REQUESTER, "list")
     (reply,) = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
@@ -197,19 +168,18 @@ def test_list_shows_pending_and_active_with_time_left(minting_bot: MintingBot) -
 def test_token_still_active_after_revocation_is_an_alert_and_retried(minting_bot: MintingBot) -> None:
     bot = minting_bot
     # A long grant revoked early: its token is still alive at the IdP, so only a real revocation ends it.
-    request_id = approve(bot, "request prod-db read 1h lying idp")
-    token = _token(bot, request_id)
+    request_id = bot.approve("request prod-db read 1h lying idp")
+    token = bot.token(request_id)
     bot.idp.misbehave_next(ignore_revocations=1)
     bot.send.slash(REQUESTER, f"revoke {request_id}")
 
-    alert = bot.slack.wait_for(lambda: _audit_channel(bot, "still introspects as ACTIVE"), timeout=15)
+    alert = bot.slack.wait_for(lambda: bot.posts_to(AUDIT_CHANNEL, "still introspects as ACTIVE"), timeout=15)
     assert request_id in alert[0]
     (failure,) = [e for e in bot.audit(request_id) if e.event_type == "revocation_failed"][:1]
     assert failure.details["error"] == "still_active"
 
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=15)
-    assert _introspect(bot, token) == {"active": False}
-    last_failure = [e for e in bot.audit(request_id) if e.event_type == "revocation_failed"][-1]
-    _revoked_on_time(_grant(bot, request_id), datetime.fromisoformat(last_failure.details["retry_at"]))
+    assert bot.introspect(token) == {"active": False}
+    _revoked_at_the_last_retry(bot, request_id)
     assert bot.idp.stats()["ignored_revocations"] == 1
     assert bot.idp.revocation_count(token) == 1

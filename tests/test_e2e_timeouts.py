@@ -7,7 +7,9 @@ import json
 import pytest
 
 from bot.domain.policy import Policy
-from tests.conftest import APPROVER_1, REQUESTER, Bot, make_policy
+from bot.slack.ids import ActionId
+from tests.testbot import Bot
+from tests.world import APPROVER_1, REQUESTER, make_policy
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def test_undecided_request_expires(bot: Bot) -> None:
     assert [e.event_type for e in bot.audit(request_id)][-1] == "request_expired"
 
     # A late click is refused like any vote after the decision.
-    _, key = bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
-    refusal = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
+    _, key = bot.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
+    refusal = bot.replies(key)
     assert "no longer pending" in refusal[0].payload["text"]
     assert bot.stored(request_id).status == "expired"

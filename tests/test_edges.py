@@ -17,18 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import (
-    APPROVER_1,
-    APPROVER_2,
-    APPROVERS_CHANNEL,
-    AUDIT_CHANNEL,
-    REQUESTER,
-    SIGNING_SECRET,
-    Bot,
-)
+from bot.slack.ids import ActionId, BlockId
+from tests.processes import ServeProcess, free_port, write_policy
 from tests.signing import signed_headers
 from tests.slack_standin import SlackStandIn
-from tests.test_cli import Served, free_port, serve_env, write_policy
+from tests.testbot import Bot, opened_views, request_form
+from tests.world import APPROVER_1, APPROVER_2, APPROVERS_CHANNEL, AUDIT_CHANNEL, REQUESTER, SIGNING_SECRET, serve_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,14 +37,12 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def served(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterator[tuple[Served, str]]:
+def served(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterator[tuple[ServeProcess, str]]:
     write_policy(tmp_path)
-    port = free_port()
-    process = Served(tmp_path, serve_env(slack, database_url, port))
-    base_url = f"http://127.0.0.1:{port}"
+    process = ServeProcess(tmp_path, serve_env(slack, database_url, free_port()))
     try:
-        process.wait_healthy(base_url)
-        yield process, base_url
+        process.wait_healthy()
+        yield process, process.base_url
     finally:
         process.close()
 
@@ -69,7 +61,7 @@ def raw_post(port: int, head: bytes, body: bytes = b"", *, timeout: float = 10) 
         return sock.recv(4096)
 
 
-def test_an_oversized_body_is_refused_before_it_is_read(served: tuple[Served, str]) -> None:
+def test_an_oversized_body_is_refused_before_it_is_read(served: tuple[ServeProcess, str]) -> None:
     process, base_url = served
     port = int(base_url.rsplit(":", 1)[1])
     before = peak_rss_kb(process.process.pid)
@@ -125,7 +117,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(served: tuple[Served, st
     ],
 )
 def test_unsigned_junk_gets_401_and_one_short_log_line(
-    served: tuple[Served, str], body: bytes, headers: dict[str, str | bytes]
+    served: tuple[ServeProcess, str], body: bytes, headers: dict[str, str | bytes]
 ) -> None:
     process, base_url = served
     lines_before = len(process.output().splitlines())
@@ -141,7 +133,7 @@ def test_unsigned_junk_gets_401_and_one_short_log_line(
     assert len(new) <= 1 and all(len(line) < 200 for line in new), new
 
 
-def test_signed_junk_gets_400_not_a_traceback(served: tuple[Served, str]) -> None:
+def test_signed_junk_gets_400_not_a_traceback(served: tuple[ServeProcess, str]) -> None:
     process, base_url = served
     for body in ("payload=[1]", "payload=%7Bnot-json", 'payload={"type": 5}'):
         response = httpx.post(
@@ -182,15 +174,8 @@ def test_a_replayed_or_retried_slash_command_makes_one_request(bot: Bot) -> None
 
 def test_a_replayed_modal_submission_makes_one_request(bot: Bot) -> None:
     _, key, _ = bot.send.slash(REQUESTER, "request prod-db")
-    (view,) = bot.slack.wait_for(lambda: [c.response["view"] for c in bot.slack.calls_to("views.open") if c.ok])
-    values = {
-        "resource": {"jit_modal_resource": {"type": "static_select", "selected_option": {"value": "prod-db"}}},
-        "scopes:prod-db": {
-            "jit_modal_scopes": {"type": "multi_static_select", "selected_options": [{"value": "read"}]}
-        },
-        "duration:prod-db": {"jit_modal_duration": {"type": "static_select", "selected_option": {"value": "30m"}}},
-        "reason": {"jit_modal_reason": {"type": "plain_text_input", "value": "submitted twice"}},
-    }
+    (view,) = bot.slack.wait_for(lambda: opened_views(bot.slack))
+    values = request_form("prod-db", ["read"], "30m", "submitted twice")
     for _ in range(2):
         assert bot.send.submit_view(REQUESTER, view, values).status_code == 200
         time.sleep(1.1)  # a new timestamp, so a new signature: only the request's origin can tell
@@ -213,34 +198,21 @@ def test_pending_requests_per_requester_are_limited_with_a_clear_message(bot: Bo
     bot.request(APPROVER_2, "request prod-db read 30m not the same person")
 
 
-def _deny_with(bot: Bot, request_id: str, channel: str, ts: str, reason: str) -> httpx.Response:
-    bot.send.click(APPROVER_1, "jit_deny", request_id, channel=channel, ts=ts)
-    (view,) = bot.slack.wait_for(
-        lambda: [
-            c.response["view"]
-            for c in bot.slack.calls_to("views.open")
-            if c.ok and request_id in c.response["view"]["private_metadata"]
-        ]
-    )
-    values = {"deny_reason": {"jit_deny_reason": {"type": "plain_text_input", "value": reason}}}
-    return bot.send.submit_view(APPROVER_1, view, values)
-
-
 def test_a_deny_reason_is_limited_and_clipped_and_cannot_leave_buttons_live(bot: Bot) -> None:
     request_id, channel, ts = bot.request(REQUESTER, "request prod-db read 30m deny me")
-    too_long = _deny_with(bot, request_id, channel, ts, "x" * 900)
+    too_long = bot.deny(APPROVER_1, request_id, "x" * 900)
     assert too_long.status_code == 200
     assert too_long.json()["response_action"] == "errors"
-    assert "under 500 characters" in too_long.json()["errors"]["deny_reason"]
+    assert "under 500 characters" in too_long.json()["errors"][BlockId.DENY_REASON]
     assert bot.stored(request_id).status == "pending"
 
     long_enough = "because " + "y" * 480
-    ok = _deny_with(bot, request_id, channel, ts, long_enough)
+    ok = bot.deny(APPROVER_1, request_id, long_enough)
     assert ok.status_code == 200
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "denied")
     card = bot.slack.wait_for(lambda: (m := bot.slack.message(channel, ts)) and "Denied" in json.dumps(m) and m)
     assert not [b for b in card["blocks"] if b["type"] == "actions"], "no live buttons on a denied card"
-    decision = [b for b in card["blocks"] if b.get("block_id") == "decision"][0]["text"]["text"]
+    decision = [b for b in card["blocks"] if b.get("block_id") == BlockId.DECISION][0]["text"]["text"]
     assert "…" in decision and len(decision) < 500, "the reason is clipped on the card"
     assert bot.slack.rejected() == []
 
@@ -289,7 +261,7 @@ def test_a_response_url_outside_slacks_hooks_host_is_never_posted_to(bot: Bot) -
     catcher.start()
     try:
         payload, _ = bot.send.click_payload(
-            APPROVER_1, "jit_approve", "RAAAAAAAAA", channel=APPROVERS_CHANNEL, ts="1.1"
+            APPROVER_1, ActionId.APPROVE, "RAAAAAAAAA", channel=APPROVERS_CHANNEL, ts="1.1"
         )
         payload["response_url"] = f"{catcher.base_url}/response/stolen"
         response = bot.send.post_signed(bot.send.payload_body(payload))
@@ -316,12 +288,11 @@ def test_a_payload_from_another_workspace_is_refused(bot: Bot) -> None:
 
 def test_files_that_hold_secrets_are_owner_only(tmp_path: Path, slack: SlackStandIn) -> None:
     write_policy(tmp_path)
-    port = free_port()
-    env = serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", port)
+    env = serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", free_port())
     env.pop("JIT_AUDIT_KEY")  # generated beside the database, like the signing key
-    process = Served(tmp_path, env)
+    process = ServeProcess(tmp_path, env)
     try:
-        process.wait_healthy(f"http://127.0.0.1:{port}")
+        process.wait_healthy()
         names = ["jit.db", "jit.db-wal", "jit.db-shm", "jit-audit-key"]
         for name in names:
             mode = stat.S_IMODE((tmp_path / name).stat().st_mode)

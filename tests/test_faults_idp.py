@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlmodel import Session
 
@@ -26,9 +25,9 @@ from bot.services.minting import RetryPolicy
 from bot.services.revocation import RevocationTiming
 from bot.store import grants as grant_store
 from bot.store.db import session_scope
-from bot.store.models import AuditEvent, Grant
-from tests.conftest import APPROVER_1, AUDIT_CHANNEL, REQUESTER, MintingBot
-from tests.test_e2e_minting import approve, dm_texts, pickup_url
+from bot.store.models import Grant
+from tests.testbot import MintingBot
+from tests.world import AUDIT_CHANNEL, REQUESTER
 
 
 @pytest.fixture
@@ -38,15 +37,6 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 def sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def grant(bot: MintingBot, request_id: str) -> Grant | None:
-    with Session(bot.engine) as session:
-        return session.get(Grant, request_id)
-
-
-def events(bot: MintingBot, request_id: str, event_type: str) -> list[AuditEvent]:
-    return [e for e in bot.audit(request_id) if e.event_type == event_type]
 
 
 def audit_posts(bot: MintingBot, request_id: str, marker: str) -> list[str]:
@@ -61,8 +51,7 @@ def audit_posts(bot: MintingBot, request_id: str, marker: str) -> list[str]:
 
 
 def card_text(bot: MintingBot, request_id: str) -> str:
-    row = bot.stored(request_id)
-    return json.dumps(bot.slack.message(str(row.card_channel), str(row.card_ts))["blocks"])
+    return json.dumps(bot.card(request_id)["blocks"])
 
 
 def issued_for(bot: MintingBot, request_id: str) -> list[dict[str, Any]]:
@@ -70,16 +59,8 @@ def issued_for(bot: MintingBot, request_id: str) -> list[dict[str, Any]]:
     return [t for t in bot.idp.tokens() if t["request_id"] == request_id]
 
 
-def approve_now(bot: MintingBot, text: str) -> str:
-    """Request and approve, without waiting for the mint."""
-    request_id, channel, ts = bot.request(REQUESTER, text)
-    bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
-    bot.slack.wait_for(lambda: bot.stored(request_id).status != "pending")
-    return request_id
-
-
 def mint_started_at(bot: MintingBot, request_id: str) -> datetime:
-    (started,) = events(bot, request_id, "mint_started")
+    (started,) = bot.events(request_id, "mint_started")
     return started.at
 
 
@@ -88,28 +69,28 @@ def mint_started_at(bot: MintingBot, request_id: str) -> datetime:
 
 def test_a_stalled_token_endpoint_never_delays_the_revocation_of_other_grants(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    expiring = approve(bot, "request prod-db read 4s about to end")
+    expiring = bot.approve("request prod-db read 4s about to end")
     assert bot.stored(expiring).status == "active"
-    token = httpx.get(pickup_url(bot, expiring), headers={"Accept": "application/json"}).json()["access_token"]
+    token = bot.token(expiring)
 
     # From now on the token endpoint answers a byte a second: every mint hangs on it until its deadline.
     bot.idp.fault("token", "trickle", count=50, bytes_per_second=1)
-    stuck = [approve_now(bot, f"request prod-db read 30m waits on the IdP {n}") for n in range(6)]
+    stuck = [bot.approve(f"request prod-db read 30m waits on the IdP {n}", minted=False) for n in range(6)]
 
-    bot.slack.wait_for(lambda: (g := grant(bot, expiring)) is not None and g.status == "revoked", timeout=30)
-    revoked = grant(bot, expiring)
+    bot.slack.wait_for(lambda: (g := bot.find_grant(expiring)) is not None and g.status == "revoked", timeout=30)
+    revoked = bot.find_grant(expiring)
     assert revoked is not None and revoked.revoked_at is not None
     # Revoked by the expiry timer, not after the stalled mints gave up (the bug: 82 s late).
     assert revoked.revoked_at - revoked.expires_at < timedelta(seconds=5)
     assert bot.idp.introspect(token) == {"active": False}
-    assert events(bot, expiring, "revocation_overdue") == []
+    assert bot.events(expiring, "revocation_overdue") == []
 
     # The stalled mints fail by their deadline; the tokens the IdP issued for them never reached
     # the bot, so nothing holds them, and the IdP ends each at the grant's own expiry at the latest.
     for request_id in stuck:
         bot.slack.wait_for(lambda rid=request_id: bot.stored(rid).status == "failed", timeout=30)
         assert bot.stored(request_id).failure_code == "idp_timeout"
-        assert grant(bot, request_id) is None
+        assert bot.find_grant(request_id) is None
         ends = mint_started_at(bot, request_id) + timedelta(minutes=30)
         assert all(t["exp"] <= ends.timestamp() + 2 for t in issued_for(bot, request_id))
     assert bot.slack.rejected() == []
@@ -120,21 +101,21 @@ def test_a_trickling_token_answer_fails_the_mint_by_its_deadline_and_is_never_ac
 ) -> None:
     bot = minting_bot
     bot.idp.fault("token", "trickle", count=20, bytes_per_second=2)
-    request_id = approve(bot, "request prod-db read 30m slow idp")
+    request_id = bot.approve("request prod-db read 30m slow idp")
 
     row = bot.stored(request_id)
     assert row.status == "failed" and row.failure_code == "idp_timeout"
-    (failed,) = events(bot, request_id, "mint_failed")
+    (failed,) = bot.events(request_id, "mint_failed")
     # The retry budget (3 s in these tests) plus one attempt's deadline (1 s) bound the whole mint.
     assert failed.at - mint_started_at(bot, request_id) < timedelta(seconds=3 + 1 + 1.5)
     assert issued_for(bot, request_id), "the IdP did issue tokens; the bot gave up before it got them"
-    dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if request_id in t and "could not be issued" in t])
+    dm = bot.slack.wait_for(lambda: [t for t in bot.dms_to(REQUESTER, request_id) if "could not be issued" in t])
     assert "Nothing was issued to you" in dm[0]
 
     # A late answer can no longer arrive: the connections were closed at the deadline.
     bot.idp.reset()
-    approve(bot, "request prod-db read 30m after the slow one")
-    assert bot.stored(request_id).status == "failed" and grant(bot, request_id) is None
+    bot.approve("request prod-db read 30m after the slow one")
+    assert bot.stored(request_id).status == "failed" and bot.find_grant(request_id) is None
     _, key, _ = bot.send.slash(REQUESTER, f"revoke {request_id}")
     (reply,) = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
     assert "is failed, so there is nothing to revoke" in reply.payload["text"]
@@ -144,7 +125,7 @@ def test_a_trickling_token_answer_fails_the_mint_by_its_deadline_and_is_never_ac
 def test_a_token_that_arrives_after_its_mint_was_given_up_is_refused_and_revoked(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.fault("token", "late", ms=3000)
-    request_id = approve_now(bot, "request prod-db read 30m the idp is late")
+    request_id = bot.approve("request prod-db read 30m the idp is late", minted=False)
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "minting")
     # While the exchange is in flight, the bot's clock passes the point where a mint counts as interrupted.
     bot.clock.advance(timedelta(minutes=3))
@@ -153,12 +134,12 @@ def test_a_token_that_arrives_after_its_mint_was_given_up_is_refused_and_revoked
     assert bot.stored(request_id).failure_code == "mint_interrupted"
 
     # Then the token arrives: it is kept only to be revoked, and revoked.
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
-    held = grant(bot, request_id)
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=20)
+    held = bot.find_grant(request_id)
     assert held is not None and held.refusal == "token_too_late" and held.token_ciphertext is None
     (issued,) = issued_for(bot, request_id)
     assert issued["active"] is False, "the IdP says the late token is dead"
-    assert not [t for t in dm_texts(bot) if "/pickup/" in t], "no pickup link was ever sent"
+    assert not [t for t in bot.dms_to(REQUESTER) if "/pickup/" in t], "no pickup link was ever sent"
     assert audit_posts(bot, request_id, ":rotating_light:"), "the refusal is alerted"
 
 
@@ -178,15 +159,15 @@ def test_an_odd_answer_after_the_token_exists_gets_the_token_revoked(
         bot.idp.misbehave_next(odd_kid=True)
     else:
         bot.idp.fault("jwks", "replace", status=200, body='[{"kty": "RSA", "n": "x", "e": "AQAB"}]', count=5)
-    request_id = approve(bot, "request prod-db read 30m odd idp")
+    request_id = bot.approve("request prod-db read 30m odd idp")
 
     row = bot.stored(request_id)
     assert row.status == "failed" and row.failure_code == refusal
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=20)
     (issued,) = issued_for(bot, request_id)
     assert issued["active"] is False, "the IdP confirms the odd token is dead"
-    assert events(bot, request_id, "token_refused")[0].details["error"] == refusal
-    (proof,) = events(bot, request_id, "grant_revoked")
+    assert bot.events(request_id, "token_refused")[0].details["error"] == refusal
+    (proof,) = bot.events(request_id, "grant_revoked")
     assert proof.details["proof"]["introspection"] == {"active": False}
     assert audit_posts(bot, request_id, "queued for revocation")
     # Not silent: the log says what happened to which request (the bug: nothing, even at DEBUG).
@@ -198,11 +179,11 @@ def test_an_over_scoped_token_is_revoked_even_when_the_first_revocations_fail(mi
     bot = minting_bot
     bot.idp.misbehave_next(extra_scope="write")
     bot.idp.fault("revocation", "replace", status=400, body="[]", process=False, count=2)
-    request_id = approve(bot, "request prod-db read 30m over-scoped")
+    request_id = bot.approve("request prod-db read 30m over-scoped")
     assert bot.stored(request_id).failure_code == "scope_wider_than_approved"
 
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
-    failures = events(bot, request_id, "revocation_failed")
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=20)
+    failures = bot.events(request_id, "revocation_failed")
     assert [f.details["error"] for f in failures] == ["revocation_failed", "revocation_failed"]
     (issued,) = issued_for(bot, request_id)
     assert issued["active"] is False
@@ -214,11 +195,11 @@ def test_an_over_scoped_token_is_revoked_even_when_the_first_revocations_fail(mi
 def test_retry_after_from_the_token_endpoint_is_honoured(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.fail_next(429, 1, retry_after=1)
-    request_id = approve(bot, "request prod-db read 30m busy idp")
+    request_id = bot.approve("request prod-db read 30m busy idp")
     assert bot.stored(request_id).status == "active"
-    (retry,) = events(bot, request_id, "mint_retry")
+    (retry,) = bot.events(request_id, "mint_retry")
     assert retry.details["error"] == "temporarily_unavailable"
-    (active,) = events(bot, request_id, "grant_active")
+    (active,) = bot.events(request_id, "grant_active")
     assert active.at - retry.at >= timedelta(seconds=0.9), "the next attempt waited for Retry-After"
 
 
@@ -236,10 +217,10 @@ def test_a_token_answer_is_not_read_past_the_cap(
 ) -> None:
     bot = minting_bot
     bot.idp.fault("token", mode, **params)
-    request_id = approve(bot, f"request prod-db read 30m {mode} answer")
+    request_id = bot.approve(f"request prod-db read 30m {mode} answer")
     row = bot.stored(request_id)
     assert row.status == "failed" and row.failure_code == failure
-    assert grant(bot, request_id) is None
+    assert bot.find_grant(request_id) is None
     ends = mint_started_at(bot, request_id) + timedelta(minutes=30)
     assert all(t["exp"] <= ends.timestamp() + 2 for t in issued_for(bot, request_id))
 
@@ -247,14 +228,14 @@ def test_a_token_answer_is_not_read_past_the_cap(
 def test_a_token_in_an_answer_that_is_not_200_is_held_refused_and_revoked(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.fault("token", "status", status=201)
-    request_id = approve(bot, "request prod-db read 30m created not ok")
+    request_id = bot.approve("request prod-db read 30m created not ok")
     row = bot.stored(request_id)
     assert row.status == "failed" and row.failure_code == "invalid_response"
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=20)
     (issued,) = issued_for(bot, request_id)
     assert issued["active"] is False, "the token that came with a 201 is dead at the IdP"
-    assert "HTTP 201" in events(bot, request_id, "token_refused")[0].details["detail"]
-    assert not [t for t in dm_texts(bot) if "/pickup/" in t]
+    assert "HTTP 201" in bot.events(request_id, "token_refused")[0].details["detail"]
+    assert not [t for t in bot.dms_to(REQUESTER) if "/pickup/" in t]
 
 
 @pytest.mark.parametrize("idp_token_format", ["jwt"])
@@ -276,19 +257,19 @@ def test_a_jwt_is_judged_by_its_own_claims_not_by_the_answer(
         claims = {"exp": int(datetime.now().timestamp()) + 86_400}
     assert isinstance(claims, dict)
     bot.idp.misbehave_next(jwt_claims=claims)
-    request_id = approve(bot, "request prod-db read 30m claims more than it says")
+    request_id = bot.approve("request prod-db read 30m claims more than it says")
     row = bot.stored(request_id)
     assert row.status == "failed" and row.failure_code == refusal
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=20)
     (issued,) = issued_for(bot, request_id)
     assert issued["active"] is False
-    assert not [t for t in dm_texts(bot) if "/pickup/" in t], "no pickup link for a token that claims more"
+    assert not [t for t in bot.dms_to(REQUESTER) if "/pickup/" in t], "no pickup link for a token that claims more"
 
 
 def test_a_jwt_whose_claims_are_within_the_approval_is_minted(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.misbehave_next(jwt_claims={"scope": "read", "scp": ["read"]})
-    request_id = approve(bot, "request prod-db read 30m claims exactly what was approved")
+    request_id = bot.approve("request prod-db read 30m claims exactly what was approved")
     assert bot.stored(request_id).status == "active"
 
 
@@ -296,7 +277,7 @@ def test_sweeps_at_the_same_moment_never_claim_more_grants_than_there_are_worker
     bot = minting_bot
     service = bot.served.runtime.revocation
     assert service is not None
-    ids = [approve(bot, f"request prod-db read 30m one of many {n}") for n in range(service.worker_count + 4)]
+    ids = [bot.approve(f"request prod-db read 30m one of many {n}") for n in range(service.worker_count + 4)]
     assert all(bot.stored(request_id).status == "active" for request_id in ids)
     # Every revocation attempt hangs, so a claimed grant keeps its worker busy.
     bot.idp.fault("revocation", "stall", count=100)
@@ -325,7 +306,7 @@ def test_sweeps_at_the_same_moment_never_claim_more_grants_than_there_are_worker
     bot.idp.reset()  # let the stalled attempts end
     for request_id in ids:
         bot.slack.wait_for(
-            lambda rid=request_id: (g := grant(bot, rid)) is not None and g.status == "revoked", timeout=60
+            lambda rid=request_id: (g := bot.find_grant(rid)) is not None and g.status == "revoked", timeout=60
         )
     service.sweep()
     assert not bot.served.runtime.backlog.behind(), "caught up: the outbox gets its workers back"
@@ -348,14 +329,14 @@ def refuse_grant_inserts(bot: MintingBot, *, on: bool) -> None:
 def test_a_database_that_refuses_a_token_for_a_moment_does_not_lose_it(minting_bot: MintingBot) -> None:
     bot = minting_bot
     refuse_grant_inserts(bot, on=True)
-    request_id = approve_now(bot, "request prod-db read 30m the disk is full for a moment")
+    request_id = bot.approve("request prod-db read 30m the disk is full for a moment", minted=False)
     bot.slack.wait_for(lambda: issued_for(bot, request_id), timeout=10)
     time.sleep(0.5)
     refuse_grant_inserts(bot, on=False)
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "active", timeout=15)
     (issued,) = issued_for(bot, request_id)
     assert issued["active"] is True
-    assert events(bot, request_id, "grant_active")
+    assert bot.events(request_id, "grant_active")
     messages = [r.getMessage() for r in bot.log_records.records]
     assert any(f"could not store the token minted for {request_id} (attempt" in m for m in messages), messages
 
@@ -365,9 +346,9 @@ def test_a_database_that_keeps_refusing_a_token_gets_it_revoked_directly_and_ale
 ) -> None:
     bot = minting_bot
     refuse_grant_inserts(bot, on=True)
-    request_id = approve(bot, "request prod-db read 30m the disk stays full")
+    request_id = bot.approve("request prod-db read 30m the disk stays full")
     assert bot.stored(request_id).status == "failed"
-    assert grant(bot, request_id) is None
+    assert bot.find_grant(request_id) is None
     (issued,) = issued_for(bot, request_id)
     assert issued["active"] is False, "the bot revoked the token it could not store"
     alert = bot.slack.wait_for(lambda: audit_posts(bot, request_id, "could not store it"))
@@ -387,8 +368,8 @@ def test_a_database_that_keeps_refusing_a_token_gets_it_revoked_directly_and_ale
 )
 def test_a_trickling_revocation_endpoint_is_visible_counted_alerted_and_finished(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 2s trickling revocation")
-    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
+    request_id = bot.approve("request prod-db read 2s trickling revocation")
+    token = bot.token(request_id)
     bot.idp.fault("revocation", "trickle", count=4, bytes_per_second=1)
 
     # As soon as the expiry has passed the card says so, whatever the IdP is doing.
@@ -396,21 +377,21 @@ def test_a_trickling_revocation_endpoint_is_visible_counted_alerted_and_finished
     overdue = bot.slack.wait_for(lambda: audit_posts(bot, request_id, "has not confirmed its revocation"), timeout=20)
     assert "expired" in overdue[0] and " s ago" in overdue[0]
 
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=40)
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=40)
     assert bot.idp.introspect(token) == {"active": False}
-    failures = events(bot, request_id, "revocation_failed")
+    failures = bot.events(request_id, "revocation_failed")
     assert len(failures) >= 3
     # Each trickling attempt ended by its own deadline and said so; none outlived its lease.
     assert {f.details["error"] for f in failures} == {"idp_timeout"}
     assert len(audit_posts(bot, request_id, "has not confirmed its revocation")) == 1, "alerted once"
-    assert len(events(bot, request_id, "revocation_overdue")) == 1
+    assert len(bot.events(request_id, "revocation_overdue")) == 1
     bot.slack.wait_for(lambda: "Revoked" in card_text(bot, request_id))
 
 
 def test_a_lease_that_runs_out_with_no_outcome_counts_as_a_failed_attempt(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 1h claimed by a replica that dies")
-    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
+    request_id = bot.approve("request prod-db read 1h claimed by a replica that dies")
+    token = bot.token(request_id)
     # Another replica claims the grant (as its sweep would, an hour from now) and dies mid-attempt.
     now = bot.clock()
     with session_scope(bot.served.runtime.engine) as session:
@@ -424,8 +405,8 @@ def test_a_lease_that_runs_out_with_no_outcome_counts_as_a_failed_attempt(mintin
         )
     assert claim.claimed == [request_id]
 
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=15)
-    (lapsed,) = events(bot, request_id, "revocation_failed")
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=15)
+    (lapsed,) = bot.events(request_id, "revocation_failed")
     assert lapsed.details == {"attempt": 1, "error": "lease_expired"}
     assert bot.idp.introspect(token) == {"active": False}
     assert bot.idp.revocation_count(token) == 1
@@ -433,13 +414,13 @@ def test_a_lease_that_runs_out_with_no_outcome_counts_as_a_failed_attempt(mintin
 
 def test_retry_after_from_the_revocation_endpoint_sets_the_next_attempt(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 1h busy at revocation")
+    request_id = bot.approve("request prod-db read 1h busy at revocation")
     bot.idp.fail_next(429, 1, endpoint="revocation", retry_after=3)
     bot.send.slash(REQUESTER, f"revoke {request_id}")
-    bot.slack.wait_for(lambda: (g := grant(bot, request_id)) is not None and g.status == "revoked", timeout=20)
-    (failure,) = events(bot, request_id, "revocation_failed")
+    bot.slack.wait_for(lambda: (g := bot.find_grant(request_id)) is not None and g.status == "revoked", timeout=20)
+    (failure,) = bot.events(request_id, "revocation_failed")
     assert datetime.fromisoformat(failure.details["retry_at"]) - failure.at >= timedelta(seconds=3)
-    (revoked,) = events(bot, request_id, "grant_revoked")
+    (revoked,) = bot.events(request_id, "grant_revoked")
     assert revoked.at - failure.at >= timedelta(seconds=2.9)
 
 
@@ -447,11 +428,11 @@ def test_an_idp_error_description_cannot_forge_lines_on_cards_dms_or_logs(mintin
     bot = minting_bot
     forged = "bad assertion\nINFO jit-bot: request approved by security\u202e"
     bot.idp.fail_next(400, 1, body=json.dumps({"error": "invalid_grant", "error_description": forged}))
-    request_id = approve(bot, "request prod-db read 30m odd error text")
+    request_id = bot.approve("request prod-db read 30m odd error text")
     row = bot.stored(request_id)
     assert row.failure_code == "invalid_grant"
     assert row.failure_detail is not None and "\n" not in row.failure_detail and "\u202e" not in row.failure_detail
-    dm = bot.slack.wait_for(lambda: [t for t in dm_texts(bot) if request_id in t and "could not be issued" in t])[0]
+    dm = bot.slack.wait_for(lambda: [t for t in bot.dms_to(REQUESTER, request_id) if "could not be issued" in t])[0]
     assert "\n" not in dm and "\u202e" not in dm and "request approved by security" in dm
     bot.slack.wait_for(lambda: "invalid_grant" in card_text(bot, request_id))
     row = bot.stored(request_id)

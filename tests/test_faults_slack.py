@@ -13,19 +13,13 @@ from sqlmodel import Session, col, select
 
 from bot.domain.policy import Policy
 from bot.services.delivery import DeliveryPolicy
+from bot.slack.ids import ActionId
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, OutboxMessage
-from tests.conftest import (
-    APPROVER_1,
-    APPROVERS_CHANNEL,
-    AUDIT_CHANNEL,
-    CARD_ID,
-    REQUESTER,
-    Bot,
-    make_policy,
-    serving,
-)
-from tests.slack_standin import Call, SlackStandIn
+from tests import testbot
+from tests.slack_standin import SlackStandIn
+from tests.testbot import Bot, accepted_posts, serving
+from tests.world import APPROVER_1, APPROVERS_CHANNEL, AUDIT_CHANNEL, REQUESTER, make_policy
 
 
 @pytest.fixture
@@ -35,16 +29,7 @@ def policy() -> Policy:
 
 def cards_posted(slack: SlackStandIn) -> Counter[str]:
     """Approval cards Slack accepted, by request id."""
-    found: Counter[str] = Counter()
-    for call in slack.calls_to("chat.postMessage"):
-        match = CARD_ID.search(str(call.args.get("text", "")))
-        if call.ok and match and call.args.get("blocks"):
-            found[match.group(1)] += 1
-    return found
-
-
-def accepted_posts(slack: SlackStandIn) -> list[Call]:
-    return [c for c in slack.calls if c.ok and c.method in ("chat.postMessage", "chat.update")]
+    return Counter(card.request_id for card in testbot.cards_posted(slack))
 
 
 def submit(bot: Bot, text_: str) -> str:
@@ -111,7 +96,7 @@ def test_slack_5xx_and_ratelimited_answers_are_retried_not_fatal(bot: Bot) -> No
     bot.slack.fail_next("chat.postMessage", "internal_error", times=2, status=503)
     bot.slack.fail_next("chat.update", "ratelimited", times=1, retry_after=1)
     request_id, channel, ts = bot.request(REQUESTER, "request prod-db read 30m flaky slack")
-    bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+    bot.send.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     bot.slack.wait_for(lambda: "Approved" in json.dumps(bot.slack.message(channel, ts)["blocks"]), timeout=20)
     bot.slack.wait_for(lambda: [c for c in accepted_posts(bot.slack) if c.args.get("channel") == REQUESTER], timeout=20)
     assert bot.stored(request_id).status == "approved"
@@ -127,7 +112,7 @@ def test_slack_down_for_20s_then_back_gets_every_message_once_and_in_order(bot: 
     first, channel, ts = bot.request(REQUESTER, "request prod-db read 30m before the outage")
     with bot.slack.outage():
         # People keep working while Slack is away: a click and two new requests reach the bot.
-        bot.send.click(APPROVER_1, "jit_approve", first, channel=channel, ts=ts)
+        bot.send.click(APPROVER_1, ActionId.APPROVE, first, channel=channel, ts=ts)
         bot.slack.wait_for(lambda: bot.stored(first).status == "approved")
         later = [submit(bot, f"request prod-db read 15m during the outage {n}") for n in range(2)]
         with Session(bot.engine) as session:
@@ -170,7 +155,7 @@ def test_two_replicas_deliver_each_message_once(bot: Bot, second_replica: Bot) -
         replica = replicas[n % 2]
         request_id, channel, ts = replica.request(REQUESTER, f"request prod-db read 30m replica {n}")
         # The approval lands on the other replica: whichever delivers, each message goes out once.
-        replicas[(n + 1) % 2].send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+        replicas[(n + 1) % 2].send.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
         ids.append(request_id)
     for request_id in ids:
         bot.slack.wait_for(lambda rid=request_id: bot.stored(rid).status == "approved")

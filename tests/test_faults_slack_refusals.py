@@ -10,10 +10,9 @@ import pytest
 from sqlmodel import Session, select
 
 from bot.store.models import OutboxMessage
-from tests.conftest import AUDIT_CHANNEL, BOT_TOKEN, REQUESTER, SLACK_USERS, USERGROUPS, MintingBot
 from tests.slack_standin import SlackStandIn
-from tests.test_e2e_minting import approve
-from tests.test_faults_slack import accepted_posts
+from tests.testbot import MintingBot, accepted_posts
+from tests.world import AUDIT_CHANNEL, BOT_TOKEN, REQUESTER, SLACK_USERS, USERGROUPS
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def slack() -> Iterator[SlackStandIn]:
 
 def test_a_pickup_link_that_cannot_be_delivered_is_alerted_and_never_kept(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 30m to someone slack cannot reach")
+    request_id = bot.approve("request prod-db read 30m to someone slack cannot reach")
     assert bot.stored(request_id).status == "active"
     alert = bot.slack.wait_for(
         lambda: [

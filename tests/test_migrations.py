@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 
 from bot.store.audit import bind_audit_key
 from bot.store.db import MIGRATIONS, make_engine, migrate
-from tests.conftest import AUDIT_KEY
+from tests.world import AUDIT_KEY
 
 AT = "2026-11-30 12:00:00+00:00"
 

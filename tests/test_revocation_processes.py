@@ -12,13 +12,11 @@ import contextlib
 import hashlib
 import json
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,90 +32,37 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
 from bot.idp.keys import generate_signing_key
+from bot.slack.ids import ActionId
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, AuditEvent, Grant
-from tests.conftest import (
+from tests.devidp import DevIdP
+from tests.harness import SlackRequests
+from tests.processes import ServeProcess, free_port, write_policy
+from tests.slack_standin import SlackStandIn
+from tests.testbot import PICKUP_LINK, dms_to
+from tests.testbot import cards_posted as all_cards_posted
+from tests.world import (
     APPROVER_1,
     APPROVERS_CHANNEL,
     AUDIT_CHANNEL,
     BOT_TOKEN,
-    CARD_ID,
     IDP_CLIENT_ID,
     IDP_CLIENT_SECRET,
-    POLICY,
     REQUESTER,
     SIGNING_SECRET,
+    as_env,
     dev_idp_trusting,
+    idp_values,
+    lifted_quota,
+    policy_data,
+    serve_env,
 )
-from tests.devidp import DevIdP
-from tests.harness import SlackRequests
-from tests.slack_standin import SlackStandIn
-from tests.test_cli import JIT_BOT, base_env, free_port, served_env, write_policy
+from tests.world import eventually as wait_until
 
 T = TypeVar("T")
 
-PICKUP = re.compile(r"(http://127\.0\.0\.1:\d+/pickup/[A-Za-z0-9_-]+)")
 PICKUP_REQUEST = re.compile(r"request `(R[0-9A-Z]{9})`")
 LOG_LEVEL = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) ", re.MULTILINE)
-
-
-def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Process:
-    """One ``jit-bot serve``; its stdout and stderr go to files in tmp_path, so a full pipe never stalls it."""
-
-    def __init__(self, tmp_path: Path, name: str, env: dict[str, str], port: int) -> None:
-        self.name = name
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.stdout_path = tmp_path / f"{name}.stdout"
-        self.stderr_path = tmp_path / f"{name}.stderr"
-        self._stdout = self.stdout_path.open("w")
-        self._stderr = self.stderr_path.open("w")
-        self.process = subprocess.Popen(
-            [str(JIT_BOT), "serve"],
-            cwd=tmp_path,
-            env={**base_env(tmp_path), **env, "JIT_HTTP_PORT": str(port)},
-            stdout=self._stdout,
-            stderr=self._stderr,
-        )
-
-    def output(self) -> str:
-        return self.stdout_path.read_text() + self.stderr_path.read_text()
-
-    def wait_healthy(self, timeout: float = 30) -> None:
-        def healthy() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200
-            return False
-
-        wait_until(healthy, timeout=timeout, what=f"{self.name} to become healthy", interval=0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hooks, no finishing of work in flight, like a crash or an OOM kill."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def terminate(self, timeout: float = 20) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._stdout.close()
-        self._stderr.close()
 
 
 class SlackTap:
@@ -187,26 +132,22 @@ class Deployment:
     public_port: int
     env: dict[str, str]
     secrets: list[str]
-    processes: list[Process] = field(default_factory=list)
+    processes: list[ServeProcess] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
 
     @property
     def public_url(self) -> str:
         return f"http://127.0.0.1:{self.public_port}"
 
-    def start(self, name: str, port: int | None = None, **env: str) -> Process:
-        process = Process(self.tmp_path, name, {**self.env, **env}, port or self.public_port)
+    def start(self, name: str, port: int | None = None, **env: str) -> ServeProcess:
+        port_env = {"JIT_HTTP_PORT": str(port or self.public_port)}
+        process = ServeProcess(self.tmp_path, {**self.env, **env, **port_env}, name=name)
         self.processes.append(process)
         return process
 
-    def sender(self, process: Process) -> SlackRequests:
-        return SlackRequests(
-            base_url=process.base_url,
-            signing_secret=SIGNING_SECRET,
-            response_url_for=self.slack.response_url,
-            trigger_id=self.slack.new_trigger_id,
-            http=httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32)),
-        )
+    def sender(self, process: ServeProcess) -> SlackRequests:
+        http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32))
+        return SlackRequests.for_standin(process.base_url, self.slack, http=http)
 
     @contextlib.contextmanager
     def dumped_on_failure(self) -> Iterator[None]:
@@ -240,23 +181,15 @@ def deployment(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterat
     key_file.write_bytes(pem)
     encryption_key = Fernet.generate_key().decode()
     # The tests mint hundreds of grants for one requester, all pending at once before the approvals.
-    write_policy(tmp_path, {**POLICY, "limits": {"pending_per_requester": 1000}})
-    env = {
-        "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": slack.api_url,
-        "JIT_DATABASE_URL": database_url,
-        "JIT_HTTP_HOST": "127.0.0.1",
-        "JIT_PUBLIC_URL": public_url,
-        "JIT_POLICY_FILE": str(tmp_path / "policy.yml"),
-        "OIDC_ISSUER": idp.issuer,
-        "OIDC_CLIENT_ID": IDP_CLIENT_ID,
-        "OIDC_CLIENT_SECRET": IDP_CLIENT_SECRET,
-        "OIDC_TOKEN_LIFETIME_PARAM": "requested_lifetime",
-        "JIT_ENCRYPTION_KEY": encryption_key,
-        "JIT_SIGNING_KEY_FILE": str(key_file),
-        **served_env(slack),
-    }
+    policy_file = write_policy(tmp_path, policy_data(**lifted_quota(1000)))
+    env = serve_env(
+        slack,
+        database_url,
+        public_port,
+        JIT_PUBLIC_URL=public_url,
+        JIT_POLICY_FILE=str(policy_file),
+        **as_env(idp_values(idp.issuer, encryption_key=encryption_key, signing_key_file=key_file)),
+    )
     # The private key's base64 body lines, each long enough to be unmistakable if it were ever printed.
     key_lines = [line for line in pem.decode().splitlines() if len(line) >= 40]
     engine = make_engine(database_url)
@@ -282,12 +215,7 @@ def deployment(tmp_path: Path, slack: SlackStandIn, database_url: str) -> Iterat
 
 
 def cards_posted(slack: SlackStandIn) -> dict[str, tuple[str, str]]:
-    found: dict[str, tuple[str, str]] = {}
-    for call in slack.calls_to("chat.postMessage"):
-        match = CARD_ID.search(str(call.args.get("text", "")))
-        if call.ok and match and call.args.get("blocks") and call.args.get("channel") == APPROVERS_CHANNEL:
-            found[match.group(1)] = (call.response["channel"], call.response["ts"])
-    return found
+    return {c.request_id: (c.channel, c.ts) for c in all_cards_posted(slack) if c.channel == APPROVERS_CHANNEL}
 
 
 def rows(engine: Engine, ids: list[str]) -> dict[str, tuple[AccessRequest, Grant | None]]:
@@ -336,7 +264,7 @@ def mint(dep: Deployment, sender: SlackRequests, durations: list[str], *, thread
 
     def approve(request_id: str) -> None:
         channel, ts = cards[request_id]
-        response, _key = sender.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+        response, _key = sender.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
         assert response.status_code == 200, response.text
 
     with ThreadPoolExecutor(threads) as pool:
@@ -350,10 +278,6 @@ def mint(dep: Deployment, sender: SlackRequests, durations: list[str], *, thread
     # Revoked is fine too: in a big batch the first grants may run out while the last are minted.
     assert {s for s, _g in final.values()} <= {"active", "revoked"}, Counter(s for s, _g in final.values())
     return ids
-
-
-def dm_texts(slack: SlackStandIn) -> list[str]:
-    return [str(c.args.get("text")) for c in slack.calls_to("chat.postMessage") if c.args.get("channel") == REQUESTER]
 
 
 class Picker:
@@ -377,8 +301,8 @@ class Picker:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.05):
-            for dm in dm_texts(self._dep.slack):
-                link, request = PICKUP.search(dm), PICKUP_REQUEST.search(dm)
+            for dm in dms_to(self._dep.slack, REQUESTER, accepted=False):
+                link, request = PICKUP_LINK.search(dm), PICKUP_REQUEST.search(dm)
                 if link and request and request.group(1) not in self._seen:
                     self._seen.add(request.group(1))
                     self._pool.submit(self._fetch, request.group(1), link.group(1))
@@ -441,7 +365,8 @@ def revoked_updates(calls: list[tuple[str, dict[str, Any]]], request_id: str) ->
 
 
 def revoked_dms(slack: SlackStandIn, request_id: str) -> int:
-    return sum(1 for text in dm_texts(slack) if f"`{request_id}`" in text and "revoked at the IdP" in text)
+    dms = dms_to(slack, REQUESTER, f"`{request_id}`", accepted=False)
+    return sum(1 for text in dms if "revoked at the IdP" in text)
 
 
 def audit_summaries(slack: SlackStandIn, request_id: str) -> int:
@@ -470,7 +395,7 @@ def standin_calls(slack: SlackStandIn) -> list[tuple[str, dict[str, Any]]]:
     return [(c.method, c.args) for c in slack.calls if c.ok]
 
 
-def assert_clean(process: Process, code: int) -> None:
+def assert_clean(process: ServeProcess, code: int) -> None:
     output = process.output()
     assert code == 0, f"{process.name} exited with {code}"
     assert "Finished server process" in output, f"{process.name} did not shut down gracefully"

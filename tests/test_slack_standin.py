@@ -18,6 +18,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
+from bot.slack.ids import ActionId
 from tests.slack_standin import BOT_USER_ID, SlackStandIn
 
 # slack_sdk warns when blocks come without fallback text; some tests do that on purpose.
@@ -69,7 +70,7 @@ def section(text: str = "hello", **extra: Any) -> dict[str, Any]:
     return {"type": "section", "text": mrkdwn(text), **extra}
 
 
-def button(text: str = "Approve", action_id: str = "approve", **extra: Any) -> dict[str, Any]:
+def button(text: str = "Approve", action_id: str = ActionId.APPROVE, **extra: Any) -> dict[str, Any]:
     return {"type": "button", "text": plain(text), "action_id": action_id, **extra}
 
 

@@ -3,19 +3,23 @@ side played by the Web API stand-in (apps.connections.open) and a websocket serv
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlmodel import Session, select
 
+from bot.slack.ids import ActionId
 from bot.slack.messages import help_text
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, AuditEvent
-from tests.conftest import (
+from tests.harness import SlackRequests
+from tests.processes import ServeProcess, assert_no_traceback, free_port, run_cli, write_policy
+from tests.slack_standin import SlackStandIn
+from tests.socket_mode_server import SocketModeServer
+from tests.testbot import buttons, card_text, cards_posted, dms_to
+from tests.world import (
     APPROVER_1,
     APPROVERS_CHANNEL,
     BOT_TOKEN,
@@ -23,16 +27,11 @@ from tests.conftest import (
     SIGNING_SECRET,
     SLACK_USERS,
     USERGROUPS,
+    serve_env,
 )
-from tests.harness import SlackRequests
-from tests.slack_standin import SlackStandIn
-from tests.socket_mode_server import SocketModeServer
-from tests.test_cli import Served, assert_no_traceback, free_port, run_cli, serve_env, write_policy
 
 APP_TOKEN = "xapp-1-A0JITBOT01-1234567890-5ocketM0deAppT0kenValue"
 SECRETS = (BOT_TOKEN, SIGNING_SECRET, APP_TOKEN)
-APPROVE = "jit_approve"  # bot.slack.ids.ActionId.APPROVE, spelled out as Slack would send it
-CARD_ID = re.compile(r"Access request (R[0-9A-Z]{9})")
 
 
 @pytest.fixture
@@ -58,17 +57,13 @@ class SocketModeBot:
         self.slack = slack
         self.socket_mode = socket_mode
         self.database_url = f"sqlite:///{tmp_path / 'jit.db'}"
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.served = Served(tmp_path, serve_env(slack, self.database_url, port, SLACK_APP_TOKEN=APP_TOKEN))
+        self.served = ServeProcess(
+            tmp_path, serve_env(slack, self.database_url, free_port(), SLACK_APP_TOKEN=APP_TOKEN)
+        )
+        self.base_url = self.served.base_url
         self.engine = make_engine(self.database_url)
         # Builds interaction payloads exactly as the HTTP tests do; it never posts them here.
-        self.payloads = SlackRequests(
-            base_url=self.base_url,
-            signing_secret=SIGNING_SECRET,
-            response_url_for=slack.response_url,
-            trigger_id=slack.new_trigger_id,
-        )
+        self.payloads = SlackRequests.for_standin(self.base_url, slack)
 
     def close(self) -> None:
         self.payloads.http.close()
@@ -104,46 +99,13 @@ def bot(tmp_path: Path, slack: SlackStandIn, socket_mode: SocketModeServer) -> I
         started.close()
 
 
-def _card_posted(slack: SlackStandIn) -> tuple[str, str, str] | None:
-    for call in slack.calls_to("chat.postMessage"):
-        match = CARD_ID.search(str(call.args.get("text", "")))
-        if call.ok and match and call.args.get("blocks") and call.args.get("channel") == APPROVERS_CHANNEL:
-            return match.group(1), call.response["channel"], call.response["ts"]
-    return None
-
-
-def _dms_to(slack: SlackStandIn, user: str) -> list[str]:
-    return [
-        str(c.args.get("text")) for c in slack.calls_to("chat.postMessage") if c.args.get("channel") == user and c.ok
-    ]
-
-
-def _card_text(message: dict[str, Any]) -> str:
-    parts = [str(message.get("text") or "")]
-    for block in message.get("blocks") or []:
-        if isinstance(block.get("text"), dict):
-            parts.append(block["text"]["text"])
-        parts.extend(field["text"] for field in block.get("fields") or [])
-        parts.extend(e["text"] for e in block.get("elements") or [] if isinstance(e.get("text"), str))
-    return "\n".join(parts)
-
-
-def _card_showing(slack: SlackStandIn, channel: str, ts: str, words: str) -> dict[str, Any] | None:
-    message = slack.message(channel, ts)
-    return message if words in _card_text(message) else None
-
-
-def _buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e for b in message.get("blocks") or [] if b["type"] == "actions" for e in b["elements"]]
-
-
 def _assert_no_secrets(output: str) -> None:
     for secret in SECRETS:
         assert secret not in output
 
 
 def test_socket_mode_request_approve_and_stop(bot: SocketModeBot, slack: SlackStandIn) -> None:
-    health = bot.served.wait_healthy(bot.base_url)
+    health = bot.served.wait_healthy()
     assert health.json() == {"status": "ok", "database": "ok"}
     server = bot.socket_mode
     server.wait_connected()
@@ -163,11 +125,11 @@ def test_socket_mode_request_approve_and_stop(bot: SocketModeBot, slack: SlackSt
     # Acked at once; the card and the confirmation follow from a worker thread.
     server.wait_for_ack(request_envelope)
 
-    request_id, channel, ts = slack.wait_for(lambda: _card_posted(slack), timeout=15)
+    request_id, channel, ts = slack.wait_for(lambda: next(iter(cards_posted(slack)), None), timeout=15)
     assert channel == APPROVERS_CHANNEL
     card = slack.message(channel, ts)
-    assert "socket test" in _card_text(card) and f"<@{REQUESTER}>" in _card_text(card)
-    assert [b["value"] for b in _buttons(card)] == [request_id, request_id]
+    assert "socket test" in card_text(card) and f"<@{REQUESTER}>" in card_text(card)
+    assert [b["value"] for b in buttons(card)] == [request_id, request_id]
     submitted = slack.wait_for(lambda: [r for r in slack.responses if r.key == request_key])
     assert request_id in submitted[0].payload["text"]
     assert submitted[0].payload.get("response_type") == "ephemeral"
@@ -175,14 +137,14 @@ def test_socket_mode_request_approve_and_stop(bot: SocketModeBot, slack: SlackSt
     slack.wait_for(lambda: bot.stored(request_id).card_ts == ts)
     assert bot.stored(request_id).status == "pending"
 
-    click, _click_key = bot.payloads.click_payload(APPROVER_1, APPROVE, request_id, channel=channel, ts=ts)
+    click, _click_key = bot.payloads.click_payload(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     server.wait_for_ack(server.interactive(click))
 
     slack.wait_for(lambda: bot.stored(request_id).status == "approved", timeout=15)
-    (dm,) = slack.wait_for(lambda: _dms_to(slack, REQUESTER))
+    (dm,) = slack.wait_for(lambda: dms_to(slack, REQUESTER))
     assert request_id in dm and "approved" in dm and f"<@{APPROVER_1}>" in dm
-    card = slack.wait_for(lambda: _card_showing(slack, channel, ts, "Approved"))
-    assert _buttons(card) == [], "a decided card has no buttons"
+    card = slack.wait_for(lambda: (m := slack.message(channel, ts)) and "Approved" in card_text(m) and m)
+    assert buttons(card) == [], "a decided card has no buttons"
     assert bot.stored(request_id).decided_by == APPROVER_1
     assert bot.audit(request_id) == ["request_submitted", "card_posted", "vote_cast", "request_approved"]
 
@@ -207,7 +169,7 @@ def test_socket_mode_request_approve_and_stop(bot: SocketModeBot, slack: SlackSt
 
 
 def test_socket_mode_reconnects_when_slack_refreshes_the_connection(bot: SocketModeBot, slack: SlackStandIn) -> None:
-    bot.served.wait_healthy(bot.base_url)
+    bot.served.wait_healthy()
     server = bot.socket_mode
     server.wait_connected()
 

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 
 from bot.store.db import make_engine, migrate, read_scope, session_scope
 from bot.store.models import AccessRequest
-from tests.conftest import fresh_postgres_database
+from tests.world import fresh_postgres_database
 
 
 @pytest.fixture

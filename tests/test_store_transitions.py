@@ -18,7 +18,7 @@ from bot.store.audit import bind_audit_key
 from bot.store.db import session_scope
 from bot.store.models import AccessRequest, AuditEvent
 from bot.store.transitions import Audit, move_grant, move_request
-from tests.conftest import AUDIT_KEY
+from tests.world import APPROVERS_CHANNEL, AUDIT_KEY, REQUESTER
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -38,7 +38,7 @@ def _add_request(session: Session, request_id: str, status: RequestStatus = Requ
     session.add(
         AccessRequest(
             id=request_id,
-            requester_slack_id="U0REQUESTER",
+            requester_slack_id=REQUESTER,
             requester_subject="alice",
             resource="prod-db",
             audience="https://db.internal.example",
@@ -46,7 +46,7 @@ def _add_request(session: Session, request_id: str, status: RequestStatus = Requ
             duration_seconds=60,
             reason="test",
             approvals_required=1,
-            approver_channel="C0APPROVERS",
+            approver_channel=APPROVERS_CHANNEL,
             status=status.value,
             created_at=NOW,
             updated_at=NOW,
@@ -61,25 +61,16 @@ def _events(engine: Engine) -> list[str]:
 
 def test_the_winner_moves_and_audits_once_and_the_loser_is_told(keyed: Engine) -> None:
     request_id = _request(keyed)
-    event = Audit(AuditEventType.REQUEST_CANCELLED, actor="U0REQUESTER")
-    with session_scope(keyed) as session:
-        first = move_request(
-            session=session,
-            request_id=request_id,
-            source=RequestStatus.PENDING,
-            target=RequestStatus.CANCELLED,
-            now=NOW,
-            event=event,
-        )
-    with session_scope(keyed) as session:
-        second = move_request(
-            session=session,
-            request_id=request_id,
-            source=RequestStatus.PENDING,
-            target=RequestStatus.CANCELLED,
-            now=NOW,
-            event=event,
-        )
+    event = Audit(AuditEventType.REQUEST_CANCELLED, actor=REQUESTER)
+    def cancel() -> bool:
+        """One attempt, in its own transaction, to move the request from pending to cancelled."""
+        with session_scope(keyed) as session:
+            pending, cancelled = RequestStatus.PENDING, RequestStatus.CANCELLED
+            return move_request(
+                session=session, request_id=request_id, source=pending, target=cancelled, now=NOW, event=event
+            )
+
+    first, second = cancel(), cancel()
     assert (first, second) == (True, False)
     assert _events(keyed) == ["request_cancelled"], "only the winner's move is audited"
 
