@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bot.domain.commands import SUBCOMMANDS, CommandError, CommandErrorCode, SubCommand, parse, parse_command
 from bot.slack.messages import help_text, usage_of
-from tests.conftest import make_policy
+from tests.world import make_policy
 
 POLICY = make_policy()
 README = Path(__file__).resolve().parent.parent / "README.md"

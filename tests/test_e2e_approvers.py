@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import GROUP_MEMBER, REQUESTER, Bot
+from bot.slack.ids import ActionId
+from tests.testbot import Bot
+from tests.world import GROUP_MEMBER, REQUESTER
 
 
 def _reply(bot: Bot, key: str) -> str:
@@ -15,14 +17,14 @@ def test_a_vote_is_refused_while_slack_cannot_list_the_approver_group(bot: Bot) 
     request_id, channel, ts = bot.request(REQUESTER, "request k8s view 10m look at pods")
     # Not an error Slack's client retries: the lookup fails once, for this click.
     bot.slack.fail_next("usergroups.users.list", "missing_scope")
-    _, key = bot.send.click(GROUP_MEMBER, "jit_approve", request_id, channel=channel, ts=ts)
+    _, key = bot.click(GROUP_MEMBER, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     assert _reply(bot, key) == (
         "Slack could not list the approver group for `k8s` (missing_scope). Nothing changed; try again."
     )
     assert bot.stored(request_id).status == "pending"
 
     # Once Slack answers, the same member's vote counts.
-    bot.send.click(GROUP_MEMBER, "jit_approve", request_id, channel=channel, ts=ts)
+    bot.click(GROUP_MEMBER, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "approved")
 
 

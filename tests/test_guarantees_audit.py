@@ -18,7 +18,7 @@ from bot.store.audit import AuditKeyMissing, bind_audit_key, verify_chain
 from bot.store.db import session_scope
 from bot.store.models import AuditEvent
 from bot.store.types import utcnow
-from tests.conftest import AUDIT_KEY
+from tests.world import AUDIT_KEY
 
 KEY = base64.urlsafe_b64decode(AUDIT_KEY)
 # Spelled out rather than imported: a test that read the code's own list would pass whatever it lost.

@@ -20,10 +20,10 @@ from jwt.algorithms import RSAAlgorithm
 
 from bot.domain.policy import Policy
 from bot.services.delivery import DeliveryPolicy
-from tests.conftest import APPROVER_1, REQUESTER, Bot, MintingBot, serving
+from bot.slack.ids import ActionId
 from tests.slack_standin import SlackStandIn
-from tests.test_e2e_minting import approve, dm_texts, pickup_url
-from tests.test_e2e_revocation import _grant
+from tests.testbot import Bot, MintingBot, serving
+from tests.world import APPROVER_1, REQUESTER
 
 MINTERS = 8
 
@@ -48,7 +48,7 @@ def replica_without_idp(
 def test_racing_mint_calls_exchange_once(minting_bot: MintingBot, replica_without_idp: Bot) -> None:
     bot, replica = minting_bot, replica_without_idp
     request_id, channel, ts = replica.request(REQUESTER, "request prod-db read 30m raced")
-    replica.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+    replica.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "approved")
     minting = bot.served.runtime.minting
     assert minting is not None
@@ -75,7 +75,7 @@ def test_racing_mint_calls_exchange_once(minting_bot: MintingBot, replica_withou
     assert len(_issued_for(bot, request_id)) == 1
     assert len(_events(bot, request_id, "mint_started")) == 1
     assert len(_events(bot, request_id, "token_received")) == 1
-    assert len([t for t in dm_texts(bot) if request_id in t and "/pickup/" in t]) == 1
+    assert len([t for t in bot.dms_to(REQUESTER) if request_id in t and "/pickup/" in t]) == 1
 
 
 def test_every_exchange_attempt_sends_a_fresh_assertion(minting_bot: MintingBot) -> None:
@@ -84,7 +84,7 @@ def test_every_exchange_attempt_sends_a_fresh_assertion(minting_bot: MintingBot)
     # in a 503: the retry is refused as a replay unless it carries a new assertion.
     bot.idp.fault("token", "replace", status=503, body='{"error": "temporarily_unavailable"}')
     bot.idp.fail_next(503, count=1)  # and one more, refused before it is handled
-    request_id = approve(bot, "request prod-db read 30m flaky idp")
+    request_id = bot.approve("request prod-db read 30m flaky idp")
     row = bot.stored(request_id)
     assert row.status == "active", (row.failure_code, row.failure_detail)
     retries = _events(bot, request_id, "mint_retry")
@@ -112,19 +112,19 @@ def _impostor_jwks(idp_jwks_uri: str) -> str:
 def _assert_refused_and_revoked(bot: MintingBot, request_id: str, refusal: str, *, idp_knows_it: bool = True) -> None:
     row = bot.stored(request_id)
     assert row.status == "failed" and row.failure_code == refusal, (row.status, row.failure_code)
-    bot.slack.wait_for(lambda: _grant(bot, request_id).status == "revoked", timeout=20)
-    assert _grant(bot, request_id).refusal == refusal
+    bot.slack.wait_for(lambda: bot.grant(request_id).status == "revoked", timeout=20)
+    assert bot.grant(request_id).refusal == refusal
     (issued,) = _issued_for(bot, request_id)
     if idp_knows_it:
         assert issued["active"] is False, "the IdP says the refused token is dead"
-    assert not [t for t in dm_texts(bot) if request_id in t and "/pickup/" in t], "no pickup link"
+    assert not [t for t in bot.dms_to(REQUESTER) if request_id in t and "/pickup/" in t], "no pickup link"
 
 
 @pytest.mark.parametrize("idp_token_format", ["jwt"])
 def test_a_jwt_from_another_issuer_is_refused_and_revoked(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.misbehave_next(jwt_claims={"iss": "https://impostor.example"})
-    request_id = approve(bot, "request prod-db read 30m whose token")
+    request_id = bot.approve("request prod-db read 30m whose token")
     # The dev IdP does not take a token naming another issuer back for revocation (nor would a real
     # one), so its own list still calls it live; the bot's proof is introspection's "inactive".
     _assert_refused_and_revoked(bot, request_id, "invalid_token", idp_knows_it=False)
@@ -134,7 +134,7 @@ def test_a_jwt_from_another_issuer_is_refused_and_revoked(minting_bot: MintingBo
 def test_a_jwt_for_another_audience_is_refused_and_revoked(minting_bot: MintingBot) -> None:
     bot = minting_bot
     bot.idp.misbehave_next(jwt_claims={"aud": "https://billing.internal.example"})
-    request_id = approve(bot, "request prod-db read 30m for what")
+    request_id = bot.approve("request prod-db read 30m for what")
     _assert_refused_and_revoked(bot, request_id, "invalid_token")
 
 
@@ -143,16 +143,16 @@ def test_a_jwt_whose_signature_does_not_verify_is_refused_and_revoked(minting_bo
     bot = minting_bot
     # Served as the IdP's key set: its key ids, other keys. The token's signature cannot verify.
     bot.idp.fault("jwks", "replace", status=200, body=_impostor_jwks(bot.idp.jwks_uri), count=5)
-    request_id = approve(bot, "request prod-db read 30m signed by whom")
+    request_id = bot.approve("request prod-db read 30m signed by whom")
     _assert_refused_and_revoked(bot, request_id, "invalid_token")
 
 
 def test_the_idp_is_asked_for_the_grants_lifetime(minting_bot: MintingBot) -> None:
     bot = minting_bot
     # Two hours: longer than the dev IdP's default lifetime (one hour), so only asking gets it.
-    request_id = approve(bot, "request prod-db read 2h long job")
-    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
-    grant = _grant(bot, request_id)
+    request_id = bot.approve("request prod-db read 2h long job")
+    token = httpx.get(bot.pickup_url(request_id), headers={"Accept": "application/json"}).json()["access_token"]
+    grant = bot.grant(request_id)
     info = bot.idp.introspect(token)
     assert info["active"] is True
     expires_at = grant.expires_at.replace(tzinfo=UTC).timestamp()  # UTC, with or without a zone

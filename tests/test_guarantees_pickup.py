@@ -11,9 +11,8 @@ from datetime import UTC
 
 import httpx
 
-from tests.conftest import AUDIT_CHANNEL, REQUESTER, MintingBot
-from tests.test_e2e_minting import approve, pickup_url
-from tests.test_e2e_revocation import _grant
+from tests.testbot import MintingBot
+from tests.world import AUDIT_CHANNEL, REQUESTER
 
 # Spelled out rather than imported: a test that compared the page with the code's own table would
 # pass whatever the table lost.
@@ -35,8 +34,8 @@ def _assert_pickup_headers(response: httpx.Response, what: str) -> None:
 
 def test_pickup_dm_is_never_unfurled(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot)
-    url = pickup_url(bot, request_id)
+    request_id = bot.approve()
+    url = bot.pickup_url(request_id)
     (dm,) = [c for c in bot.slack.calls_to("chat.postMessage") if c.ok and url in str(c.args.get("text"))]
     assert dm.args.get("channel") == REQUESTER
     # Slack's unfurler would fetch the link, and the first fetch uses it up.
@@ -47,14 +46,14 @@ def test_pickup_dm_is_never_unfurled(minting_bot: MintingBot) -> None:
     assert {c.args.get("channel") for c in posted} >= {REQUESTER, AUDIT_CHANNEL}
     assert all(c.args.get("unfurl_links") is False for c in posted), [c.args for c in posted]
     # The link is still unused: nothing fetched it.
-    assert _grant(bot, request_id).picked_up_at is None
+    assert bot.grant(request_id).picked_up_at is None
     assert httpx.get(url).status_code == 200
 
 
 def test_every_pickup_answer_carries_the_security_headers(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    html_link = pickup_url(bot, approve(bot))
-    json_link = pickup_url(bot, approve(bot, "request prod-db read 30m second"))
+    html_link = bot.pickup_url(bot.approve())
+    json_link = bot.pickup_url(bot.approve("request prod-db read 30m second"))
 
     head = httpx.head(html_link)
     assert head.status_code == 405
@@ -77,9 +76,9 @@ def test_every_pickup_answer_carries_the_security_headers(minting_bot: MintingBo
 def test_pickup_link_of_a_short_grant_ends_with_the_grant(minting_bot: MintingBot) -> None:
     bot = minting_bot
     # Five minutes of access: the link's usual ten minutes would outlive it.
-    request_id = approve(bot, "request prod-db read 5m short one")
-    url = pickup_url(bot, request_id)  # waits for the DM
-    grant = _grant(bot, request_id)
+    request_id = bot.approve("request prod-db read 5m short one")
+    url = bot.pickup_url(request_id)  # waits for the DM
+    grant = bot.grant(request_id)
     assert grant.pickup_expires_at is not None
     assert grant.pickup_expires_at == grant.expires_at
     (dm,) = [t for t in _dms(bot) if url in t]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import GROUP_MEMBER, REQUESTER, Bot
+from bot.slack.ids import ActionId
+from tests.testbot import Bot
+from tests.world import GROUP_MEMBER, REQUESTER
 
 # How slowly Slack answers the lookup the vote needs (the approver group's members). The click's own
 # answer must come back well before: it may not wait for any Slack call.
@@ -21,7 +23,7 @@ def test_approve_is_acked_before_any_slack_lookup(bot: Bot) -> None:
     bot.slack.set_delay("usergroups.users.list", SLACK_DELAY)
 
     started = time.monotonic()
-    response, _key = bot.send.click(GROUP_MEMBER, "jit_approve", request_id, channel=channel, ts=ts)
+    response, _key = bot.click(GROUP_MEMBER, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     answered_in = time.monotonic() - started
     assert response.status_code == 200, response.text
     assert answered_in < SLACK_DELAY / 2, f"the click was answered after {answered_in:.1f}s"

@@ -18,12 +18,12 @@ from bot.domain.policy import Policy
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
 from bot.services.delivery import DeliveryPolicy
 from bot.services.timeouts import APPROVED_UNMINTED_AFTER
+from bot.slack.ids import ActionId
 from bot.store.models import AuditEvent
-from tests.conftest import APPROVER_1, REQUESTER, Bot, MintingBot, serving
-from tests.conftest import TestClock as MovableClock  # not named Test*, so pytest does not collect it here
 from tests.slack_standin import SlackStandIn
-from tests.test_e2e_minting import approve, pickup_url
-from tests.test_e2e_revocation import _grant
+from tests.testbot import Bot, MintingBot, serving
+from tests.testbot import TestClock as MovableClock  # not named Test*, so pytest does not collect it here
+from tests.world import APPROVER_1, REQUESTER
 
 # How young the replica's approvals look, by the minting bot's clock, once they are made.
 REPLICA_HEAD_START = timedelta(seconds=5)
@@ -44,10 +44,10 @@ def _events(bot: Bot, request_id: str, event_type: str) -> list[AuditEvent]:
 def test_the_timer_revokes_with_sub_second_lag_without_the_sweep(minting_bot: MintingBot) -> None:
     bot = minting_bot
     # With the periodic sweep five minutes apart, only the timer armed for the expiry can be on time.
-    request_id = approve(bot, "request prod-db read 3s timer only")
+    request_id = bot.approve("request prod-db read 3s timer only")
     assert bot.stored(request_id).status == "active"
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=15)
-    grant = _grant(bot, request_id)
+    grant = bot.grant(request_id)
     assert grant.revoked_at is not None
     assert timedelta(0) <= grant.revoked_at - grant.expires_at < TIMER_LAG
     (revoked,) = _events(bot, request_id, "grant_revoked")
@@ -69,14 +69,14 @@ def test_a_pending_request_expires_at_its_timeout_not_before(minting_bot: Mintin
     assert bot.stored(request_id).status == "expired"
     (expired,) = _events(bot, request_id, "request_expired")
     assert expired.details["timeout_seconds"] == int(policy.request_timeout.total_seconds())
-    _, key = bot.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+    _, key = bot.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     refusal = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
     assert "no longer pending" in refusal[0].payload["text"]
 
 
 def test_revocation_retries_back_off(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 2s outage")
+    request_id = bot.approve("request prod-db read 2s outage")
     bot.idp.stop()
     failures = bot.slack.wait_for(
         lambda: f if len(f := _events(bot, request_id, "revocation_failed")) >= 3 else None, timeout=20
@@ -92,7 +92,7 @@ def test_revocation_retries_back_off(minting_bot: MintingBot) -> None:
     bot.idp.start()
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=30)
     last = _events(bot, request_id, "revocation_failed")[-1]
-    grant = _grant(bot, request_id)
+    grant = bot.grant(request_id)
     assert grant.revoked_at is not None
     due = _naive(datetime.fromisoformat(last.details["retry_at"]))
     assert timedelta(0) <= _naive(grant.revoked_at) - due < TIMER_LAG + timedelta(seconds=SWEEP_INTERVAL_SECONDS)
@@ -117,7 +117,7 @@ def test_an_approval_whose_mint_never_started_is_minted_later(
 ) -> None:
     bot, replica = minting_bot, replica_without_idp
     request_id, channel, ts = replica.request(REQUESTER, "request prod-db read 30m left behind")
-    replica.send.click(APPROVER_1, "jit_approve", request_id, channel=channel, ts=ts)
+    replica.click(APPROVER_1, ActionId.APPROVE, request_id, channel=channel, ts=ts)
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "approved")
     # Housekeeping leaves a young approval alone: its own mint may still be on the way.
     time.sleep(SWEEP_INTERVAL_SECONDS + 0.5)
@@ -128,5 +128,5 @@ def test_an_approval_whose_mint_never_started_is_minted_later(
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "active", timeout=15)
     assert bot.idp.stats()["exchanges"] == 1
     assert len(_events(bot, request_id, "mint_started")) == 1
-    token = httpx.get(pickup_url(bot, request_id), headers={"Accept": "application/json"}).json()["access_token"]
+    token = httpx.get(bot.pickup_url(request_id), headers={"Accept": "application/json"}).json()["access_token"]
     assert bot.idp.introspect(token)["active"] is True
