@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import time
 
-from bot.slack.ids import ActionId, CallbackId
+from bot.slack.forms import DenyForm
+from bot.slack.ids import ActionId
 from bot.store.audit import verify_chain
 from bot.store.db import session_scope
 from tests.testbot import Bot, buttons, card_text, deny_form
@@ -125,7 +126,7 @@ def test_deny_asks_for_a_reason_and_tells_the_requester(bot: Bot) -> None:
     bot.send.click(APPROVER_1, DENY, request_id, channel=channel, ts=ts)
     opened = bot.slack.wait_for(lambda: [c for c in bot.slack.calls_to("views.open") if c.ok])
     view = opened[0].response["view"]
-    assert view["callback_id"] == CallbackId.DENY_MODAL
+    assert view["callback_id"] == DenyForm.CALLBACK_ID
     assert bot.stored(request_id).status == "pending", "opening the modal decides nothing"
 
     # A blank reason is refused inside the modal and changes nothing.

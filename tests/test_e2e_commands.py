@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.slack.ids import ActionId, BlockId, CallbackId
+from bot.slack.forms import RequestForm
+from bot.slack.ids import ActionId
 from tests.signing import slack_signature
 from tests.testbot import Bot, opened_views, request_form
 from tests.world import APPROVER_1, APPROVERS_CHANNEL, OUTSIDER, REQUESTER, SIGNING_SECRET, UNMAPPED
@@ -153,22 +154,22 @@ def test_card_that_cannot_be_posted_cancels_the_request(bot: Bot) -> None:
 def test_request_modal_behaves_like_the_typed_command(bot: Bot) -> None:
     _, key, _ = bot.send.slash(REQUESTER, "request")
     (view,) = bot.slack.wait_for(lambda: opened_views(bot.slack))
-    assert view["callback_id"] == CallbackId.REQUEST_MODAL
-    assert [b["block_id"] for b in view["blocks"]] == [BlockId.RESOURCE, BlockId.REASON]
+    assert view["callback_id"] == RequestForm.CALLBACK_ID
+    assert [b["block_id"] for b in view["blocks"]] == [RequestForm.BlockId.RESOURCE, RequestForm.BlockId.REASON]
 
     # Choosing a resource rebuilds the form with that resource's scopes and durations.
     choose = {
         "type": "static_select",
-        "action_id": ActionId.MODAL_RESOURCE,
-        "block_id": BlockId.RESOURCE,
+        "action_id": RequestForm.ActionId.RESOURCE,
+        "block_id": RequestForm.BlockId.RESOURCE,
         "selected_option": {"text": {"type": "plain_text", "text": "prod-db"}, "value": "prod-db"},
         "action_ts": "1.1",
     }
     assert bot.send.view_action(REQUESTER, view, choose).status_code == 200
     updated = bot.slack.wait_for(lambda: [c.response["view"] for c in bot.slack.calls_to("views.update") if c.ok])[0]
     blocks = {b["block_id"]: b for b in updated["blocks"]}
-    scopes, duration = f"{BlockId.SCOPES}:prod-db", f"{BlockId.DURATION}:prod-db"
-    assert set(blocks) == {BlockId.RESOURCE, scopes, duration, BlockId.REASON}
+    scopes, duration = f"{RequestForm.BlockId.SCOPES}:prod-db", f"{RequestForm.BlockId.DURATION}:prod-db"
+    assert set(blocks) == {RequestForm.BlockId.RESOURCE, scopes, duration, RequestForm.BlockId.REASON}
     assert [o["value"] for o in blocks[scopes]["element"]["options"]] == ["read", "write"]
     durations = [o["value"] for o in blocks[duration]["element"]["options"]]
     assert durations[-1] == "2h" and "4h" not in durations
@@ -178,8 +179,11 @@ def test_request_modal_behaves_like_the_typed_command(bot: Bot) -> None:
 
     # The form is checked like the command: errors land on the right field and nothing is stored.
     bad = bot.send.submit_view(REQUESTER, updated, values(["read"], "30m", "   "))
-    assert bad.json() == {"response_action": "errors", "errors": {BlockId.REASON: bad.json()["errors"][BlockId.REASON]}}
-    assert "reason is required" in bad.json()["errors"][BlockId.REASON]
+    assert bad.json() == {
+        "response_action": "errors",
+        "errors": {RequestForm.BlockId.REASON: bad.json()["errors"][RequestForm.BlockId.REASON]},
+    }
+    assert "reason is required" in bad.json()["errors"][RequestForm.BlockId.REASON]
     forged_scope = bot.send.submit_view(REQUESTER, updated, values(["admin"], "30m", "x"))
     assert "does not offer scope `admin`" in forged_scope.json()["errors"][scopes]
     too_long = bot.send.submit_view(REQUESTER, updated, values(["read"], "4h", "x"))
@@ -210,8 +214,8 @@ def test_partial_command_prefills_the_modal(bot: Bot) -> None:
     bot.send.slash(REQUESTER, "request k8s")
     (view,) = bot.slack.wait_for(lambda: opened_views(bot.slack))
     blocks = {b["block_id"]: b for b in view["blocks"]}
-    assert blocks[BlockId.RESOURCE]["element"]["initial_option"]["value"] == "k8s"
-    assert [o["value"] for o in blocks[f"{BlockId.DURATION}:k8s"]["element"]["options"]][-1] == "30m"
+    assert blocks[RequestForm.BlockId.RESOURCE]["element"]["initial_option"]["value"] == "k8s"
+    assert [o["value"] for o in blocks[f"{RequestForm.BlockId.DURATION}:k8s"]["element"]["options"]][-1] == "30m"
 
 
 def test_unmapped_requester_gets_no_modal(bot: Bot) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.slack.forms import DenyForm
 from bot.slack.ids import ActionId, BlockId
 from tests.processes import ServeProcess, free_port, write_policy
 from tests.signing import signed_headers
@@ -203,7 +204,7 @@ def test_a_deny_reason_is_limited_and_clipped_and_cannot_leave_buttons_live(bot:
     too_long = bot.deny(APPROVER_1, request_id, "x" * 900)
     assert too_long.status_code == 200
     assert too_long.json()["response_action"] == "errors"
-    assert "under 500 characters" in too_long.json()["errors"][BlockId.DENY_REASON]
+    assert "under 500 characters" in too_long.json()["errors"][DenyForm.REASON_BLOCK]
     assert bot.stored(request_id).status == "pending"
 
     long_enough = "because " + "y" * 480

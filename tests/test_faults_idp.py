@@ -23,6 +23,7 @@ from sqlmodel import Session
 
 from bot.services.minting import RetryPolicy
 from bot.services.revocation import RevocationTiming
+from bot.slack.ids import BlockId
 from bot.store import grants as grant_store
 from bot.store.db import session_scope
 from bot.store.models import Grant
@@ -437,7 +438,7 @@ def test_an_idp_error_description_cannot_forge_lines_on_cards_dms_or_logs(mintin
     bot.slack.wait_for(lambda: "invalid_grant" in card_text(bot, request_id))
     row = bot.stored(request_id)
     blocks = bot.slack.message(str(row.card_channel), str(row.card_ts))["blocks"]
-    (decision,) = [b["text"]["text"] for b in blocks if b.get("block_id") == "decision"]
+    (decision,) = [b["text"]["text"] for b in blocks if b.get("block_id") == BlockId.DECISION]
     assert "\n" not in decision and "\u202e" not in decision and "request approved by security" in decision
     for record in bot.log_records.records:
         assert "\n" not in record.getMessage() or record.exc_info, record.getMessage()

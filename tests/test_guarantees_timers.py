@@ -57,7 +57,7 @@ def test_the_timer_revokes_with_sub_second_lag_without_the_sweep(minting_bot: Mi
 def test_a_pending_request_expires_at_its_timeout_not_before(minting_bot: MintingBot, policy: Policy) -> None:
     bot = minting_bot
     request_id, channel, ts = bot.request(REQUESTER, "request prod-db read 30m anyone")
-    housekeeping = bot.served.runtime.scheduler.run_housekeeping
+    housekeeping = bot.served.runtime.run_housekeeping
 
     bot.clock.advance(policy.request_timeout - timedelta(seconds=10))
     housekeeping()

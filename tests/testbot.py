@@ -23,7 +23,8 @@ from bot.domain.policy import Policy
 from bot.idp.client import IdPClient
 from bot.runtime import Runtime, build_runtime
 from bot.services.delivery import DeliveryPolicy
-from bot.slack.ids import ActionId, BlockId
+from bot.slack.forms import DenyForm, RequestForm
+from bot.slack.ids import ActionId
 from bot.store.models import AccessRequest, AuditEvent, Grant, OutboxMessage
 from bot.store.types import utcnow
 from tests.harness import ServedApp, SlackRequests, free_socket
@@ -113,20 +114,21 @@ def opened_views(slack: SlackStandIn, containing: str = "") -> list[dict[str, An
 
 def deny_form(reason: str) -> dict[str, dict[str, Any]]:
     """The values of a submitted Deny modal."""
-    return {BlockId.DENY_REASON: {ActionId.DENY_REASON: {"type": "plain_text_input", "value": reason}}}
+    return {DenyForm.REASON_BLOCK: {DenyForm.REASON_ACTION: {"type": "plain_text_input", "value": reason}}}
 
 
 def request_form(resource: str, scopes: list[str], duration: str, reason: str) -> dict[str, dict[str, Any]]:
     """The values of a submitted request modal; the scopes and duration blocks are per resource."""
+    block, action = RequestForm.BlockId, RequestForm.ActionId
     return {
-        BlockId.RESOURCE: {ActionId.MODAL_RESOURCE: {"type": "static_select", "selected_option": {"value": resource}}},
-        f"{BlockId.SCOPES}:{resource}": {
-            ActionId.MODAL_SCOPES: {"type": "multi_static_select", "selected_options": [{"value": s} for s in scopes]}
+        block.RESOURCE: {action.RESOURCE: {"type": "static_select", "selected_option": {"value": resource}}},
+        f"{block.SCOPES}:{resource}": {
+            action.SCOPES: {"type": "multi_static_select", "selected_options": [{"value": s} for s in scopes]}
         },
-        f"{BlockId.DURATION}:{resource}": {
-            ActionId.MODAL_DURATION: {"type": "static_select", "selected_option": {"value": duration}}
+        f"{block.DURATION}:{resource}": {
+            action.DURATION: {"type": "static_select", "selected_option": {"value": duration}}
         },
-        BlockId.REASON: {ActionId.MODAL_REASON: {"type": "plain_text_input", "value": reason}},
+        block.REASON: {action.REASON: {"type": "plain_text_input", "value": reason}},
     }
 
 
