@@ -15,18 +15,23 @@ from typing import Any
 import httpx
 import yaml
 
+import bot
 from tests.world import POLICY, eventually
 
 JIT_BOT = Path(sys.executable).parent / "jit-bot"
 
 
 def base_env(home: Path) -> dict[str, str]:
-    """Only what a process needs to run: nothing SLACK_* or JIT_* leaks in from the test runner."""
+    """Only what a process needs to run: nothing SLACK_* or JIT_* leaks in from the test runner.
+
+    The process imports the ``bot`` package these tests were imported with (a worktree, or the copy
+    scripts/mutants breaks), not whichever checkout the virtualenv's editable install points at."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(Path(bot.__file__).resolve().parent.parent),
     }
 
 
