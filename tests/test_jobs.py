@@ -24,17 +24,23 @@ def _counter() -> tuple[list[datetime], threading.Event, Callable[[], None]]:
     return runs, ran, job
 
 
+def _second_run() -> tuple[threading.Event, Callable[[], None]]:
+    """A job body, and an event set once it has run twice."""
+    runs: list[int] = []
+    twice = threading.Event()
+
+    def run() -> None:
+        runs.append(1)
+        if len(runs) >= 2:
+            twice.set()
+
+    return twice, run
+
+
 def test_jobs_added_before_start_begin_with_it_and_run_by_their_trigger() -> None:
     jobs = JobScheduler()
     at_start, started, first = _counter()
-    periodic: list[int] = []
-    twice = threading.Event()
-
-    def tick() -> None:
-        periodic.append(1)
-        if len(periodic) >= 2:
-            twice.set()
-
+    twice, tick = _second_run()
     jobs.add("first", AtStart(), first)
     jobs.add("tick", Every(0.05), tick, pool=Pool.EXPIRY)
     assert not started.is_set(), "nothing runs before start"
@@ -66,13 +72,10 @@ def test_an_armed_job_runs_at_its_moment_and_arming_again_moves_it() -> None:
 
 def test_a_failing_job_is_logged_and_runs_again(caplog: pytest.LogCaptureFixture) -> None:
     jobs = JobScheduler()
-    attempts: list[int] = []
-    again = threading.Event()
+    again, count = _second_run()
 
     def flaky() -> None:
-        attempts.append(1)
-        if len(attempts) >= 2:
-            again.set()
+        count()
         raise RuntimeError("boom")
 
     jobs.add("flaky", Every(0.05), flaky)

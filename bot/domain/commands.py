@@ -111,14 +111,14 @@ class SubCommand:
     """One entry of the command table."""
 
     name: str
-    # The arguments after the name as the usage line shows them; "" when there are none.
-    arguments: str
     # What it does, for ``/jit help`` and the README (Slack mrkdwn and Markdown alike: code spans only).
     summary: str
     parse: Callable[[Words, Policy], Command]
-    # Its answer needs no I/O, so it goes back in the acknowledgement itself, with no lazy step.
-    answered_in_ack: bool
+    # The arguments after the name as the usage line shows them; "" when there are none.
+    arguments: str = ""
     aliases: tuple[str, ...] = ()
+    # Its answer needs no I/O, so it goes back in the acknowledgement itself, with no lazy step.
+    answered_in_ack: bool = False
 
     def usages(self) -> tuple[str, ...]:
         """One usage line per spelling, the name first."""
@@ -161,44 +161,28 @@ def _revoke(words: Words, _policy: Policy) -> Command:
 
 SUBCOMMANDS: tuple[SubCommand, ...] = (
     SubCommand(
-        name="request",
-        arguments="<resource> <scopes> <duration> <reason…>",
-        summary="ask for access, e.g. `/jit request prod-db read 30m checking INC-1234`. Scopes are "
+        "request",
+        "ask for access, e.g. `/jit request prod-db read 30m checking INC-1234`. Scopes are "
         "comma-separated; durations look like `90s`, `15m`, `2h`, `1h30m`. With arguments missing "
         "(or none), a form asks for the rest: the resource, its scopes, durations up to its maximum, the reason.",
-        parse=_request,
-        answered_in_ack=False,
+        _request,
+        arguments="<resource> <scopes> <duration> <reason…>",
     ),
     SubCommand(
-        name="resources",
-        arguments="",
-        summary="what you can ask for, with scopes, maximum durations and approver channels.",
-        parse=lambda _words, _policy: ResourcesCommand(),
+        "resources",
+        "what you can ask for, with scopes, maximum durations and approver channels.",
+        lambda _words, _policy: ResourcesCommand(),
         answered_in_ack=True,
     ),
+    SubCommand("list", "your pending requests and active grants, with time left.", lambda _w, _p: ListCommand()),
     SubCommand(
-        name="list",
-        arguments="",
-        summary="your pending requests and active grants, with time left.",
-        parse=lambda _words, _policy: ListCommand(),
-        answered_in_ack=False,
-    ),
-    SubCommand(
-        name="revoke",
-        aliases=("cancel",),
+        "revoke",
+        "end an active grant now (the requester or an approver of the resource), or cancel your own pending request.",
+        _revoke,
         arguments="<request id>",
-        summary="end an active grant now (the requester or an approver of the resource), "
-        "or cancel your own pending request.",
-        parse=_revoke,
-        answered_in_ack=False,
+        aliases=("cancel",),
     ),
-    SubCommand(
-        name="help",
-        arguments="",
-        summary="the commands and what they do.",
-        parse=lambda _words, _policy: HelpCommand(),
-        answered_in_ack=True,
-    ),
+    SubCommand("help", "the commands and what they do.", lambda _words, _policy: HelpCommand(), answered_in_ack=True),
 )
 
 _BY_NAME = {name: sub for sub in SUBCOMMANDS for name in (sub.name, *sub.aliases)}

@@ -23,10 +23,5 @@ def record(
     **details: Any,
 ) -> None:
     append_event(
-        session=session,
-        at=at,
-        event_type=event_type.value,
-        actor=actor,
-        request_id=request_id,
-        details=details,
+        session=session, at=at, event_type=event_type.value, actor=actor, request_id=request_id, details=details
     )

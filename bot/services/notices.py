@@ -63,24 +63,26 @@ class CardChanged(_AboutRequest):
 
 
 @dataclass(frozen=True)
-class RequesterTold(_AboutRequest):
-    """DM the requester where their request now stands."""
-
-    kind: Literal["requester_told"] = "requester_told"
+class _ToRequester(_AboutRequest):
+    """A DM to the requester; their DMs form one lane, so they arrive in order."""
 
     def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
         return dm_lane(self.request.requester), self.request.requester
 
 
 @dataclass(frozen=True)
-class PickupLink(_AboutRequest):
+class RequesterTold(_ToRequester):
+    """DM the requester where their request now stands."""
+
+    kind: Literal["requester_told"] = "requester_told"
+
+
+@dataclass(frozen=True)
+class PickupLink(_ToRequester):
     """DM the requester the one-time link; the link itself travels encrypted, beside the notice."""
 
     link_expires_at: datetime
     kind: Literal["pickup_link"] = "pickup_link"
-
-    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
-        return dm_lane(self.request.requester), self.request.requester
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,21 +61,15 @@ def _forget(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 
+# eq=False: compared and hashed by identity, as SQLAlchemy's event registry expects of a listener's owner.
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Announcer:
     """Turns "this happened" into notices in the outbox. One per process, built in the composition root."""
 
-    def __init__(
-        self,
-        *,
-        policy: Policy,
-        clock: Callable[[], datetime],
-        doorbell: Doorbell,
-        cipher: TokenCipher | None = None,
-    ) -> None:
-        self._policy = policy
-        self._clock = clock
-        self._doorbell = doorbell
-        self._cipher = cipher
+    policy: Policy
+    clock: Callable[[], datetime]
+    doorbell: Doorbell
+    cipher: TokenCipher | None = None
 
     # --- what use cases say ------------------------------------------------------------------
 
@@ -85,7 +80,7 @@ class Announcer:
     def card(self, session: Session, request: RequestSnapshot, *, hold: timedelta | None = None) -> None:
         """The card changed. ``hold``: send it no sooner than that from now, so that a state likely
         to last only a moment (*Revocation pending*) is replaced by the next version, unsent."""
-        self.queue(session, CardChanged(request), not_before=self._clock() + hold if hold else None)
+        self.queue(session, CardChanged(request), not_before=self.clock() + hold if hold else None)
 
     def requester(self, session: Session, request: RequestSnapshot) -> None:
         self.queue(session, RequesterTold(request))
@@ -98,10 +93,10 @@ class Announcer:
 
     def activated(self, session: Session, request: RequestSnapshot, *, url: str, link_expires_at: datetime) -> None:
         """The grant is live: the card, the requester's one-time link, and the audit channel."""
-        if self._cipher is None:
+        if self.cipher is None:
             raise RuntimeError("pickup links need the token cipher")
         self.card(session, request)
-        self.queue(session, PickupLink(request, link_expires_at), secret=self._cipher.encrypt(url))
+        self.queue(session, PickupLink(request, link_expires_at), secret=self.cipher.encrypt(url))
         self.queue(session, AuditSummary(request, request.status))
 
     def alert(self, session: Session, kind: AlertKind, request_id: str | None, **facts: str | int | None) -> None:
@@ -139,13 +134,13 @@ class Announcer:
         )
 
     def _write(self, session: Session) -> None:
-        outbox_store.add_many(session=session, messages=session.info.pop(_PENDING, None) or [], now=self._clock())
+        outbox_store.add_many(session=session, messages=session.info.pop(_PENDING, None) or [], now=self.clock())
 
     def _ring(self, session: Session) -> None:  # noqa: ARG002 - the event's signature
-        self._doorbell.ring()
+        self.doorbell.ring()
 
     def _route(self, notice: Notice) -> tuple[str, str] | None:
-        where = notice.route(self._policy.channels.audit)
+        where = notice.route(self.policy.channels.audit)
         if where is None and isinstance(notice, Alert):
             # Nowhere to post it; the log is all a security lead gets, so make it loud.
             log.error("ALERT (no audit channel configured): %s %s %s", notice.alert, notice.request_id, notice.facts)

@@ -129,33 +129,16 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
         blocks.append(
             ActionsBlock(
                 elements=[
-                    ButtonElement(
-                        text=PlainTextObject(text="Approve"),
-                        action_id=ActionId.APPROVE.value,
-                        value=request.id,
-                        style="primary",
-                    ),
-                    ButtonElement(
-                        text=PlainTextObject(text="Deny"),
-                        action_id=ActionId.DENY.value,
-                        value=request.id,
-                        style="danger",
-                    ),
+                    _button("Approve", ActionId.APPROVE, request.id, "primary"),
+                    _button("Deny", ActionId.DENY, request.id, "danger"),
                 ]
             )
         )
     if request.status == RequestStatus.ACTIVE.value and not request.revocation_pending:
-        blocks.append(
-            ActionsBlock(
-                elements=[
-                    ButtonElement(
-                        text=PlainTextObject(text="Revoke now"),
-                        action_id=ActionId.REVOKE.value,
-                        value=request.id,
-                        style="danger",
-                    )
-                ]
-            )
-        )
+        blocks.append(ActionsBlock(elements=[_button("Revoke now", ActionId.REVOKE, request.id, "danger")]))
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Requested {when(request.created_at)}")]))
     return blocks
+
+
+def _button(label: str, action: ActionId, request_id: str, style: str) -> ButtonElement:
+    return ButtonElement(text=PlainTextObject(text=label), action_id=action.value, value=request_id, style=style)

@@ -67,6 +67,29 @@ def _text_value(view: dict[str, Any], block_id: str, action_id: str) -> str:
     return str(value).strip() if value else ""
 
 
+def _modal(callback_id: str, title: str, submit: str, metadata: dict[str, str], blocks: list[Block]) -> View:
+    return View(
+        type="modal",
+        callback_id=callback_id,
+        title=PlainTextObject(text=title),
+        submit=PlainTextObject(text=submit),
+        close=PlainTextObject(text="Cancel"),
+        blocks=blocks,
+        private_metadata=json.dumps(metadata),
+    )
+
+
+def _reason_input(block_id: str, action_id: str, label: str, placeholder: str) -> InputBlock:
+    """A free-text reason, as long as the audit trail keeps."""
+    element = PlainTextInputElement(
+        action_id=action_id,
+        multiline=True,
+        max_length=MAX_REASON_LENGTH,
+        placeholder=PlainTextObject(text=placeholder),
+    )
+    return InputBlock(block_id=block_id, label=PlainTextObject(text=label), element=element)
+
+
 def _option(text: str, value: str) -> Option:
     return Option(text=PlainTextObject(text=clip(text, 75)), value=value)
 
@@ -140,26 +163,9 @@ class RequestForm:
                 )
             )
         blocks.append(
-            InputBlock(
-                block_id=self.BlockId.REASON.value,
-                label=PlainTextObject(text="Reason"),
-                element=PlainTextInputElement(
-                    action_id=self.ActionId.REASON.value,
-                    multiline=True,
-                    max_length=MAX_REASON_LENGTH,
-                    placeholder=PlainTextObject(text="e.g. checking INC-1234"),
-                ),
-            )
+            _reason_input(self.BlockId.REASON.value, self.ActionId.REASON.value, "Reason", "e.g. checking INC-1234")
         )
-        return View(
-            type="modal",
-            callback_id=self.CALLBACK_ID,
-            title=PlainTextObject(text="Request access"),
-            submit=PlainTextObject(text="Request"),
-            close=PlainTextObject(text="Cancel"),
-            blocks=blocks,
-            private_metadata=json.dumps(metadata),
-        )
+        return _modal(self.CALLBACK_ID, "Request access", "Request", metadata, blocks)
 
     def redrawn(self, view: dict[str, Any], chosen: str | None) -> View:
         """The same form after a resource was chosen (or cleared), keeping its metadata."""
@@ -209,25 +215,14 @@ class DenyForm:
     REASON_ACTION = "jit_deny_reason"
 
     def view(self, request_id: str, *, metadata: dict[str, str]) -> View:
-        return View(
-            type="modal",
-            callback_id=self.CALLBACK_ID,
-            title=PlainTextObject(text="Deny request"),
-            submit=PlainTextObject(text="Deny"),
-            close=PlainTextObject(text="Cancel"),
-            private_metadata=json.dumps({**metadata, "request_id": request_id}),
-            blocks=[
+        return _modal(
+            self.CALLBACK_ID,
+            "Deny request",
+            "Deny",
+            {**metadata, "request_id": request_id},
+            [
                 SectionBlock(text=MarkdownTextObject(text=f"Denying request {code(request_id)}.")),
-                InputBlock(
-                    block_id=self.REASON_BLOCK,
-                    label=PlainTextObject(text="Why?"),
-                    element=PlainTextInputElement(
-                        action_id=self.REASON_ACTION,
-                        multiline=True,
-                        max_length=MAX_REASON_LENGTH,
-                        placeholder=PlainTextObject(text="The requester will see this"),
-                    ),
-                ),
+                _reason_input(self.REASON_BLOCK, self.REASON_ACTION, "Why?", "The requester will see this"),
             ],
         )
 

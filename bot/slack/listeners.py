@@ -49,6 +49,14 @@ from bot.slack.replies import Reply, ephemeral, user_errors, via_response_url
 PARSED = "jit_parsed_command"
 
 
+def _ack_form(ack: Ack, parsed: object) -> None:
+    """A form's submission: its per-block errors shown in the form, or accepted (the lazy step acts)."""
+    if isinstance(parsed, dict):
+        ack(response_action="errors", errors=parsed)
+    else:
+        ack()
+
+
 def _respond_reply(respond: Any, **_: Any) -> Reply:
     return ephemeral(respond)
 
@@ -168,11 +176,7 @@ class Listeners:
         client.views_open(trigger_id=body["trigger_id"], view=view)
 
     def ack_deny_modal(self, ack: Ack, view: dict[str, Any]) -> None:
-        reason = self.deny_form.parse(view)
-        if isinstance(reason, dict):
-            ack(response_action="errors", errors=reason)
-        else:
-            ack()
+        _ack_form(ack, self.deny_form.parse(view))
 
     @user_errors(_view_reply)
     def deny_modal_submitted(self, view: dict[str, Any], body: dict[str, Any], client: Any) -> None:
@@ -193,11 +197,7 @@ class Listeners:
         client.views_update(view_id=view["id"], hash=view.get("hash"), view=self.request_form.redrawn(view, chosen))
 
     def ack_request_modal(self, ack: Ack, view: dict[str, Any]) -> None:
-        checked = self.request_form.parse(view)
-        if isinstance(checked, dict):
-            ack(response_action="errors", errors=checked)
-        else:
-            ack()
+        _ack_form(ack, self.request_form.parse(view))
 
     @user_errors(_view_reply)
     def request_modal_submitted(self, view: dict[str, Any], body: dict[str, Any], client: Any) -> None:

@@ -230,47 +230,44 @@ def command_error_text(error: CommandError) -> str:
 # --- refusals ------------------------------------------------------------------------------------
 
 
+VOTE_REFUSALS: dict[VoteRefusal, str] = {
+    VoteRefusal.UNKNOWN_REQUEST: "That request does not exist.",
+    VoteRefusal.NOT_PENDING: "That request is no longer pending, so it cannot be voted on.",
+    VoteRefusal.SELF_APPROVAL: "You cannot vote on your own request.",
+    VoteRefusal.NOT_APPROVER: "You are not an approver for this resource.",
+    VoteRefusal.ALREADY_VOTED: "You have already voted on this request.",
+    VoteRefusal.RESOURCE_REMOVED: "That resource is no longer in the policy, so the request cannot be decided.",
+}
+
+
 def vote_refusal_text(refusal: VoteRefusal) -> str:
-    match refusal:
-        case VoteRefusal.UNKNOWN_REQUEST:
-            return "That request does not exist."
-        case VoteRefusal.NOT_PENDING:
-            return "That request is no longer pending, so it cannot be voted on."
-        case VoteRefusal.SELF_APPROVAL:
-            return "You cannot vote on your own request."
-        case VoteRefusal.NOT_APPROVER:
-            return "You are not an approver for this resource."
-        case VoteRefusal.ALREADY_VOTED:
-            return "You have already voted on this request."
-        case VoteRefusal.RESOURCE_REMOVED:
-            return "That resource is no longer in the policy, so the request cannot be decided."
+    return VOTE_REFUSALS[refusal]
+
+
+# Filled in with the request id (``rid``, or ``short`` for an id that may be anything the person
+# typed), its status and, for a grant still being minted, a hint.
+REVOKE_ANSWERS: dict[RevokeOutcome, str] = {
+    RevokeOutcome.REVOKING: "Revoking `{rid}` now. The card and the requester are told once the IdP confirms.",
+    RevokeOutcome.CANCELLED: "Request `{rid}` was cancelled.",
+    RevokeOutcome.NO_SUCH_REQUEST: "There is no request `{short}`. `/jit list` shows yours.",
+    RevokeOutcome.NOT_ALLOWED: "Only the requester or an approver of this resource can revoke it.",
+    RevokeOutcome.APPROVER_ON_PENDING: "Approvers decide pending requests with the Deny button on the card.",
+    RevokeOutcome.DECIDED_MEANWHILE: "Request `{rid}` was decided meanwhile; `/jit list` shows where it stands.",
+    RevokeOutcome.TOKEN_REVOKED: "Request `{rid}` is {status}, so there is nothing to revoke: its token is revoked.",
+    RevokeOutcome.REFUSED_TOKEN: (
+        "Request `{rid}` is {status}: its token was never handed out and is being revoked at the IdP."
+    ),
+    RevokeOutcome.ALREADY_REVOKING: "Grant `{rid}` is already being revoked.",
+    RevokeOutcome.NOTHING_TO_REVOKE: "Request `{rid}` is {status}, so there is nothing to revoke.{hint}",
+}
 
 
 def revoke_text(result: RevokeResult) -> str:
     """The answer to ``/jit revoke`` and to the Revoke now button."""
-    rid, status = result.request_id, result.status
-    match result.outcome:
-        case RevokeOutcome.REVOKING:
-            return f"Revoking `{rid}` now. The card and the requester are told once the IdP confirms."
-        case RevokeOutcome.CANCELLED:
-            return f"Request `{rid}` was cancelled."
-        case RevokeOutcome.NO_SUCH_REQUEST:
-            return f"There is no request `{rid[:16]}`. `/jit list` shows yours."
-        case RevokeOutcome.NOT_ALLOWED:
-            return "Only the requester or an approver of this resource can revoke it."
-        case RevokeOutcome.APPROVER_ON_PENDING:
-            return "Approvers decide pending requests with the Deny button on the card."
-        case RevokeOutcome.DECIDED_MEANWHILE:
-            return f"Request `{rid}` was decided meanwhile; `/jit list` shows where it stands."
-        case RevokeOutcome.TOKEN_REVOKED:
-            return f"Request `{rid}` is {status}, so there is nothing to revoke: its token is revoked."
-        case RevokeOutcome.REFUSED_TOKEN:
-            return f"Request `{rid}` is {status}: its token was never handed out and is being revoked at the IdP."
-        case RevokeOutcome.ALREADY_REVOKING:
-            return f"Grant `{rid}` is already being revoked."
-        case RevokeOutcome.NOTHING_TO_REVOKE:
-            hint = " It is still being minted; try again in a moment." if result.still_minting else ""
-            return f"Request `{rid}` is {status}, so there is nothing to revoke.{hint}"
+    hint = " It is still being minted; try again in a moment." if result.still_minting else ""
+    return REVOKE_ANSWERS[result.outcome].format(
+        rid=result.request_id, short=result.request_id[:16], status=result.status, hint=hint
+    )
 
 
 def user_error_text(error: UserFacingError) -> str:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.sql.dml import Update
 from sqlmodel import Session, col
 
 from bot.domain.audit import AuditEventType
@@ -49,15 +50,12 @@ def move_request(
     **fields: Any,
 ) -> bool:
     check_transition(REQUEST_TRANSITIONS, source, target)
-    result = session.execute(
+    statement = (
         update(AccessRequest)
         .where(col(AccessRequest.id) == request_id, col(AccessRequest.status) == source.value)
         .values(status=target.value, updated_at=now, **fields)
     )
-    won = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-    if won and event is not None:
-        _append(session, now, request_id, event)
-    return won
+    return _guarded(session, statement, now, request_id, event)
 
 
 def fail_mint(
@@ -111,8 +109,12 @@ def move_grant(
     guard = [col(Grant.request_id) == request_id, col(Grant.status) == source.value]
     if claim_id is not None:
         guard.append(col(Grant.claim_id) == claim_id)
-    result = session.execute(update(Grant).where(*guard).values(status=target.value, **fields))
-    won = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return _guarded(session, update(Grant).where(*guard).values(status=target.value, **fields), now, request_id, event)
+
+
+def _guarded(session: Session, statement: Update, now: datetime, request_id: str, event: Audit | None) -> bool:
+    """Run a guarded update; only the caller whose update changed the row appends the audit event."""
+    won = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
     if won and event is not None:
         _append(session, now, request_id, event)
     return won
