@@ -9,11 +9,14 @@ from datetime import datetime, timedelta
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
 from bot.slack.ids import ActionId
 from bot.store.models import Grant
+from bot.store.types import utcnow
 from tests.testbot import MintingBot
 from tests.world import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, OUTSIDER, REQUESTER
 
-# Scheduling on a loaded test machine (the timer itself keeps well under a second).
-SCHEDULING_MARGIN = timedelta(seconds=2)
+# A revocation is two IdP calls after the claim; on a loaded test machine (the suite on two cores,
+# the dev IdP just restarted) they have taken seconds. The timer itself keeps well under a second
+# (tests/test_guarantees_timers.py); this bound is for what a lost timer or a late retry would cost.
+SCHEDULING_MARGIN = timedelta(seconds=5)
 
 
 def _lag_bound() -> timedelta:
@@ -41,10 +44,10 @@ def _revoked_at_the_last_retry(bot: MintingBot, request_id: str) -> None:
 def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
     bot = minting_bot
     # Long enough that the token is still live when the test picks it up on a loaded machine.
-    request_id = bot.approve("request prod-db read 5s quick look")
+    request_id = bot.approve("request prod-db read 6s quick look")
     token = bot.token(request_id)
-    assert bot.introspect(token)["active"] is True
     expires_at = bot.grant(request_id).expires_at
+    assert bot.introspect(token)["active"] is True, f"not active; the grant ends {expires_at}, now {utcnow()}"
 
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=15)
     grant = bot.grant(request_id)
@@ -58,7 +61,7 @@ def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
     (event,) = [e for e in bot.audit(request_id) if e.event_type == "grant_revoked"]
     assert event.details["proof"] == {"revocation": "accepted", "introspection": {"active": False}}
     assert event.details["token_fingerprint"] == grant.token_fingerprint
-    assert 0 <= event.details["lag_ms"] < _lag_bound().total_seconds() * 1000
+    assert 0 <= event.details["lag_ms"] < _lag_bound().total_seconds() * 1000, event.details
 
     card = bot.slack.wait_for(lambda: (c := bot.card(request_id)) and "Revoked" in json.dumps(c["blocks"]) and c)
     assert "Revoke now" not in json.dumps(card["blocks"]), "no button on an ended grant"
