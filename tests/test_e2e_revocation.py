@@ -12,11 +12,14 @@ from sqlmodel import Session
 
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
 from bot.store.models import Grant
+from bot.store.types import utcnow
 from tests.conftest import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, OUTSIDER, REQUESTER, MintingBot
 from tests.test_e2e_minting import approve, dm_texts, pickup_url
 
-# Scheduling on a loaded test machine (the timer itself keeps well under a second).
-SCHEDULING_MARGIN = timedelta(seconds=2)
+# A revocation is two IdP calls after the claim; on a loaded test machine (the suite on two cores,
+# the dev IdP just restarted) they have taken seconds. The timer itself keeps well under a second
+# (tests/test_guarantees_timers.py); this bound is for what a lost timer or a late retry would cost.
+SCHEDULING_MARGIN = timedelta(seconds=5)
 
 
 def _grant(bot: MintingBot, request_id: str) -> Grant:
@@ -68,10 +71,11 @@ def _audit_channel(bot: MintingBot, words: str) -> list[str]:
 
 def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 3s quick look")
+    # Long enough that the token is still live when the test has picked it up, on a loaded machine too.
+    request_id = approve(bot, "request prod-db read 6s quick look")
     token = _token(bot, request_id)
-    assert _introspect(bot, token)["active"] is True
     expires_at = _grant(bot, request_id).expires_at
+    assert _introspect(bot, token)["active"] is True, f"not active; the grant ends {expires_at}, now {utcnow()}"
 
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=15)
     grant = _grant(bot, request_id)
@@ -85,7 +89,7 @@ def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
     (event,) = [e for e in bot.audit(request_id) if e.event_type == "grant_revoked"]
     assert event.details["proof"] == {"revocation": "accepted", "introspection": {"active": False}}
     assert event.details["token_fingerprint"] == grant.token_fingerprint
-    assert 0 <= event.details["lag_ms"] < _lag_bound().total_seconds() * 1000
+    assert 0 <= event.details["lag_ms"] < _lag_bound().total_seconds() * 1000, event.details
 
     card = bot.slack.wait_for(lambda: (c := _card(bot, request_id)) and "Revoked" in json.dumps(c["blocks"]) and c)
     assert "Revoke now" not in json.dumps(card["blocks"]), "no button on an ended grant"

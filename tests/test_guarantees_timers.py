@@ -44,7 +44,7 @@ def _events(bot: Bot, request_id: str, event_type: str) -> list[AuditEvent]:
 def test_the_timer_revokes_with_sub_second_lag_without_the_sweep(minting_bot: MintingBot) -> None:
     bot = minting_bot
     # With the periodic sweep five minutes apart, only the timer armed for the expiry can be on time.
-    request_id = approve(bot, "request prod-db read 3s timer only")
+    request_id = approve(bot, "request prod-db read 5s timer only")
     assert bot.stored(request_id).status == "active"
     bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=15)
     grant = _grant(bot, request_id)
@@ -76,7 +76,7 @@ def test_a_pending_request_expires_at_its_timeout_not_before(minting_bot: Mintin
 
 def test_revocation_retries_back_off(minting_bot: MintingBot) -> None:
     bot = minting_bot
-    request_id = approve(bot, "request prod-db read 2s outage")
+    request_id = approve(bot, "request prod-db read 3s outage")
     bot.idp.stop()
     failures = bot.slack.wait_for(
         lambda: f if len(f := _events(bot, request_id, "revocation_failed")) >= 3 else None, timeout=20
