@@ -191,6 +191,9 @@ def build_runtime(
         backlog=backlog,
     )
 
+    # Without an IdP there is no expiry engine to wake (a grant left from an earlier run waits for one).
+    wake = timer.wake_at if settings.idp_configured else _nothing_to_wake
+
     # The IdP side, when one is configured.
     idp_side = (
         _idp_side(
@@ -198,7 +201,7 @@ def build_runtime(
             policy,
             engine=engine,
             announcer=announcer,
-            wake=timer.wake_at,
+            wake=wake,
             backlog=backlog,
             clock=clock,
             retry=mint_retry,
@@ -215,7 +218,7 @@ def build_runtime(
         engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, on_approved=submit_mint
     )
     early = EarlyEndService(
-        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, wake=timer.wake_at
+        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, wake=wake
     )
     listing = ListingService(engine=engine, policy=policy, clock=clock)
     timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
@@ -274,6 +277,10 @@ def build_runtime(
         sweep=sweep,
         idp_side=idp_side,
     )
+
+
+def _nothing_to_wake(_when: datetime) -> None:
+    return None
 
 
 def _idp_side(

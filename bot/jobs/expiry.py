@@ -70,12 +70,14 @@ class ExpirySweep:
             self._revocation.sweep()
         except Exception:
             log.exception("sweep failed; the next one retries")
+        # Forget the armed moment before reading the next one: a wake asked for meanwhile (a new grant
+        # expiring sooner) then stands, instead of being replaced by the later moment read here.
+        self._timer.fired()
         try:
             upcoming = self._revocation.next_due()
         except Exception:
             log.exception("could not read the next expiry; the periodic sweep covers it")
             return
-        self._timer.fired()
         if upcoming is None:
             return
         if upcoming <= datetime.now(UTC) and not self._revocation.has_idle_worker():

@@ -41,6 +41,10 @@ class _AboutRequest:
 
     request: RequestSnapshot
 
+    @property
+    def request_id(self) -> str:
+        return self.request.id
+
 
 @dataclass(frozen=True)
 class ApprovalCard(_AboutRequest):

@@ -126,7 +126,7 @@ class Announcer:
                 "lane": lane,
                 "channel": channel,
                 "kind": notice.kind,
-                "request_id": _request_id(notice),
+                "request_id": notice.request_id,
                 "payload": _payload(notice),
                 "secret": secret,
                 "not_before": not_before,
@@ -145,12 +145,6 @@ class Announcer:
             # Nowhere to post it; the log is all a security lead gets, so make it loud.
             log.error("ALERT (no audit channel configured): %s %s %s", notice.alert, notice.request_id, notice.facts)
         return where
-
-
-def _request_id(notice: Notice) -> str | None:
-    if isinstance(notice, Alert):
-        return notice.request_id
-    return notice.request.id
 
 
 def _payload(notice: Notice) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -106,6 +106,9 @@ class SlackNotifier:
                 self._post_to_audit(audit_summary_text(request, event))
             case Alert():
                 self._post_to_audit(alert_text(notice))
+            case _:
+                # A kind without a renderer must fail loudly, never count as sent.
+                assert_never(notice)
         return Delivered()
 
     def _post_to_audit(self, text: str) -> None:

@@ -244,12 +244,12 @@ def vote_refusal_text(refusal: VoteRefusal) -> str:
     return VOTE_REFUSALS[refusal]
 
 
-# Filled in with the request id (``rid``, or ``short`` for an id that may be anything the person
-# typed), its status and, for a grant still being minted, a hint.
+# Filled in with the request id (``rid``, or ``typed`` for an id that may be anything the person
+# typed: cut short, in a code span it cannot break), its status and, for a grant still being minted, a hint.
 REVOKE_ANSWERS: dict[RevokeOutcome, str] = {
     RevokeOutcome.REVOKING: "Revoking `{rid}` now. The card and the requester are told once the IdP confirms.",
     RevokeOutcome.CANCELLED: "Request `{rid}` was cancelled.",
-    RevokeOutcome.NO_SUCH_REQUEST: "There is no request `{short}`. `/jit list` shows yours.",
+    RevokeOutcome.NO_SUCH_REQUEST: "There is no request {typed}. `/jit list` shows yours.",
     RevokeOutcome.NOT_ALLOWED: "Only the requester or an approver of this resource can revoke it.",
     RevokeOutcome.APPROVER_ON_PENDING: "Approvers decide pending requests with the Deny button on the card.",
     RevokeOutcome.DECIDED_MEANWHILE: "Request `{rid}` was decided meanwhile; `/jit list` shows where it stands.",
@@ -266,7 +266,7 @@ def revoke_text(result: RevokeResult) -> str:
     """The answer to ``/jit revoke`` and to the Revoke now button."""
     hint = " It is still being minted; try again in a moment." if result.still_minting else ""
     return REVOKE_ANSWERS[result.outcome].format(
-        rid=result.request_id, short=result.request_id[:16], status=result.status, hint=hint
+        rid=result.request_id, typed=_typed(result.request_id[:16]), status=result.status, hint=hint
     )
 
 
