@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bot.config import ConfigError, Settings, load_policy, load_settings, load_store_settings
+from bot.config import ConfigError, Settings, load_policy, load_settings, load_store_settings, misspelt_settings
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.files import KeyFileError
@@ -336,6 +338,7 @@ def cmd_keygen(_args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jit-bot", description="Just-in-time access through Slack and your IdP.")
+    parser.add_argument("--version", action="version", version=f"jit-bot {importlib.metadata.version('jit-bot')}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run migrations, then serve Slack and HTTP").set_defaults(func=cmd_serve)
     commands.add_parser("check", help="validate settings and the policy file").set_defaults(func=cmd_check)
@@ -354,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
+    for line in misspelt_settings(os.environ):
+        _err(f"jit-bot: warning: {line}")
     try:
         code: int = args.func(args)
         return code

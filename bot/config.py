@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -211,6 +214,31 @@ def key_bytes(value: SecretStr) -> bytes:
     if len(raw) != 32:
         raise ValueError("must be 32 random bytes in URL-safe base64 (run `jit-bot keygen`)")
     return raw
+
+
+# Prefixes of the names jit-bot reads; a name with one of them that jit-bot does not know is most
+# likely a typo of one it does (OIDC_ISUER), which would otherwise be ignored without a word.
+_OUR_PREFIXES = ("SLACK_", "JIT_", "OIDC_")
+
+
+def misspelt_settings(environ: Mapping[str, str], env_file: Path = Path(".env")) -> list[str]:
+    """A warning for each name in the environment or ``.env`` that looks like a setting but is not one,
+    with the closest known name."""
+    known = {name.upper() for model in (Settings, StoreSettings) for name in model.model_fields}
+    names = set(environ)
+    try:
+        names |= {name for name in dotenv_values(env_file) if name} if env_file.is_file() else set()
+    except (OSError, UnicodeDecodeError):
+        pass  # loading the settings themselves reports an unreadable .env
+    lines = []
+    for name in sorted(names):
+        upper = name.upper()
+        if upper in known or not upper.startswith(_OUR_PREFIXES):
+            continue
+        closest = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+        if closest:
+            lines.append(f"{name} is not a setting jit-bot knows, so it is ignored; did you mean {closest[0]}?")
+    return lines
 
 
 def load_store_settings() -> StoreSettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.metadata
 import json
 import re
 import signal
@@ -573,3 +574,22 @@ def test_printed_urls_hide_passwords_in_the_user_part_and_in_the_query(url: str,
 
     assert redact_url(url) == shown
     assert "qspass" not in redact_url(url) and "dbpass" not in redact_url(url)
+
+
+def test_a_misspelt_setting_is_a_warning_naming_the_real_one(tmp_path: Path) -> None:
+    write_policy(tmp_path, POLICY)
+    env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OIDC_ISUER": "https://idp.example"}
+
+    result = run_cli(tmp_path, "check", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "jit-bot: warning: OIDC_ISUER is not a setting jit-bot knows, so it is ignored; did you mean OIDC_ISSUER?"
+    ]
+    assert "IdP: not configured" in result.stdout, "the misspelt issuer really was ignored"
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"jit-bot {importlib.metadata.version('jit-bot')}"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from bot.config import ConfigError, Settings, load_policy, load_settings
+from bot.config import ConfigError, Settings, load_policy, load_settings, misspelt_settings
 from tests.world import (
     APPROVER_1,
     APPROVER_2,
@@ -311,7 +311,7 @@ def test_minimal_policy_gets_the_defaults(tmp_path: Path) -> None:
         "  - name: wiki\n"
         "    audience: https://wiki.example\n"
         "    scopes: [edit]\n"
-        "    max_duration: 900\n"  # bare integers are seconds
+        "    max_duration: 900s\n"  # a bare 900 is refused: it needs a unit
         f"    approver_channel: {APPROVERS_CHANNEL}\n"
         "    approvers: [S0PLATFORM]\n"
         "    approvals_required: 3\n"  # a usergroup may hold any number of people
@@ -391,6 +391,9 @@ WRONG: dict[str, tuple[str, Any, str]] = {
     ),
     "identities-empty-subject": ("identities", {REQUESTER: " "}, f"'{REQUESTER}' maps to an empty IdP subject"),
     "unknown-top-level-key": ("approvers", [APPROVER_1], "is not a known key"),
+    # A bare number could mean seconds or minutes: it is refused, never guessed.
+    "duration-without-a-unit": ("resources.0.max_duration", 90, "90 has no unit: write 90s, 90m or 90h"),
+    "timeout-without-a-unit": ("request_timeout", 1800, "1800 has no unit"),
 }
 
 # Files that are not a policy at all -> what the one error line (naming no key) says.
@@ -525,3 +528,25 @@ def test_complete_idp_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.oidc_issuer == "https://idp.example.com"
     assert settings.oidc_client_auth.value == "client_secret_post"
     assert settings.oidc_token_lifetime_param is None
+
+
+def test_names_that_look_like_settings_but_are_not_get_the_closest_known_name(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SLACK_SIGNING_SECRT=s3cret-value\nJIT_DATABASE_URL=sqlite:///x.db\n")
+    environ = {
+        "OIDC_ISUER": "https://idp.example",
+        "JIT_HTTP_PROT": "3000",
+        "jit_polciy_file": "policy.yml",
+        "JIT_TEST_POSTGRES_URL": "postgresql+psycopg://x",  # ours in name only, close to nothing: no noise
+        "OIDC_ISSUER": "https://idp.example",
+        "PATH": "/usr/bin",
+    }
+    lines = misspelt_settings(environ, env_file)
+    assert lines == [
+        "JIT_HTTP_PROT is not a setting jit-bot knows, so it is ignored; did you mean JIT_HTTP_PORT?",
+        "OIDC_ISUER is not a setting jit-bot knows, so it is ignored; did you mean OIDC_ISSUER?",
+        "SLACK_SIGNING_SECRT is not a setting jit-bot knows, so it is ignored; did you mean SLACK_SIGNING_SECRET?",
+        "jit_polciy_file is not a setting jit-bot knows, so it is ignored; did you mean JIT_POLICY_FILE?",
+    ]
+    assert not any("s3cret" in line or "idp.example" in line for line in lines), "values are never repeated"
+    assert misspelt_settings({"OIDC_ISSUER": "x"}, tmp_path / "absent.env") == []

@@ -24,8 +24,9 @@ SCOPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,127}$")
 def _duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = f"{value}s"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # 90 could mean seconds or minutes; in an access policy a guess either way is a mistake.
+        raise ValueError(f"{value} has no unit: write {value}s, {value}m or {value}h")
     if not isinstance(value, str):
         raise ValueError("must be a duration like 90s, 15m, 2h or 1h30m")
     try:
