@@ -18,6 +18,8 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.domain.policy import Policy
 
@@ -36,6 +38,27 @@ class ConfigError(Exception):
 def _is_placeholder(value: str) -> bool:
     lowered = value.strip().lower()
     return not lowered or any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+
+
+_DATABASE_FORMS = "sqlite:///path/to/jit.db or postgresql+psycopg://user:password@host:5432/jit"
+
+
+def _database_url(value: str) -> str:
+    """A URL the bot can open, or a sentence that says which form to write (never the URL itself:
+    it may carry a password)."""
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"is not a database URL; write {_DATABASE_FORMS}") from None
+    if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
+        raise ValueError(f"uses {url.drivername}://, which jit-bot cannot drive; write postgresql+psycopg://…")
+    if url.drivername not in ("sqlite", "postgresql+psycopg"):
+        raise ValueError(f"uses {url.drivername}://; jit-bot supports {_DATABASE_FORMS}")
+    if url.drivername == "sqlite" and url.database and url.database != ":memory:":
+        folder = Path(url.database).parent
+        if not folder.is_dir():
+            raise ValueError(f"names a SQLite file in {folder}, which does not exist; create it or change the path")
+    return value
 
 
 def _refuse_placeholder(value: SecretStr | None, fix: str) -> SecretStr | None:
@@ -135,6 +158,8 @@ class Settings(BaseSettings):
             raise ValueError("\n".join(problems))  # load_settings reports one line each
         return self
 
+    _database = field_validator("jit_database_url")(_database_url)
+
     @property
     def idp_configured(self) -> bool:
         return self.oidc_issuer is not None
@@ -196,6 +221,8 @@ class StoreSettings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    _database = field_validator("jit_database_url")(_database_url)
 
     @field_validator("jit_audit_key")
     @classmethod

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from bot.config import ConfigError, Settings, load_policy, load_settings, misspelt_settings
+from bot.config import ConfigError, Settings, load_policy, load_settings, load_store_settings, misspelt_settings
 from tests.world import (
     APPROVER_1,
     APPROVER_2,
@@ -550,3 +550,42 @@ def test_names_that_look_like_settings_but_are_not_get_the_closest_known_name(tm
     ]
     assert not any("s3cret" in line or "idp.example" in line for line in lines), "values are never repeated"
     assert misspelt_settings({"OIDC_ISSUER": "x"}, tmp_path / "absent.env") == []
+
+
+DATABASE_URLS = {
+    "postgres-scheme": (
+        "postgres://jit:pw-9f3a@db:5432/jit",
+        "uses postgres://, which jit-bot cannot drive; write postgresql+psycopg://",
+    ),
+    "psycopg2-driver": ("postgresql+psycopg2://jit:pw-9f3a@db/jit", "uses postgresql+psycopg2://"),
+    "another-database": ("mysql://jit:pw-9f3a@db/jit", "uses mysql://; jit-bot supports sqlite:///"),
+    "not-a-url": ("jit.db", "is not a database URL; write sqlite:///path/to/jit.db or postgresql+psycopg://"),
+    "sqlite-folder-missing": (
+        "sqlite:///no-such-folder/jit.db",
+        "names a SQLite file in no-such-folder, which does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize(("url", "problem"), list(DATABASE_URLS.values()), ids=list(DATABASE_URLS))
+def test_a_database_url_the_bot_cannot_open_is_one_line_naming_the_form_to_write(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv("JIT_DATABASE_URL", url)
+
+    lines = config_lines()
+
+    assert len(lines) == 1 and lines[0].startswith("JIT_DATABASE_URL "), lines
+    assert problem in lines[0], lines
+    assert "pw-9f3a" not in lines[0], "a password in the URL is never repeated"
+    with pytest.raises(ConfigError) as caught:
+        load_store_settings()  # migrate and audit verify read the same variable
+    assert caught.value.lines == lines
+
+
+def test_the_database_urls_the_bot_can_open(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    good_env(monkeypatch)
+    for url in ("sqlite:///jit.db", f"sqlite:///{tmp_path}/jit.db", "postgresql+psycopg://jit:pw@db:5432/jit"):
+        monkeypatch.setenv("JIT_DATABASE_URL", url)
+        assert load_settings().jit_database_url == url
