@@ -12,9 +12,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import OperationalError
+
 from bot.config import ConfigError, Settings, load_policy, load_settings, load_store_settings, misspelt_settings
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
+from bot.domain.text import one_line
 from bot.files import KeyFileError
 from bot.idp.keys import SigningKeyError
 from bot.logs import configure_logging
@@ -368,6 +371,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (SigningKeyError, KeyFileError) as exc:
         _err(f"jit-bot: {exc}")
+        return 2
+    except OperationalError as exc:
+        # The driver's own first line says what failed (refused, unknown host, no such file); the URL,
+        # which may hold a password, is not repeated.
+        said = str(exc.orig or exc).strip()
+        reason = one_line(said.splitlines()[0] if said else type(exc).__name__, 200)
+        _err(f"jit-bot: cannot reach the database ({reason}); is it running, and is JIT_DATABASE_URL right?")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -593,3 +593,22 @@ def test_version(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"jit-bot {importlib.metadata.version('jit-bot')}"
+
+
+def test_a_database_that_is_not_running_is_one_line(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://jit:pw-7c1e@127.0.0.1:{free_port()}/jit"  # nothing listens there
+    env = {"JIT_DATABASE_URL": url, "JIT_AUDIT_KEY": AUDIT_KEY}
+
+    result = run_cli(tmp_path, "migrate", env=env)
+
+    assert result.returncode == 2
+    assert_no_traceback(result.stdout + result.stderr)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("jit-bot: cannot reach the database (") and "Connection refused" in line, line
+    assert line.endswith("is it running, and is JIT_DATABASE_URL right?")
+    assert "pw-7c1e" not in result.stdout + result.stderr
+
+    verify = run_cli(tmp_path, "audit", "verify", env=env)
+    assert verify.returncode != 0
+    assert_no_traceback(verify.stdout + verify.stderr)
+    assert len(verify.stderr.splitlines()) == 1 and "pw-7c1e" not in verify.stderr, verify.stderr
