@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import importlib.metadata
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -220,6 +222,9 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings, policy = _load()
+    # Bound first: a port already in use is one line before anything else starts, and "serving on"
+    # is only ever said of a socket that is listening.
+    listener = _listen(settings.jit_http_host, settings.jit_http_port)
     for warning in plain_http_warnings(settings):
         log.warning(warning)
     engine = bind_audit_key(
@@ -251,19 +256,33 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     runtime.start_background()
     log.info("serving on http://%s:%s", settings.jit_http_host, settings.jit_http_port)
     try:
-        uvicorn.run(
-            runtime.web_app,
-            host=settings.jit_http_host,
-            port=settings.jit_http_port,
-            # Access logs would record URLs, and later pickup URLs are secrets.
-            access_log=False,
-            log_level="info",
-        )
+        # Access logs would record URLs, and later pickup URLs are secrets.
+        server = uvicorn.Server(uvicorn.Config(runtime.web_app, access_log=False, log_level="info"))
+        server.run(sockets=[listener])
     finally:
         if socket_handler is not None:
             socket_handler.close()  # type: ignore[no-untyped-call]
         runtime.close()
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                [f"JIT_HTTP_PORT {port} on {host} is already in use; stop what listens there or set another port"]
+            ) from None
+        raise ConfigError(
+            [f"cannot listen on {host}:{port} ({exc.strerror}); check JIT_HTTP_HOST and JIT_HTTP_PORT"]
+        ) from None
+    return sock
 
 
 def _warn_if_unkeyed(engine: Engine) -> None:

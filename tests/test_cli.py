@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -321,6 +322,26 @@ def test_serve_with_a_refused_token_names_it(tmp_path: Path, slack: SlackStandIn
     for output in (result.stdout, result.stderr):
         assert refused not in output
         assert_no_secrets(output)
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_touches_nothing(tmp_path: Path, slack: SlackStandIn) -> None:
+    write_policy(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", port)
+
+        result = run_cli(tmp_path, "serve", env=env)
+
+    assert result.returncode == 2
+    assert_no_traceback(result.stdout + result.stderr)
+    assert messages(result.stderr) == [
+        f"jit-bot: JIT_HTTP_PORT {port} on 127.0.0.1 is already in use; stop what listens there or set another port"
+    ], result.stderr
+    assert "serving on" not in result.stdout + result.stderr
+    assert slack.calls_to("auth.test") == [], "it stopped before talking to Slack"
+    assert not (tmp_path / "jit.db").exists(), "nor did it create a database"
 
 
 def test_serve_refuses_to_start_on_bad_settings(tmp_path: Path, slack: SlackStandIn) -> None:
