@@ -47,6 +47,9 @@ from bot.store.transitions import BOT_ACTOR, cancel_request
 
 log = logging.getLogger(__name__)
 
+# The failure code of a request cancelled because its approval card could not be posted.
+CARD_UNDELIVERABLE = "card_undeliverable"
+
 # A message that keeps failing in ways we did not foresee (a bug while rendering it, say) is given
 # up after this many tries rather than retried forever; it is logged with a reference each time.
 MAX_UNEXPECTED_FAILURES = 5
@@ -432,7 +435,7 @@ class Dispatcher:
                 "requester": requester,
                 "channel": channel,
             },
-            failure_code="card_undeliverable",
+            failure_code=CARD_UNDELIVERABLE,
             failure_detail=code,
         )
         if won:

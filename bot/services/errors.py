@@ -11,7 +11,7 @@ from enum import StrEnum
 
 
 class UserFacingError(Exception):
-    """A refusal safe to tell the user about: its facts hold no secrets, and its words say what to do."""
+    """A refusal safe to tell the user about: its facts hold no secrets; ``bot.slack.messages`` words it."""
 
 
 class Unmapped(StrEnum):

@@ -14,6 +14,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.domain.status import RequestStatus
+from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.ids import ActionId, BlockId
 from bot.slack.text import clip, code, duration, escape, mention, mentions, when
@@ -49,7 +50,7 @@ def status_summary(request: RequestSnapshot) -> str:
     if status is RequestStatus.EXPIRED:
         return f"{_STATUS_LINE[status]} (no decision within the request timeout)"
     if status is RequestStatus.CANCELLED:
-        if request.failure_code == "card_undeliverable":
+        if request.failure_code == CARD_UNDELIVERABLE:
             said = code(request.failure_detail or "")
             return f"{_STATUS_LINE[status]}: the approval card could not be posted (Slack said {said})"
         return f"{_STATUS_LINE[status]}"

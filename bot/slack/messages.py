@@ -13,6 +13,7 @@ from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
 from bot.domain.votes import VoteRefusal
+from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
 from bot.services.listing import Listing
@@ -40,7 +41,7 @@ def outcome_text(request: RequestSnapshot) -> str:
         return f"{head} has ended: the token was revoked at the IdP at {at}."
     if status is RequestStatus.EXPIRED:
         return f"{head} expired without a decision. Ask again if you still need it."
-    if status is RequestStatus.CANCELLED and request.failure_code == "card_undeliverable":
+    if status is RequestStatus.CANCELLED and request.failure_code == CARD_UNDELIVERABLE:
         return (
             f"{head} was cancelled: its approval card could not be posted to <#{request.approver_channel}> "
             f"(Slack said {code(request.failure_detail or '')}). Ask an admin to invite the bot to that channel, "
