@@ -53,12 +53,12 @@ import httpx  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from benchmarks.common import BENCH_POLICY, bot_in_process, workspace  # noqa: E402
+from bot.demo.signing import signed_headers  # noqa: E402
+from bot.demo.slack_api import SlackStandIn  # noqa: E402
 from bot.services.delivery import DeliveryPolicy  # noqa: E402
 from bot.slack.ids import ActionId  # noqa: E402
 from tests.harness import SlackRequests  # noqa: E402
 from tests.processes import ServeProcess, free_port, write_policy  # noqa: E402
-from tests.signing import signed_headers  # noqa: E402
-from tests.slack_standin import SlackStandIn  # noqa: E402
 from tests.testbot import Card, card_of  # noqa: E402
 from tests.world import APPROVER_1, APPROVER_2, REQUESTER, SIGNING_SECRET, make_policy, serve_env  # noqa: E402
 

@@ -8,12 +8,12 @@ from contextlib import contextmanager
 from socket import socket
 from typing import Any
 
+from bot.demo.slack_api import SlackStandIn
 from bot.domain.policy import Policy
 from bot.runtime import build_runtime
 from bot.services.delivery import DeliveryPolicy
 from bot.store.db import make_engine, migrate
 from tests.harness import free_socket
-from tests.slack_standin import SlackStandIn
 from tests.testbot import Bot, serving_runtime
 from tests.world import BOT_TOKEN, SLACK_USERS, USERGROUPS, build_settings, lifted_quota, policy_data
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from bot.demo.slack_api import SlackStandIn
 from bot.domain.policy import Policy
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
 from bot.runtime import build_runtime
@@ -23,7 +24,6 @@ from bot.services.minting import RetryPolicy
 from bot.services.revocation import RevocationTiming
 from bot.store.db import make_engine, migrate
 from tests.harness import free_socket
-from tests.slack_standin import SlackStandIn
 from tests.testbot import Bot, MintingBot, TestClock, serving, serving_runtime
 from tests.world import (
     BOT_TOKEN,

@@ -1,7 +1,7 @@
 """Slack's side of Socket Mode, for tests: a websocket server on 127.0.0.1.
 
 The bot reaches it the way it reaches Slack: ``apps.connections.open`` on the Web API stand-in
-(``tests/slack_standin.py``) hands out :attr:`SocketModeServer.url`, and slack_sdk's Socket Mode
+(``bot/demo/slack_api.py``) hands out :attr:`SocketModeServer.url`, and slack_sdk's Socket Mode
 client opens a websocket to it (plain ``ws://``: slack_sdk uses TLS only on port 443).
 
 What it does, as Slack does:
@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.slack_standin import APP_ID, slash_command_fields  # the same workspace the Web API stand-in plays
+from bot.demo.slack_api import APP_ID, slash_command_fields  # the same workspace the Web API stand-in plays
 
 PATH = "/link/"
 

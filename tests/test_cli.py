@@ -18,13 +18,13 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
+from bot.demo.slack_api import SlackStandIn
 from bot.idp.keys import generate_signing_key
 from bot.slack.messages import help_text
 from bot.store.audit import append_event, bind_audit_key, canonical_event, event_link, legacy_event_link
 from bot.store.db import MIGRATIONS, make_engine, migrate, session_scope
 from tests.harness import SlackRequests
 from tests.processes import ServeProcess, assert_no_traceback, free_port, run_cli, write_policy
-from tests.slack_standin import SlackStandIn
 from tests.world import AUDIT_KEY, BOT_TOKEN, POLICY, REQUESTER, SIGNING_SECRET, serve_env
 
 SECRETS = (BOT_TOKEN, SIGNING_SECRET)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from bot.demo.signing import slack_signature
 from bot.slack.forms import RequestForm
 from bot.slack.ids import ActionId
-from tests.signing import slack_signature
 from tests.testbot import Bot, opened_views, request_form
 from tests.world import APPROVER_1, APPROVERS_CHANNEL, OUTSIDER, REQUESTER, SIGNING_SECRET, UNMAPPED
 

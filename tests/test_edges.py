@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.demo.signing import signed_headers
+from bot.demo.slack_api import SlackStandIn
 from bot.slack.forms import DenyForm
 from bot.slack.ids import ActionId, BlockId
 from tests.processes import ServeProcess, free_port, write_policy
-from tests.signing import signed_headers
-from tests.slack_standin import SlackStandIn
 from tests.testbot import Bot, opened_views, request_form
 from tests.world import APPROVER_1, APPROVER_2, APPROVERS_CHANNEL, AUDIT_CHANNEL, REQUESTER, SIGNING_SECRET, serve_env
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pytest
 from sqlmodel import Session, col, select
 
+from bot.demo.slack_api import SlackStandIn
 from bot.domain.policy import Policy
 from bot.services.delivery import DeliveryPolicy
 from bot.slack.ids import ActionId
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, OutboxMessage
 from tests import testbot
-from tests.slack_standin import SlackStandIn
 from tests.testbot import Bot, accepted_posts, serving
 from tests.world import APPROVER_1, APPROVERS_CHANNEL, AUDIT_CHANNEL, REQUESTER, make_policy
 

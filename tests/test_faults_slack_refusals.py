@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from bot.demo.slack_api import SlackStandIn
 from bot.store.models import OutboxMessage
-from tests.slack_standin import SlackStandIn
 from tests.testbot import MintingBot, accepted_posts
 from tests.world import AUDIT_CHANNEL, BOT_TOKEN, REQUESTER, SLACK_USERS, USERGROUPS
 

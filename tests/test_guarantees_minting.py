@@ -18,10 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from bot.demo.slack_api import SlackStandIn
 from bot.domain.policy import Policy
 from bot.services.delivery import DeliveryPolicy
 from bot.slack.ids import ActionId
-from tests.slack_standin import SlackStandIn
 from tests.testbot import Bot, MintingBot, serving
 from tests.world import APPROVER_1, REQUESTER
 

@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
+from bot.demo.slack_api import SlackStandIn
 from bot.domain.policy import Policy
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
 from bot.services.delivery import DeliveryPolicy
 from bot.services.timeouts import APPROVED_UNMINTED_AFTER
 from bot.slack.ids import ActionId
 from bot.store.models import AuditEvent
-from tests.slack_standin import SlackStandIn
 from tests.testbot import Bot, MintingBot, serving
 from tests.testbot import TestClock as MovableClock  # not named Test*, so pytest does not collect it here
 from tests.world import APPROVER_1, REQUESTER

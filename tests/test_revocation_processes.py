@@ -31,6 +31,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
+from bot.demo.slack_api import SlackStandIn
 from bot.idp.keys import generate_signing_key
 from bot.slack.ids import ActionId
 from bot.store.db import make_engine
@@ -38,7 +39,6 @@ from bot.store.models import AccessRequest, AuditEvent, Grant
 from tests.devidp import DevIdP
 from tests.harness import SlackRequests
 from tests.processes import ServeProcess, free_port, write_policy
-from tests.slack_standin import SlackStandIn
 from tests.testbot import PICKUP_LINK, dms_to
 from tests.testbot import cards_posted as all_cards_posted
 from tests.world import (

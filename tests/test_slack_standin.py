@@ -18,8 +18,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
+from bot.demo.slack_api import BOT_USER_ID, SlackStandIn
 from bot.slack.ids import ActionId
-from tests.slack_standin import BOT_USER_ID, SlackStandIn
 
 # slack_sdk warns when blocks come without fallback text; some tests do that on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
+from bot.demo.slack_api import SlackStandIn
 from bot.slack.ids import ActionId
 from bot.slack.messages import help_text
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, AuditEvent
 from tests.harness import SlackRequests
 from tests.processes import ServeProcess, assert_no_traceback, free_port, run_cli, write_policy
-from tests.slack_standin import SlackStandIn
 from tests.socket_mode_server import SocketModeServer
 from tests.testbot import buttons, card_text, cards_posted, dms_to
 from tests.world import (

@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from bot.demo.slack_api import Call, ResponseUrlPost, SlackStandIn
 from bot.domain.policy import Policy
 from bot.idp.client import IdPClient
 from bot.runtime import Runtime, build_runtime
@@ -28,7 +29,6 @@ from bot.slack.ids import ActionId
 from bot.store.models import AccessRequest, AuditEvent, Grant, OutboxMessage
 from bot.store.types import utcnow
 from tests.harness import ServedApp, SlackRequests, free_socket
-from tests.slack_standin import Call, ResponseUrlPost, SlackStandIn
 from tests.world import APPROVER_1, CARD_ID, REQUESTER, build_settings
 
 T = TypeVar("T")

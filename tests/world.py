@@ -23,8 +23,8 @@ from bot.domain.policy import Policy
 from bot.services.delivery import DeliveryPolicy
 
 if TYPE_CHECKING:
+    from bot.demo.slack_api import SlackStandIn
     from tests.devidp import DevIdP
-    from tests.slack_standin import SlackStandIn
 
 T = TypeVar("T")
 
