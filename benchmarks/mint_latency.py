@@ -32,11 +32,11 @@ if str(REPO_ROOT) not in sys.path:
 from cryptography.fernet import Fernet  # noqa: E402
 
 from benchmarks.common import bot_in_process, workspace  # noqa: E402
+from bot.demo.devidp import DevIdP  # noqa: E402
 from bot.demo.slack_api import Call  # noqa: E402
 from bot.idp.keys import generate_signing_key  # noqa: E402
 from bot.services.delivery import DeliveryPolicy  # noqa: E402
 from bot.slack.ids import ActionId  # noqa: E402
-from tests.devidp import DevIdP  # noqa: E402
 from tests.harness import free_socket  # noqa: E402
 from tests.testbot import Bot, card_of  # noqa: E402
 from tests.world import (  # noqa: E402

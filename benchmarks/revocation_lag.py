@@ -79,13 +79,13 @@ from sqlalchemy import Engine, create_engine, func, insert, select, text  # noqa
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from benchmarks.common import BENCH_POLICY, started_standin  # noqa: E402
+from bot.demo.devidp import DevIdP  # noqa: E402
 from bot.idp.keys import generate_signing_key  # noqa: E402
 from bot.runtime import build_runtime  # noqa: E402
 from bot.slack.ids import ActionId  # noqa: E402
 from bot.store.db import make_engine, migrate  # noqa: E402
 from bot.store.models import AccessRequest, Grant  # noqa: E402
 from bot.store.types import utcnow  # noqa: E402
-from tests.devidp import DevIdP  # noqa: E402
 from tests.harness import SlackRequests  # noqa: E402
 from tests.processes import ServeProcess, free_port, write_policy  # noqa: E402
 from tests.world import (  # noqa: E402

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import gc
 import importlib.metadata
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
@@ -213,89 +211,24 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 
 def cmd_serve(_args: argparse.Namespace) -> int:
-    import uvicorn
-    from slack_sdk.errors import SlackApiError
-
-    from bot.runtime import audit_key_for, build_runtime
-    from bot.store.audit import bind_audit_key
-    from bot.store.db import make_engine, migrate
+    from bot.serving import listen, serve
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings, policy = _load()
     # Bound first: a port already in use is one line before anything else starts, and "serving on"
     # is only ever said of a socket that is listening.
-    listener = _listen(settings.jit_http_host, settings.jit_http_port)
+    listener = listen(settings.jit_http_host, settings.jit_http_port)
     for warning in plain_http_warnings(settings):
         log.warning(warning)
-    engine = bind_audit_key(
-        make_engine(settings.jit_database_url), audit_key_for(settings.jit_database_url, settings.jit_audit_key)
-    )
-    migrate(engine)
-    _warn_if_unkeyed(engine)
-    runtime = build_runtime(settings, policy, engine=engine)
-    identity = runtime.connect_slack()
-    log.info("connected to Slack as %s in team %s", identity.get("user"), identity.get("team"))
-    socket_handler = None
-    if settings.slack_app_token is not None:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        socket_handler = SocketModeHandler(runtime.bolt_app, settings.slack_app_token.get_secret_value())
-        try:
-            socket_handler.connect()  # type: ignore[no-untyped-call]
-        except SlackApiError as exc:
-            raise ConfigError([f"SLACK_APP_TOKEN was refused by Slack: {exc.response.get('error')}"]) from None
-        if socket_handler.client.is_connected():
-            log.info("Socket Mode connected")
-        else:
-            # slack_sdk keeps retrying in the background; say so instead of claiming success.
-            log.warning("Socket Mode is not connected yet; retrying in the background")
-    # Everything built so far lives as long as the process: moving it out of the collector's reach
-    # keeps full collections (which stop every thread) short, and so keeps acks fast.
-    gc.collect()
-    gc.freeze()
-    runtime.start_background()
-    log.info("serving on http://%s:%s", settings.jit_http_host, settings.jit_http_port)
-    try:
-        # Access logs would record URLs, and later pickup URLs are secrets.
-        server = uvicorn.Server(uvicorn.Config(runtime.web_app, access_log=False, log_level="info"))
-        server.run(sockets=[listener])
-    finally:
-        if socket_handler is not None:
-            socket_handler.close()  # type: ignore[no-untyped-call]
-        runtime.close()
+    serve(settings, policy, listener)
     return 0
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                [f"JIT_HTTP_PORT {port} on {host} is already in use; stop what listens there or set another port"]
-            ) from None
-        raise ConfigError(
-            [f"cannot listen on {host}:{port} ({exc.strerror}); check JIT_HTTP_HOST and JIT_HTTP_PORT"]
-        ) from None
-    return sock
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bot.demo.run import run_demo
 
-
-def _warn_if_unkeyed(engine: Engine) -> None:
-    from bot.store.audit import audit_key_of, first_event_is_unkeyed
-    from bot.store.db import read_scope
-
-    with read_scope(engine) as session:
-        unkeyed = first_event_is_unkeyed(session=session, key=audit_key_of(session.connection()))
-    if unkeyed:
-        log.warning(
-            "the audit trail starts with events not linked with JIT_AUDIT_KEY (written before the key existed); "
-            "`jit-bot audit verify` reports them until an operator runs `jit-bot audit rekey`"
-        )
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return run_demo(folder=args.dir, port=args.port)
 
 
 def cmd_audit_verify(_args: argparse.Namespace) -> int:
@@ -363,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jit-bot {importlib.metadata.version('jit-bot')}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run migrations, then serve Slack and HTTP").set_defaults(func=cmd_serve)
+    demo = commands.add_parser(
+        "demo",
+        help="try the bot in a browser: a local Slack workspace, the dev IdP and the bot, on loopback",
+        description=(
+            "Starts the bot, the dev IdP (devidp/, needs Node.js and `npm ci` there) and a local Slack "
+            "workspace on 127.0.0.1, with SQLite in --dir. Ignores .env: the demo makes its own secrets. "
+            "Exit codes: 0 stopped, 2 cannot start (the reason is one line)."
+        ),
+    )
+    demo.add_argument("--port", type=int, default=3000, help="the workspace page's port (default 3000; 0: any)")
+    demo.add_argument("--dir", type=Path, default=Path(".jit-demo"), help="where the demo keeps its data")
+    demo.set_defaults(func=cmd_demo)
     commands.add_parser("check", help="validate settings and the policy file").set_defaults(func=cmd_check)
     commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
     commands.add_parser("keygen", help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)").set_defaults(

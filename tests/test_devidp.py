@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from tests.devidp import DevIdP, DevIdPError, free_port
+from bot.demo.devidp import DevIdP, DevIdPError, free_port
 
 CLIENT_ID = "jit-bot"
 CLIENT_SECRET = "s3cret-for-tests"
@@ -565,7 +565,7 @@ def test_unreachable_trusted_jwks_is_temporarily_unavailable(bot: BotKeys) -> No
 
 
 def test_missing_node_modules_message(bot: BotKeys, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    import tests.devidp as devidp_module
+    import bot.demo.devidp as devidp_module
 
     monkeypatch.setattr(devidp_module, "DEVIDP_DIR", tmp_path)
     idp = make_idp(bot)

@@ -317,6 +317,23 @@ def test_scripts_run_creates_env_owner_only(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+    assert "mode: demo" in result.stdout  # the placeholder token is no Slack app: the local demo
     mode = stat.S_IMODE((work / ".env").stat().st_mode)
     assert mode == 0o600, f".env has mode {mode:o}"
     assert (work / ".env").read_text() == (REPO / ".env.example").read_text()
+
+
+def test_scripts_run_serves_slack_once_a_bot_token_is_set(tmp_path: Path) -> None:
+    work = tmp_path / "checkout"
+    (work / "scripts").mkdir(parents=True)
+    for name in (".env.example", "policy.example.yml", "scripts/run"):
+        (work / name).write_bytes((REPO / name).read_bytes())
+    (work / ".env").write_text("SLACK_BOT_TOKEN=xoxb-1234-real-looking\n")
+    env = {"PATH": os.environ["PATH"], "JIT_RUN_SETUP_ONLY": "1"}
+    result = subprocess.run(["bash", "scripts/run"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "mode: serve" in result.stdout
+    # The environment wins over .env, as for the bot itself.
+    env["SLACK_BOT_TOKEN"] = "xoxb-replace-me"
+    result = subprocess.run(["bash", "scripts/run"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert "mode: demo" in result.stdout

@@ -31,12 +31,12 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
+from bot.demo.devidp import DevIdP
 from bot.demo.slack_api import SlackStandIn
 from bot.idp.keys import generate_signing_key
 from bot.slack.ids import ActionId
 from bot.store.db import make_engine
 from bot.store.models import AccessRequest, AuditEvent, Grant
-from tests.devidp import DevIdP
 from tests.harness import SlackRequests
 from tests.processes import ServeProcess, free_port, write_policy
 from tests.testbot import PICKUP_LINK, dms_to

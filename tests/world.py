@@ -23,8 +23,8 @@ from bot.domain.policy import Policy
 from bot.services.delivery import DeliveryPolicy
 
 if TYPE_CHECKING:
+    from bot.demo.devidp import DevIdP
     from bot.demo.slack_api import SlackStandIn
-    from tests.devidp import DevIdP
 
 T = TypeVar("T")
 
@@ -137,7 +137,7 @@ def dev_idp_trusting(
     public_url: str, *, resources: dict[str, list[str]] | None = None, token_format: str = "opaque"
 ) -> DevIdP:
     """A dev IdP (not started) that trusts a bot at ``public_url``, with the test client and resources."""
-    from tests.devidp import DevIdP
+    from bot.demo.devidp import DevIdP
 
     return DevIdP(**dev_idp_options(public_url, resources), token_format=token_format)
 

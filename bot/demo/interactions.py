@@ -84,7 +84,34 @@ class SlackRequests:
     def click_payload(
         self, user: str, action_id: str, value: str, *, channel: str, ts: str
     ) -> tuple[dict[str, Any], str]:
-        key = secrets.token_hex(6)
+        """A press of the button ``action_id`` (carrying ``value``) on the message at ``channel``/``ts``."""
+        button = {"type": "button", "action_id": action_id, "value": value}
+        message = {"type": "message", "ts": ts, "text": "card"}
+        return self.press_payload(user, button, block_id="actions", channel=channel, message=message)
+
+    def press_payload(
+        self,
+        user: str,
+        element: dict[str, Any],
+        *,
+        block_id: str,
+        channel: str,
+        message: dict[str, Any],
+        channel_name: str = "approvers",
+    ) -> tuple[dict[str, Any], str]:
+        """What Slack sends when ``user`` presses the button ``element`` in block ``block_id`` of
+        ``message`` (as Slack returns it, with its ``ts``) in ``channel``; and the response_url's key."""
+        key, ts = secrets.token_hex(6), str(message["ts"])
+        action: dict[str, Any] = {
+            "action_id": element["action_id"],
+            "block_id": block_id,
+            "text": element.get("text") or {"type": "plain_text", "text": element["action_id"]},
+            "type": "button",
+            "action_ts": f"{time.time():.6f}",
+        }
+        for optional in ("value", "style"):
+            if optional in element:
+                action[optional] = element[optional]
         payload = {
             "type": "block_actions",
             "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
@@ -93,19 +120,10 @@ class SlackRequests:
             "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
             "trigger_id": self.trigger_id(),
             "team": {"id": TEAM_ID, "domain": "example"},
-            "channel": {"id": channel, "name": "approvers"},
-            "message": {"type": "message", "ts": ts, "text": "card"},
+            "channel": {"id": channel, "name": channel_name},
+            "message": message,
             "response_url": self.response_url_for(key, channel=channel, ts=ts),
-            "actions": [
-                {
-                    "action_id": action_id,
-                    "block_id": "actions",
-                    "text": {"type": "plain_text", "text": action_id},
-                    "value": value,
-                    "type": "button",
-                    "action_ts": f"{time.time():.6f}",
-                }
-            ],
+            "actions": [action],
         }
         return payload, key
 
@@ -124,6 +142,19 @@ class SlackRequests:
             "token": "deprecated-verification-token",
             "trigger_id": self.trigger_id(),
             "view": {**view, "state": {"values": values}},
+        }
+        return self.post_signed(self.payload_body(payload))
+
+    def close_view(self, user: str, view: dict[str, Any]) -> httpx.Response:
+        """Cancel pressed on a modal that asked to hear of it (``notify_on_close``)."""
+        payload = {
+            "type": "view_closed",
+            "team": {"id": TEAM_ID, "domain": "example"},
+            "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
+            "api_app_id": APP_ID,
+            "token": "deprecated-verification-token",
+            "view": view,
+            "is_cleared": False,
         }
         return self.post_signed(self.payload_body(payload))
 

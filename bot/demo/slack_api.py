@@ -1,4 +1,6 @@
-"""A wire-level stand-in for the Slack Web API, for tests (see "Tests" in docs/architecture.md).
+"""A wire-level stand-in for the Slack Web API, for tests and the local demo (see "Tests" in
+docs/architecture.md). The demo's workspace page (``bot/demo/workspace.py``) is served by this same
+server, so what a test proves against it is what the demo shows.
 
 Slack cannot be reached from the test machines, so the real ``slack_sdk.WebClient`` is pointed at
 this server instead (``WebClient(token=..., base_url=standin.api_url)``). It speaks HTTP on
@@ -197,6 +199,7 @@ class ResponseUrlPost:
     payload: dict[str, Any]
     ok: bool
     error: str | None
+    ts: str = ""  # when it arrived, on the same clock as message ts values (for ordering)
 
 
 class _Refusal(Exception):
@@ -262,6 +265,26 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     trickle: int = 0  # bytes per second for the whole response; 0 writes it at once
     stalled: bool = False  # hold the answer until release() (or cut it off)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A request for a path that is not the Web API's, handed to ``SlackStandIn.pages``."""
+
+    method: str
+    path: str
+    query: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What ``SlackStandIn.pages`` answers with."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 _JSON = "application/json; charset=utf-8"
@@ -607,6 +630,8 @@ class SlackStandIn:
         self._delayed_most = 0
         # Called with each recorded Web API call, outside the lock (benchmarks time events with it).
         self.observers: list[Callable[[Call], None]] = []
+        # Answers requests for paths other than /api/ and /response/ (the demo's workspace page).
+        self.pages: Callable[[Page], Answer | None] | None = None
         self._init_state()
 
     def _init_state(self) -> None:
@@ -631,12 +656,13 @@ class SlackStandIn:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> SlackStandIn:
+    def start(self, port: int = 0) -> SlackStandIn:
+        """Serves on 127.0.0.1:``port`` (0: any free port)."""
         with self._lifecycle:
             if self._port is not None:
                 raise RuntimeError("stand-in already started")
             self._stopping.clear()
-            self._serve(_Server.listen(0))
+            self._serve(_Server.listen(port, retry=False))
         return self
 
     def stop(self) -> None:
@@ -736,6 +762,11 @@ class SlackStandIn:
             with self._lock:
                 self._response_links[key] = (self._resolve_channel(channel), ts)
         return f"{self.base_url}/response/{key}"
+
+    def stamp(self) -> str:
+        """A fresh ts on the clock messages use, for ordering things the workspace adds itself."""
+        with self._lock:
+            return self._next_ts()
 
     def new_trigger_id(self) -> str:
         """A fresh trigger id in Slack's format, for interaction payloads built by tests."""
@@ -1118,7 +1149,9 @@ class SlackStandIn:
                     if refusal.problems:
                         error = f"{error}: {'; '.join(refusal.problems)}"
             record = payload if isinstance(payload, dict) else {"_raw": payload}
-            self._responses.append(ResponseUrlPost(key, copy.deepcopy(record), error is None, error))
+            self._responses.append(
+                ResponseUrlPost(key, copy.deepcopy(record), error is None, error, self._next_ts())
+            )
             body = {"ok": error is None, **({"error": error} if error else {})}
             self._calls.append(Call("response_url", copy.deepcopy(record), error is None, error, body, kind, key=key))
             return self._plan("response_url", conn, _Reply(status, (error or "ok").encode(), _TEXT))
@@ -1411,7 +1444,7 @@ class _Server(ThreadingHTTPServer):
     standin: SlackStandIn
 
     @classmethod
-    def listen(cls, port: int, bound: socket.socket | None = None) -> _Server:
+    def listen(cls, port: int, bound: socket.socket | None = None, *, retry: bool = True) -> _Server:
         """A server listening on 127.0.0.1:``port`` (0: any free port), on the socket ``bound`` to
         it already when given. Waits a little for the port if it is taken (coming back)."""
         if bound is not None:
@@ -1431,7 +1464,7 @@ class _Server(ThreadingHTTPServer):
             try:
                 return cls(("127.0.0.1", port), _Handler)
             except OSError:
-                if port == 0 or time.monotonic() > deadline:
+                if port == 0 or not retry or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
@@ -1481,7 +1514,11 @@ class _Handler(BaseHTTPRequestHandler):
                 payload = body.decode("utf-8", "replace")
             reply = standin._response_post(url.path[len("/response/") :], payload, self.conn)
         else:
-            reply = _Reply(404, b"not found", "text/plain")
+            answer = standin.pages(Page(self.command, url.path, url.query, body)) if standin.pages else None
+            if answer is None:
+                reply = _Reply(404, b"not found", "text/plain")
+            else:
+                reply = _Reply(answer.status, answer.body, answer.content_type, dict(answer.headers))
         if reply is None or (reply.stalled and not standin._hold(self.conn)):
             self.close_connection = True  # cut off: closed without an answer
             return

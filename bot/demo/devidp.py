@@ -37,7 +37,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-DEVIDP_DIR = Path(__file__).resolve().parent.parent / "devidp"
+# The clone's devidp/ folder (the demo and the tests run from a clone, where npm ci installed it).
+DEVIDP_DIR = Path(__file__).resolve().parents[2] / "devidp"
 READY_PREFIX = "devidp listening on "
 
 
