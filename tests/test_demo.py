@@ -62,7 +62,10 @@ def card_in(bot: Bot) -> tuple[str, dict[str, Any]]:
                 return found.group(1), item
         return None
 
-    return bot.eventually(posted)
+    request_id, card = bot.eventually(posted)
+    # The card's coordinates (and its card_posted event) are stored just after the post.
+    bot.eventually(lambda: bot.stored(request_id).card_ts is not None)
+    return request_id, card
 
 
 def test_the_page_acts_as_slack_does_and_shows_what_the_bot_sent(bot: Bot) -> None:

@@ -137,6 +137,11 @@ class JobScheduler:
             self._stopping = True
             started = self._started
         if started:
+            # shutdown() marks the scheduler stopped without APScheduler's job-store lock; a pass over
+            # due jobs still running then fails to remove a one-shot job it just ran, and the
+            # scheduler thread dies with a traceback. Emptying the store first takes that lock, so it
+            # waits for such a pass to end, and leaves the next one nothing to do.
+            self._scheduler.remove_all_jobs()
             self._scheduler.shutdown(wait=True)
 
     def _schedule(self, job: _Job) -> None:
