@@ -23,8 +23,9 @@ from sqlalchemy.exc import ArgumentError
 
 from bot.domain.policy import Policy
 
-# Values from .env.example and common stand-ins: starting with one of them is always a mistake.
-_PLACEHOLDER_MARKERS = ("replace-me", "changeme", "change-me", "your-", "xxxx", "<", "...")
+# The values .env.example ships with. Only these are refused: a real secret may well contain `<` or
+# `your-`, and guessing at "looks like a placeholder" refused some.
+_PLACEHOLDERS = frozenset({"replace-me", "xoxb-replace-me", "xapp-replace-me"})
 
 
 class ConfigError(Exception):
@@ -36,8 +37,8 @@ class ConfigError(Exception):
 
 
 def _is_placeholder(value: str) -> bool:
-    lowered = value.strip().lower()
-    return not lowered or any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+    stripped = value.strip()
+    return not stripped or stripped.lower() in _PLACEHOLDERS
 
 
 _DATABASE_FORMS = "sqlite:///path/to/jit.db or postgresql+psycopg://user:password@host:5432/jit"
