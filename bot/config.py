@@ -333,18 +333,76 @@ def load_policy(path: Path) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([f"{path}: {_policy_line(error)}" for error in exc.errors()]) from None
+        errors = _root_causes(exc.errors())
+        raise ConfigError([f"{path}: {_policy_line(error)}" for error in errors]) from None
+
+
+def _root_causes(errors: list[Any]) -> list[Any]:
+    """Drop the "at least one entry" that pydantic adds to a list whose every entry was wrong: the
+    entries' own errors say what to fix, and the list is not empty."""
+    return [
+        error
+        for error in errors
+        if not (
+            error["type"] == "too_short"
+            and any(other is not error and other["loc"][: len(error["loc"])] == error["loc"] for other in errors)
+        )
+    ]
 
 
 def _policy_line(error: Any) -> str:
     key = ""
     for part in error["loc"]:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return f"{key or 'policy'}: {_policy_message(error)}"
+
+
+def _shown(value: Any) -> str:
+    """What the file holds at a key, in the words a YAML author would use."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if value is None:
+        return "empty"
+    text = str(value)
+    return f"'{text[:40]}…'" if len(text) > 40 else f"'{text}'"
+
+
+# pydantic's wording ("Input should be a valid tuple") is about Python types; these say what to write.
+_TYPE_MESSAGES = {
+    "tuple_type": "must be a list, like [a, b] or one '- item' per line",
+    "list_type": "must be a list, like [a, b] or one '- item' per line",
+    "dict_type": "must be a mapping of keys to values (key: value, one per line)",
+    "model_type": "must be a mapping of keys to values (key: value, one per line)",
+    "model_attributes_type": "must be a mapping of keys to values (key: value, one per line)",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "string_type": "must be text",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+}
+
+
+def _policy_message(error: Any) -> str:
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known key (typo?)"
+    if kind == "too_short":
+        return "must list at least one entry"
+    if kind == "string_too_short":
+        return "must not be empty"
+    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt")}
+    bounds |= {"less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+    if kind in bounds:
+        words, name = bounds[kind]
+        return f"must be {words} {context.get(name)}, not {_shown(error['input'])}"
+    if kind in _TYPE_MESSAGES:
+        return f"{_TYPE_MESSAGES[kind]}, not {_shown(error['input'])}"
     message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
-        message = "is required"
-    elif error["type"] == "extra_forbidden":
-        message = "is not a known key (typo?)"
-    elif error["type"] == "too_short":
-        message = "must list at least one entry"
-    return f"{key or 'policy'}: {message}"
+    # Anything not mapped above still reads as a sentence about the key.
+    return message.replace("Input should be", "must be", 1)

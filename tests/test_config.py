@@ -411,7 +411,23 @@ WRONG: dict[str, tuple[str, Any, str]] = {
         "'#approvers' is not a Slack channel id",
     ),
     "audit-channel-not-an-id": ("channels.audit", "audit-log", "'audit-log' is not a Slack channel id"),
-    "zero-approvals-required": ("resources.0.approvals_required", 0, "greater than or equal to 1"),
+    "zero-approvals-required": ("resources.0.approvals_required", 0, "must be at least 1, not '0'"),
+    "too-many-approvals-required": ("resources.0.approvals_required", 11, "must be at most 10, not '11'"),
+    # pydantic's own words ("Input should be a valid tuple") are about Python; these are about the key.
+    "scopes-not-a-list": (
+        "resources.0.scopes",
+        "read",
+        "must be a list, like [a, b] or one '- item' per line, not 'read'",
+    ),
+    "approvals-required-not-a-number": ("resources.0.approvals_required", "two", "must be a whole number, not 'two'"),
+    "channels-not-a-mapping": ("channels", "C0AUDIT", "must be a mapping of keys to values"),
+    "resource-not-a-mapping": (
+        "resources.1",
+        "billing",
+        "must be a mapping of keys to values (key: value, one per line), not 'billing'",
+    ),
+    "email-fallback-not-a-bool": ("identity.email_fallback", "sometimes", "must be true or false, not 'sometimes'"),
+    "empty-audience": ("resources.0.audience", "", "must not be empty"),
     "duplicate-scope": ("resources.0.scopes", ["read", "write", "read"], "lists scope 'read' twice"),
     "scope-with-space": ("resources.0.scopes", ["read write"], "'read write' is not a valid scope name"),
     "bad-resource-name": ("resources.0.name", "Prod DB", "must be lower-case letters"),
@@ -493,6 +509,21 @@ def test_bad_policy_names_the_key_and_the_problem(
     for key, problem in expected:
         prefix = f"{path}: {key}: " if key is not None else f"{path}: "
         assert any(line.startswith(prefix) and problem in line for line in lines), (prefix, problem, lines)
+
+
+def test_errors_inside_resources_are_not_also_reported_on_the_list(tmp_path: Path) -> None:
+    """An error in every resource left the list with no valid entry, and pydantic then also said the
+    list was empty: a line about a problem that was not there."""
+    data = copy.deepcopy(POLICY)
+    for resource in data["resources"]:
+        resource["scopes"] = "read"
+    with pytest.raises(ConfigError) as caught:
+        load_policy(write_policy(tmp_path, data))
+
+    lines = caught.value.lines
+    assert len(lines) == len(POLICY["resources"]), lines
+    assert all(": resources[" in line and "must be a list" in line for line in lines), lines
+    assert not any("Input should" in line for line in lines), lines
 
 
 def test_missing_policy_file_names_the_file(tmp_path: Path) -> None:
