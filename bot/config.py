@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -81,8 +81,10 @@ class Settings(BaseSettings):
     )
 
     slack_bot_token: SecretStr
-    slack_signing_secret: SecretStr
     slack_app_token: SecretStr | None = None
+    # Verifies what Slack POSTs to /slack/events; Socket Mode has no such endpoint, so it needs none.
+    # Declared after the app token so that its validator knows the mode.
+    slack_signing_secret: SecretStr | None = Field(default=None, validate_default=True)
     slack_api_url: str = "https://slack.com/api/"
     # The bot only ever POSTs replies to response_urls under this prefix (Slack's hooks host).
     slack_hooks_url: str = "https://hooks.slack.com/"
@@ -184,11 +186,23 @@ class Settings(BaseSettings):
             raise ValueError("must be an app-level token starting with xapp- (Basic Information page)")
         return value
 
-    @field_validator("slack_app_token", mode="before")
+    @field_validator("slack_app_token", "slack_signing_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        # An empty SLACK_APP_TOKEN= line in .env means "HTTP mode", not "a token that is empty".
-        return None if value == "" else value
+        # An empty SLACK_APP_TOKEN= line in .env means "HTTP mode", not "a token that is empty"; an empty
+        # signing secret is "not set" (which only Socket Mode allows).
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("slack_signing_secret")
+    @classmethod
+    def _http_mode_verifies(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # An app token that failed its own check is absent from info.data: its owner means Socket Mode.
+        if value is None and "slack_app_token" in info.data and info.data["slack_app_token"] is None:
+            raise ValueError(
+                "is not set: HTTP mode needs it to verify Slack's requests (Basic Information → Signing Secret); "
+                "Socket Mode (SLACK_APP_TOKEN set) does not"
+            )
+        return value
 
     @field_validator("slack_api_url", "slack_hooks_url")
     @classmethod

@@ -7,6 +7,7 @@ the use cases, the jobs, the edges. Every part gets its collaborators in its con
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,14 @@ REQUEST_TIMEOUTS_JOB = "request-timeouts"
 REVOCATION_WATCHDOG_JOB = "revocation-watchdog"
 OUTBOX_PURGE_JOB = "outbox-purge"
 HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE_JOB)
+
+
+def _signing_secret(settings: Settings) -> str:
+    """The secret that Slack's HTTP requests are verified with. Socket Mode serves no /slack/events and
+    needs none; it gets a random one nobody knows, so nothing could ever verify against an empty key."""
+    if settings.slack_signing_secret is not None:
+        return settings.slack_signing_secret.get_secret_value()
+    return secrets.token_hex(32)
 
 
 @dataclass
@@ -244,9 +253,10 @@ def build_runtime(
         hooks_url=settings.slack_hooks_url,
     )
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
+    signing_secret = _signing_secret(settings)
     bolt_app = build_bolt_app(
         client=client,
-        signing_secret=settings.slack_signing_secret.get_secret_value(),
+        signing_secret=signing_secret,
         listeners=listeners,
         executor=executor,
         workspace=workspace,
@@ -255,7 +265,7 @@ def build_runtime(
     web_app = create_web_app(
         slack=None
         if settings.socket_mode
-        else SlackEdge(bolt_app=bolt_app, signing_secret=settings.slack_signing_secret.get_secret_value()),
+        else SlackEdge(bolt_app=bolt_app, signing_secret=signing_secret),
         health=lambda: health(engine),
         jwks=jwks([idp_side.signing_key]) if idp_side is not None else None,
         pickup=idp_side.pickup if idp_side is not None else None,

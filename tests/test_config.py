@@ -107,7 +107,7 @@ def test_dotenv_is_read_and_the_environment_wins(monkeypatch: pytest.MonkeyPatch
     assert settings.slack_bot_token.get_secret_value() == BOT_TOKEN
     assert settings.jit_policy_file == Path("from-dotenv.yml")
     assert settings.jit_http_port == 5000
-    # An empty SLACK_APP_TOKEN= line, as in .env.example, means HTTP mode.
+    # An empty SLACK_APP_TOKEN= line (what .env.example says for HTTP mode) means HTTP mode.
     assert settings.slack_app_token is None
     assert settings.socket_mode is False
 
@@ -183,6 +183,33 @@ def test_each_missing_secret_is_one_line_naming_it(monkeypatch: pytest.MonkeyPat
     assert lines[0].startswith(f"{missing} is not set"), lines
 
 
+@pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
+def test_http_mode_without_a_signing_secret_says_which_mode_needs_it(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", value)
+
+    lines = config_lines(_env_file=None)
+
+    assert lines == [
+        "SLACK_SIGNING_SECRET is not set: HTTP mode needs it to verify Slack's requests "
+        "(Basic Information → Signing Secret); Socket Mode (SLACK_APP_TOKEN set) does not"
+    ]
+
+
+def test_socket_mode_needs_no_signing_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Socket Mode receives events over its websocket and serves no /slack/events to verify."""
+    good_env(monkeypatch)
+    monkeypatch.delenv("SLACK_SIGNING_SECRET")
+    monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+
+    settings = load_settings(_env_file=None)
+
+    assert settings.socket_mode is True
+    assert settings.slack_signing_secret is None
+
+
 def test_every_problem_gets_its_own_line() -> None:
     lines = config_lines(_env_file=None, jit_http_port=70000)
     assert len(lines) == 3, lines
@@ -195,10 +222,10 @@ def test_every_problem_gets_its_own_line() -> None:
 # What people leave in a secret's place, by the variable it is left in.
 PLACEHOLDERS = {
     "bot-token-from-env-example": ("SLACK_BOT_TOKEN", "xoxb-replace-me"),
-    "signing-secret-from-env-example": ("SLACK_SIGNING_SECRET", "replace-me"),
+    "signing-secret-replace-me": ("SLACK_SIGNING_SECRET", "replace-me"),
     "app-token-from-env-example": ("SLACK_APP_TOKEN", "xapp-replace-me"),
     "env-example-any-case": ("SLACK_SIGNING_SECRET", " Replace-Me "),
-    "empty": ("SLACK_SIGNING_SECRET", ""),
+    "empty": ("SLACK_BOT_TOKEN", ""),
     "blank": ("SLACK_BOT_TOKEN", "   "),
 }
 

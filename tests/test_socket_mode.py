@@ -57,9 +57,9 @@ class SocketModeBot:
         self.slack = slack
         self.socket_mode = socket_mode
         self.database_url = f"sqlite:///{tmp_path / 'jit.db'}"
-        self.served = ServeProcess(
-            tmp_path, serve_env(slack, self.database_url, free_port(), SLACK_APP_TOKEN=APP_TOKEN)
-        )
+        # No signing secret: Socket Mode serves no /slack/events, so a Socket Mode app needs none.
+        env = serve_env(slack, self.database_url, free_port(), SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET="")
+        self.served = ServeProcess(tmp_path, env)
         self.base_url = self.served.base_url
         self.engine = make_engine(self.database_url)
         # Builds interaction payloads exactly as the HTTP tests do; it never posts them here.
