@@ -185,6 +185,8 @@ def _store_engine(*, create_key: bool) -> Engine:
     from bot.store.db import make_engine
 
     store = load_store_settings()
+    if not create_key:
+        _refuse_missing_sqlite_file(store.jit_database_url)
     if create_key:
         key = audit_key_for(store.jit_database_url, store.jit_audit_key)
     elif store.jit_audit_key is not None:
@@ -198,6 +200,21 @@ def _store_engine(*, create_key: bool) -> Engine:
         except KeyFileError as exc:
             raise ConfigError([str(exc)]) from None
     return bind_audit_key(make_engine(store.jit_database_url), key)
+
+
+def _refuse_missing_sqlite_file(database_url: str) -> None:
+    """A command that only reads must not leave an empty database behind (opening SQLite creates the
+    file), least of all in a folder it was run in by mistake."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise ConfigError(
+            [
+                f"JIT_DATABASE_URL: there is no database at {Path(url.database).resolve()}; "
+                "run this where the bot's .env is, or set JIT_DATABASE_URL to its database"
+            ]
+        )
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
@@ -291,11 +308,25 @@ def cmd_keygen(_args: argparse.Namespace) -> int:
     return 0
 
 
+# Where every command that reads settings looks, said once so each --help says the same.
+_READS_WHERE = ".env in the working folder and the environment (the environment wins)"
+_READS_SETTINGS = f"the settings (SLACK_*, OIDC_*, JIT_*) from {_READS_WHERE}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jit-bot", description="Just-in-time access through Slack and your IdP.")
     parser.add_argument("--version", action="version", version=f"jit-bot {importlib.metadata.version('jit-bot')}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run migrations, then serve Slack and HTTP").set_defaults(func=cmd_serve)
+    commands.add_parser(
+        "serve",
+        help="run migrations, then serve Slack and HTTP",
+        description=(
+            f"Reads {_READS_SETTINGS} and the policy file JIT_POLICY_FILE (default policy.yml). Checks "
+            "the token with Slack and runs the database migrations, then serves /slack/events (HTTP mode) or "
+            "Socket Mode (SLACK_APP_TOKEN set), the pickup page and the JWKS on JIT_HTTP_HOST:JIT_HTTP_PORT. "
+            "Exit codes: 0 stopped (SIGTERM), 2 cannot start (one line says why), 130 interrupted."
+        ),
+    ).set_defaults(func=cmd_serve)
     demo = commands.add_parser(
         "demo",
         help="try the bot in a browser: a local Slack workspace, the dev IdP and the bot, on loopback",
@@ -308,15 +339,49 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=3000, help="the workspace page's port (default 3000; 0: any)")
     demo.add_argument("--dir", type=Path, default=Path(".jit-demo"), help="where the demo keeps its data")
     demo.set_defaults(func=cmd_demo)
-    commands.add_parser("check", help="validate settings and the policy file").set_defaults(func=cmd_check)
-    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
-    commands.add_parser("keygen", help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)").set_defaults(
-        func=cmd_keygen
-    )
-    audit = commands.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_command", required=True)
-    audit.add_parser("verify", help="check the keyed hash chain of the audit trail").set_defaults(func=cmd_audit_verify)
+    commands.add_parser(
+        "check",
+        help="validate settings and the policy file",
+        description=(
+            f"Reads {_READS_SETTINGS} and the policy file JIT_POLICY_FILE (default policy.yml), and says what "
+            "it found. Changes nothing. Exit codes: 0 all good, 2 the settings or the policy file are wrong "
+            "(one line per problem)."
+        ),
+    ).set_defaults(func=cmd_check)
+    commands.add_parser(
+        "migrate",
+        help="bring the database schema up to date",
+        description=(
+            f"Reads JIT_DATABASE_URL and JIT_AUDIT_KEY from {_READS_WHERE}; creates the SQLite file and the audit "
+            "key file beside it when they do not exist yet (serve does this too, at start). "
+            "Exit codes: 0 the schema is current, 2 cannot (one line says why)."
+        ),
+    ).set_defaults(func=cmd_migrate)
+    commands.add_parser(
+        "keygen",
+        help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)",
+        description="Reads nothing and writes nothing: prints 32 random bytes in URL-safe base64. Exit code: 0.",
+    ).set_defaults(func=cmd_keygen)
+    audit = commands.add_parser(
+        "audit", help="audit trail tools", description="Tools for the audit trail; see verify and rekey."
+    ).add_subparsers(dest="audit_command", required=True)
     audit.add_parser(
-        "rekey", help="link a trail written before JIT_AUDIT_KEY existed with the key (once, after an upgrade)"
+        "verify",
+        help="check the keyed hash chain of the audit trail",
+        description=(
+            f"Reads JIT_DATABASE_URL and JIT_AUDIT_KEY (or the jit-audit-key file beside the database) from "
+            f"{_READS_WHERE}. Writes and creates nothing. "
+            "Exit codes: 0 intact, 1 broken or not verified (the event is named), 2 cannot read the trail."
+        ),
+    ).set_defaults(func=cmd_audit_verify)
+    audit.add_parser(
+        "rekey",
+        help="link a trail written before JIT_AUDIT_KEY existed with the key (once, after an upgrade)",
+        description=(
+            f"Reads JIT_DATABASE_URL and JIT_AUDIT_KEY from {_READS_WHERE}; checks the old unkeyed links, then "
+            "re-links the whole chain with the key and records that it did. "
+            "Exit codes: 0 re-linked, 1 refused (the reason is printed; nothing changed), 2 cannot read the trail."
+        ),
     ).set_defaults(func=cmd_audit_rekey)
     return parser
 

@@ -563,7 +563,26 @@ def test_audit_verify_on_an_empty_trail(tmp_path: Path, database_url: str) -> No
     assert result.stdout == "audit trail intact: 0 events\n"
 
 
+@pytest.mark.parametrize("with_key", [False, True], ids=["no-key", "key-set"])
+@pytest.mark.parametrize("command", [("audit", "verify"), ("audit", "rekey")], ids=["verify", "rekey"])
+def test_audit_commands_in_an_empty_folder_create_no_database(
+    tmp_path: Path, command: tuple[str, ...], with_key: bool
+) -> None:
+    env = {"JIT_AUDIT_KEY": AUDIT_KEY} if with_key else {}
+
+    result = run_cli(tmp_path, *command, env=env)
+
+    assert result.returncode == 2, result
+    assert_no_traceback(result.stderr)
+    assert messages(result.stderr) == [
+        f"jit-bot: JIT_DATABASE_URL: there is no database at {(tmp_path / 'jit.db').resolve()}; "
+        "run this where the bot's .env is, or set JIT_DATABASE_URL to its database"
+    ]
+    assert list(tmp_path.iterdir()) == [], "nothing is created"
+
+
 def test_audit_verify_before_migrations_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()
     env = {"JIT_AUDIT_KEY": AUDIT_KEY, "JIT_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
 
     result = run_cli(tmp_path, "audit", "verify", env=env)
@@ -615,6 +634,45 @@ def test_version(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"jit-bot {importlib.metadata.version('jit-bot')}"
+
+
+def _leaf_commands() -> list[tuple[str, ...]]:
+    """Every runnable command of the real parser, so a new one cannot ship without its --help."""
+    import argparse
+
+    from bot.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+        subs = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if not subs:
+            return [prefix]
+        return [leaf for name, sub in subs[0].choices.items() for leaf in walk(sub, (*prefix, name))]
+
+    return walk(build_parser(), ())
+
+
+# What each command's --help must say it reads (the demo makes its own settings and ignores .env).
+READS = {
+    ("serve",): [".env in the working folder", "JIT_POLICY_FILE"],
+    ("check",): [".env in the working folder", "JIT_POLICY_FILE"],
+    ("migrate",): [".env in the working folder", "JIT_DATABASE_URL"],
+    ("audit", "verify"): [".env in the working folder", "JIT_DATABASE_URL", "JIT_AUDIT_KEY"],
+    ("audit", "rekey"): [".env in the working folder", "JIT_DATABASE_URL", "JIT_AUDIT_KEY"],
+    ("demo",): ["Ignores .env"],
+    ("keygen",): ["Reads nothing"],
+}
+
+
+@pytest.mark.parametrize("command", _leaf_commands(), ids=" ".join)
+def test_each_command_help_says_what_it_reads_and_its_exit_codes(tmp_path: Path, command: tuple[str, ...]) -> None:
+    result = run_cli(tmp_path, *command, "--help")
+
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert re.search(r"Exit codes?: 0", text), text
+    assert command in READS, f"say what `{' '.join(command)}` reads"
+    for needed in READS[command]:
+        assert needed in text, (needed, text)
 
 
 def test_a_database_that_is_not_running_is_one_line(tmp_path: Path) -> None:
