@@ -1,13 +1,20 @@
-"""The architecture document's state diagrams say exactly what the enforced transition tables allow."""
+"""The documents say what the code does: the architecture's state diagrams match the enforced transition
+tables, and the two READMEs agree with the scripts and with each other."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from bot.domain.status import GRANT_TRANSITIONS, REQUEST_TRANSITIONS, GrantStatus, RequestStatus
 
-ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+ROOT = Path(__file__).resolve().parent.parent
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 EDGE = re.compile(r"^\s*(\w+)\s*-->\s*(\w+)", re.MULTILINE)
 
 
@@ -28,3 +35,42 @@ def test_the_request_and_grant_diagrams_match_the_transition_tables() -> None:
     request_diagram, grant_diagram = diagrams
     assert request_diagram == _table_edges(REQUEST_TRANSITIONS)
     assert grant_diagram == _table_edges(GRANT_TRANSITIONS)
+
+
+def _script_default(name: str) -> str:
+    match = re.search(rf'export {name}="\$\{{[A-Z_]+:-([^}}]*)\}}"', (ROOT / "scripts" / "devidp").read_text())
+    assert match, f"scripts/devidp no longer sets {name}"
+    return match.group(1)
+
+
+def test_the_dev_idp_readme_the_main_readme_and_scripts_devidp_agree() -> None:
+    devidp_readme = (ROOT / "devidp" / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    engines = json.loads((ROOT / "devidp" / "package.json").read_text())["engines"]["node"]
+    node = engines.removeprefix(">=")
+
+    port, secret = _script_default("DEVIDP_PORT"), _script_default("DEVIDP_CLIENT_SECRET")
+    bot = _script_default("DEVIDP_TRUSTED_ISSUER")
+    for text in (devidp_readme, readme):
+        assert f"Node.js ≥ {node}" in text, "both say the Node.js version package.json asks for"
+        assert f"http://127.0.0.1:{port}" in text
+    assert f"DEVIDP_CLIENT_SECRET={secret}" in devidp_readme and f"OIDC_CLIENT_SECRET={secret}" in readme
+    assert f"DEVIDP_TRUSTED_ISSUER={bot}" in devidp_readme and f"JIT_PUBLIC_URL={bot}" in devidp_readme
+    assert "trusts a bot at :" + bot.rsplit(":", 1)[1] in readme
+
+
+BENCHMARKS = sorted(path for path in (ROOT / "benchmarks").glob("*.py") if path.name != "common.py")
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.name)
+def test_each_benchmark_runs_after_the_test_install_as_the_readme_says(script: Path, tmp_path: Path) -> None:
+    """The README says `.venv/bin/python benchmarks/<script>.py` after `scripts/test`: each one's imports
+    resolve with the test install alone, from any folder, and the README names it."""
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    readme = (ROOT / "README.md").read_text()
+    assert "`.venv/bin/python benchmarks/<script>.py`" in readme
+    assert f"`{script.name}`" in readme
