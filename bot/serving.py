@@ -53,10 +53,14 @@ def serve(
     import uvicorn
     from slack_sdk.errors import SlackApiError
 
+    from bot.idp.keys import load_signing_key
     from bot.runtime import audit_key_for, build_runtime
     from bot.store.audit import bind_audit_key
     from bot.store.db import make_engine, migrate
 
+    if settings.idp_configured and settings.jit_signing_key_file is not None:
+        # A key file that cannot be used is said before anything is created or migrated.
+        load_signing_key(settings.jit_signing_key_file)
     engine = bind_audit_key(
         make_engine(settings.jit_database_url), audit_key_for(settings.jit_database_url, settings.jit_audit_key)
     )
