@@ -167,10 +167,18 @@ class Settings(BaseSettings):
     def idp_configured(self) -> bool:
         return self.oidc_issuer is not None
 
-    @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token")
+    @field_validator("slack_bot_token", "slack_signing_secret")
     @classmethod
     def _not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         return _refuse_placeholder(value, "put the real value from your Slack app here")
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token_not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        # .env.example starts in Socket Mode; someone who chose HTTP mode only has to empty it.
+        return _refuse_placeholder(
+            value, "put the app-level token here (Basic Information → App-Level Tokens), or empty it for HTTP mode"
+        )
 
     @field_validator("slack_bot_token")
     @classmethod

@@ -278,6 +278,16 @@ def test_every_env_example_placeholder_is_refused() -> None:
         )
 
 
+def test_the_app_token_placeholder_says_how_to_choose_http_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-replace-me")
+
+    assert config_lines(_env_file=None) == [
+        "SLACK_APP_TOKEN still holds a placeholder; put the app-level token here "
+        "(Basic Information → App-Level Tokens), or empty it for HTTP mode"
+    ]
+
+
 def test_placeholders_in_dotenv_are_caught(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(
         "SLACK_BOT_TOKEN=xoxb-replace-me\nSLACK_SIGNING_SECRET=replace-me\nSLACK_APP_TOKEN=\n"
