@@ -20,20 +20,30 @@ from bot.domain.policy import Policy
 from bot.domain.text import one_line
 from bot.files import KeyFileError
 from bot.idp.keys import SigningKeyError
-from bot.logs import configure_logging
+from bot.logs import LogFormat, configure_logging
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 log = logging.getLogger("jit-bot")
 
+# The environment variable that --log-format falls back to.
+LOG_FORMAT_ENV = "JIT_LOG_FORMAT"
+# Set by main. With --log-format json, what the command says on stderr is a log record like any
+# other, so a log pipeline reading stderr sees only JSON objects.
+_stderr_as_log = False
+
 
 def _out(line: str = "") -> None:
     sys.stdout.write(line + "\n")
 
 
-def _err(line: str) -> None:
-    sys.stderr.write(line + "\n")
+def _err(line: str, level: int = logging.ERROR) -> None:
+    if _stderr_as_log:
+        said = line.removeprefix("jit-bot: ")
+        log.log(level, "%s", said.removeprefix("warning: ") if level == logging.WARNING else said)
+    else:
+        sys.stderr.write(line + "\n")
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
@@ -83,7 +93,7 @@ def cmd_check(_args: argparse.Namespace) -> int:
             f"{resource.approvals_required} of {', '.join(resource.approvers)} in {resource.approver_channel}"
         )
     for warning in warnings:
-        _err(f"jit-bot: warning: {warning}")
+        _err(f"jit-bot: warning: {warning}", logging.WARNING)
     return 0
 
 
@@ -291,13 +301,30 @@ def cmd_keygen(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_format_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=default,
+        help=f"text (the default) or json: one JSON object per line, for log pipelines (or set {LOG_FORMAT_ENV})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jit-bot", description="Just-in-time access through Slack and your IdP.")
     parser.add_argument("--version", action="version", version=f"jit-bot {importlib.metadata.version('jit-bot')}")
+    _log_format_option(parser, None)
+    # Each sub-command takes it too (`jit-bot serve --log-format json`); unset there, it leaves
+    # whatever was given before the sub-command.
+    common = argparse.ArgumentParser(add_help=False)
+    _log_format_option(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run migrations, then serve Slack and HTTP").set_defaults(func=cmd_serve)
+    commands.add_parser("serve", help="run migrations, then serve Slack and HTTP", parents=[common]).set_defaults(
+        func=cmd_serve
+    )
     demo = commands.add_parser(
         "demo",
+        parents=[common],
         help="try the bot in a browser: a local Slack workspace, the dev IdP and the bot, on loopback",
         description=(
             "Starts the bot, the dev IdP (devidp/, needs Node.js and `npm ci` there) and a local Slack "
@@ -308,24 +335,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=3000, help="the workspace page's port (default 3000; 0: any)")
     demo.add_argument("--dir", type=Path, default=Path(".jit-demo"), help="where the demo keeps its data")
     demo.set_defaults(func=cmd_demo)
-    commands.add_parser("check", help="validate settings and the policy file").set_defaults(func=cmd_check)
-    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
-    commands.add_parser("keygen", help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)").set_defaults(
-        func=cmd_keygen
+    commands.add_parser("check", help="validate settings and the policy file", parents=[common]).set_defaults(
+        func=cmd_check
     )
-    audit = commands.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_command", required=True)
-    audit.add_parser("verify", help="check the keyed hash chain of the audit trail").set_defaults(func=cmd_audit_verify)
+    commands.add_parser("migrate", help="bring the database schema up to date", parents=[common]).set_defaults(
+        func=cmd_migrate
+    )
+    commands.add_parser(
+        "keygen", help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)", parents=[common]
+    ).set_defaults(func=cmd_keygen)
+    audit = commands.add_parser("audit", help="audit trail tools", parents=[common]).add_subparsers(
+        dest="audit_command", required=True
+    )
+    audit.add_parser("verify", help="check the keyed hash chain of the audit trail", parents=[common]).set_defaults(
+        func=cmd_audit_verify
+    )
     audit.add_parser(
-        "rekey", help="link a trail written before JIT_AUDIT_KEY existed with the key (once, after an upgrade)"
+        "rekey",
+        help="link a trail written before JIT_AUDIT_KEY existed with the key (once, after an upgrade)",
+        parents=[common],
     ).set_defaults(func=cmd_audit_rekey)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
+    global _stderr_as_log
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    chosen = args.log_format or os.environ.get(LOG_FORMAT_ENV) or LogFormat.TEXT.value
+    if chosen not in {f.value for f in LogFormat}:
+        parser.error(f"{LOG_FORMAT_ENV}={chosen!r}: choose text or json")
+    log_format = LogFormat(chosen)
+    configure_logging(log_format=log_format)
+    _stderr_as_log = log_format is LogFormat.JSON
     for line in misspelt_settings(os.environ):
-        _err(f"jit-bot: warning: {line}")
+        _err(f"jit-bot: warning: {line}", logging.WARNING)
     try:
         code: int = args.func(args)
         return code
