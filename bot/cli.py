@@ -20,20 +20,30 @@ from bot.domain.policy import Policy
 from bot.domain.text import one_line
 from bot.files import KeyFileError
 from bot.idp.keys import SigningKeyError
-from bot.logs import configure_logging
+from bot.logs import LogFormat, configure_logging
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 log = logging.getLogger("jit-bot")
 
+# The environment variable that --log-format falls back to.
+LOG_FORMAT_ENV = "JIT_LOG_FORMAT"
+# Set by main. With --log-format json, what the command says on stderr is a log record like any
+# other, so a log pipeline reading stderr sees only JSON objects.
+_stderr_as_log = False
+
 
 def _out(line: str = "") -> None:
     sys.stdout.write(line + "\n")
 
 
-def _err(line: str) -> None:
-    sys.stderr.write(line + "\n")
+def _err(line: str, level: int = logging.ERROR) -> None:
+    if _stderr_as_log:
+        said = line.removeprefix("jit-bot: ")
+        log.log(level, "%s", said.removeprefix("warning: ") if level == logging.WARNING else said)
+    else:
+        sys.stderr.write(line + "\n")
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
@@ -83,7 +93,7 @@ def cmd_check(_args: argparse.Namespace) -> int:
             f"{resource.approvals_required} of {', '.join(resource.approvers)} in {resource.approver_channel}"
         )
     for warning in warnings:
-        _err(f"jit-bot: warning: {warning}")
+        _err(f"jit-bot: warning: {warning}", logging.WARNING)
     return 0
 
 
@@ -313,12 +323,27 @@ _READS_WHERE = ".env in the working folder and the environment (the environment 
 _READS_SETTINGS = f"the settings (SLACK_*, OIDC_*, JIT_*) from {_READS_WHERE}"
 
 
+def _log_format_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=default,
+        help=f"text (the default) or json: one JSON object per line, for log pipelines (or set {LOG_FORMAT_ENV})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jit-bot", description="Just-in-time access through Slack and your IdP.")
     parser.add_argument("--version", action="version", version=f"jit-bot {importlib.metadata.version('jit-bot')}")
+    _log_format_option(parser, None)
+    # Each sub-command takes it too (`jit-bot serve --log-format json`); unset there, it leaves
+    # whatever was given before the sub-command.
+    common = argparse.ArgumentParser(add_help=False)
+    _log_format_option(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "serve",
+        parents=[common],
         help="run migrations, then serve Slack and HTTP",
         description=(
             f"Reads {_READS_SETTINGS} and the policy file JIT_POLICY_FILE (default policy.yml). Checks "
@@ -329,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_serve)
     demo = commands.add_parser(
         "demo",
+        parents=[common],
         help="try the bot in a browser: a local Slack workspace, the dev IdP and the bot, on loopback",
         description=(
             "Starts the bot, the dev IdP (devidp/, needs Node.js and `npm ci` there) and a local Slack "
@@ -341,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     commands.add_parser(
         "check",
+        parents=[common],
         help="validate settings and the policy file",
         description=(
             f"Reads {_READS_SETTINGS} and the policy file JIT_POLICY_FILE (default policy.yml), and says what "
@@ -350,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_check)
     commands.add_parser(
         "migrate",
+        parents=[common],
         help="bring the database schema up to date",
         description=(
             f"Reads JIT_DATABASE_URL and JIT_AUDIT_KEY from {_READS_WHERE}; creates the SQLite file and the audit "
@@ -359,14 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_migrate)
     commands.add_parser(
         "keygen",
+        parents=[common],
         help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)",
         description="Reads nothing and writes nothing: prints 32 random bytes in URL-safe base64. Exit code: 0.",
     ).set_defaults(func=cmd_keygen)
     audit = commands.add_parser(
-        "audit", help="audit trail tools", description="Tools for the audit trail; see verify and rekey."
+        "audit",
+        parents=[common],
+        help="audit trail tools",
+        description="Tools for the audit trail; see verify and rekey.",
     ).add_subparsers(dest="audit_command", required=True)
     audit.add_parser(
         "verify",
+        parents=[common],
         help="check the keyed hash chain of the audit trail",
         description=(
             f"Reads JIT_DATABASE_URL and JIT_AUDIT_KEY (or the jit-audit-key file beside the database) from "
@@ -376,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_audit_verify)
     audit.add_parser(
         "rekey",
+        parents=[common],
         help="link a trail written before JIT_AUDIT_KEY existed with the key (once, after an upgrade)",
         description=(
             f"Reads JIT_DATABASE_URL and JIT_AUDIT_KEY from {_READS_WHERE}; checks the old unkeyed links, then "
@@ -387,10 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
+    global _stderr_as_log
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    chosen = args.log_format or os.environ.get(LOG_FORMAT_ENV) or LogFormat.TEXT.value
+    if chosen not in {f.value for f in LogFormat}:
+        parser.error(f"{LOG_FORMAT_ENV}={chosen!r}: choose text or json")
+    log_format = LogFormat(chosen)
+    configure_logging(log_format=log_format)
+    _stderr_as_log = log_format is LogFormat.JSON
     for line in misspelt_settings(os.environ):
-        _err(f"jit-bot: warning: {line}")
+        _err(f"jit-bot: warning: {line}", logging.WARNING)
     try:
         code: int = args.func(args)
         return code

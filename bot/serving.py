@@ -91,8 +91,10 @@ def serve(
     host, port = listener.getsockname()[:2]
     log.info("serving on http://%s:%s", host, port)
     try:
-        # Access logs would record URLs, and later pickup URLs are secrets.
-        server = uvicorn.Server(uvicorn.Config(runtime.web_app, access_log=False, log_level="info"))
+        # Access logs would record URLs, and later pickup URLs are secrets. No log_config: uvicorn's
+        # own lines go through the handler configure_logging set up, in the chosen format (text or
+        # JSON), instead of handlers of uvicorn's own.
+        server = uvicorn.Server(uvicorn.Config(runtime.web_app, access_log=False, log_level="info", log_config=None))
         if ready is not None:
             ready()
         server.run(sockets=[listener])

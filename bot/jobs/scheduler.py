@@ -7,6 +7,10 @@ next moment; it never stops the scheduler.
 
 Jobs run on one of two pools. ``Pool.EXPIRY`` is kept for the expiry engine alone, so nothing the
 housekeeping jobs wait on (a slow database query, Slack) can delay a revocation.
+
+APScheduler says every run at INFO ("Running job …", "Job … executed successfully", "Added job …"):
+the timer and the sweeps run several times a second under load, so those lines are DEBUG here,
+and the log at INFO keeps what the bot itself says about its jobs (a job that failed, a lost arm).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+
+from bot.logs import info_as_debug
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ class _Job:
 
 class JobScheduler:
     def __init__(self, *, housekeeping_threads: int = 4, expiry_threads: int = 2) -> None:
+        info_as_debug("apscheduler.scheduler", *(f"apscheduler.executors.{pool.value}" for pool in Pool))
         # Never drop a run for being late: a late revocation is still owed (misfire_grace_time=None),
         # and several missed runs of the same job collapse into one (coalesce).
         self._scheduler = BackgroundScheduler(
@@ -162,5 +169,5 @@ def _logged(name: str, fn: Callable[[], object]) -> Callable[[], None]:
         except Exception:
             log.exception("%s failed; it runs again at its next moment", name)
 
-    run.__name__ = name
+    run.__name__ = run.__qualname__ = name  # what APScheduler calls the job in its DEBUG lines
     return run

@@ -30,7 +30,7 @@ from sqlmodel import Session
 from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.domain.text import one_line
-from bot.services import notices
+from bot.services import lifecycle, notices
 from bot.services.backlog import RevocationBacklog
 from bot.services.notices import Notice
 from bot.services.outbox import Announcer, Doorbell
@@ -439,7 +439,11 @@ class Dispatcher:
             failure_detail=code,
         )
         if won:
-            self._announcer.requester(session, load_snapshot(session, request_id, policy=self._policy))
+            view = load_snapshot(session, request_id, policy=self._policy)
+            self._announcer.requester(session, view)
+            lifecycle.note(
+                session, lifecycle.Step.CANCELLED, view, cause="approval card could not be posted", slack_error=code
+            )
 
     # --- housekeeping --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.domain.status import GrantStatus, RequestStatus
+from bot.services import lifecycle
 from bot.services.audit import record
 from bot.services.identity import OnSlackFailure, resolve_approvers
 from bot.services.outbox import Announcer
@@ -100,6 +101,7 @@ class EarlyEndService:
             if not grant_store.expire_now(session=session, request_id=request_id, now=now):
                 return RevokeResult(RevokeOutcome.ALREADY_REVOKING, request_id, status)
             record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
+            lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=actor)
         self.wake(now)
         return RevokeResult(RevokeOutcome.REVOKING, request_id, status)
 
@@ -120,7 +122,9 @@ class EarlyEndService:
                 decided_by=actor,
             ):
                 return RevokeResult(RevokeOutcome.DECIDED_MEANWHILE, request_id)
-            self.announcer.card(session, load_snapshot(session, request_id, policy=self.policy))
+            view = load_snapshot(session, request_id, policy=self.policy)
+            self.announcer.card(session, view)
+            lifecycle.note(session, lifecycle.Step.CANCELLED, view, by=actor)
         return RevokeResult(RevokeOutcome.CANCELLED, request_id, RequestStatus.CANCELLED.value)
 
     def _approvers(self, resource_name: str) -> frozenset[str]:

@@ -30,6 +30,7 @@ from bot.idp.assertion import ApprovalClaims, subject_assertion
 from bot.idp.client import UNHOLDABLE_TOKEN, ExchangedToken, IdPClient
 from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey
+from bot.services import lifecycle
 from bot.services.audit import record
 from bot.services.notices import AlertKind
 from bot.services.outbox import Announcer
@@ -469,12 +470,8 @@ class MintService:
     def _refused_in(
         self, session: Session, request_id: str, refusal: Refusal, token_fingerprint: str, now: datetime
     ) -> None:
-        log.warning(
-            "refused the token minted for %s (%s: %s); it is queued for revocation",
-            request_id,
-            refusal.code,
-            refusal.detail,
-        )
+        # Logged by _fail_in as the request's mint_failed line (or, if the request was failed
+        # already, as "no longer minting"), with the refusal and the token's fingerprint.
         record(
             AuditEventType.TOKEN_REFUSED,
             session=session,
@@ -523,9 +520,24 @@ class MintService:
             now=self.clock(),
             token_fingerprint=token_fingerprint,
         ):
-            self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
+            view = load_snapshot(session, request_id, policy=self.policy)
+            self.announcer.outcome(session, view)
+            lifecycle.note(
+                session,
+                lifecycle.Step.MINT_FAILED,
+                view,
+                error=code,
+                detail=detail,
+                token_fingerprint=token_fingerprint,
+            )
         else:
-            log.warning("request %s was no longer minting when its mint failed (%s)", request_id, code)
+            log.warning(
+                "request %s was no longer minting when its mint failed (%s: %s; token %s)",
+                request_id,
+                code,
+                detail,
+                token_fingerprint or "none",
+            )
 
     def _activate(
         self, request: AccessRequest, token: ExchangedToken, *, expires_at: datetime, outlives_grant: bool
@@ -599,5 +611,13 @@ class MintService:
         active = load_snapshot(session, request.id, policy=self.policy)
         self.announcer.activated(
             session, active, url=f"{self.public_url}/pickup/{pickup_id}", link_expires_at=link_expires_at
+        )
+        lifecycle.note(
+            session,
+            lifecycle.Step.MINTED,
+            active,
+            scopes=granted,
+            until=expires_at.isoformat(timespec="seconds"),
+            token_fingerprint=fingerprint(token.access_token),
         )
         return None

@@ -13,6 +13,7 @@ from enum import StrEnum
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from bot.services import lifecycle
 from bot.services.audit import AuditEventType, record
 from bot.store import grants as grant_store
 from bot.store.crypto import TokenCipher, pickup_hash
@@ -94,6 +95,7 @@ class PickupService:
                 grant.request_id,
                 token_fingerprint=grant.token_fingerprint,
             )
+            lifecycle.note(session, lifecycle.Step.PICKED_UP, grant.request_id)
             return PickupResult(
                 PickupOutcome.OK,
                 PickedToken(

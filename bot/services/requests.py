@@ -15,8 +15,10 @@ from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType
 from bot.domain.commands import RequestDraft
+from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
+from bot.services import lifecycle
 from bot.services.errors import TooManyPending
 from bot.services.identity import resolve_subject
 from bot.services.outbox import Announcer
@@ -101,6 +103,13 @@ class RequestService:
                 )
                 pending = snapshot(row, [], policy=self.policy)
                 self.announcer.submitted(session, pending)
+                lifecycle.note(
+                    session,
+                    lifecycle.Step.SUBMITTED,
+                    pending,
+                    scopes=draft.scopes,
+                    duration=format_duration(draft.duration),
+                )
         except IntegrityError:
             # Two deliveries of one interaction raced past the lookup; the other one made the request.
             if origin is None:

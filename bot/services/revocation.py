@@ -29,6 +29,7 @@ from bot.domain.policy import Policy
 from bot.domain.status import GrantStatus, RequestStatus
 from bot.idp.client import IdPClient
 from bot.idp.errors import IdPError
+from bot.services import lifecycle
 from bot.services.audit import record
 from bot.services.backlog import RevocationBacklog
 from bot.services.notices import AlertKind
@@ -230,12 +231,21 @@ class RevocationService:
                 # Our lease ran out and another worker took over; it will report the result.
                 log.warning("revocation of %s finished after its claim moved on", request_id)
                 return
+            lag_ms = int((now - held.expires_at).total_seconds() * 1000)
             if held.refusal is None:
-                self._grant_ended(session, request_id, now)
+                self._grant_ended(session, request_id, now, proof=_proof_words(proof), lag_ms=lag_ms)
             else:
                 self._refused_token_dead(session, request_id, held, now)
+                lifecycle.note(
+                    session,
+                    lifecycle.Step.REVOKED,
+                    request_id,
+                    proof=_proof_words(proof),
+                    refused=held.refusal,
+                    token_fingerprint=held.token_fingerprint,
+                )
 
-    def _grant_ended(self, session: Session, request_id: str, now: datetime) -> None:
+    def _grant_ended(self, session: Session, request_id: str, now: datetime, *, proof: str, lag_ms: int) -> None:
         if move_request(
             session=session,
             request_id=request_id,
@@ -244,7 +254,9 @@ class RevocationService:
             now=now,
             event=None,
         ):
-            self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
+            view = load_snapshot(session, request_id, policy=self.policy)
+            self.announcer.outcome(session, view)
+            lifecycle.note(session, lifecycle.Step.REVOKED, view, proof=proof, lag_ms=lag_ms)
         else:
             log.warning("grant %s is revoked but its request was no longer active", request_id)
 
@@ -257,7 +269,9 @@ class RevocationService:
         if held.refusal == grant_store.UNCHECKED and fail_mint(
             session=session, request_id=request_id, code="mint_interrupted", detail=detail, now=now
         ):
-            self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
+            view = load_snapshot(session, request_id, policy=self.policy)
+            self.announcer.outcome(session, view)
+            lifecycle.note(session, lifecycle.Step.MINT_FAILED, view, error="mint_interrupted", detail=detail)
         self.announcer.alert(
             session,
             AlertKind.REFUSED_TOKEN_REVOKED,
@@ -275,6 +289,8 @@ class RevocationService:
         with session_scope(self.engine) as session:
             grant = grant_store.get_grant(session=session, request_id=request_id)
             attempts_before = grant.attempts if grant is not None else 0
+            # Read before this failure is recorded: was the token already found still active?
+            was_still_active = grant is not None and grant.last_error == "still_active"
             wait = retry_delay(attempts_before + 1)
             if isinstance(exc, IdPError) and exc.retry_after is not None:
                 wait = max(wait, timedelta(seconds=exc.retry_after))
@@ -289,6 +305,16 @@ class RevocationService:
                 self.announcer.alert(session, AlertKind.STILL_ACTIVE, request_id)
             elif attempts == ALERT_AFTER_FAILURES:
                 self.announcer.alert(session, AlertKind.REVOCATION_FAILING, request_id, attempts=attempts, error=code)
+            # One line when the alerts begin, not one per retry (a still-active token is alerted each time).
+            if (still_active and not was_still_active) or (not still_active and attempts == ALERT_AFTER_FAILURES):
+                lifecycle.note(
+                    session,
+                    lifecycle.Step.REVOCATION_FAILING,
+                    request_id,
+                    attempts=attempts,
+                    error=code,
+                    retry_at=retry_at.isoformat(timespec="seconds"),
+                )
         log.warning("revocation of %s failed (attempt %d, %s); retrying at %s", request_id, attempts, code, retry_at)
         self.wake(retry_at)
 
@@ -317,11 +343,22 @@ class RevocationService:
                     attempts=grant.attempts if grant else 0,
                     last_error=(grant.last_error if grant else None) or "none yet",
                 )
-        for request_id, _ in overdue:
-            log.error(
-                "grant %s is overdue: not confirmed revoked %s after its expiry", request_id, self.timing.overdue_after
-            )
+                lifecycle.note(
+                    session,
+                    lifecycle.Step.REVOCATION_OVERDUE,
+                    request_id,
+                    late_seconds=late,
+                    attempts=grant.attempts if grant else 0,
+                    last_error=(grant.last_error if grant else None) or "none yet",
+                )
         return [request_id for request_id, _ in overdue]
+
+
+def _proof_words(proof: dict[str, Any]) -> str:
+    """What proves the token dead, in the words of a log line."""
+    if proof.get("introspection") == {"active": False}:
+        return "introspection inactive"
+    return f"revocation accepted; introspection {proof.get('introspection')}"
 
 
 def _failed_attempt(session: Session, request_id: str, attempts: int, now: datetime, **details: str) -> None:

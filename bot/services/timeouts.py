@@ -14,8 +14,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from bot.domain.audit import AuditEventType
+from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
+from bot.services import lifecycle
 from bot.services.audit import record
 from bot.services.outbox import Announcer
 from bot.services.snapshots import load_snapshot
@@ -66,6 +68,9 @@ class TimeoutService:
                 view = load_snapshot(session, request_id, policy=self.policy)
                 self.announcer.card(session, view)
                 self.announcer.requester(session, view)
+                lifecycle.note(
+                    session, lifecycle.Step.EXPIRED, view, after=format_duration(self.policy.request_timeout)
+                )
         return expired
 
     def fail_interrupted_mints(self) -> None:
@@ -81,7 +86,9 @@ class TimeoutService:
             with session_scope(self.engine) as session:
                 detail = "the bot stopped while minting; a token it received is being revoked"
                 if fail_mint(session=session, request_id=request_id, code="mint_interrupted", detail=detail, now=now):
-                    self.announcer.outcome(session, load_snapshot(session, request_id, policy=self.policy))
+                    view = load_snapshot(session, request_id, policy=self.policy)
+                    self.announcer.outcome(session, view)
+                    lifecycle.note(session, lifecycle.Step.MINT_FAILED, view, error="mint_interrupted", detail=detail)
 
     def resume_unminted(self) -> None:
         assert self.submit_mint is not None

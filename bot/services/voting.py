@@ -14,6 +14,7 @@ from sqlmodel import Session
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus, VoteChoice
 from bot.domain.votes import VoteDecision, VoteFacts, VoteRefusal, decide_vote
+from bot.services import lifecycle
 from bot.services.audit import AuditEventType, record
 from bot.services.identity import OnSlackFailure, resolve_approvers
 from bot.services.outbox import Announcer
@@ -191,6 +192,14 @@ class VotingService:
             session.flush()
             session.refresh(request)
             view = snapshot(request, store.votes_for(session=session, request_id=request_id), policy=self.policy)
+            if decided:
+                approved = view.status == RequestStatus.APPROVED.value
+                lifecycle.note(
+                    session,
+                    lifecycle.Step.APPROVED if approved else lifecycle.Step.DENIED,
+                    view,
+                    by=view.approvers_so_far if approved else voter,
+                )
             self._announce(session, view, decided=decided)
             result = VoteResult(refusal=None, request=view, decided=decided)
         return result
