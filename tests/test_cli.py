@@ -591,7 +591,7 @@ def test_audit_verify_before_migrations_is_one_clear_line(tmp_path: Path) -> Non
     ],
 )
 def test_printed_urls_hide_passwords_in_the_user_part_and_in_the_query(url: str, shown: str) -> None:
-    from bot.cli import redact_url
+    from bot.redact import redact_url
 
     assert redact_url(url) == shown
     assert "qspass" not in redact_url(url) and "dbpass" not in redact_url(url)
