@@ -151,6 +151,11 @@ class IdPClient:
     def issuer(self) -> str:
         return self._config.issuer
 
+    @property
+    def timeout(self) -> float:
+        """The total deadline of one call, in seconds."""
+        return self._config.timeout
+
     def budget(self, timeout: float | None = None) -> CallBudget:
         """A budget for one call: ``timeout`` seconds, never more than the configured deadline."""
         seconds = self._config.timeout if timeout is None else min(timeout, self._config.timeout)
