@@ -8,24 +8,34 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
-from bot.config import ConfigError, Settings, load_policy, load_settings, load_store_settings, misspelt_settings
+from bot.config import (
+    ConfigError,
+    Settings,
+    load_policy,
+    load_settings,
+    load_store_settings,
+    misspelt_settings,
+    policy_file_setting,
+)
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.text import one_line
 from bot.files import KeyFileError
 from bot.idp.keys import SigningKeyError
 from bot.logs import LogFormat, configure_logging
+from bot.redact import redact_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 log = logging.getLogger("jit-bot")
+T = TypeVar("T")
 
 # The environment variable that --log-format falls back to.
 LOG_FORMAT_ENV = "JIT_LOG_FORMAT"
@@ -57,8 +67,45 @@ def _load() -> tuple[Settings, Policy]:
     return settings, policy
 
 
-def cmd_check(_args: argparse.Namespace) -> int:
-    settings, policy = _load()
+def cmd_check(args: argparse.Namespace) -> int:
+    """Report the settings, the policy file and every check of bot.preflight, one line each.
+
+    Exit 2: the settings or the policy file do not load; 1: they do, and a check found a problem."""
+    from bot.preflight import preflight
+
+    settings = _loaded(load_settings)
+    if settings is not None:
+        _settings_summary(settings)
+    # Placeholders from .env.example are the usual reason settings do not load; the policy is still checked.
+    policy_file = settings.jit_policy_file if settings is not None else policy_file_setting()
+    policy = _loaded(lambda: load_policy(policy_file))
+    if policy is not None:
+        _policy_summary(policy_file, policy)
+    if settings is None:
+        _out("database, signing key, Slack and IdP: not checked: the settings do not load")
+        return 2
+    findings = preflight(settings, policy, offline=args.offline)
+    for finding in findings:
+        _out(finding.line())
+    problems = sum(finding.problem for finding in findings)
+    for warning in plain_http_warnings(settings):
+        _err(f"jit-bot: warning: {warning}", logging.WARNING)
+    if policy is None:
+        return 2
+    return 1 if problems else 0
+
+
+def _loaded(load: Callable[[], T]) -> T | None:
+    """What ``load`` returns, or None after its ConfigError lines went to stderr."""
+    try:
+        return load()
+    except ConfigError as exc:
+        for line in exc.lines:
+            _err(f"jit-bot: {line}")
+        return None
+
+
+def _settings_summary(settings: Settings) -> None:
     _out("settings: ok")
     _out(f"  mode: {'Socket Mode' if settings.socket_mode else 'HTTP'}")
     _out(f"  Slack API: {redact_url(settings.slack_api_url)}; replies only to {redact_url(settings.slack_hooks_url)}")
@@ -67,7 +114,6 @@ def cmd_check(_args: argparse.Namespace) -> int:
         f"  listening on: {settings.jit_http_host}:{settings.jit_http_port}; "
         f"public URL {redact_url(settings.public_url)}"
     )
-    warnings = plain_http_warnings(settings)
     if settings.idp_configured:
         assert settings.oidc_issuer is not None
         _out(
@@ -76,11 +122,13 @@ def cmd_check(_args: argparse.Namespace) -> int:
         )
         public = redact_url(settings.public_url)
         _out(f"  subject assertions: iss {public}, JWKS {public}/.well-known/jwks.json")
-        _out(f"  signing key: {_signing_key_line(settings)}")
     else:
         _out("  IdP: not configured (OIDC_ISSUER unset): approvals only, no tokens minted")
     _out(f"  audit key: {_audit_key_line(settings)}")
-    _out(f"policy: {settings.jit_policy_file}: ok")
+
+
+def _policy_summary(path: Path, policy: Policy) -> None:
+    _out(f"policy: {path}: ok")
     _out(f"  request_timeout: {format_duration(policy.request_timeout)}")
     _out(f"  audit channel: {policy.channels.audit or '(none)'}")
     fallback = "on" if policy.identity.email_fallback else "off"
@@ -92,45 +140,6 @@ def cmd_check(_args: argparse.Namespace) -> int:
             f"max {format_duration(resource.max_duration)}; "
             f"{resource.approvals_required} of {', '.join(resource.approvers)} in {resource.approver_channel}"
         )
-    for warning in warnings:
-        _err(f"jit-bot: warning: {warning}", logging.WARNING)
-    return 0
-
-
-# Query parameters whose values are secrets (e.g. ?password=… in a libpq or JDBC-style URL).
-_SECRET_PARAMS = ("password", "passwd", "pwd", "secret", "token", "key", "sslpassword", "credential")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password, user name and secret-looking query values replaced, for printing."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    from sqlalchemy.engine import make_url
-
-    if "://" in url and not url.startswith(("http://", "https://")):
-        try:
-            parsed = make_url(url)
-        except Exception:
-            return "(unreadable URL)"
-        hidden = {name: "redacted" for name in parsed.query if _is_secret_param(name)}
-        return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.username is not None or parts.password is not None:
-            netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, "redacted" if _is_secret_param(k) else v) for k, v in pairs])
-    except ValueError:
-        return "(unreadable URL)"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _is_secret_param(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_PARAMS)
 
 
 def _is_loopback(host: str) -> bool:
@@ -153,20 +162,6 @@ def plain_http_warnings(settings: Settings) -> list[str]:
         if url and url.startswith("http://") and not _is_loopback(urlsplit(url).hostname or ""):
             found.append(f"{name} is plain http:// on a non-loopback host ({redact_url(url)}); use https://")
     return found
-
-
-def _signing_key_line(settings: Settings) -> str:
-    from bot.idp.keys import load_signing_key
-    from bot.runtime import default_signing_key_path
-
-    if settings.jit_signing_key_file is not None:
-        key = load_signing_key(settings.jit_signing_key_file)  # raises SigningKeyError with the reason
-        return f"{settings.jit_signing_key_file} ({key.alg}, kid {key.kid})"
-    path = default_signing_key_path(settings.jit_database_url)
-    if path.exists():
-        key = load_signing_key(path)
-        return f"{path} (generated earlier; {key.alg}, kid {key.kid})"
-    return f"none yet: one is generated at {path} on first start"
 
 
 def _audit_key_line(settings: Settings) -> str:
@@ -365,16 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=3000, help="the workspace page's port (default 3000; 0: any)")
     demo.add_argument("--dir", type=Path, default=Path(".jit-demo"), help="where the demo keeps its data")
     demo.set_defaults(func=cmd_demo)
-    commands.add_parser(
+    check = commands.add_parser(
         "check",
         parents=[common],
-        help="validate settings and the policy file",
+        help="check the settings, the policy file, the database, Slack, the IdP and the signing key",
         description=(
-            f"Reads {_READS_SETTINGS} and the policy file JIT_POLICY_FILE (default policy.yml), and says what "
-            "it found. Changes nothing. Exit codes: 0 all good, 2 the settings or the policy file are wrong "
-            "(one line per problem)."
+            "Reads the settings from the environment and .env in the working folder, and the policy file "
+            "JIT_POLICY_FILE names (default policy.yml), then checks, one line each, without changing anything: "
+            "the database (reachable, its schema current or migratable), the signing key (it signs), Slack "
+            "(auth.test with SLACK_BOT_TOKEN; each channel, user and usergroup the policy names) and the IdP "
+            "(its discovery document and endpoints; the client credentials, by introspecting a made-up token). "
+            "Exit codes: 0 everything is ok, 1 a check found a problem, 2 the settings or the policy file do not load."
         ),
-    ).set_defaults(func=cmd_check)
+    )
+    check.add_argument("--offline", action="store_true", help="skip the checks that talk to Slack and the IdP")
+    check.set_defaults(func=cmd_check)
     commands.add_parser(
         "migrate",
         parents=[common],

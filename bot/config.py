@@ -291,6 +291,21 @@ def misspelt_settings(environ: Mapping[str, str], env_file: Path = Path(".env"))
     return lines
 
 
+class _PolicyFileSetting(BaseSettings):
+    """Only JIT_POLICY_FILE: `jit-bot check` still checks the policy when the other settings do not load."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    jit_policy_file: Path = Path("policy.yml")
+
+
+def policy_file_setting() -> Path:
+    try:
+        return _PolicyFileSetting().jit_policy_file
+    except ValidationError:
+        return Path("policy.yml")
+
+
 def load_store_settings() -> StoreSettings:
     try:
         return StoreSettings()

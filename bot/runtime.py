@@ -25,9 +25,12 @@ from bot.config import ConfigError, Settings, key_bytes
 from bot.domain.policy import Policy
 from bot.files import beside_database, load_or_create_key
 from bot.idp.client import IdPClient, IdPConfig
+from bot.idp.discovery import discovery_problem
+from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpirySweep, ExpiryTimer
 from bot.jobs.scheduler import Every, JobScheduler
+from bot.redact import redact_url
 from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.early import EarlyEndService
@@ -43,7 +46,7 @@ from bot.slack.adapters import SlackDirectory, SlackNotifier
 from bot.slack.app import build_bolt_app
 from bot.slack.guard import Workspace
 from bot.slack.listeners import Listeners
-from bot.slack.web_client import DeadlineWebClient
+from bot.slack.web_client import SLACK_CALL_FAILURES, DeadlineWebClient, slack_call_problem
 from bot.store.audit import bind_audit_key
 from bot.store.crypto import TokenCipher
 from bot.store.db import health, make_engine
@@ -127,8 +130,27 @@ class Runtime:
             identity = self.client.auth_test()
         except SlackApiError as exc:
             raise ConfigError([f"SLACK_BOT_TOKEN was refused by Slack: {exc.response.get('error')}"]) from None
+        except SLACK_CALL_FAILURES as exc:
+            # Unreachable, or no answer within SLACK_CALL_DEADLINE: one line, not the SDK's traceback.
+            where = redact_url(self.settings.slack_api_url)
+            deadline = self.settings.slack_call_deadline
+            problem = slack_call_problem(exc, "auth.test", where, deadline, limit="SLACK_CALL_DEADLINE")
+            raise ConfigError([problem]) from None
         self.workspace.learn(str(identity["team_id"]))
         return dict(identity.data) if isinstance(identity.data, dict) else {}
+
+    def connect_idp(self) -> None:
+        """Load the IdP's discovery document once: an IdP that cannot be reached, or that is not the
+        issuer OIDC_ISSUER names, is found at start rather than at the first approval."""
+        if self.idp_side is None:
+            return
+        issuer = self.idp_side.idp.issuer
+        try:
+            self.idp_side.idp.metadata()
+        except IdPError as exc:
+            url = redact_url(f"{issuer}/.well-known/openid-configuration")
+            problem = discovery_problem(exc, url, self.idp_side.idp.timeout)
+            raise ConfigError([f"the IdP's discovery document did not load: {problem}"]) from None
 
     def start_background(self) -> None:
         """Start delivering the outbox and the jobs (the expiry engine's first act is a reconciling sweep)."""

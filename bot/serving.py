@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot.config import ConfigError, Settings
 from bot.domain.policy import Policy
+from bot.redact import redact_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -69,6 +70,7 @@ def serve(
     runtime = build_runtime(settings, policy, engine=engine)
     identity = runtime.connect_slack()
     log.info("connected to Slack as %s in team %s", identity.get("user"), identity.get("team"))
+    runtime.connect_idp()
     socket_handler = None
     if settings.slack_app_token is not None:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
@@ -78,6 +80,11 @@ def serve(
             socket_handler.connect()  # type: ignore[no-untyped-call]
         except SlackApiError as exc:
             raise ConfigError([f"SLACK_APP_TOKEN was refused by Slack: {exc.response.get('error')}"]) from None
+        except OSError as exc:
+            where = redact_url(settings.slack_api_url)
+            raise ConfigError(
+                [f"cannot open Socket Mode at {where} ({type(exc).__name__}); check SLACK_API_URL and the network"]
+            ) from None
         if socket_handler.client.is_connected():
             log.info("Socket Mode connected")
         else:

@@ -58,20 +58,21 @@ def test_check_with_good_settings_and_policy(tmp_path: Path) -> None:
         SLACK_BOT_TOKEN=BOT_TOKEN,
         SLACK_SIGNING_SECRET=SIGNING_SECRET,
         SLACK_APP_TOKEN="",
-        JIT_DATABASE_URL="postgresql+psycopg://jit:dbpassw0rd@db.internal:5432/jit",
+        JIT_DATABASE_URL=f"sqlite:///{tmp_path / 'jit.db'}",
         JIT_PUBLIC_URL="https://jit.example.com/",
     )
     write_policy(tmp_path)
 
-    result = run_cli(tmp_path, "check")
+    # Offline: Slack itself cannot be reached from here (tests/test_check.py checks against the stand-in).
+    result = run_cli(tmp_path, "check", "--offline")
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[0] == "settings: ok"
     assert "  mode: HTTP" in lines
     assert "  Slack API: https://slack.com/api/; replies only to https://hooks.slack.com/" in lines
-    assert "  database: postgresql+psycopg://jit:***@db.internal:5432/jit" in lines
+    assert f"  database: sqlite:///{tmp_path / 'jit.db'}" in lines
     assert "  listening on: 127.0.0.1:3000; public URL https://jit.example.com" in lines
     assert "policy: policy.yml: ok" in lines
     assert "  request_timeout: 30m" in lines
@@ -83,16 +84,18 @@ def test_check_with_good_settings_and_policy(tmp_path: Path) -> None:
         "  resource billing: scopes read, refund; max 1h; 2 of U0APPROVER1, U0APPROVER2 in C0APPROVERS",
         "  resource k8s: scopes view, edit; max 30m; 1 of S0PLATFORM in C0APPROVERS",
     ]
-    assert "dbpassw0rd" not in result.stdout
+    assert lines[-1] == "Slack and the IdP: not checked: --offline"
     assert_no_secrets(result.stdout, result.stderr)
 
 
 def test_check_redacts_credentials_opens_the_signing_key_and_warns_about_plain_http(tmp_path: Path) -> None:
     key_file = tmp_path / "signing.pem"
     key_file.write_bytes(generate_signing_key().pem())
+    port = free_port()  # nothing listens: the database check fails, and must not show the password either
     env = {
         "SLACK_BOT_TOKEN": BOT_TOKEN,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "JIT_DATABASE_URL": f"postgresql+psycopg://jit:dbpassw0rd@127.0.0.1:{port}/jit",
         "SLACK_API_URL": "https://proxyuser:pr0xypass@slack-proxy.example/api/",
         "JIT_PUBLIC_URL": "http://jit.corp.example:3000",
         "OIDC_ISSUER": "http://issuer-user:issuerpass@idp.corp.example",
@@ -104,14 +107,17 @@ def test_check_redacts_credentials_opens_the_signing_key_and_warns_about_plain_h
     }
     write_policy(tmp_path)
 
-    result = run_cli(tmp_path, "check", env=env)
+    result = run_cli(tmp_path, "check", "--offline", env=env)
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     output = result.stdout + result.stderr
     for secret in ("pr0xypass", "issuerpass", "proxyuser", "issuer-user", "an-actual-client-secret", AUDIT_KEY):
         assert secret not in output
+    assert "dbpassw0rd" not in output
     assert "  Slack API: https://***@slack-proxy.example/api/" in result.stdout
-    assert f"  signing key: {key_file} (ES256, kid " in result.stdout
+    assert f"  database: postgresql+psycopg://jit:***@127.0.0.1:{port}/jit" in result.stdout
+    assert f"database: PROBLEM: cannot read PostgreSQL postgresql+psycopg://jit:***@127.0.0.1:{port}/jit (" in output
+    assert f"signing key: ok ({key_file}: ES256, kid " in result.stdout
     assert "  audit key: JIT_AUDIT_KEY" in result.stdout
     assert messages(result.stderr) == [
         "jit-bot: warning: OIDC_ISSUER is plain http:// on a non-loopback host (http://***@idp.corp.example); "
@@ -122,11 +128,10 @@ def test_check_redacts_credentials_opens_the_signing_key_and_warns_about_plain_h
 
     # A signing key that cannot be used is found by check, not at the first approval.
     key_file.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
-    broken = run_cli(tmp_path, "check", env=env)
-    assert broken.returncode == 2
-    assert_no_traceback(broken.stderr)
-    (line,) = messages(broken.stderr)
-    assert line.startswith(f"jit-bot: {key_file}: not an unencrypted PEM private key")
+    broken = run_cli(tmp_path, "check", "--offline", env=env)
+    assert broken.returncode == 1
+    assert_no_traceback(broken.stdout + broken.stderr)
+    assert f"signing key: PROBLEM: {key_file}: not an unencrypted PEM private key" in broken.stdout
 
 
 def test_check_reads_the_environment_and_the_policy_path(tmp_path: Path) -> None:
@@ -141,7 +146,7 @@ def test_check_reads_the_environment_and_the_policy_path(tmp_path: Path) -> None
         "JIT_HTTP_PORT": "8080",
     }
 
-    result = run_cli(tmp_path, "check", env=env)
+    result = run_cli(tmp_path, "check", "--offline", env=env)
 
     assert result.returncode == 0, result.stderr
     assert "  mode: Socket Mode" in result.stdout
@@ -159,12 +164,15 @@ def test_check_missing_signing_secret_is_one_line(tmp_path: Path) -> None:
 
     result = run_cli(tmp_path, "check")
 
-    assert result.returncode != 0
-    assert result.stdout == ""
+    assert result.returncode == 2
     assert_no_traceback(result.stderr)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("jit-bot: SLACK_SIGNING_SECRET is not set"), lines
+    # The policy is still checked; nothing that needs the settings is.
+    assert "policy: policy.yml: ok" in result.stdout.splitlines()
+    not_checked = "database, signing key, Slack and IdP: not checked: the settings do not load"
+    assert result.stdout.splitlines()[-1] == not_checked
     assert_no_secrets(result.stdout, result.stderr)
 
 
@@ -205,10 +213,10 @@ def test_check_bad_policy_names_the_key(tmp_path: Path) -> None:
     write_dotenv(tmp_path, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET)
     write_policy(tmp_path, policy)
 
-    result = run_cli(tmp_path, "check")
+    result = run_cli(tmp_path, "check", "--offline")
 
-    assert result.returncode != 0
-    assert result.stdout == ""
+    assert result.returncode == 2
+    assert "policy: " not in result.stdout
     assert_no_traceback(result.stderr)
     assert result.stderr.splitlines() == [
         "jit-bot: policy.yml: resources[2].approver_channel: '#approvers' is not a Slack channel id (like C0123ABCD)"
@@ -219,9 +227,9 @@ def test_check_bad_policy_names_the_key(tmp_path: Path) -> None:
 def test_check_missing_policy_file(tmp_path: Path) -> None:
     write_dotenv(tmp_path, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET)
 
-    result = run_cli(tmp_path, "check")
+    result = run_cli(tmp_path, "check", "--offline")
 
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "jit-bot: policy.yml: policy file not found (set JIT_POLICY_FILE or create it)"
     ]
@@ -611,7 +619,7 @@ def test_audit_verify_before_migrations_is_one_clear_line(tmp_path: Path) -> Non
     ],
 )
 def test_printed_urls_hide_passwords_in_the_user_part_and_in_the_query(url: str, shown: str) -> None:
-    from bot.cli import redact_url
+    from bot.redact import redact_url
 
     assert redact_url(url) == shown
     assert "qspass" not in redact_url(url) and "dbpass" not in redact_url(url)
@@ -621,7 +629,7 @@ def test_a_misspelt_setting_is_a_warning_naming_the_real_one(tmp_path: Path) -> 
     write_policy(tmp_path, POLICY)
     env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OIDC_ISUER": "https://idp.example"}
 
-    result = run_cli(tmp_path, "check", env=env)
+    result = run_cli(tmp_path, "check", "--offline", env=env)
 
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [

@@ -1,13 +1,17 @@
 """The IdP call deadline holds where the socket timeouts cannot reach: a resolver that hangs, and a
-wait behind another thread's slow call."""
+wait behind another thread's slow call. And private_key_jwt: what the client sends in place of a secret."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
 import threading
+import urllib.parse
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from bot.bounded_http import CallBudget, budgeted_client
@@ -72,3 +76,75 @@ def test_waiting_behind_another_threads_call_counts_against_the_deadline() -> No
     with waiting_within(lock, CallBudget.starting_now(0.2), during="JWKS"):
         assert lock.locked(), "free again, the lock is taken and held inside the block"
     assert not lock.locked()
+
+
+class _RecordingIdP(http.server.ThreadingHTTPServer):
+    """Discovery and an introspection endpoint on loopback that record the forms they are sent."""
+
+    forms: list[dict[str, list[str]]]
+
+
+class _IdPHandler(http.server.BaseHTTPRequestHandler):
+    server: _RecordingIdP
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def _json(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._json({"issuer": issuer, "token_endpoint": f"{issuer}/token", "introspection_endpoint": f"{issuer}/in"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        self.server.forms.append(urllib.parse.parse_qs(self.rfile.read(length).decode()))
+        self._json({"active": False})
+
+
+@pytest.mark.parametrize("key_type", ["ec", "rsa"])
+def test_private_key_jwt_sends_a_client_assertion_signed_with_the_signing_key(key_type: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from bot.config import ClientAuth
+    from bot.idp.client import CLIENT_ASSERTION_TYPE, IdPClient, IdPConfig
+    from bot.idp.keys import generate_signing_key, signing_key_from_pem
+    from bot.idp.keys import serialization as pem
+
+    key = generate_signing_key()
+    if key_type == "rsa":  # the bot's default key is EC P-256; RSA keys are supported too
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = signing_key_from_pem(private.private_bytes(pem.Encoding.PEM, pem.PrivateFormat.PKCS8, pem.NoEncryption()))
+    server = _RecordingIdP(("127.0.0.1", 0), _IdPHandler)
+    server.forms = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    issuer = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        idp = IdPClient(
+            IdPConfig(
+                issuer=issuer,
+                client_id="jit-bot",
+                client_secret=None,
+                client_auth=ClientAuth.PRIVATE_KEY_JWT,
+                lifetime_param=None,
+            ),
+            signing_key=key,
+        )
+        assert idp.introspect("some-token") == {"active": False}
+    finally:
+        server.shutdown()
+        server.server_close()
+    (form,) = server.forms
+    assert form["client_assertion_type"] == [CLIENT_ASSERTION_TYPE]
+    (assertion,) = form["client_assertion"]
+    assert jwt.get_unverified_header(assertion)["kid"] == key.kid
+    claims = jwt.decode(
+        assertion, key.private_key.public_key(), algorithms=[key.alg], audience=f"{issuer}/token", issuer="jit-bot"
+    )
+    assert claims["sub"] == "jit-bot" and claims["exp"] - claims["iat"] <= 60 and claims["jti"]

@@ -987,3 +987,63 @@ def test_posting_where_the_bot_is_not_in_the_channel_or_it_is_archived() -> None
         for not_a_channel in ("U0ALICE01", "D0ALICE01", "#requests"):
             with pytest.raises(ValueError):
                 standin.remove_bot_from(not_a_channel)
+
+
+def test_conversations_info_says_whether_the_channel_exists_and_the_bot_is_in_it() -> None:
+    with SlackStandIn(TOKEN, users=USERS, channels={"C0REQUESTS", "C0SECRET1"}) as standin:
+        bare = WebClient(token=TOKEN, base_url=standin.api_url, retry_handlers=[])
+        info = bare.conversations_info(channel="C0REQUESTS")["channel"]
+        assert (info["id"], info["is_member"], info["is_archived"], info["is_private"]) == (
+            "C0REQUESTS",
+            True,
+            False,
+            False,
+        )
+        standin.remove_bot_from("C0SECRET1")
+        assert bare.conversations_info(channel="C0SECRET1")["channel"]["is_member"] is False
+        standin.archive("C0REQUESTS")
+        assert bare.conversations_info(channel="C0REQUESTS")["channel"]["is_archived"] is True
+
+        # Only the channels the constructor named exist; create_channel and delete_channel change that.
+        assert _refused(lambda: bare.conversations_info(channel="C0NOSUCH01")) == "channel_not_found"
+        assert _refused(lambda: bare.chat_postMessage(channel="C0NOSUCH01", text="hi")) == "channel_not_found"
+        standin.create_channel("C0NEWCHAN1", name="new-approvers", bot_member=False)
+        created = bare.conversations_info(channel="C0NEWCHAN1")["channel"]
+        assert (created["name"], created["is_member"]) == ("new-approvers", False)
+        assert _refused(lambda: bare.chat_postMessage(channel="C0NEWCHAN1", text="hi")) == "not_in_channel"
+        standin.delete_channel("C0NEWCHAN1")
+        assert _refused(lambda: bare.conversations_info(channel="C0NEWCHAN1")) == "channel_not_found"
+
+        # Slack hides a private channel from a bot that is not in it.
+        standin.create_channel("G0PRIVATE1", private=True, bot_member=False)
+        assert _refused(lambda: bare.conversations_info(channel="G0PRIVATE1")) == "channel_not_found"
+        assert _refused(lambda: bare.chat_postMessage(channel="G0PRIVATE1", text="hi")) == "channel_not_found"
+        standin.add_bot_to("G0PRIVATE1")
+        assert bare.conversations_info(channel="G0PRIVATE1")["channel"]["is_private"] is True
+
+        # A user id is not a conversation; a malformed id is a malformed call.
+        assert _refused(lambda: bare.conversations_info(channel="U0ALICE01")) == "channel_not_found"
+        assert _refused(lambda: bare.conversations_info(channel="#requests")) == "channel_not_found"
+        assert [c.args["channel"] for c in standin.rejected()] == ["#requests"]
+
+        standin.reset()  # back to the channels the constructor named
+        assert bare.conversations_info(channel="C0SECRET1")["channel"]["is_member"] is True
+        assert _refused(lambda: bare.conversations_info(channel="G0PRIVATE1")) == "channel_not_found"
+
+
+def test_without_a_channel_list_every_well_formed_channel_exists_until_deleted(
+    slack: SlackStandIn, client: WebClient
+) -> None:
+    assert client.conversations_info(channel="C0ANYTHING")["channel"]["is_member"] is True
+    slack.delete_channel("C0ANYTHING")
+    assert _refused(lambda: client.conversations_info(channel="C0ANYTHING")) == "channel_not_found"
+    assert [c.kind for c in slack.calls_to("conversations.info")] == ["ok", "not_found"]
+
+
+def test_usergroups_list(slack: SlackStandIn, client: WebClient) -> None:
+    (group,) = client.usergroups_list()["usergroups"]
+    assert (group["id"], group["team_id"], group["date_delete"]) == ("S0APPROVE1", "T0STANDIN1", 0)
+    assert "users" not in group
+    (with_users,) = client.usergroups_list(include_users=True, include_count=True)["usergroups"]
+    assert (with_users["users"], with_users["user_count"]) == (["U0ALICE01", "U0BOB0001"], 2)
+    assert slack.rejected() == []

@@ -41,10 +41,15 @@ switches them all off, but does not end an outage):
   no answer comes until ``release``; ``reset()`` and ``stop()`` close it unanswered).
 - channel membership (``channels_without_bot``, ``remove_bot_from``, ``archive``): chat.* posts
   to such channels get ``not_in_channel`` / ``is_archived``. DMs are unaffected.
+- which channels exist: every well-formed C.../G... id, unless the constructor's ``channels``
+  names them all; ``create_channel`` (public or private, with or without the bot) and
+  ``delete_channel`` change that. Posts to and ``conversations.info`` of a channel that does not
+  exist, or of a private one the bot is not in, get ``channel_not_found``, as on Slack.
 
 Wire facts this relies on (slack_sdk 3.x, sync ``WebClient``): every request is a POST, even for
 methods slack_sdk declares as GET; "json" methods (chat.*, views.*) send a JSON body, "params"
-methods (auth.test, users.info, usergroups.users.list, conversations.open) send a form body; the
+methods (auth.test, users.info, usergroups.list, usergroups.users.list, conversations.open,
+conversations.info) send a form body; the
 token always travels in ``Authorization: Bearer``. Query strings are accepted too, as Slack does.
 
 Socket Mode: ``apps.connections.open`` takes the app-level token (``xapp-``, the ``app_token``
@@ -584,6 +589,7 @@ class SlackStandIn:
     usergroup ids (S...) to member user ids. When ``users`` is given, DMs and ephemerals to users
     not in it fail as they would for a user outside the workspace. ``channels_without_bot`` names
     channels (C... / G...) the bot is not a member of; posting there fails with ``not_in_channel``.
+    ``channels``, when given, is every channel that exists (otherwise any well-formed id does).
     """
 
     def __init__(
@@ -594,6 +600,7 @@ class SlackStandIn:
         usergroups: dict[str, list[str]] | None = None,
         app_token: str | None = None,
         channels_without_bot: set[str] | None = None,
+        channels: set[str] | None = None,
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
@@ -602,6 +609,9 @@ class SlackStandIn:
         self._users = copy.deepcopy(users) if users is not None else None
         self._usergroups = copy.deepcopy(usergroups or {})
         self._without_bot_at_start = frozenset(_channel_with_members(c) for c in channels_without_bot or ())
+        self._channels_at_start = (
+            frozenset(_channel_with_members(c) for c in channels) if channels is not None else None
+        )
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # stalled handlers wait on it for release()
         self._lifecycle = threading.Lock()  # serialises start/stop/go_away/come_back
@@ -621,8 +631,10 @@ class SlackStandIn:
             "views.push": self._views_push,
             "views.update": self._views_update,
             "users.info": self._users_info,
+            "usergroups.list": self._usergroups_list,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.open": self._conversations_open,
+            "conversations.info": self._conversations_info,
             _APP_TOKEN_METHOD: self._apps_connections_open,
         }
         self._delays: dict[str, float] = {}
@@ -650,6 +662,11 @@ class SlackStandIn:
         self._stalls: set[str] = set()
         self._without_bot: set[str] = set(self._without_bot_at_start)
         self._archived: set[str] = set()
+        # None: every well-formed channel id exists. Deleted channels never do.
+        self._existing: set[str] | None = set(self._channels_at_start) if self._channels_at_start is not None else None
+        self._deleted: set[str] = set()
+        self._private: set[str] = set()
+        self._channel_names: dict[str, str] = {}
         self._counter = itertools.count(1)
         # Slack ts values are "<unix seconds>.<6 digits>"; a single counter keeps them unique.
         self._ts_base = int(time.time())
@@ -886,6 +903,28 @@ class SlackStandIn:
 
     def unarchive(self, channel: str) -> None:
         self._mark(self._archived, channel, False)
+
+    def create_channel(
+        self, channel: str, *, name: str | None = None, private: bool = False, bot_member: bool = True
+    ) -> None:
+        """A channel that exists from now on, public or private, with or without the bot in it.
+        Slack hides a private channel from a bot that is not in it: ``channel_not_found``."""
+        channel = _channel_with_members(channel)
+        with self._lock:
+            self._deleted.discard(channel)
+            if self._existing is not None:
+                self._existing.add(channel)
+            self._channel_names[channel] = name or channel.lower()
+            (self._private.add if private else self._private.discard)(channel)
+            (self._without_bot.discard if bot_member else self._without_bot.add)(channel)
+
+    def delete_channel(self, channel: str) -> None:
+        """The channel is gone: every call naming it gets ``channel_not_found``."""
+        channel = _channel_with_members(channel)
+        with self._lock:
+            self._deleted.add(channel)
+            if self._existing is not None:
+                self._existing.discard(channel)
 
     def _mark(self, marked: set[str], channel: str, on: bool) -> None:
         channel = _channel_with_members(channel)
@@ -1197,7 +1236,18 @@ class SlackStandIn:
                 raise _Refusal("channel_not_found")
             if not self._known_user(channel):
                 raise _Refusal("channel_not_found", kind="not_found")
+        elif not self._visible(channel):
+            raise _Refusal("channel_not_found", kind="not_found")
         return self._resolve_channel(channel)
+
+    def _visible(self, channel: str) -> bool:
+        """Whether the bot can see a C.../G... channel: it exists, and is public or has the bot in it
+        (DM ids, D..., are always visible here)."""
+        if channel[0] not in "CG":
+            return True
+        if channel in self._deleted or (self._existing is not None and channel not in self._existing):
+            return False
+        return not (channel in self._private and channel in self._without_bot)
 
     def _member(self, channel: str) -> None:
         """Refuses posting to a channel that is archived or that the bot is not in."""
@@ -1387,6 +1437,66 @@ class SlackStandIn:
             raise _Refusal("no_such_subteam", kind="not_found")
         return {"users": list(self._usergroups[group])}
 
+    def _usergroups_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        # Slack's usergroup object, with the fields the bot might read; users only when asked for.
+        groups = []
+        for group, members in self._usergroups.items():
+            entry: dict[str, Any] = {
+                "id": group,
+                "team_id": TEAM_ID,
+                "is_usergroup": True,
+                "is_subteam": True,
+                "name": group.lower(),
+                "handle": group.lower(),
+                "description": "",
+                "is_external": False,
+                "date_create": self._ts_base,
+                "date_update": self._ts_base,
+                "date_delete": 0,
+                "auto_type": None,
+                "prefs": {"channels": [], "groups": []},
+            }
+            if _truthy(args.get("include_count")):
+                entry["user_count"] = len(members)
+            if _truthy(args.get("include_users")):
+                entry["users"] = list(members)
+            groups.append(entry)
+        return {"usergroups": groups}
+
+    def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise _Refusal("invalid_arguments", problems=["missing required field: channel"])
+        if not CHANNEL_ID.match(channel):
+            raise _Refusal("channel_not_found")
+        if USER_ID.match(channel) or not self._visible(channel):
+            # A user id is not a conversation id, and a channel the bot cannot see does not exist for it.
+            raise _Refusal("channel_not_found", kind="not_found")
+        if channel[0] == "D":
+            return {"channel": {"id": channel, "is_im": True, "user": "U" + channel[1:], "is_org_shared": False}}
+        private = channel in self._private or channel[0] == "G"
+        name = self._channel_names.get(channel, channel.lower())
+        return {
+            "channel": {
+                "id": channel,
+                "name": name,
+                "name_normalized": name,
+                "is_channel": not private,
+                "is_group": private,
+                "is_im": False,
+                "is_mpim": False,
+                "is_private": private,
+                "is_archived": channel in self._archived,
+                "is_general": False,
+                "is_shared": False,
+                "is_ext_shared": False,
+                "is_org_shared": False,
+                "is_member": channel not in self._without_bot,
+                "created": self._ts_base,
+                "context_team_id": TEAM_ID,
+            }
+        }
+
     def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         users = args.get("users")
         if not users:
@@ -1403,6 +1513,8 @@ class SlackStandIn:
         if len(ids) == 1:
             return {"channel": {"id": self._resolve_channel(ids[0])}}
         digest = hashlib.sha1(",".join(sorted(ids)).encode()).hexdigest()[:10].upper()
+        if self._existing is not None:
+            self._existing.add(f"G{digest}")  # the group DM exists from now on
         return {"channel": {"id": f"G{digest}"}}
 
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002 - uniform signature

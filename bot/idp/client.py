@@ -1,19 +1,22 @@
 """Token exchange (RFC 8693), revocation (RFC 7009) and introspection (RFC 7662) at the IdP.
 
-authlib authenticates the client (``client_secret_basic``, ``client_secret_post``,
-``private_key_jwt``); sending the request and reading the answer is done here, because an IdP's
-answer is untrusted input: every call has a total deadline and a size cap (``bot.bounded_http``), and
-every field is type-checked before use. An exchange answer that carries an access token always
-yields that token, however odd the rest of it, so the caller can hold it and revoke it.
+authlib authenticates the client (``client_secret_basic``, ``client_secret_post``, and
+``private_key_jwt`` with an assertion signed here); sending the request and reading the answer is
+done here, because an IdP's answer is untrusted input: every call has a total deadline and a size
+cap (``bot.bounded_http``), and every field is type-checked before use. An exchange answer that
+carries an access token always yields that token, however odd the rest of it, so the caller can
+hold it and revoke it.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import secrets
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,7 +24,7 @@ from urllib.parse import quote
 
 import httpx
 import jwt
-from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from authlib.common.urls import add_params_to_qs
 
 from bot.bounded_http import CallBudget, budgeted_transport
 from bot.config import ClientAuth
@@ -32,12 +35,16 @@ from bot.idp.keys import SigningKey
 
 with warnings.catch_warnings():
     # authlib prefers the httpx2 fork when installed and warns when it falls back to httpx, which we use.
+    # Its deprecate module adds an "always" filter when first imported: imported first, ours wins.
+    import authlib.deprecate  # noqa: F401
+
     warnings.simplefilter("ignore")
     from authlib.integrations.httpx_client import OAuth2Client
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # JWT access tokens are verified only with asymmetric algorithms; "none" and HMAC are refused.
 _JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 
@@ -74,6 +81,31 @@ def _basic_auth_rfc6749(client: Any, method: Any, uri: Any, headers: Any, body: 
     text = f"{quote(client.client_id, safe='')}:{quote(client.client_secret, safe='')}"
     headers["Authorization"] = "Basic " + base64.b64encode(text.encode()).decode()
     return uri, headers, body
+
+
+def _private_key_jwt(key: SigningKey, token_endpoint: str) -> Callable[..., tuple[Any, Any, Any]]:
+    """RFC 7523 section 2.2 client authentication, signed with pyjwt.
+
+    authlib's own PrivateKeyJWT reads a PEM as an RSA key only (authlib 1.9), so the bot's default
+    EC P-256 key failed with a traceback before anything was sent.
+    """
+
+    def sign(client: Any, method: Any, uri: Any, headers: Any, body: Any) -> tuple[Any, Any, Any]:  # noqa: ARG001
+        now = int(time.time())
+        claims = {
+            "iss": client.client_id,
+            "sub": client.client_id,
+            # RFC 7523 section 3: the client assertion's aud is the token endpoint, for every endpoint.
+            "aud": token_endpoint,
+            "iat": now,
+            "exp": now + 60,
+            "jti": secrets.token_urlsafe(18),
+        }
+        assertion = jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
+        fields = [("client_assertion_type", CLIENT_ASSERTION_TYPE), ("client_assertion", assertion)]
+        return uri, headers, add_params_to_qs(body or "", fields)
+
+    return sign
 
 
 def _json(response: httpx.Response) -> Any:
@@ -119,6 +151,11 @@ class IdPClient:
     def issuer(self) -> str:
         return self._config.issuer
 
+    @property
+    def timeout(self) -> float:
+        """The total deadline of one call, in seconds."""
+        return self._config.timeout
+
     def budget(self, timeout: float | None = None) -> CallBudget:
         """A budget for one call: ``timeout`` seconds, never more than the configured deadline."""
         seconds = self._config.timeout if timeout is None else min(timeout, self._config.timeout)
@@ -130,12 +167,9 @@ class IdPClient:
     @contextmanager
     def _oauth(self, budget: CallBudget, url: str, *, token_endpoint: str, during: str) -> Iterator[Any]:
         config = self._config
-        secret = config.client_secret
-        if config.client_auth is ClientAuth.PRIVATE_KEY_JWT:
-            secret = self._signing_key.pem().decode()
         client = OAuth2Client(
             client_id=config.client_id,
-            client_secret=secret,
+            client_secret=config.client_secret,
             token_endpoint_auth_method=config.client_auth.value,
             transport=budgeted_transport(budget, ssl_context=self._tls, url=url),
             timeout=httpx.Timeout(max(budget.remaining(), 0.001)),
@@ -143,10 +177,7 @@ class IdPClient:
         )
         client.register_client_auth_method(("client_secret_basic", _basic_auth_rfc6749))
         if config.client_auth is ClientAuth.PRIVATE_KEY_JWT:
-            client.register_client_auth_method(
-                # RFC 7523 section 3: the client assertion's aud is the token endpoint, for every endpoint.
-                PrivateKeyJWT(token_endpoint, alg=self._signing_key.alg, headers={"kid": self._signing_key.kid})
-            )
+            client.register_client_auth_method(("private_key_jwt", _private_key_jwt(self._signing_key, token_endpoint)))
         try:
             yield client
         except httpx.HTTPError as exc:

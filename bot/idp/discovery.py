@@ -84,3 +84,12 @@ class Discovery:
             introspection_endpoint=endpoints["introspection_endpoint"],
             jwks_uri=endpoints["jwks_uri"],
         )
+
+
+def discovery_problem(exc: IdPError, url: str, seconds: float) -> str:
+    """One sentence for a discovery document at ``url`` (redacted) that did not load, and what to do."""
+    if exc.code == "idp_timeout":
+        return f"{url} did not answer within {seconds:g} s; check OIDC_ISSUER, the network and any proxy"
+    if exc.code == "idp_unreachable":
+        return f"cannot reach {url} ({exc.description}); check OIDC_ISSUER, and that the IdP is up"
+    return f"{url}: {exc.description or exc.code}; check OIDC_ISSUER"

@@ -22,9 +22,10 @@ from urllib.request import Request
 
 import httpx
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackRequestError
+from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
 
 from bot.bounded_http import CallBudget, budgeted_client
+from bot.domain.text import one_line
 
 # Web API answers are small (a posted message comes back, a few KB); this is far above any.
 MAX_SLACK_ANSWER_BYTES = 4 << 20
@@ -61,3 +62,38 @@ class DeadlineWebClient(WebClient):
             )
         charset = response.charset_encoding or "utf-8"
         return {"status": response.status_code, "headers": message, "body": response.content.decode(charset)}
+
+
+# What a failed call raises: Slack's refusals, network trouble (timeouts are TimeoutError), odd answers.
+SLACK_CALL_FAILURES = (SlackClientError, OSError, http.client.HTTPException, ValueError)
+
+# Slack's answers that mean the token itself is wrong (revoked, from another app, mistyped).
+TOKEN_REFUSALS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"})
+
+
+def slack_call_problem(exc: Exception, method: str, where: str, seconds: float, *, limit: str = "") -> str:
+    """One sentence for a failed call to Slack at ``where`` (a redacted URL): what went wrong, from
+    Slack's answer only (never from what was sent, which holds the token), and what to do.
+    ``limit`` names the setting the ``seconds`` come from, if one does."""
+    if isinstance(exc, SlackApiError):
+        code = one_line(str(exc.response.get("error") or ""), 80)
+        status = getattr(exc.response, "status_code", 200)
+        if code in TOKEN_REFUSALS:
+            return (
+                f"Slack refused SLACK_BOT_TOKEN ({code}); copy the Bot User OAuth Token (xoxb-…) "
+                "from the app's OAuth & Permissions page again"
+            )
+        if code == "missing_scope":
+            needed = one_line(str(exc.response.get("needed") or "?"), 80)
+            return (
+                f"{method} needs the scope {needed}, which the app lacks; add it (manifest.yml lists every "
+                "scope the bot needs) and reinstall the app"
+            )
+        if status != 200 or not code:
+            return f"Slack at {where} answered {method} with HTTP {status}; check SLACK_API_URL, or try again later"
+        return f"Slack answered {method} with {code}"
+    fix = "check SLACK_API_URL, the network and any proxy"
+    if isinstance(exc, TimeoutError):
+        setting = f" ({limit})" if limit else ""
+        return f"Slack at {where} did not answer {method} within {seconds:g} s{setting}; {fix}"
+    return f"cannot reach Slack at {where} ({one_line(str(exc), 120) or type(exc).__name__}); {fix}"
