@@ -218,7 +218,7 @@ def check_slack(settings: Settings, policy: Policy | None, *, timeout: float) ->
     except SLACK_CALL_FAILURES as exc:
         found = [_problem("Slack", slack_call_problem(exc, "auth.test", where, timeout))]
         if policy is not None:
-            found.append(_skipped("Slack channels, users and usergroups", "Slack did not accept auth.test"))
+            found.append(_skipped("Slack channels, users and usergroups", "auth.test did not succeed (above)"))
         return found
     found = [_ok("Slack", f"{where}: the token is the bot {identity.get('user')} in workspace {identity.get('team')}")]
     if policy is None:

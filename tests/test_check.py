@@ -197,7 +197,7 @@ def test_a_refused_token_is_one_problem_and_the_rest_of_slack_is_not_checked(
         "the app's OAuth & Permissions page again"
     ]
     assert found(result, "Slack channels, users and usergroups: ") == (
-        "Slack channels, users and usergroups: not checked: Slack did not accept auth.test"
+        "Slack channels, users and usergroups: not checked: auth.test did not succeed (above)"
     )
     assert refused not in result.stdout + result.stderr
     assert [call.method for call in slack.calls] == ["auth.test"]
