@@ -38,10 +38,13 @@ def test_readme_command_table_is_the_command_table() -> None:
 def test_help_lists_every_command_and_spelling() -> None:
     text = help_text()
     for sub in SUBCOMMANDS:
-        assert f"• {usage_of(sub)}: {sub.summary}" in text.splitlines()
         for usage in sub.usages():
-            assert f"`{usage}`" in text
-    assert "`/jit cancel <request id>`" in text
+            shown = usage.replace("<", "&lt;").replace(">", "&gt;")
+            assert f"`{shown}`" in text
+        assert sub.summary in text
+    assert "`/jit cancel &lt;request id&gt;`" in text
+    # Slack reads any unescaped < as the start of a link, mention or date: the help has none of those.
+    assert "<" not in text and ">" not in text
 
 
 def test_names_are_unique() -> None:

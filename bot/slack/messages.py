@@ -166,13 +166,14 @@ def help_text() -> str:
     return "\n".join(
         [
             "*jit-bot*: just-in-time access, approved in Slack, minted by the IdP, revoked on time.",
-            *(f"• {usage_of(sub)}: {sub.summary}" for sub in SUBCOMMANDS),
+            # Escaped: Slack reads an unescaped <resource> as a link and shows nothing of it.
+            *(f"• {' or '.join(code(usage) for usage in sub.usages())}: {escape(sub.summary)}" for sub in SUBCOMMANDS),
         ]
     )
 
 
 def usage_of(sub: SubCommand) -> str:
-    """A command's usage lines as code spans: ```/jit revoke <request id>` or `/jit cancel <request id>```."""
+    """A command's usage lines as Markdown code spans, for the README (Slack needs them escaped: help_text)."""
     return " or ".join(f"`{usage}`" for usage in sub.usages())
 
 
