@@ -13,6 +13,8 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import uvicorn
+
 from bot.config import ConfigError, Settings
 from bot.domain.policy import Policy
 from bot.redact import redact_url
@@ -51,7 +53,6 @@ def serve(
 
     ``ready`` is called once everything is up and the socket is accepting (the demo prints its URL then).
     """
-    import uvicorn
     from slack_sdk.errors import SlackApiError
 
     from bot.idp.keys import load_signing_key
@@ -101,14 +102,26 @@ def serve(
         # Access logs would record URLs, and later pickup URLs are secrets. No log_config: uvicorn's
         # own lines go through the handler configure_logging set up, in the chosen format (text or
         # JSON), instead of handlers of uvicorn's own.
-        server = uvicorn.Server(uvicorn.Config(runtime.web_app, access_log=False, log_level="info", log_config=None))
-        if ready is not None:
-            ready()
-        server.run(sockets=[listener])
+        config = uvicorn.Config(runtime.web_app, access_log=False, log_level="info", log_config=None)
+        _Server(config, ready=ready).run(sockets=[listener])
     finally:
         if socket_handler is not None:
             socket_handler.close()  # type: ignore[no-untyped-call]
         runtime.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling ``ready`` once it accepts connections and handles SIGTERM itself:
+    called any earlier, a stop in between would interrupt its event loop before it ran."""
+
+    def __init__(self, config: uvicorn.Config, *, ready: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._ready = ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self._ready is not None and self.started:
+            self._ready()
 
 
 def _warn_if_unkeyed(engine: Engine) -> None:

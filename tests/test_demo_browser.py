@@ -40,9 +40,9 @@ WORKSPACE_URL = re.compile(r"open (http://127\.0\.0\.1:\d+/) in your browser")
 
 
 class Demo:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, log_name: str = "demo.log") -> None:
         self.workdir = workdir
-        self.log = workdir / "demo.log"
+        self.log = workdir / log_name
         self._out = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(JIT_BOT), "demo", "--port", "0", "--dir", str(workdir / "data")],
@@ -201,3 +201,44 @@ def test_the_request_form_shows_errors_beside_fields_and_submits(page: Page) -> 
     be(page, CAROL, "C0PAYAPPROVE")
     expect(page.locator(".msg", has_text="refund for ticket CS-991")).to_contain_text("billing-api")
     shot(page, "9-form-card")
+
+
+def test_each_run_starts_fresh_and_its_output_is_what_matters(tmp_path: Path) -> None:
+    """The workspace's messages and the dev IdP's tokens are gone when the demo stops, so a request
+    kept from an earlier run could never be approved or revoked: each run starts with an empty
+    database. Its output is the URL and the requests' lifecycle lines, no warnings about keys a
+    deployment must manage nor each migration."""
+    import sqlite3
+
+    import httpx
+
+    database = tmp_path / "data" / "jit-demo.db"
+
+    def requests_stored() -> int:
+        with sqlite3.connect(database) as connection:
+            return int(connection.execute("SELECT count(*) FROM access_request").fetchone()[0])
+
+    first = Demo(tmp_path)
+    try:
+        typed = httpx.post(
+            f"{first.url}workspace/command",
+            json={"person": ALICE, "channel": "D" + ALICE[1:], "text": "/jit request prod-db read 2m INC-7"},
+            timeout=30,
+        )
+        assert typed.json() == {"ok": True}, typed.text
+        eventually(lambda: requests_stored() == 1 or None, timeout=30, what="the request to be stored")
+        eventually(lambda: "submitted: request=" in first.output() or None, timeout=30, what="its lifecycle line")
+    finally:
+        assert first.stop() == 0, first.output()
+
+    second = Demo(tmp_path, log_name="second.log")
+    try:
+        assert requests_stored() == 0, "the second run starts with an empty database"
+    finally:
+        assert second.stop() == 0, second.output()
+
+    for run in (first, second):
+        output = run.output()
+        assert_no_traceback(output)
+        assert " WARNING " not in output, output
+        assert "alembic" not in output and "uvicorn" not in output, output

@@ -24,7 +24,8 @@ from bot.demo.devidp import DevIdP, DevIdPError
 from bot.demo.slack_api import SlackStandIn
 from bot.demo.workspace import Channel, Person, Workspace
 from bot.domain.policy import Policy
-from bot.files import load_or_create_key
+from bot.files import load_or_create_key, write_owner_only
+from bot.idp.keys import generate_signing_key
 from bot.serving import listen, serve
 
 log = logging.getLogger("jit-bot")
@@ -59,6 +60,8 @@ def run_demo(*, folder: Path, port: int, policy_file: Path | None = None) -> int
     policy_path = policy_file or demo_policy_file()
     policy = load_policy(policy_path)
     folder.mkdir(parents=True, exist_ok=True)
+    _start_fresh(folder)
+    _quiet_start_up()
     bot_listener = listen("127.0.0.1", 0)
     bot_url = f"http://127.0.0.1:{bot_listener.getsockname()[1]}"
     signing_secret = secrets.token_urlsafe(24)
@@ -79,11 +82,30 @@ def run_demo(*, folder: Path, port: int, policy_file: Path | None = None) -> int
         def ready() -> None:
             _say(f"jit-bot demo: open {standin.base_url}/ in your browser (Ctrl-C stops the demo)")
             _say(f"  try first: {HINTS[0]}")
-            _say(f"  the bot serves on {bot_url}, the dev IdP on {idp.issuer}; data in {folder}/")
+            _say(f"  the bot serves on {bot_url}, the dev IdP on {idp.issuer}; data in {folder}/ (fresh each run)")
             _say(f"  policy: {policy_path}")
 
         serve(settings, policy, bot_listener, ready=ready)
     return 0
+
+
+DATABASE_FILE = "jit-demo.db"
+
+
+def _start_fresh(folder: Path) -> None:
+    """Each run starts with an empty database. The workspace's messages and the dev IdP's tokens live
+    in memory, so requests kept from an earlier run would have no card to approve them on, and their
+    tokens an IdP that no longer knows them."""
+    for name in (DATABASE_FILE, f"{DATABASE_FILE}-wal", f"{DATABASE_FILE}-shm", f"{DATABASE_FILE}-journal"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _quiet_start_up() -> None:
+    # A deployment's operator wants each migration and uvicorn's start in the log; someone trying the
+    # demo wants the URL and what happens to their requests (the lifecycle lines), not scrolling past.
+    # A filter, not a level: uvicorn sets its logger's level itself when the server is configured.
+    for name in ("alembic.runtime.migration", "uvicorn.error"):
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.WARNING)
 
 
 def _say(line: str) -> None:
@@ -152,13 +174,17 @@ def _settings(
 ) -> Settings:
     host, port = bot_url.removeprefix("http://").split(":")
     encryption_key, _created = load_or_create_key(folder / "demo-encryption-key")
+    # The demo's own keys, made quietly: a deployment is warned that it should manage them itself.
+    signing_key_file = folder / "demo-signing-key.pem"
+    if not signing_key_file.exists():
+        write_owner_only(signing_key_file, generate_signing_key().pem())
     values: dict[str, Any] = {
         "slack_bot_token": bot_token,
         "slack_signing_secret": signing_secret,
         "slack_app_token": None,
         "slack_api_url": standin.api_url,
         "slack_hooks_url": f"{standin.base_url}/response/",
-        "jit_database_url": f"sqlite:///{(folder / 'jit-demo.db').resolve()}",
+        "jit_database_url": f"sqlite:///{(folder / DATABASE_FILE).resolve()}",
         "jit_policy_file": policy_file,
         "jit_http_host": host,
         "jit_http_port": int(port),
@@ -168,9 +194,9 @@ def _settings(
         "oidc_client_secret": idp.client_secret,
         "oidc_client_auth": "client_secret_basic",
         "oidc_token_lifetime_param": idp.lifetime_param,
-        # Generated beside the demo's database on first start, like a deployment's defaults.
-        "jit_signing_key_file": None,
-        "jit_audit_key": None,
+        "jit_signing_key_file": signing_key_file,
+        # The database is new each run, so its audit chain's key may be too.
+        "jit_audit_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "jit_encryption_key": base64.urlsafe_b64encode(encryption_key).decode(),
     }
     return Settings(_env_file=None, **values)
