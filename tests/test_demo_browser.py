@@ -203,6 +203,18 @@ def test_the_request_form_shows_errors_beside_fields_and_submits(page: Page) -> 
     shot(page, "9-form-card")
 
 
+def test_the_sidebar_is_not_rebuilt_under_the_pointer(page: Page) -> None:
+    """A button replaced between mouse-down and mouse-up swallows the click (a new user lost one in
+    twenty): the page polls every 600 ms, and the sidebar stays the same nodes while nothing in it
+    changed."""
+    button = page.locator("#sidebar button[data-channel='C0JITAUDIT']").element_handle()
+    assert button is not None
+    polls = "() => performance.getEntriesByType('resource').filter(e => e.name.includes('/workspace/state')).length"
+    before = page.evaluate(polls)
+    eventually(lambda: page.evaluate(polls) >= before + 4 or None, timeout=30, what="four more polls")
+    assert button.evaluate("el => el.isConnected"), "the sidebar was rebuilt although nothing in it changed"
+
+
 def test_each_run_starts_fresh_and_its_output_is_what_matters(tmp_path: Path) -> None:
     """The workspace's messages and the dev IdP's tokens are gone when the demo stops, so a request
     kept from an earlier run could never be approved or revoked: each run starts with an empty

@@ -272,8 +272,16 @@ function conversations() {
   return { channels, dms: [dm] };
 }
 
+let sidebarShown = "";
 function renderSidebar() {
   const { channels, dms } = conversations();
+  const all = [...channels, ...dms];
+  const unread = (c) => c.id !== current && (state ? (state.feed[c.id] || []).length : 0) > ((seen[me] || {})[c.id] || 0);
+  // Rebuilt only when something in it changed: a button replaced between mouse-down and mouse-up
+  // swallows the click.
+  const snapshot = JSON.stringify([me, current, all.map((c) => [c.id, c.label, unread(c)])]);
+  if (snapshot === sidebarShown) return;
+  sidebarShown = snapshot;
   const mark = (list, target) => {
     target.replaceChildren(...list.map((c) => {
       const li = document.createElement("li");
@@ -281,8 +289,7 @@ function renderSidebar() {
       b.type = "button";
       b.dataset.channel = c.id;
       b.setAttribute("aria-current", String(c.id === current));
-      const count = state ? (state.feed[c.id] || []).length : 0;
-      if (c.id !== current && count > ((seen[me] || {})[c.id] || 0)) b.classList.add("unread");
+      if (unread(c)) b.classList.add("unread");
       b.addEventListener("click", () => { current = c.id; render(); });
       li.appendChild(b);
       return li;
@@ -290,7 +297,6 @@ function renderSidebar() {
   };
   mark(channels, $("channels"));
   mark(dms, $("dms"));
-  const all = [...channels, ...dms];
   const here = all.find((c) => c.id === current) || all[0];
   $("channel-name").textContent = here.label;
   $("channel-about").textContent = here.about || "";
