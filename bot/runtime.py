@@ -285,9 +285,7 @@ def build_runtime(
         hooks_url=settings.slack_hooks_url,
     )
     web_app = create_web_app(
-        slack=None
-        if settings.socket_mode
-        else SlackEdge(bolt_app=bolt_app, signing_secret=signing_secret),
+        slack=None if settings.socket_mode else SlackEdge(bolt_app=bolt_app, signing_secret=signing_secret),
         health=lambda: health(engine),
         jwks=jwks([idp_side.signing_key]) if idp_side is not None else None,
         pickup=idp_side.pickup if idp_side is not None else None,

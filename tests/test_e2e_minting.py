@@ -102,6 +102,7 @@ def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
 
     again = httpx.get(url)
     assert again.status_code == 410
+    assert "This link was already used" in again.text
     assert token_in_page.group(1) not in again.text
     assert again.headers["cache-control"] == "no-store"
     assert httpx.get(url, headers={"Accept": "application/json"}).status_code == 410
@@ -117,9 +118,10 @@ def test_pickup_link_works_once_and_expires(minting_bot: MintingBot) -> None:
     bot.clock.advance(timedelta(minutes=10, seconds=1))
     expired = httpx.get(url2)
     assert expired.status_code == 410
+    assert "This link has expired" in expired.text
     assert bot.grant(second).picked_up_at is None
     refusals = [e.details["why"] for e in bot.audit() if e.event_type == "pickup_refused"]
-    assert refusals == ["already used", "already used", "expired or grant ended"]
+    assert refusals == ["already used", "already used", "link expired"]
 
 
 def test_idp_down_is_retried_then_failed_and_the_bot_stays_healthy(minting_bot: MintingBot) -> None:

@@ -6,6 +6,8 @@ import json
 import time
 from datetime import datetime, timedelta
 
+import httpx
+
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS
 from bot.slack.ids import ActionId
 from bot.store.models import Grant
@@ -137,6 +139,28 @@ def test_revoke_now_button_and_command(minting_bot: MintingBot) -> None:
     again = bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
     assert "is revoked, so there is nothing to revoke" in again[0].payload["text"]
     assert sum(bot.idp.stats()["revocations"].values()) == 2
+
+
+def test_a_link_not_yet_opened_when_the_grant_is_revoked_says_the_access_ended(minting_bot: MintingBot) -> None:
+    """Revoke now ends the link at once; its visitor is told the access ended, not "no such link"
+    (which reads like a typo), and nothing of the token is shown."""
+    bot = minting_bot
+    request_id = bot.approve("request prod-db read 1h revoked before pickup")
+    url = bot.pickup_url(request_id)
+    _, key, _ = bot.send.slash(REQUESTER, f"revoke {request_id}")
+    bot.slack.wait_for(lambda: [r for r in bot.slack.responses if r.key == key])
+
+    # At once, before the engine revoked it at the IdP, and after.
+    for _moment in ("requested", "revoked"):
+        for accept in ("text/html", "application/json"):
+            page = httpx.get(url, headers={"Accept": accept})
+            assert page.status_code == 410, page.text
+            assert "This access has ended (it expired or was revoked)" in page.text
+            assert "access_token" not in page.text
+        bot.slack.wait_for(lambda: bot.stored(request_id).status == "revoked", timeout=10)
+    assert bot.grant(request_id).picked_up_at is None
+    refusals = {e.details["why"] for e in bot.audit(request_id) if e.event_type == "pickup_refused"}
+    assert refusals == {"grant ended"}
 
 
 def test_requester_can_cancel_a_pending_request(minting_bot: MintingBot) -> None:

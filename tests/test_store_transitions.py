@@ -62,6 +62,7 @@ def _events(engine: Engine) -> list[str]:
 def test_the_winner_moves_and_audits_once_and_the_loser_is_told(keyed: Engine) -> None:
     request_id = _request(keyed)
     event = Audit(AuditEventType.REQUEST_CANCELLED, actor=REQUESTER)
+
     def cancel() -> bool:
         """One attempt, in its own transaction, to move the request from pending to cancelled."""
         with session_scope(keyed) as session:
@@ -133,7 +134,10 @@ def test_revoke_now_ends_the_pickup_link_before_the_engine_gets_to_the_grant(key
         assert not grant_store.claim_pickup(
             session=session, hashed=pickup_hash("the-link"), now=NOW + timedelta(minutes=1)
         )
-        assert not grant_store.pickup_exists(session=session, hashed=pickup_hash("the-link"))
+        # It still exists, so that its visitor is told the access ended rather than "no such link";
+        # even a clock read from before the revocation cannot claim it.
+        assert grant_store.pickup_exists(session=session, hashed=pickup_hash("the-link"))
+        assert not grant_store.claim_pickup(session=session, hashed=pickup_hash("the-link"), now=NOW)
 
 
 def test_audit_events_are_linked_at_commit_and_a_rollback_writes_none(keyed: Engine) -> None:

@@ -122,6 +122,7 @@ def slash_command_fields(
         "trigger_id": trigger_id,
     }
 
+
 MAX_MESSAGE_TEXT = 40_000
 MAX_MARKDOWN_TEXT = 12_000
 MAX_MESSAGE_BLOCKS = 50
@@ -1188,9 +1189,7 @@ class SlackStandIn:
                     if refusal.problems:
                         error = f"{error}: {'; '.join(refusal.problems)}"
             record = payload if isinstance(payload, dict) else {"_raw": payload}
-            self._responses.append(
-                ResponseUrlPost(key, copy.deepcopy(record), error is None, error, self._next_ts())
-            )
+            self._responses.append(ResponseUrlPost(key, copy.deepcopy(record), error is None, error, self._next_ts()))
             body = {"ok": error is None, **({"error": error} if error else {})}
             self._calls.append(Call("response_url", copy.deepcopy(record), error is None, error, body, kind, key=key))
             return self._plan("response_url", conn, _Reply(status, (error or "ok").encode(), _TEXT))

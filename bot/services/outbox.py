@@ -39,6 +39,7 @@ from bot.store.crypto import TokenCipher
 
 log = logging.getLogger(__name__)
 
+
 class Doorbell:
     """Rung after a commit that queued messages; the delivery pump waits on it."""
 

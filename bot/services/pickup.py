@@ -13,11 +13,13 @@ from enum import StrEnum
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from bot.domain.status import GrantStatus
 from bot.services import lifecycle
 from bot.services.audit import AuditEventType, record
 from bot.store import grants as grant_store
 from bot.store.crypto import TokenCipher, pickup_hash
 from bot.store.db import read_scope, session_scope
+from bot.store.models import Grant
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,14 @@ class PickupOutcome(StrEnum):
     OK = "ok"
     GONE = "gone"  # used, expired, or the grant ended: 410
     UNKNOWN = "unknown"  # 404
+
+
+class GoneReason(StrEnum):
+    """Why a link that exists shows no token: the person holding it (it is a secret) is told which."""
+
+    USED = "already used"
+    LINK_EXPIRED = "link expired"
+    GRANT_ENDED = "grant ended"
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,14 @@ class PickedToken:
 class PickupResult:
     outcome: PickupOutcome
     token: PickedToken | None = None
+    gone: GoneReason | None = None
+
+
+def _gone_reason(grant: Grant, now: datetime) -> GoneReason:
+    if grant.picked_up_at is not None:
+        return GoneReason.USED
+    ended = grant.status != GrantStatus.ACTIVE.value or grant.refusal is not None or grant.expires_at <= now
+    return GoneReason.GRANT_ENDED if ended else GoneReason.LINK_EXPIRED
 
 
 class _UnknownLinks:
@@ -85,9 +103,9 @@ class PickupService:
             if grant is None:
                 return PickupResult(PickupOutcome.UNKNOWN)
             if not claimed or grant.token_ciphertext is None:
-                why = "already used" if grant.picked_up_at is not None else "expired or grant ended"
-                _audit(session, now, AuditEventType.PICKUP_REFUSED, grant.request_id, why=why)
-                return PickupResult(PickupOutcome.GONE)
+                why = _gone_reason(grant, now)
+                _audit(session, now, AuditEventType.PICKUP_REFUSED, grant.request_id, why=why.value)
+                return PickupResult(PickupOutcome.GONE, gone=why)
             _audit(
                 session,
                 now,

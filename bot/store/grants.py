@@ -205,11 +205,13 @@ def record_failure(*, session: Session, request_id: str, claim_id: str, retry_at
 
 def expire_now(*, session: Session, request_id: str, now: datetime) -> bool:
     """Early revocation: bring an active grant's expiry forward to now, so the sweep takes it, and end
-    its pickup link at once (it may be why the grant is being revoked), whenever the sweep gets to it."""
+    its pickup link at once (it may be why the grant is being revoked), whenever the sweep gets to it.
+    The link's hash stays, so a visit to it is told that the access ended rather than "no such link";
+    its end moves back to the moment the token was issued, which no replica's clock can be before."""
     result = session.execute(
         update(Grant)
         .where(col(Grant.request_id) == request_id, col(Grant.status) == ACTIVE, col(Grant.refusal).is_(None))
-        .values(expires_at=now, pickup_hash=None, pickup_expires_at=None)
+        .values(expires_at=now, pickup_expires_at=col(Grant.issued_at))
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

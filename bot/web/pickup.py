@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from bot.services.pickup import PickedToken, PickupOutcome, PickupService
+from bot.services.pickup import GoneReason, PickedToken, PickupOutcome, PickupService
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -21,8 +21,15 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
 }
 
-_GONE = "This link was already used or has expired. Links work once, for 10 minutes. Ask for access again."
-_UNKNOWN = "No such pickup link."
+# Said to whoever holds the link, which is a secret only its requester was sent.
+_GONE = {
+    GoneReason.USED: "This link was already used: a link shows its token once. Ask for access again if you need it.",
+    GoneReason.LINK_EXPIRED: "This link has expired: links work for 10 minutes after approval. Ask for access again.",
+    GoneReason.GRANT_ENDED: (
+        "This access has ended (it expired or was revoked), so its link no longer works. Ask for access again."
+    ),
+}
+_UNKNOWN = "No such pickup link. Check that the whole link was copied."
 
 
 def pickup_router(service: PickupService) -> APIRouter:
@@ -38,7 +45,10 @@ def pickup_router(service: PickupService) -> APIRouter:
         wants_json = "application/json" in request.headers.get("accept", "")
         if result.outcome is PickupOutcome.OK and result.token is not None:
             return _token_response(result.token, wants_json)
-        status, message = (410, _GONE) if result.outcome is PickupOutcome.GONE else (404, _UNKNOWN)
+        if result.outcome is PickupOutcome.GONE:
+            status, message = 410, _GONE[result.gone or GoneReason.USED]
+        else:
+            status, message = 404, _UNKNOWN
         if wants_json:
             return JSONResponse({"error": message}, status_code=status, headers=SECURITY_HEADERS)
         return HTMLResponse(_page("Link not available", f"<p>{html.escape(message)}</p>"), status, SECURITY_HEADERS)
