@@ -67,8 +67,10 @@ def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
 
     card = bot.slack.wait_for(lambda: (c := bot.card(request_id)) and "Revoked" in json.dumps(c["blocks"]) and c)
     assert "Revoke now" not in json.dumps(card["blocks"]), "no button on an ended grant"
+    assert ":lock: Revoked at its expiry, <!date^" in json.dumps(card["blocks"])
     ended = bot.slack.wait_for(lambda: [t for t in bot.dms_to(REQUESTER, request_id) if "revoked at the IdP" in t])
     assert len(ended) == 1
+    assert "ended early" not in ended[0]
     assert bot.slack.wait_for(lambda: bot.posts_to(AUDIT_CHANNEL, "[revoked]"))
     assert bot.slack.rejected() == []
 
@@ -127,6 +129,11 @@ def test_revoke_now_button_and_command(minting_bot: MintingBot) -> None:
     bot.slack.wait_for(lambda: bot.stored(first).status == "revoked", timeout=10)
     (requested,) = [e for e in bot.audit(first) if e.event_type == "revoke_requested"]
     assert requested.actor == REQUESTER
+    # The card and the DM say it ended early, and who ended it: not the same words as an expiry.
+    early = f":lock: Revoked early by <@{REQUESTER}>, <!date^"
+    bot.slack.wait_for(lambda: early in json.dumps(bot.card(first)["blocks"]))
+    told = bot.slack.wait_for(lambda: [t for t in bot.dms_to(REQUESTER, first) if "revoked at the IdP" in t])
+    assert f"has ended, ended early by <@{REQUESTER}>: its token was revoked at the IdP" in told[0]
     _revoked_on_time(bot.grant(first), requested.at)
 
     # An approver uses the command on another grant.

@@ -284,7 +284,7 @@ def test_sweeps_at_the_same_moment_never_claim_more_grants_than_there_are_worker
     bot.idp.fault("revocation", "stall", count=100)
     with session_scope(bot.engine) as session:
         for request_id in ids:
-            assert grant_store.expire_now(session=session, request_id=request_id, now=bot.clock())
+            assert grant_store.expire_now(session=session, request_id=request_id, now=bot.clock(), by=REQUESTER)
     start = threading.Barrier(6)
     claimed: list[list[str]] = []
 

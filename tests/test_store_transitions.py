@@ -128,7 +128,9 @@ def test_revoke_now_ends_the_pickup_link_before_the_engine_gets_to_the_grant(key
             )
         )
     with session_scope(keyed) as session:
-        assert grant_store.expire_now(session=session, request_id=request_id, now=NOW + timedelta(minutes=1))
+        assert grant_store.expire_now(
+            session=session, request_id=request_id, now=NOW + timedelta(minutes=1), by=REQUESTER
+        )
     # The sweep has not claimed it yet (all revocation workers busy, say): the link is already dead.
     with session_scope(keyed) as session:
         assert not grant_store.claim_pickup(

@@ -98,7 +98,7 @@ class EarlyEndService:
             minting = status in (RequestStatus.APPROVED.value, RequestStatus.MINTING.value)
             return RevokeResult(RevokeOutcome.NOTHING_TO_REVOKE, request_id, status, still_minting=minting)
         with session_scope(self.engine) as session:
-            if not grant_store.expire_now(session=session, request_id=request_id, now=now):
+            if not grant_store.expire_now(session=session, request_id=request_id, now=now, by=actor):
                 return RevokeResult(RevokeOutcome.ALREADY_REVOKING, request_id, status)
             record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
             lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=actor)

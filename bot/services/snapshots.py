@@ -44,6 +44,8 @@ class RequestSnapshot:
     card_ts: str | None
     active_until: datetime | None = None
     revoked_at: datetime | None = None
+    # Who ended the grant before its expiry (None: it ran its course).
+    revoked_early_by: str | None = None
     # The grant's expiry has passed and the IdP has not confirmed the revocation yet.
     revocation_pending: bool = False
     failure_code: str | None = None
@@ -92,6 +94,7 @@ def snapshot(
         card_ts=request.card_ts,
         active_until=usable.expires_at if usable is not None else None,
         revoked_at=usable.revoked_at if usable is not None else None,
+        revoked_early_by=usable.revoke_requested_by if usable is not None else None,
         revocation_pending=pending,
         failure_code=request.failure_code,
         failure_detail=request.failure_detail,

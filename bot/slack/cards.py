@@ -75,7 +75,8 @@ def status_summary(request: RequestSnapshot) -> str:
     if status is RequestStatus.ACTIVE and request.active_until is not None:
         return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
     if status is RequestStatus.REVOKED and request.revoked_at is not None:
-        return f"{_STATUS_LINE[status]} at {when(request.revoked_at)}; {approved_by}"
+        how = f"early by {mention(request.revoked_early_by)}" if request.revoked_early_by else "at its expiry"
+        return f"{_STATUS_LINE[status]} {how}, {when(request.revoked_at)}; {approved_by}"
     if status is RequestStatus.FAILED:
         return f"{_STATUS_LINE[status]}: {failure_text(request)}; {approved_by}"
     return f"{_STATUS_LINE.get(status, status.value)}; {approved_by}"

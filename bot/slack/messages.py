@@ -38,7 +38,8 @@ def outcome_text(request: RequestSnapshot) -> str:
         return f"{head} was approved, but {failure_text(request)}. Nothing was issued to you."
     if status is RequestStatus.REVOKED:
         at = when(request.revoked_at) if request.revoked_at else "now"
-        return f"{head} has ended: the token was revoked at the IdP at {at}."
+        early = f", ended early by {mention(request.revoked_early_by)}" if request.revoked_early_by else ""
+        return f"{head} has ended{early}: its token was revoked at the IdP {at}."
     if status is RequestStatus.EXPIRED:
         return f"{head} expired without a decision. Ask again if you still need it."
     if status is RequestStatus.CANCELLED and request.failure_code == CARD_UNDELIVERABLE:
@@ -249,7 +250,7 @@ def vote_refusal_text(refusal: VoteRefusal) -> str:
 # Filled in with the request id (``rid``, or ``typed`` for an id that may be anything the person
 # typed: cut short, in a code span it cannot break), its status and, for a grant still being minted, a hint.
 REVOKE_ANSWERS: dict[RevokeOutcome, str] = {
-    RevokeOutcome.REVOKING: "Revoking `{rid}` now. The card and the requester are told once the IdP confirms.",
+    RevokeOutcome.REVOKING: "Revoking `{rid}` now. The card changes once the IdP confirms it.",
     RevokeOutcome.CANCELLED: "Request `{rid}` was cancelled.",
     RevokeOutcome.NO_SUCH_REQUEST: "There is no request {typed}. `/jit list` shows yours.",
     RevokeOutcome.NOT_ALLOWED: "Only the requester or an approver of this resource can revoke it.",

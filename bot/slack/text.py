@@ -32,7 +32,8 @@ def when(value: datetime) -> str:
     """Slack renders <!date^…> in each reader's own timezone; the fallback is UTC."""
     epoch = int(value.timestamp())
     fallback = value.strftime("%Y-%m-%d %H:%M UTC")
-    return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{fallback}>"
+    # "today at 10:32" reads after any of "Requested", "until", "before" and "Revoked".
+    return f"<!date^{epoch}^{{date_short_pretty}} at {{time}}|{fallback}>"
 
 
 def clip(text: str, limit: int) -> str:

@@ -203,7 +203,7 @@ def record_failure(*, session: Session, request_id: str, claim_id: str, retry_at
     return int(row[0]) if row is not None else None
 
 
-def expire_now(*, session: Session, request_id: str, now: datetime) -> bool:
+def expire_now(*, session: Session, request_id: str, now: datetime, by: str) -> bool:
     """Early revocation: bring an active grant's expiry forward to now, so the sweep takes it, and end
     its pickup link at once (it may be why the grant is being revoked), whenever the sweep gets to it.
     The link's hash stays, so a visit to it is told that the access ended rather than "no such link";
@@ -211,7 +211,7 @@ def expire_now(*, session: Session, request_id: str, now: datetime) -> bool:
     result = session.execute(
         update(Grant)
         .where(col(Grant.request_id) == request_id, col(Grant.status) == ACTIVE, col(Grant.refusal).is_(None))
-        .values(expires_at=now, pickup_expires_at=col(Grant.issued_at))
+        .values(expires_at=now, pickup_expires_at=col(Grant.issued_at), revoke_requested_by=by)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

@@ -103,6 +103,8 @@ class Grant(SQLModel, table=True):
     pickup_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     picked_up_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # The Slack id of whoever ended the grant before its expiry; None for a grant that ran its course.
+    revoke_requested_by: str | None = Field(default=None, max_length=32)
     # Revocation: whoever holds claim_id until lease_until is revoking it; after a failure the lease
     # doubles as the time of the next attempt.
     claim_id: str | None = Field(default=None, max_length=32)
