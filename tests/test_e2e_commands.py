@@ -110,19 +110,24 @@ def test_unmapped_requester_is_told_and_nothing_is_recorded(bot: Bot) -> None:
 
 def test_help_and_resources(bot: Bot) -> None:
     help_answer = bot.send.slash(OUTSIDER, "help")[0].json()["text"]
-    assert "/jit request <resource> <scopes> <duration> <reason…>" in help_answer
+    assert "`/jit request &lt;resource&gt; &lt;scopes&gt; &lt;duration&gt; &lt;reason…&gt;`" in help_answer
     resources = bot.send.slash(OUTSIDER, "resources")[0].json()["text"]
     for expected in ("`prod-db`", "Production Postgres", "`read`, `write`", "max 2h", "`billing`", "max 1h", "max 30m"):
         assert expected in resources
 
 
-def test_reason_cannot_ping_the_channel(bot: Bot) -> None:
-    request_id, channel, ts = bot.request(REQUESTER, "request prod-db read 30m <!channel> see <https://evil|docs>")
+def test_reason_cannot_ping_the_channel_link_or_format(bot: Bot) -> None:
+    typed = "<!channel> see <https://evil|docs> *urgent* `x` ~y~ :lock: Revoked"
+    request_id, channel, ts = bot.request(REQUESTER, f"request prod-db read 30m {typed}")
     card = bot.slack.message(channel, ts)
     flat = json.dumps(card["blocks"])
     assert "<!channel>" not in flat and "&lt;!channel&gt;" in flat
     assert "<https://evil" not in flat
-    assert bot.stored(request_id).reason == "<!channel> see <https://evil|docs>"
+    # Plain text, so no bold, code, strike or emoji either; Slack's three reserved characters escaped.
+    shown = "&lt;!channel&gt; see &lt;https://evil|docs&gt; *urgent* `x` ~y~ :lock: Revoked"
+    (reason,) = [b for b in card["blocks"] if b["type"] == "section" and b.get("text", {}).get("text") == shown]
+    assert reason["text"] == {"type": "plain_text", "text": shown, "emoji": False}
+    assert bot.stored(request_id).reason == typed
 
 
 def test_card_that_cannot_be_posted_cancels_the_request(bot: Bot) -> None:

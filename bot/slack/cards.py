@@ -124,7 +124,10 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=f"Access request {request.id}")),
         SectionBlock(fields=fields),
-        SectionBlock(text=MarkdownTextObject(text=f"*Reason*\n{clip(escape(request.reason), 2900)}")),
+        SectionBlock(text=MarkdownTextObject(text="*Reason*")),
+        # The requester's words as typed, in plain text: *bold*, `code`, :emoji: or a line that looks
+        # like a status cannot be formatted into the card (and <, >, & are escaped as everywhere).
+        SectionBlock(text=PlainTextObject(text=clip(escape(request.reason), 2900), emoji=False)),
         SectionBlock(block_id=BlockId.DECISION.value, text=MarkdownTextObject(text=status_summary(request))),
     ]
     if request.status == RequestStatus.PENDING.value:

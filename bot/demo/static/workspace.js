@@ -120,7 +120,10 @@ function mrkdwn(text) {
 function textObject(obj) {
   if (!obj) return "";
   if (obj.type === "mrkdwn") return mrkdwn(obj.text);
-  return inline(escapeHtml(obj.text || "")).replace(/\n/g, "<br>");
+  // plain_text, as Slack shows it: no bold, code, links or mentions; emoji codes unless emoji is false.
+  let html = escapeHtml(unescapeSlack(obj.text || ""));
+  if (obj.emoji !== false) html = html.replace(/:([a-z0-9_+-]+):/g, (whole, name) => EMOJI[name] || whole);
+  return html.replace(/\n/g, "<br>");
 }
 
 // --- Block Kit -----------------------------------------------------------------------------------
