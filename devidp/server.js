@@ -406,6 +406,15 @@ function makeTokenExchange(config, state, trustedKeys, jwks) {
     if (typeof jit.expires_at !== 'number' || !Number.isFinite(jit.expires_at)) {
       throw grantError('jit.expires_at must be a number (epoch seconds)');
     }
+    const approvers = jit.approvers ?? [];
+    if (!Array.isArray(approvers) || !approvers.every((a) => typeof a === 'string')) {
+      throw grantError('jit.approvers must be a list of strings');
+    }
+    const extraClaims = jit.claims ?? {};
+    if (extraClaims === null || typeof extraClaims !== 'object' || Array.isArray(extraClaims)
+      || !Object.values(extraClaims).every((v) => ['string', 'number', 'boolean'].includes(typeof v))) {
+      throw grantError('jit.claims must be an object of strings, numbers and booleans');
+    }
 
     state.lastAssertion = claims;
     state.persist();
@@ -433,6 +442,9 @@ function makeTokenExchange(config, state, trustedKeys, jwks) {
         ...(config.tokenFormat === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
       }),
     });
+    // What the approval says, for the resource server: in a JWT access token's payload, and in
+    // introspection's answer for an opaque one (extraTokenClaims reads it at save).
+    token.jitContext = { request_id: jit.request_id, approvers, claims: extraClaims };
     ctx.oidc.entity('AccessToken', token);
     let value = await token.save();
     const next = misbehaviour.next ?? {};
@@ -859,8 +871,11 @@ async function main() {
       ClientCredentials: config.defaultTtl,
       AccessToken: config.defaultTtl,
     },
+    // A token-exchange token says who acted (RFC 8693 act) and, under jit, what the approval said.
     extraTokenClaims: async (_ctx, token) => (
-      token.gty === TOKEN_EXCHANGE ? { act: { sub: token.clientId } } : undefined
+      token.gty === TOKEN_EXCHANGE
+        ? { act: { sub: token.clientId }, ...(token.jitContext ? { jit: token.jitContext } : {}) }
+        : undefined
     ),
   });
 

@@ -377,6 +377,30 @@ def test_missing_jit_field(idp: DevIdP, bot: BotKeys, field: str) -> None:
     assert_error(response, 400, "invalid_grant", f"jit.{field}")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("approvers", "U0APPROVER"),
+        ("approvers", [1, 2]),
+        ("claims", ["row_limit"]),
+        ("claims", {"nested": {"a": 1}}),
+        ("claims", {"list": [1]}),
+    ],
+    ids=["approvers-not-a-list", "approvers-not-strings", "claims-a-list", "claims-nested", "claims-list-value"],
+)
+def test_malformed_approval_context_is_refused(idp: DevIdP, bot: BotKeys, field: str, value: Any) -> None:
+    response = exchange(idp, sign(claims_for(idp, bot, jit={field: value}), bot.ec_key))
+    assert_error(response, 400, "invalid_grant", f"jit.{field}")
+
+
+def test_the_approval_context_is_in_the_token_at_introspection(idp: DevIdP, bot: BotKeys) -> None:
+    context = {"row_limit": 1000, "environment": "prod", "audited": True, "ratio": 0.5}
+    token = exchange(idp, sign(claims_for(idp, bot, jit={"claims": context}), bot.ec_key)).json()["access_token"]
+    info = introspect(idp, token)
+    assert info["jit"] == {"request_id": "req-123", "approvers": ["U0APPROVER"], "claims": context}
+    assert info["act"] == {"sub": CLIENT_ID}, "act is kept beside jit"
+
+
 def test_jti_replay(idp: DevIdP, bot: BotKeys) -> None:
     assertion = sign(claims_for(idp, bot), bot.ec_key)
     assert exchange(idp, assertion).status_code == 200

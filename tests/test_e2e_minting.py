@@ -18,7 +18,15 @@ from sqlalchemy import text
 from bot.logs import configure_logging
 from bot.slack.ids import ActionId
 from tests.testbot import MintingBot
-from tests.world import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, IDP_CLIENT_ID, IDP_CLIENT_SECRET, REQUESTER
+from tests.world import (
+    APPROVER_1,
+    APPROVER_2,
+    AUDIT_CHANNEL,
+    IDP_CLIENT_ID,
+    IDP_CLIENT_SECRET,
+    PROD_DB_CLAIMS,
+    REQUESTER,
+)
 
 
 def _basic(client_id: str, secret: str) -> tuple[str, str]:
@@ -45,6 +53,7 @@ def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> Non
     assert claims["jit"]["scopes"] == ["read"]
     assert claims["jit"]["approvers"] == [APPROVER_1]
     assert claims["jit"]["reason"] == "checking INC-1234"
+    assert claims["jit"]["claims"] == PROD_DB_CLAIMS
     grant = bot.grant(request_id)
     assert abs(claims["jit"]["expires_at"] - grant.expires_at.timestamp()) < 1
     assert grant.expires_at - grant.issued_at == timedelta(minutes=30)
@@ -69,6 +78,8 @@ def test_approval_mints_exactly_one_scoped_token(minting_bot: MintingBot) -> Non
     assert info["scope"] == "read"
     assert info["aud"] == "https://db.internal.example"
     assert info["act"] == {"sub": IDP_CLIENT_ID}
+    # The approval's context reaches the resource server: who approved, which request, the static claims.
+    assert info["jit"] == {"request_id": request_id, "approvers": [APPROVER_1], "claims": PROD_DB_CLAIMS}
     # The IdP's own lifetime was asked for and capped at the grant's expiry.
     assert info["exp"] <= grant.expires_at.timestamp() + 1
 

@@ -9,6 +9,7 @@ import pytest
 
 from bot.idp.errors import IdPError
 from tests.testbot import MintingBot
+from tests.world import APPROVER_1, PROD_DB_CLAIMS
 
 
 @pytest.fixture
@@ -24,6 +25,8 @@ def test_jwt_access_token_is_verified_and_minted(minting_bot: MintingBot) -> Non
     assert token.count(".") == 2
     claims = bot.idp_client.verify_jwt_access_token(token, audience="https://db.internal.example")
     assert claims is not None and claims["sub"] == "alice" and claims["scope"] == "read"
+    # A resource server verifying the JWT reads the approval's context from its signed jit claim.
+    assert claims["jit"] == {"request_id": request_id, "approvers": [APPROVER_1], "claims": PROD_DB_CLAIMS}
 
     # Wrong audience, and a tampered payload, do not verify.
     with pytest.raises(IdPError) as wrong_aud:

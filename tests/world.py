@@ -49,7 +49,14 @@ CARD_ID = re.compile(r"Access request (R[0-9A-Z]{9})")
 
 
 def _resource(
-    name: str, description: str, host: str, scopes: list[str], max_duration: str, approvers: list[str], required: int
+    name: str,
+    description: str,
+    host: str,
+    scopes: list[str],
+    max_duration: str,
+    approvers: list[str],
+    required: int,
+    claims: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One resource of POLICY: its API at https://<host>.internal.example, its approvers in
     APPROVERS_CHANNEL, ``required`` of them to approve; keys in the order a policy file has them."""
@@ -62,8 +69,12 @@ def _resource(
         "approver_channel": APPROVERS_CHANNEL,
         "approvers": approvers,
         "approvals_required": required,
+        **({"claims": claims} if claims else {}),
     }
 
+
+# The static claims prod-db's tokens carry (policy `claims:`), for the resource server.
+PROD_DB_CLAIMS: dict[str, Any] = {"row_limit": 1000, "environment": "prod", "audited": True}
 
 POLICY: dict[str, Any] = {
     "request_timeout": "30m",
@@ -71,7 +82,9 @@ POLICY: dict[str, Any] = {
     "identities": {REQUESTER: "alice", APPROVER_1: "bob", APPROVER_2: "carol", GROUP_MEMBER: "dave"},
     "identity": {"email_fallback": False},
     "resources": [
-        _resource("prod-db", "Production Postgres", "db", ["read", "write"], "2h", [APPROVER_1, APPROVER_2], 1),
+        _resource(
+            "prod-db", "Production Postgres", "db", ["read", "write"], "2h", [APPROVER_1, APPROVER_2], 1, PROD_DB_CLAIMS
+        ),
         _resource("billing", "Billing admin API", "billing", ["read", "refund"], "1h", [APPROVER_1, APPROVER_2], 2),
         _resource("k8s", "Kubernetes API", "k8s", ["view", "edit"], "30m", ["S0PLATFORM"], 1),
     ],

@@ -10,7 +10,18 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from bot.domain.durations import DurationError, parse_duration
 
@@ -19,6 +30,20 @@ SLACK_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
 SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
 RESOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 SCOPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,127}$")
+CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+MAX_CLAIMS = 20
+MAX_CLAIM_TEXT = 256
+
+
+def _one_value(value: Any) -> Any:
+    # A claim is one plain value: a nested structure would be the IdP's to interpret, and none agree how.
+    if value is None or isinstance(value, dict | list | tuple):
+        kind = "empty" if value is None else ("a mapping" if isinstance(value, dict) else "a list")
+        raise ValueError(f"must be one value (text, a number, true or false), not {kind}")
+    return value
+
+
+ClaimValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, BeforeValidator(_one_value)]
 
 
 def _duration(value: Any) -> timedelta:
@@ -52,6 +77,22 @@ class Resource(_Strict):
     approver_channel: str
     approvers: tuple[str, ...] = Field(min_length=1)
     approvals_required: int = Field(default=1, ge=1, le=10)
+    # Static facts about the grant, carried to the IdP in the assertion's jit.claims so that a
+    # resource server can decide on them (row limits, environment); never secrets: tokens are logged
+    # and inspected by whoever holds them.
+    claims: dict[str, ClaimValue] = Field(default_factory=dict)
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, value: dict[str, ClaimValue]) -> dict[str, ClaimValue]:
+        if len(value) > MAX_CLAIMS:
+            raise ValueError(f"has {len(value)} entries; at most {MAX_CLAIMS}")
+        for key, claim in value.items():
+            if not CLAIM_NAME.fullmatch(key):
+                raise ValueError(f"'{key}' is not a claim name (letters, digits, '_', '.', '-'; at most 64)")
+            if isinstance(claim, str) and len(claim) > MAX_CLAIM_TEXT:
+                raise ValueError(f"'{key}' is longer than {MAX_CLAIM_TEXT} characters")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import jwt
@@ -23,6 +24,8 @@ class ApprovalClaims:
     approvers: tuple[str, ...]
     reason: str
     expires_at: datetime
+    # The resource's static claims (policy `claims:`), for the IdP to copy into the token.
+    claims: Mapping[str, str | bool | int | float] = field(default_factory=dict)
 
 
 def subject_assertion(
@@ -52,6 +55,7 @@ def subject_assertion(
             "approvers": list(approval.approvers),
             "reason": approval.reason,
             "expires_at": int(approval.expires_at.timestamp()),
+            "claims": dict(approval.claims),
         },
     }
     token = jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"})

@@ -169,6 +169,11 @@ class MintService:
 
     # --- the exchange ----------------------------------------------------------------------------
 
+    def _claims_of(self, resource_name: str) -> dict[str, str | bool | int | float]:
+        # As the policy says now: a resource dropped from it since the request carries no claims.
+        resource = self.policy.resource(resource_name)
+        return dict(resource.claims) if resource is not None else {}
+
     def _exchange(self, request: AccessRequest, approvers: tuple[str, ...], expires_at: datetime) -> ExchangedToken:
         deadline = time.monotonic() + self.retry.budget_seconds
         delay = self.retry.first_delay
@@ -189,6 +194,7 @@ class MintService:
                     approvers=approvers,
                     reason=request.reason,
                     expires_at=expires_at,
+                    claims=self._claims_of(request.resource),
                 ),
                 now=now,
             )
