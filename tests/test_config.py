@@ -465,6 +465,9 @@ WRONG: dict[str, tuple[str, Any, str]] = {
     ),
     "email-fallback-not-a-bool": ("identity.email_fallback", "sometimes", "must be true or false, not 'sometimes'"),
     "empty-audience": ("resources.0.audience", "", "must not be empty"),
+    # A claim is one value the resource server can read; structure and odd names are refused.
+    "claims-not-a-mapping": ("resources.0.claims", ["row_limit"], "must be a mapping of keys to values"),
+    "claim-bad-name": ("resources.0.claims", {"row limit": 1}, "'row limit' is not a claim name"),
     "duplicate-scope": ("resources.0.scopes", ["read", "write", "read"], "lists scope 'read' twice"),
     "scope-with-space": ("resources.0.scopes", ["read write"], "'read write' is not a valid scope name"),
     "bad-resource-name": ("resources.0.name", "Prod DB", "must be lower-case letters"),
@@ -546,6 +549,17 @@ def test_bad_policy_names_the_key_and_the_problem(
     for key, problem in expected:
         prefix = f"{path}: {key}: " if key is not None else f"{path}: "
         assert any(line.startswith(prefix) and problem in line for line in lines), (prefix, problem, lines)
+
+
+def test_a_claim_that_is_not_one_value_names_the_claim(tmp_path: Path) -> None:
+    data = copy.deepcopy(POLICY)
+    data["resources"][0]["claims"] = {"row_limit": 10, "limits": {"rows": 1}}
+    with pytest.raises(ConfigError) as caught:
+        load_policy(write_policy(tmp_path, data))
+    path = tmp_path / "policy.yml"
+    assert caught.value.lines == [
+        f"{path}: resources[0].claims.limits: must be one value (text, a number, true or false), not a mapping"
+    ]
 
 
 def test_errors_inside_resources_are_not_also_reported_on_the_list(tmp_path: Path) -> None:
