@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.domain.policy import Policy
+from bot.domain.policy_fields import KeyedProblems, key_path
 
 # The values .env.example ships with. Only these are refused: a real secret may well contain `<` or
 # `your-`, and guessing at "looks like a placeholder" refused some.
@@ -371,7 +372,7 @@ def load_policy(path: Path) -> Policy:
         return Policy.model_validate(data)
     except ValidationError as exc:
         errors = _root_causes(exc.errors())
-        raise ConfigError([f"{path}: {_policy_line(error)}" for error in errors]) from None
+        raise ConfigError([f"{path}: {line}" for error in errors for line in _policy_lines(error)]) from None
 
 
 def _root_causes(errors: list[Any]) -> list[Any]:
@@ -387,11 +388,12 @@ def _root_causes(errors: list[Any]) -> list[Any]:
     ]
 
 
-def _policy_line(error: Any) -> str:
-    key = ""
-    for part in error["loc"]:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-    return f"{key or 'policy'}: {_policy_message(error)}"
+def _policy_lines(error: Any) -> list[str]:
+    """One line per problem, each naming its key; a check on a whole mapping names the keys below it."""
+    keyed = (error.get("ctx") or {}).get("error")
+    if isinstance(keyed, KeyedProblems):
+        return [f"{key_path((*error['loc'], *key)) or 'policy'}: {message}" for key, message in keyed.problems]
+    return [f"{key_path(error['loc']) or 'policy'}: {_policy_message(error)}"]
 
 
 def _shown(value: Any) -> str:
@@ -433,6 +435,10 @@ def _policy_message(error: Any) -> str:
         return "must list at least one entry"
     if kind == "string_too_short":
         return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {context.get('max_length')} characters long"
+    if kind == "enum":
+        return f"must be {context.get('expected')}, not {_shown(error['input'])}"
     bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt")}
     bounds |= {"less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
     if kind in bounds:

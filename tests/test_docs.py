@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bot.domain.policy import Policy
 from bot.domain.status import GRANT_TRANSITIONS, REQUEST_TRANSITIONS, GrantStatus, RequestStatus
+from tests.world import POLICY
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
@@ -74,3 +77,15 @@ def test_each_benchmark_runs_after_the_test_install_as_the_readme_says(script: P
     readme = (ROOT / "README.md").read_text()
     assert "`.venv/bin/python benchmarks/<script>.py`" in readme
     assert f"`{script.name}`" in readme
+
+
+def test_the_readme_rules_example_is_a_valid_policy() -> None:
+    """The Rules example in the README loads beside the test world's resources, with the rules it shows."""
+    section = (ROOT / "README.md").read_text().split("### Rules", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block, "the Rules section has a yaml example"
+    example = yaml.safe_load(block.group(1))
+    policy = Policy.model_validate({**POLICY, **example})
+    assert [rule.name for rule in policy.rules] == ["oncall-read", "write-needs-two-dbas", "no-write-at-weekends"]
+    reason = policy.rules[0].when.reason_matches
+    assert reason is not None and reason.search("checking INC-1234")

@@ -1,7 +1,9 @@
 """The policy catalog as typed, validated values.
 
 Loading the YAML file lives in ``bot.config``; these models only say what a valid policy is, so the
-rules can be tested without files and the error messages name the offending key.
+rules can be tested without files and the error messages name the offending key. The resources are
+here; the ``groups:`` and ``rules:`` are in ``bot.domain.policy_rules``, and the decision they make in
+``bot.domain.rules``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StrictBool,
     StrictFloat,
@@ -23,13 +23,22 @@ from pydantic import (
     model_validator,
 )
 
-from bot.domain.durations import DurationError, parse_duration
+from bot.domain.policy_fields import (
+    NAME,
+    NAME_RULE,
+    SCOPE_NAME,
+    SLACK_CHANNEL_ID,
+    SLACK_USER_ID,
+    SLACK_USERGROUP_ID,
+    Duration,
+    KeyedProblems,
+    Strict,
+)
+from bot.domain.policy_rules import Rule, check_groups, check_rule_names, policy_problems
 
-SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
-SLACK_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
-SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
-RESOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-SCOPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,127}$")
+# An entry of a group: a Slack user id, a usergroup id, or an IdP subject (anything else that is not empty).
+_Member = Annotated[str, Field(min_length=1)]
+
 CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 MAX_CLAIMS = 20
 MAX_CLAIM_TEXT = 256
@@ -46,29 +55,7 @@ def _one_value(value: Any) -> Any:
 ClaimValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, BeforeValidator(_one_value)]
 
 
-def _duration(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # 90 could mean seconds or minutes; in an access policy a guess either way is a mistake.
-        raise ValueError(f"{value} has no unit: write {value}s, {value}m or {value}h")
-    if not isinstance(value, str):
-        raise ValueError("must be a duration like 90s, 15m, 2h or 1h30m")
-    try:
-        return parse_duration(value)
-    except DurationError as exc:
-        raise ValueError(str(exc)) from None
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-
-
-class _Strict(BaseModel):
-    # A typo in a security policy must not silently disable a rule, so unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Resource(_Strict):
+class Resource(Strict):
     name: str
     description: str = ""
     audience: str = Field(min_length=1)
@@ -97,8 +84,8 @@ class Resource(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not RESOURCE_NAME.fullmatch(value):
-            raise ValueError("must be lower-case letters, digits, '.', '_' or '-' (at most 63)")
+        if not NAME.fullmatch(value):
+            raise ValueError(NAME_RULE)
         return value
 
     @field_validator("scopes")
@@ -146,7 +133,7 @@ class Resource(_Strict):
         return frozenset(a for a in self.approvers if SLACK_USERGROUP_ID.fullmatch(a))
 
 
-class Channels(_Strict):
+class Channels(Strict):
     audit: str | None = None
 
     @field_validator("audit")
@@ -157,22 +144,35 @@ class Channels(_Strict):
         return value
 
 
-class IdentityOptions(_Strict):
+class IdentityOptions(Strict):
     email_fallback: bool = False
 
 
-class Limits(_Strict):
+class Limits(Strict):
     # A requester with this many requests awaiting approval must wait for one to be decided.
     pending_per_requester: int = Field(default=5, ge=1, le=10_000)
 
 
-class Policy(_Strict):
+class Policy(Strict):
     request_timeout: Duration = timedelta(minutes=30)
     channels: Channels = Channels()
     identities: dict[str, str] = Field(default_factory=dict)
     identity: IdentityOptions = IdentityOptions()
     limits: Limits = Limits()
     resources: tuple[Resource, ...] = Field(min_length=1)
+    # Declared after resources: checking the rules' approvers needs the resources' approvals.
+    groups: dict[str, Annotated[tuple[_Member, ...], Field(min_length=1)]] = Field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+
+    _groups = field_validator("groups")(check_groups)
+    _rule_names = field_validator("rules")(check_rule_names)
+
+    @model_validator(mode="after")
+    def _rules_fit_the_policy(self) -> Policy:
+        problems = policy_problems(self.groups, self.rules, self.resources)
+        if problems:
+            raise KeyedProblems(problems)
+        return self
 
     @field_validator("identities")
     @classmethod

@@ -1,0 +1,302 @@
+"""Deciding a request with the policy's rules: auto-approve, deny, or which people must approve.
+
+A pure function of facts the caller gathers (the requester's usergroups, the clock, how many times each
+rule has auto-approved for this requester lately), so that the same decision can be made live, in
+``policy test`` and in ``policy replay``. Every rule evaluated leaves a trace of which conditions held,
+which is what a person reads when a decision surprises them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from enum import StrEnum
+
+from bot.domain.durations import format_duration
+from bot.domain.policy import Policy, Resource
+from bot.domain.policy_fields import SLACK_USERGROUP_ID
+from bot.domain.policy_rules import DAYS, Conditions, Hours, Rule, RuleEffect, expand
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    resource: str
+    scopes: tuple[str, ...]
+    duration: timedelta
+    reason: str
+    requester: str  # Slack user id
+    subject: str | None  # IdP subject, when known
+
+
+class Effect(StrEnum):
+    AUTO_APPROVE = "auto_approve"
+    DENY = "deny"
+    REQUIRE = "require"
+    DEFAULT = "default"  # no rule decided: the resource's own approvers
+
+
+class Outcome(StrEnum):
+    MATCHED = "matched"
+    NOT_MATCHED = "not_matched"  # a `when` condition did not hold
+    EXCLUDED = "excluded"  # every `unless` condition held
+    LIMIT_REACHED = "limit_reached"
+    USERGROUPS_UNKNOWN = "usergroups_unknown"  # it depends on usergroups that could not be looked up
+
+
+@dataclass(frozen=True)
+class Check:
+    part: str  # "when" or "unless"
+    condition: str
+    held: bool | None  # None: it depends on usergroups that could not be looked up
+    detail: str
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    rule: str
+    outcome: Outcome
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    effect: Effect
+    rule: str | None  # the rule that decided; None for the default
+    reason: str
+    # Who must approve, and how many: empty and 0 when no one needs to (auto_approve, deny).
+    approvers: tuple[str, ...]
+    approvals_required: int
+    message: str | None  # a deny rule's words for the requester
+    trace: tuple[RuleTrace, ...]  # every rule evaluated, in order, up to the one that decided
+    usergroups_unknown: bool  # some rule needed the requester's usergroups and they could not be looked up
+
+
+def decide(
+    policy: Policy,
+    request: AccessRequest,
+    *,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+    recent_auto_approvals: Mapping[str, int],
+) -> Decision:
+    """The first rule that matches decides; with none, the resource's approvers do.
+
+    ``usergroups`` are the ids of the usergroups the requester is in, or None when Slack could not be
+    asked. ``recent_auto_approvals`` maps a rule's name to how many requests of this requester it
+    auto-approved within its ``limit.per``.
+
+    A rule that depends on usergroups that could not be looked up neither matches nor is passed over
+    on a guess. An auto_approve rule is skipped (at worst the requester waits for a person). A deny or
+    require rule stops evaluation there and sends the request to people, because passing over it could
+    let a later rule decide more leniently than this one would have.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    resource = policy.resource(request.resource)
+    if resource is None:
+        raise ValueError(f"unknown resource '{request.resource}'")
+    trace: list[RuleTrace] = []
+    skipped: list[str] = []
+    for rule in policy.rules:
+        outcome, checks = _evaluate(policy, rule, request, usergroups, now, recent_auto_approvals)
+        trace.append(RuleTrace(rule.name, outcome, checks))
+        if outcome is Outcome.USERGROUPS_UNKNOWN and rule.effect is RuleEffect.AUTO_APPROVE:
+            skipped.append(rule.name)
+        elif outcome is Outcome.USERGROUPS_UNKNOWN:
+            approvers, approvals = _people(policy, rule, resource)
+            reason = (
+                f"rule '{rule.name}' depends on the requester's usergroups, which could not be looked up, "
+                "so people decide"
+            )
+            return Decision(Effect.REQUIRE, rule.name, reason, approvers, approvals, None, tuple(trace), True)
+        elif outcome is Outcome.MATCHED:
+            return _decided_by(policy, rule, resource, checks, tuple(trace), skipped)
+    reason = "no rule matched: the resource's approvers decide" + _skipped_note(skipped)
+    return Decision(
+        Effect.DEFAULT,
+        None,
+        reason,
+        resource.approvers,
+        resource.approvals_required,
+        None,
+        tuple(trace),
+        bool(skipped),
+    )
+
+
+def _decided_by(
+    policy: Policy,
+    rule: Rule,
+    resource: Resource,
+    checks: tuple[Check, ...],
+    trace: tuple[RuleTrace, ...],
+    skipped: list[str],
+) -> Decision:
+    held = [check.condition for check in checks if check.part == "when"]
+    why = f"rule '{rule.name}' matched ({', '.join(held) if held else 'it has no conditions'})"
+    why += _skipped_note(skipped)
+    unknown = bool(skipped)
+    if rule.effect is RuleEffect.AUTO_APPROVE:
+        return Decision(Effect.AUTO_APPROVE, rule.name, why, (), 0, None, trace, unknown)
+    if rule.effect is RuleEffect.DENY:
+        return Decision(Effect.DENY, rule.name, why, (), 0, rule.message, trace, unknown)
+    approvers, approvals = _people(policy, rule, resource)
+    return Decision(Effect.REQUIRE, rule.name, why, approvers, approvals, None, trace, unknown)
+
+
+def _skipped_note(skipped: list[str]) -> str:
+    if not skipped:
+        return ""
+    names = ", ".join(f"'{name}'" for name in skipped)
+    return f"; skipped {names}: the requester's usergroups could not be looked up"
+
+
+def _people(policy: Policy, rule: Rule, resource: Resource) -> tuple[tuple[str, ...], int]:
+    """Who must approve under a require rule: its own approvers and approvals, each falling back to the
+    resource's. A deny rule has neither, and then the resource's apply."""
+    approvers = expand(policy.groups, rule.approvers) if rule.approvers is not None else resource.approvers
+    approvals = rule.approvals if rule.approvals is not None else resource.approvals_required
+    return approvers, approvals
+
+
+def _evaluate(
+    policy: Policy,
+    rule: Rule,
+    request: AccessRequest,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+    recent: Mapping[str, int],
+) -> tuple[Outcome, tuple[Check, ...]]:
+    checks = _checks(policy, "when", rule.when, request, usergroups, now)
+    when = _all(checks)
+    if when is False:
+        return Outcome.NOT_MATCHED, checks
+    if rule.unless is not None:
+        unless_checks = _checks(policy, "unless", rule.unless, request, usergroups, now)
+        checks += unless_checks
+        unless = _all(unless_checks)
+        if unless is True:
+            return Outcome.EXCLUDED, checks
+        if unless is None:
+            when = None
+    if when is None:
+        return Outcome.USERGROUPS_UNKNOWN, checks
+    if rule.limit is not None:
+        count = recent.get(rule.name, 0)
+        if count >= rule.limit.count:
+            return Outcome.LIMIT_REACHED, checks
+    return Outcome.MATCHED, checks
+
+
+def _all(checks: tuple[Check, ...]) -> bool | None:
+    """All of them hold: False if one does not, else None if one is unknown, else True."""
+    if any(check.held is False for check in checks):
+        return False
+    if any(check.held is None for check in checks):
+        return None
+    return True
+
+
+def _checks(
+    policy: Policy,
+    part: str,
+    conditions: Conditions,
+    request: AccessRequest,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+) -> tuple[Check, ...]:
+    # Every condition is checked, not just up to the first that fails: the trace shows them all.
+    checks = []
+    for name in conditions.names:
+        held, detail = _condition(policy, name, conditions, request, usergroups, now)
+        checks.append(Check(part, name, held, detail))
+    return tuple(checks)
+
+
+def _condition(
+    policy: Policy,
+    name: str,
+    conditions: Conditions,
+    request: AccessRequest,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+) -> tuple[bool | None, str]:
+    if name == "requester_in" and conditions.requester_in is not None:
+        return _member(policy, conditions.requester_in, request, usergroups)
+    if name == "resources" and conditions.resources is not None:
+        held = any(fnmatch.fnmatchcase(request.resource, pattern) for pattern in conditions.resources)
+        return held, f"'{request.resource}' {'matches' if held else 'matches none of'} {_list(conditions.resources)}"
+    if name == "scopes_within" and conditions.scopes_within is not None:
+        outside = [scope for scope in request.scopes if scope not in conditions.scopes_within]
+        if outside:
+            return False, f"{_list(outside)} not within {_list(conditions.scopes_within)}"
+        return True, f"every requested scope is within {_list(conditions.scopes_within)}"
+    if name == "scopes_any" and conditions.scopes_any is not None:
+        shared = [scope for scope in request.scopes if scope in conditions.scopes_any]
+        return bool(shared), f"{_list(shared) if shared else 'none'} of {_list(conditions.scopes_any)} requested"
+    if name == "min_duration" and conditions.min_duration is not None:
+        held = request.duration >= conditions.min_duration
+        sign = "≥" if held else "<"
+        return held, f"{format_duration(request.duration)} {sign} {format_duration(conditions.min_duration)}"
+    if name == "max_duration" and conditions.max_duration is not None:
+        held = request.duration <= conditions.max_duration
+        sign = "≤" if held else ">"
+        return held, f"{format_duration(request.duration)} {sign} {format_duration(conditions.max_duration)}"
+    if name == "hours" and conditions.hours is not None:
+        return _in_hours(conditions.hours, now)
+    if name == "reason_matches" and conditions.reason_matches is not None:
+        found = conditions.reason_matches.search(request.reason)
+        return found is not None, f"found '{found.group(0)}'" if found else "the reason does not match"
+    raise AssertionError(f"no check for condition {name}")
+
+
+def _list(items: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(items)
+
+
+def _member(
+    policy: Policy, entries: tuple[str, ...], request: AccessRequest, usergroups: frozenset[str] | None
+) -> tuple[bool | None, str]:
+    """In a group if the Slack id, the IdP subject or one of the usergroups is listed in it."""
+    unknown = []
+    for member in expand(policy.groups, entries):
+        if member == request.requester or (request.subject is not None and member == request.subject):
+            return True, f"{member} is listed"
+        if SLACK_USERGROUP_ID.fullmatch(member):
+            if usergroups is None:
+                unknown.append(member)
+            elif member in usergroups:
+                return True, f"in usergroup {member}"
+    if unknown:
+        return None, f"usergroups unknown, so membership of {_list(unknown)} could not be checked"
+    return False, f"not in {_list(entries)}"
+
+
+def _in_hours(hours: Hours, now: datetime) -> tuple[bool, str]:
+    """On the wall clock of the rule's time zone, so a 08:00 start stays 08:00 across DST changes.
+
+    A window whose ``to`` is before its ``from`` runs past midnight, and belongs to the day it starts
+    on: ``days: [fri], from 22:00, to 06:00`` holds on Saturday at 02:00, not on Friday at 02:00.
+    """
+    local = now.astimezone(hours.zone)
+    clock = local.time()
+    start, end = hours.start or time(0), hours.end
+    day = local.weekday()
+    if end is None or start < end:
+        inside = start <= clock and (end is None or clock < end)
+    elif clock >= start:
+        inside = True
+    else:
+        inside = clock < end
+        day = (day - 1) % 7  # the part after midnight belongs to the night that began yesterday
+    on_a_day = hours.days is None or DAYS[day] in hours.days
+    held = inside and on_a_day
+    if end is not None:
+        window = f"{start:%H:%M}–{end:%H:%M}"
+    else:
+        window = f"from {start:%H:%M}" if hours.start is not None else "all day"
+    days = ",".join(hours.days) if hours.days is not None else "every day"
+    where = f"{DAYS[local.weekday()]} {clock:%H:%M} {hours.timezone}"
+    return held, f"{where} is {'within' if held else 'outside'} {days} {window}"
