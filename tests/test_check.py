@@ -26,6 +26,8 @@ from bot.store.audit import bind_audit_key
 from bot.store.db import MIGRATIONS, make_engine, migrate
 from tests.processes import assert_no_traceback, free_port, run_cli, write_policy
 from tests.world import (
+    APPROVER_1,
+    APPROVER_2,
     APPROVERS_CHANNEL,
     AUDIT_CHANNEL,
     AUDIT_KEY,
@@ -455,3 +457,34 @@ def test_help_says_what_check_reads_and_its_exit_codes(tmp_path: Path) -> None:
         "2 the",
     ):
         assert said in text, text
+
+
+# --- rules this version does not apply -----------------------------------------------------------
+
+RULES = {
+    "groups": {"dba": [APPROVER_1, APPROVER_2]},
+    "rules": [
+        {
+            "name": "two-dbas",
+            "when": {"resources": ["prod-db"], "scopes_any": ["write"]},
+            "effect": "require",
+            "approvals": 2,
+            "approvers": ["dba"],
+        },
+    ],
+}
+
+
+def test_rules_are_valid_but_not_applied_so_serve_would_refuse_them(tmp_path: Path, slack: SlackStandIn) -> None:
+    """A two-person rule the author relies on must not quietly become one approval: check says serve
+    would refuse, and serve does (tests/test_startup_files.py)."""
+    write_policy(tmp_path, {**POLICY, **RULES})
+
+    result = check(tmp_path, env_for(tmp_path, slack), "--offline")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "policy: policy.yml: ok" in result.stdout, "the rules themselves are valid"
+    assert found(result, "policy rules: ") == (
+        "policy rules: PROBLEM: 1 rule(s) (two-dbas) are valid, but this version of jit-bot does not apply rules "
+        "to requests yet, so serve refuses to start with them; remove rules: to serve"
+    )
