@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from bot.domain.networks import IPNetwork, parse_networks
 from bot.domain.policy import Policy
 from bot.domain.policy_fields import KeyedProblems, key_path
 
@@ -99,6 +100,9 @@ class Settings(BaseSettings):
     jit_http_host: str = "127.0.0.1"
     jit_http_port: int = Field(default=3000, ge=0, le=65535)
     jit_public_url: str | None = None
+    # CIDRs of the reverse proxies whose X-Forwarded-For is believed (comma-separated); none by default,
+    # since anyone can send that header.
+    jit_trusted_proxies: str = ""
 
     # The IdP. Without OIDC_ISSUER, approved requests stay `approved` and nothing is minted.
     oidc_issuer: str | None = None
@@ -220,6 +224,16 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         # slack_sdk joins method names onto the base URL, so it must end with a slash.
         return value if value.endswith("/") else value + "/"
+
+    @field_validator("jit_trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        parse_networks([part for part in value.split(",") if part.strip()])
+        return value
+
+    @property
+    def trusted_proxies(self) -> tuple[IPNetwork, ...]:
+        return parse_networks([part for part in self.jit_trusted_proxies.split(",") if part.strip()])
 
     @property
     def public_url(self) -> str:

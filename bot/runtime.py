@@ -289,6 +289,7 @@ def build_runtime(
         health=lambda: health(engine),
         jwks=jwks([idp_side.signing_key]) if idp_side is not None else None,
         pickup=idp_side.pickup if idp_side is not None else None,
+        trusted_proxies=settings.trusted_proxies,
     )
     return Runtime(
         settings=settings,
@@ -375,7 +376,7 @@ def _idp_side(
         minting=minting,
         mint_queue=mint_queue,
         mint_workers=mint_workers,
-        pickup=PickupService(engine=engine, cipher=cipher, clock=clock),
+        pickup=PickupService(engine=engine, cipher=cipher, clock=clock, policy=policy),
         revocation=revocation,
         revocation_workers=revocation_workers,
     )

@@ -106,7 +106,11 @@ def serve(
         # Access logs would record URLs, and later pickup URLs are secrets. No log_config: uvicorn's
         # own lines go through the handler configure_logging set up, in the chosen format (text or
         # JSON), instead of handlers of uvicorn's own.
-        config = uvicorn.Config(runtime.web_app, access_log=False, log_level="info", log_config=None)
+        # No proxy_headers: uvicorn would believe X-Forwarded-For from any loopback peer; whose header
+        # is believed is JIT_TRUSTED_PROXIES's to say (bot/web/client_address.py).
+        config = uvicorn.Config(
+            runtime.web_app, access_log=False, log_level="info", log_config=None, proxy_headers=False
+        )
         _Server(config, ready=ready).run(sockets=[listener])
     finally:
         if socket_handler is not None:

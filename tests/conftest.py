@@ -127,6 +127,12 @@ def idp_token_format() -> str:
 
 
 @pytest.fixture
+def minting_settings() -> dict[str, Any]:
+    """Settings a module's minting bot has beyond the usual (override the fixture in the module)."""
+    return {}
+
+
+@pytest.fixture
 def minting_bot(
     idp_token_format: str,
     engine: Engine,
@@ -140,6 +146,7 @@ def minting_bot(
     mint_retry: RetryPolicy,
     revocation_timing: RevocationTiming,
     sweep_interval: float,
+    minting_settings: dict[str, Any],
 ) -> Iterator[MintingBot]:
     from cryptography.fernet import Fernet
 
@@ -160,6 +167,7 @@ def minting_bot(
         values: dict[str, Any] = idp_values(
             idp.issuer, encryption_key=Fernet.generate_key().decode(), signing_key_file=key_file
         )
+        values |= minting_settings
         clock = TestClock()
         runtime = build_runtime(
             build_settings(slack, database_url, port, **values),

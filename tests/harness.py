@@ -34,7 +34,10 @@ class ServedApp:
         self._sock = sock
         self.port = sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(runtime.web_app, log_level="warning", access_log=False, lifespan="off")
+        # As bot/serving.py: no proxy_headers, so only JIT_TRUSTED_PROXIES decides whose X-Forwarded-For counts.
+        config = uvicorn.Config(
+            runtime.web_app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
 

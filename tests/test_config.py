@@ -210,6 +210,29 @@ def test_socket_mode_needs_no_signing_secret(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.slack_signing_secret is None
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("10.0.0.0/8, 2001:db8::/32", ("10.0.0.0/8", "2001:db8::/32")),
+        ("", ()),
+    ],
+    ids=["two", "none-by-default"],
+)
+def test_trusted_proxies_are_networks(monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[str, ...]) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv("JIT_TRUSTED_PROXIES", value)
+    settings = load_settings(_env_file=None)
+    assert tuple(str(n) for n in settings.trusted_proxies) == expected
+
+
+def test_a_trusted_proxy_that_is_not_a_network_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    good_env(monkeypatch)
+    monkeypatch.setenv("JIT_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal")
+    assert config_lines(_env_file=None) == [
+        "JIT_TRUSTED_PROXIES 'proxy.internal' is not a network like 10.0.0.0/8 or 2001:db8::/32"
+    ]
+
+
 def test_every_problem_gets_its_own_line() -> None:
     lines = config_lines(_env_file=None, jit_http_port=70000)
     assert len(lines) == 3, lines
@@ -468,6 +491,16 @@ WRONG: dict[str, tuple[str, Any, str]] = {
     # A claim is one value the resource server can read; structure and odd names are refused.
     "claims-not-a-mapping": ("resources.0.claims", ["row_limit"], "must be a mapping of keys to values"),
     "claim-bad-name": ("resources.0.claims", {"row limit": 1}, "'row limit' is not a claim name"),
+    "pickup-network-not-a-cidr": (
+        "resources.0.pickup_networks",
+        ["office"],
+        "'office' is not a network like 10.0.0.0/8 or 2001:db8::/32",
+    ),
+    "pickup-network-host-bits": (
+        "resources.0.pickup_networks",
+        ["10.1.2.3/8"],
+        "'10.1.2.3/8' has host bits set; did you mean 10.0.0.0/8?",
+    ),
     "duplicate-scope": ("resources.0.scopes", ["read", "write", "read"], "lists scope 'read' twice"),
     "scope-with-space": ("resources.0.scopes", ["read write"], "'read write' is not a valid scope name"),
     "bad-resource-name": ("resources.0.name", "Prod DB", "must be lower-case letters"),

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.domain.networks import IPNetwork, parse_networks
 from bot.domain.policy_fields import (
     NAME,
     NAME_RULE,
@@ -68,6 +69,18 @@ class Resource(Strict):
     # resource server can decide on them (row limits, environment); never secrets: tokens are logged
     # and inspected by whoever holds them.
     claims: dict[str, ClaimValue] = Field(default_factory=dict)
+    # Where the pickup link may be opened from (CIDRs); empty: anywhere.
+    pickup_networks: tuple[str, ...] = ()
+
+    @field_validator("pickup_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)
+        return value
+
+    @property
+    def pickup_cidrs(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.pickup_networks)
 
     @field_validator("claims")
     @classmethod

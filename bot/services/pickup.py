@@ -13,6 +13,8 @@ from enum import StrEnum
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from bot.domain.networks import IPAddress, within
+from bot.domain.policy import Policy
 from bot.domain.status import GrantStatus
 from bot.services import lifecycle
 from bot.services.audit import AuditEventType, record
@@ -28,6 +30,7 @@ class PickupOutcome(StrEnum):
     OK = "ok"
     GONE = "gone"  # used, expired, or the grant ended: 410
     UNKNOWN = "unknown"  # 404
+    ELSEWHERE = "elsewhere"  # opened from outside the resource's pickup_networks: 403, link kept
 
 
 class GoneReason(StrEnum):
@@ -84,19 +87,33 @@ class PickupService:
     engine: Engine
     cipher: TokenCipher
     clock: Callable[[], datetime]
+    policy: Policy
     _unknown: _UnknownLinks = field(default_factory=_UnknownLinks)
 
-    def claim(self, pickup_id: str) -> PickupResult:
+    def claim(self, pickup_id: str, *, client: IPAddress | None = None) -> PickupResult:
+        """``client``: the address the link is opened from (None: unknown), for ``pickup_networks``."""
         if not pickup_id or len(pickup_id) > 128:
             return PickupResult(PickupOutcome.UNKNOWN)
         hashed = pickup_hash(pickup_id)
         # Unknown links (guesses, scanners) are answered from a read: no write lock, no audit row
         # each. Only a link that exists goes on to the claim, which writes.
         with read_scope(self.engine) as session:
-            if not grant_store.pickup_exists(session=session, hashed=hashed):
+            resource_name = grant_store.resource_of_pickup(session=session, hashed=hashed)
+            if resource_name is None:
                 self._unknown.seen()
                 return PickupResult(PickupOutcome.UNKNOWN)
         now = self.clock()
+        resource = self.policy.resource(resource_name)
+        networks = resource.pickup_cidrs if resource is not None else ()
+        if networks and (client is None or not within(client, networks)):
+            # Refused before the claim, so the link stays usable from where it is meant to be opened.
+            with session_scope(self.engine) as session:
+                grant = grant_store.get_grant_by_pickup(session=session, hashed=hashed)
+                if grant is not None:
+                    shown = str(client) if client is not None else "unknown"
+                    why = "address outside pickup_networks"
+                    _audit(session, now, AuditEventType.PICKUP_REFUSED, grant.request_id, why=why, address=shown)
+            return PickupResult(PickupOutcome.ELSEWHERE)
         with session_scope(self.engine) as session:
             claimed = grant_store.claim_pickup(session=session, hashed=hashed, now=now)
             grant = grant_store.get_grant_by_pickup(session=session, hashed=hashed)

@@ -14,7 +14,7 @@ from sqlalchemy import and_, func, update
 from sqlmodel import Session, col, select
 
 from bot.domain.status import GRANT_TRANSITIONS, GrantStatus, check_transition
-from bot.store.models import Grant
+from bot.store.models import AccessRequest, Grant
 
 # The refusal of a fresh token whose checks (JWT verification) have not finished yet.
 UNCHECKED = "unchecked"
@@ -52,6 +52,16 @@ def claim_pickup(*, session: Session, hashed: str, now: datetime) -> bool:
 
 def get_grant_by_pickup(*, session: Session, hashed: str) -> Grant | None:
     return session.exec(select(Grant).where(Grant.pickup_hash == hashed)).first()
+
+
+def resource_of_pickup(*, session: Session, hashed: str) -> str | None:
+    """The resource of the request whose pickup link has this hash, or None for no such link."""
+    row = session.exec(
+        select(AccessRequest.resource)
+        .join(Grant, col(Grant.request_id) == col(AccessRequest.id))
+        .where(Grant.pickup_hash == hashed)
+    ).first()
+    return str(row) if row is not None else None
 
 
 def pickup_exists(*, session: Session, hashed: str) -> bool:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from bot.domain.networks import IPNetwork
 from bot.services.pickup import PickupService
 from bot.web.pickup import pickup_router
 from bot.web.slack_edge import SlackEdge
@@ -20,6 +21,7 @@ def create_web_app(
     health: Callable[[], dict[str, str]],
     jwks: dict[str, Any] | None = None,
     pickup: PickupService | None = None,
+    trusted_proxies: Sequence[IPNetwork] = (),
 ) -> FastAPI:
     """``slack`` is None in Socket Mode, where Slack talks to us over a websocket instead.
 
@@ -37,7 +39,7 @@ def create_web_app(
             return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
 
     if pickup is not None:
-        web.include_router(pickup_router(pickup))
+        web.include_router(pickup_router(pickup, trusted_proxies=trusted_proxies))
 
     @web.get("/healthz")
     async def healthz() -> JSONResponse:

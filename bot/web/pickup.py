@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
@@ -10,7 +11,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from bot.domain.networks import IPNetwork
 from bot.services.pickup import GoneReason, PickedToken, PickupOutcome, PickupService
+from bot.web.client_address import client_address
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -30,9 +33,14 @@ _GONE = {
     ),
 }
 _UNKNOWN = "No such pickup link. Check that the whole link was copied."
+# Nothing about the grant: whoever sees this may not be the person the link was sent to.
+_ELSEWHERE = (
+    "This link cannot be opened from this network. Open it from one your organisation allows for this "
+    "access (your VPN, say); it still works there."
+)
 
 
-def pickup_router(service: PickupService) -> APIRouter:
+def pickup_router(service: PickupService, *, trusted_proxies: Sequence[IPNetwork] = ()) -> APIRouter:
     router = APIRouter()
 
     # HEAD is routed here too (FastAPI would answer it with a bare 405 of its own, without the headers).
@@ -41,12 +49,16 @@ def pickup_router(service: PickupService) -> APIRouter:
         if request.method != "GET":
             # A link checker's HEAD must not use up the link.
             return Response(status_code=405, headers={**SECURITY_HEADERS, "Allow": "GET"})
-        result = await run_in_threadpool(service.claim, pickup_id)
+        peer = request.client.host if request.client is not None else None
+        client = client_address(peer, request.headers.getlist("x-forwarded-for"), trusted_proxies)
+        result = await run_in_threadpool(lambda: service.claim(pickup_id, client=client))
         wants_json = "application/json" in request.headers.get("accept", "")
         if result.outcome is PickupOutcome.OK and result.token is not None:
             return _token_response(result.token, wants_json)
         if result.outcome is PickupOutcome.GONE:
             status, message = 410, _GONE[result.gone or GoneReason.USED]
+        elif result.outcome is PickupOutcome.ELSEWHERE:
+            status, message = 403, _ELSEWHERE
         else:
             status, message = 404, _UNKNOWN
         if wants_json:
