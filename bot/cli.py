@@ -306,6 +306,55 @@ def cmd_audit_rekey(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_path(given: Path | None) -> Path:
+    return given if given is not None else policy_file_setting()
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from bot.domain.policy_lint import lint
+
+    path = _policy_path(args.file)
+    policy = load_policy(path)
+    found = lint(policy)
+    _out(
+        f"{path}: ok ({len(policy.resources)} resource(s), {len(policy.rules)} rule(s), {len(policy.groups)} group(s))"
+    )
+    if not policy.rules:
+        _out("  no rules: every request goes to its resource's approvers")
+    for line in found.rules:
+        _out(f"  {line}")
+    for warning in found.warnings:
+        _out(f"warning: {warning}")
+    return 1 if found.warnings and args.strict else 0
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from bot.config import load_cases
+    from bot.domain.policy_cases import explain, run_cases
+
+    policy = load_policy(args.file)
+    cases = load_cases(args.cases)
+    try:
+        results = run_cases(policy, cases)
+    except ValueError as exc:
+        raise ConfigError([f"{args.cases}: {exc}"]) from None
+    width = max(len(result.case.description) for result in results)
+    for result in results:
+        got = f"{result.decision.effect.value} ({result.decision.rule or 'no rule'})"
+        wanted = f"{result.case.expect.effect.value} ({result.case.expect.rule or 'any rule'})"
+        mark = "pass" if result.passed else "FAIL"
+        _out(
+            f"{mark}  {result.case.description.ljust(width)}  got {got}"
+            + ("" if result.passed else f", expected {wanted}")
+        )
+        if not result.passed:
+            for line in explain(result.decision):
+                _out(f"        {line}")
+    failed = sum(not result.passed for result in results)
+    _out(f"{len(results) - failed} of {len(results)} case(s) passed")
+    return 1 if failed else 0
+
+
 def cmd_keygen(_args: argparse.Namespace) -> int:
     from bot.store.crypto import TokenCipher
 
@@ -391,6 +440,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a new key (for JIT_ENCRYPTION_KEY or JIT_AUDIT_KEY)",
         description="Reads nothing and writes nothing: prints 32 random bytes in URL-safe base64. Exit code: 0.",
     ).set_defaults(func=cmd_keygen)
+    policy = commands.add_parser(
+        "policy",
+        parents=[common],
+        help="check and test the policy file before it ships",
+        description="Tools for the policy file; see check and test.",
+    ).add_subparsers(dest="policy_command", required=True)
+    policy_check = policy.add_parser(
+        "check",
+        parents=[common],
+        help="validate a policy file and say what each rule does and what looks wrong",
+        description=(
+            "Reads FILE (default: JIT_POLICY_FILE from .env in the working folder and the environment, or "
+            "policy.yml) and nothing else. Lists each rule with what it matches, then warns about rules that "
+            "can never match or that an earlier rule always takes first, groups no rule uses, and resources "
+            "no rule names. Exit codes: 0 valid (warnings or not; 1 with --strict when there are warnings), "
+            "2 the file is not a valid policy (one line per problem)."
+        ),
+    )
+    policy_check.add_argument("file", nargs="?", type=Path, help="the policy file (default: JIT_POLICY_FILE)")
+    policy_check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    policy_check.set_defaults(func=cmd_policy_check)
+    policy_test = policy.add_parser(
+        "test",
+        parents=[common],
+        help="decide a table of example requests with a policy file and compare with what you expect",
+        description=(
+            "Reads FILE (a policy) and CASES (YAML: cases: [{description, requester, groups, resource, scopes, "
+            "duration, reason, time, expect: {effect, rule}}]); talks to nothing. Prints pass or FAIL per case "
+            "and, for a failure, what each rule made of the request. "
+            "Exit codes: 0 every case passed, 1 a case failed, 2 a file is not valid (one line per problem)."
+        ),
+    )
+    policy_test.add_argument("file", type=Path, help="the policy file")
+    policy_test.add_argument("cases", type=Path, help="the cases file")
+    policy_test.set_defaults(func=cmd_policy_test)
     audit = commands.add_parser(
         "audit",
         parents=[common],

@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError
 
 from bot.domain.networks import IPNetwork, parse_networks
 from bot.domain.policy import Policy
+from bot.domain.policy_cases import Cases
 from bot.domain.policy_fields import KeyedProblems, key_path
 
 # The values .env.example ships with. Only these are refused: a real secret may well contain `<` or
@@ -387,6 +388,30 @@ def load_policy(path: Path) -> Policy:
     except ValidationError as exc:
         errors = _root_causes(exc.errors())
         raise ConfigError([f"{path}: {line}" for error in errors for line in _policy_lines(error)]) from None
+
+
+def load_cases(path: Path) -> Cases:
+    """A ``jit-bot policy test`` cases file, every problem reported with its key path like the policy's."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: cases file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
+    try:
+        data = yaml.load(text, Loader=_PolicyLoader)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError([f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: must be a mapping with a 'cases' list"])
+    try:
+        return Cases.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"{path}: {line}" for error in _root_causes(exc.errors()) for line in _policy_lines(error)]
+        ) from None
 
 
 def _root_causes(errors: list[Any]) -> list[Any]:

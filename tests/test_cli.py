@@ -668,6 +668,8 @@ READS = {
     ("audit", "rekey"): [".env in the working folder", "JIT_DATABASE_URL", "JIT_AUDIT_KEY"],
     ("demo",): ["Ignores .env"],
     ("keygen",): ["Reads nothing"],
+    ("policy", "check"): [".env in the working folder", "JIT_POLICY_FILE"],
+    ("policy", "test"): ["Reads FILE (a policy) and CASES", "talks to nothing"],
 }
 
 
