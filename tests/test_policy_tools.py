@@ -195,3 +195,35 @@ def test_policy_check_of_an_invalid_policy_is_one_line_per_problem(tmp_path: Pat
         "jit-bot: policy.yml: rules[0].when.hours.timezone: 'Mars/Base' is not a time zone "
         "(an IANA name like Europe/Berlin, or UTC)"
     ]
+
+
+def test_deciding_and_explaining_agree_on_every_rule_for_many_requests() -> None:
+    """decide() settles each rule with a short-circuiting check and builds the trace only when asked;
+    both must say the same of every rule, or `policy test` would explain a decision it did not make."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from bot.domain.rules import AccessRequest, _evaluate, _outcome
+
+    policy = Policy.model_validate(example())
+    rng = random.Random(11)
+    compared = 0
+    for _ in range(400):
+        resource = rng.choice(policy.resources)
+        request = AccessRequest(
+            resource=resource.name,
+            scopes=tuple(rng.sample(resource.scopes, rng.randint(1, len(resource.scopes)))),
+            duration=timedelta(minutes=rng.choice([5, 15, 30, 45, 60, 90, 120])),
+            reason=rng.choice(["INC-1234", "checking", "CHG-9 deploy", "refund CS-1"]),
+            requester=rng.choice(["U0ALICE", "U0BOB", "U0DANA"]),
+            subject=rng.choice([None, "alice"]),
+        )
+        usergroups = rng.choice([None, frozenset(), frozenset({"S0ONCALL"})])
+        now = datetime(2026, 3, 27, tzinfo=UTC) + timedelta(minutes=rng.randrange(60 * 24 * 5))
+        recent = {"oncall-read": rng.randint(0, 6)}
+        for rule in policy.rules:
+            quick = _outcome(policy, rule, request, usergroups, now, recent)
+            full, _checks = _evaluate(policy, rule, request, usergroups, now, recent)
+            assert quick is full, (rule.name, request, usergroups, now)
+            compared += 1
+    assert compared == 400 * len(policy.rules)

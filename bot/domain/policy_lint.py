@@ -77,7 +77,7 @@ def _conditions(conditions: Conditions) -> str:
     if conditions.hours is not None:
         said.append(_hours(conditions.hours))
     if conditions.reason_matches is not None:
-        said.append(f"reason matches {conditions.reason_matches.pattern!r}")
+        said.append(f"reason matches '{conditions.reason_matches.pattern}'")
     return " and ".join(said)
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import time
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -204,9 +205,9 @@ class Conditions(Strict):
             raise KeyedProblems(problems)
         return self
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
-        """The conditions that are set, in CONDITIONS order."""
+        """The conditions that are set, in CONDITIONS order (asked once per rule per request: kept)."""
         return tuple(name for name in CONDITIONS if getattr(self, name) is not None)
 
 

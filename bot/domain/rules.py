@@ -9,10 +9,11 @@ which is what a person reads when a decision surprises them.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
+from functools import cached_property
 
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy, Resource
@@ -69,8 +70,15 @@ class Decision:
     approvers: tuple[str, ...]
     approvals_required: int
     message: str | None  # a deny rule's words for the requester
-    trace: tuple[RuleTrace, ...]  # every rule evaluated, in order, up to the one that decided
-    usergroups_unknown: bool  # some rule needed the requester's usergroups and they could not be looked up
+    # Builds the trace: deciding needs only each condition's truth, and a request is decided far more
+    # often (every /jit request, every replayed one) than its trace is read (a failed policy test).
+    explain: Callable[[], tuple[RuleTrace, ...]] = field(repr=False, compare=False)
+    usergroups_unknown: bool = False  # some rule needed the requester's usergroups and they could not be looked up
+
+    @cached_property
+    def trace(self) -> tuple[RuleTrace, ...]:
+        """Every rule evaluated, in order, up to the one that decided, with each condition and why."""
+        return self.explain()
 
 
 def decide(
@@ -97,11 +105,19 @@ def decide(
     resource = policy.resource(request.resource)
     if resource is None:
         raise ValueError(f"unknown resource '{request.resource}'")
-    trace: list[RuleTrace] = []
     skipped: list[str] = []
-    for rule in policy.rules:
-        outcome, checks = _evaluate(policy, rule, request, usergroups, now, recent_auto_approvals)
-        trace.append(RuleTrace(rule.name, outcome, checks))
+
+    def explain(upto: int) -> Callable[[], tuple[RuleTrace, ...]]:
+        def build() -> tuple[RuleTrace, ...]:
+            return tuple(
+                RuleTrace(rule.name, *_evaluate(policy, rule, request, usergroups, now, recent_auto_approvals))
+                for rule in policy.rules[:upto]
+            )
+
+        return build
+
+    for index, rule in enumerate(policy.rules):
+        outcome = _outcome(policy, rule, request, usergroups, now, recent_auto_approvals)
         if outcome is Outcome.USERGROUPS_UNKNOWN and rule.effect is RuleEffect.AUTO_APPROVE:
             skipped.append(rule.name)
         elif outcome is Outcome.USERGROUPS_UNKNOWN:
@@ -110,9 +126,9 @@ def decide(
                 f"rule '{rule.name}' depends on the requester's usergroups, which could not be looked up, "
                 "so people decide"
             )
-            return Decision(Effect.REQUIRE, rule.name, reason, approvers, approvals, None, tuple(trace), True)
+            return Decision(Effect.REQUIRE, rule.name, reason, approvers, approvals, None, explain(index + 1), True)
         elif outcome is Outcome.MATCHED:
-            return _decided_by(policy, rule, resource, checks, tuple(trace), skipped)
+            return _decided_by(policy, rule, resource, explain(index + 1), skipped)
     reason = "no rule matched: the resource's approvers decide" + _skipped_note(skipped)
     return Decision(
         Effect.DEFAULT,
@@ -121,7 +137,7 @@ def decide(
         resource.approvers,
         resource.approvals_required,
         None,
-        tuple(trace),
+        explain(len(policy.rules)),
         bool(skipped),
     )
 
@@ -130,11 +146,10 @@ def _decided_by(
     policy: Policy,
     rule: Rule,
     resource: Resource,
-    checks: tuple[Check, ...],
-    trace: tuple[RuleTrace, ...],
+    trace: Callable[[], tuple[RuleTrace, ...]],
     skipped: list[str],
 ) -> Decision:
-    held = [check.condition for check in checks if check.part == "when"]
+    held = list(rule.when.names)  # it matched, so every one of its when conditions held
     why = f"rule '{rule.name}' matched ({', '.join(held) if held else 'it has no conditions'})"
     why += _skipped_note(skipped)
     unknown = bool(skipped)
@@ -188,6 +203,86 @@ def _evaluate(
         if count >= rule.limit.count:
             return Outcome.LIMIT_REACHED, checks
     return Outcome.MATCHED, checks
+
+
+def _outcome(
+    policy: Policy,
+    rule: Rule,
+    request: AccessRequest,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+    recent: Mapping[str, int],
+) -> Outcome:
+    """What ``_evaluate`` would say of the rule, stopping at the first condition that settles it."""
+    when = _holds_all(policy, rule.when, request, usergroups, now)
+    if when is False:
+        return Outcome.NOT_MATCHED
+    if rule.unless is not None:
+        unless = _holds_all(policy, rule.unless, request, usergroups, now)
+        if unless is True:
+            return Outcome.EXCLUDED
+        if unless is None:
+            when = None
+    if when is None:
+        return Outcome.USERGROUPS_UNKNOWN
+    if rule.limit is not None and recent.get(rule.name, 0) >= rule.limit.count:
+        return Outcome.LIMIT_REACHED
+    return Outcome.MATCHED
+
+
+def _holds_all(
+    policy: Policy, conditions: Conditions, request: AccessRequest, usergroups: frozenset[str] | None, now: datetime
+) -> bool | None:
+    unknown = False
+    for name in conditions.names:
+        held = _holds(policy, name, conditions, request, usergroups, now)
+        if held is False:
+            return False
+        unknown = unknown or held is None
+    return None if unknown else True
+
+
+def _holds(
+    policy: Policy,
+    name: str,
+    conditions: Conditions,
+    request: AccessRequest,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+) -> bool | None:
+    """Whether one condition holds (None: it depends on usergroups nobody could look up)."""
+    if name == "resources" and conditions.resources is not None:
+        return any(fnmatch.fnmatchcase(request.resource, pattern) for pattern in conditions.resources)
+    if name == "scopes_within" and conditions.scopes_within is not None:
+        return all(scope in conditions.scopes_within for scope in request.scopes)
+    if name == "scopes_any" and conditions.scopes_any is not None:
+        return any(scope in conditions.scopes_any for scope in request.scopes)
+    if name == "min_duration" and conditions.min_duration is not None:
+        return request.duration >= conditions.min_duration
+    if name == "max_duration" and conditions.max_duration is not None:
+        return request.duration <= conditions.max_duration
+    if name == "reason_matches" and conditions.reason_matches is not None:
+        return conditions.reason_matches.search(request.reason) is not None
+    if name == "hours" and conditions.hours is not None:
+        return _within_hours(conditions.hours, now)
+    if name == "requester_in" and conditions.requester_in is not None:
+        return _is_member(policy, conditions.requester_in, request, usergroups)
+    raise AssertionError(f"no check for condition {name}")
+
+
+def _is_member(
+    policy: Policy, entries: tuple[str, ...], request: AccessRequest, usergroups: frozenset[str] | None
+) -> bool | None:
+    unknown = False
+    for member in expand(policy.groups, entries):
+        if member == request.requester or member == request.subject:
+            return True
+        if usergroups is not None:
+            if member in usergroups:
+                return True
+        elif SLACK_USERGROUP_ID.fullmatch(member):
+            unknown = True
+    return None if unknown else False
 
 
 def _all(checks: tuple[Check, ...]) -> bool | None:
@@ -274,12 +369,7 @@ def _member(
     return False, f"not in {_list(entries)}"
 
 
-def _in_hours(hours: Hours, now: datetime) -> tuple[bool, str]:
-    """On the wall clock of the rule's time zone, so a 08:00 start stays 08:00 across DST changes.
-
-    A window whose ``to`` is before its ``from`` runs past midnight, and belongs to the day it starts
-    on: ``days: [fri], from 22:00, to 06:00`` holds on Saturday at 02:00, not on Friday at 02:00.
-    """
+def _within_hours(hours: Hours, now: datetime) -> bool:
     local = now.astimezone(hours.zone)
     clock = local.time()
     start, end = hours.start or time(0), hours.end
@@ -291,8 +381,19 @@ def _in_hours(hours: Hours, now: datetime) -> tuple[bool, str]:
     else:
         inside = clock < end
         day = (day - 1) % 7  # the part after midnight belongs to the night that began yesterday
-    on_a_day = hours.days is None or DAYS[day] in hours.days
-    held = inside and on_a_day
+    return inside and (hours.days is None or DAYS[day] in hours.days)
+
+
+def _in_hours(hours: Hours, now: datetime) -> tuple[bool, str]:
+    """On the wall clock of the rule's time zone, so a 08:00 start stays 08:00 across DST changes.
+
+    A window whose ``to`` is before its ``from`` runs past midnight, and belongs to the day it starts
+    on: ``days: [fri], from 22:00, to 06:00`` holds on Saturday at 02:00, not on Friday at 02:00.
+    """
+    held = _within_hours(hours, now)
+    local = now.astimezone(hours.zone)
+    clock = local.time()
+    start, end = hours.start or time(0), hours.end
     if end is not None:
         window = f"{start:%H:%M}–{end:%H:%M}"
     else:

@@ -1,0 +1,116 @@
+"""Policy evaluation: the time ``decide`` takes for one request against a policy of ``--rules`` YAML
+rules whose deciding rule is the last one, so every rule before it is evaluated (each with several
+conditions, hours in a time zone and a regular expression among them), as the policy file is parsed
+and validated at start.
+
+    .venv/bin/python benchmarks/policy_eval.py [--rules 200] [--requests 5000]
+
+Prints one JSON line: rules, requests, rules_p50_ms, rules_p99_ms, and rego_p99_ms and replay_100k_s,
+which stay null until Rego rules and `jit-bot policy replay` exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bot.domain.policy import Policy  # noqa: E402
+from bot.domain.rules import AccessRequest, Effect, decide  # noqa: E402
+
+
+def policy_with(rule_count: int) -> Policy:
+    resources = [
+        {
+            "name": f"svc-{i}",
+            "audience": f"https://svc-{i}.internal.example",
+            "scopes": ["read", "write", "admin"],
+            "max_duration": "4h",
+            "approver_channel": "C0APPROVE",
+            "approvers": ["U0BOB", "U0CAROL"],
+        }
+        for i in range(20)
+    ]
+    # Rules that look like real ones but never match the benchmark's request (it asks for svc-0 at
+    # 10:00 on a Tuesday, for read, with a ticket in the reason, and is in no usergroup).
+    decoys = [
+        {
+            "name": f"decoy-{i}",
+            "when": {
+                "requester_in": ["oncall"],
+                "resources": [f"svc-{i % 20}", "svc-1*"],
+                "scopes_within": ["read"],
+                "max_duration": "1h",
+                "hours": {
+                    "days": ["mon", "tue", "wed", "thu", "fri"],
+                    "from": "08:00",
+                    "to": "20:00",
+                    "timezone": "Europe/Berlin",
+                },
+                "reason_matches": r"\b(INC|CHG)-\d+\b",
+            },
+            "effect": "auto_approve",
+        }
+        for i in range(rule_count - 1)
+    ]
+    last = {"name": "the-last", "when": {"resources": ["svc-0"], "scopes_within": ["read"]}, "effect": "require"}
+    data: dict[str, Any] = {
+        "resources": resources,
+        "groups": {"oncall": ["S0ONCALL"]},
+        "rules": [*decoys, last],
+    }
+    return Policy.model_validate(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rules", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=5000)
+    args = parser.parse_args()
+
+    policy = policy_with(args.rules)
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)  # a Tuesday, 10:00 in Berlin
+    rng = random.Random(7)
+    samples = []
+    for _ in range(args.requests):
+        request = AccessRequest(
+            resource="svc-0",
+            scopes=("read",),
+            duration=timedelta(minutes=rng.choice([15, 30, 45])),
+            reason=f"looking into INC-{rng.randrange(10_000)}",
+            requester="U0ALICE",
+            subject="alice",
+        )
+        now = start + timedelta(seconds=rng.randrange(3600))
+        began = time.perf_counter()
+        decision = decide(policy, request, usergroups=frozenset(), now=now, recent_auto_approvals={})
+        samples.append((time.perf_counter() - began) * 1000)
+        if decision.effect is not Effect.REQUIRE or decision.rule != "the-last":
+            raise SystemExit(f"the benchmark's request was decided by {decision.rule}, not the last rule")
+    samples.sort()
+    print(
+        json.dumps(
+            {
+                "rules": args.rules,
+                "requests": args.requests,
+                "rules_p50_ms": round(statistics.median(samples), 3),
+                "rules_p99_ms": round(samples[int(len(samples) * 0.99) - 1], 3),
+                "rego_p99_ms": None,
+                "replay_100k_s": None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
