@@ -82,14 +82,17 @@ def run(args: argparse.Namespace, workdir: Path, database_url: str) -> int:
     public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     idp = dev_idp_trusting(public_url).start()
     try:
-        with workspace() as slack, bot_in_process(
-            slack,
-            database_url,
-            policy,
-            unpaced,
-            sock=sock,
-            **idp_values(idp.issuer, encryption_key=Fernet.generate_key().decode(), signing_key_file=key_file),
-        ) as bot:
+        with (
+            workspace() as slack,
+            bot_in_process(
+                slack,
+                database_url,
+                policy,
+                unpaced,
+                sock=sock,
+                **idp_values(idp.issuer, encryption_key=Fernet.generate_key().decode(), signing_key_file=key_file),
+            ) as bot,
+        ):
             return measure(args, bot, idp, total)
     finally:
         idp.close()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -355,6 +357,110 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_policy_replay(args: argparse.Namespace) -> int:
+    """Recorded requests decided again with a proposed policy: read-only, nothing is sent anywhere."""
+    from bot.domain.replay import Recorded, replay
+    from bot.store import requests as request_store
+    from bot.store.db import make_engine, read_scope
+    from bot.store.types import utcnow
+
+    policy = load_policy(args.file)
+    window = _since(args.since)
+    usergroups = _replay_usergroups(args.usergroups)
+    store = load_store_settings()
+    _refuse_missing_sqlite_file(store.jit_database_url)
+    engine = make_engine(store.jit_database_url)
+    try:
+        with read_scope(engine) as session:
+            rows = (
+                Recorded(
+                    id=row.id,
+                    created_at=row.created_at,
+                    requester=row.requester_slack_id,
+                    subject=row.requester_subject,
+                    resource=row.resource,
+                    scopes=row.scope_list,
+                    duration=timedelta(seconds=row.duration_seconds),
+                    reason=row.reason,
+                    status=row.status,
+                    approvals_required=row.approvals_required,
+                )
+                for row in request_store.requests_since(session=session, since=utcnow() - window)
+            )
+            result = replay(policy, rows, usergroups=usergroups)
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        _out(
+            json.dumps(
+                {
+                    "requests": result.requests,
+                    "changed": len(result.changes),
+                    "counts": dict(result.counts),
+                    "skipped_unknown_resource": result.skipped,
+                    "changes": [
+                        {
+                            "request_id": c.request.id,
+                            "created_at": c.request.created_at.isoformat(),
+                            "requester": c.request.requester,
+                            "resource": c.request.resource,
+                            "before": c.before.value,
+                            "after": c.after.effect.value,
+                            "rule": c.after.rule,
+                        }
+                        for c in result.changes
+                    ],
+                }
+            )
+        )
+        return 0
+    _out(f"{result.requests} request(s) since {args.since.strip()} ago decided again with {args.file}")
+    for change in result.changes:
+        _out(
+            f"  {change.request.id}  {change.request.created_at:%Y-%m-%d %H:%M} UTC  {change.request.requester}  "
+            f"{change.request.resource}: {change.before.value} -> {change.after.effect.value} "
+            f"(rule {change.after.rule})"
+        )
+    for kind, count in sorted(result.counts.items()):
+        _out(f"{count} request(s) that {kind}")
+    if not result.changes:
+        _out("no decision would change")
+    if result.skipped:
+        _out(f"{len(result.skipped)} request(s) for resources the proposed policy no longer has were left out")
+    if usergroups is None:
+        _out(
+            "usergroups were not known (give --usergroups): rules that need them decided nothing, as when Slack is down"
+        )
+    return 0
+
+
+def _since(text: str) -> timedelta:
+    """How far back a replay looks: 30d, 12h, 90m (no 7-day cap: this is history, not a grant)."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d{1,6})\s*([dhm])\s*", text)
+    if found is None:
+        raise ConfigError([f"--since: '{text}' is not a span like 30d, 12h or 90m"])
+    unit = {"d": "days", "h": "hours", "m": "minutes"}[found.group(2)]
+    return timedelta(**{unit: int(found.group(1))})
+
+
+def _replay_usergroups(path: Path | None) -> dict[str, frozenset[str]] | None:
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: cannot be read as YAML ({type(exc).__name__})"]) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(g, str) for g in v) for k, v in data.items()
+    ):
+        raise ConfigError([f"{path}: must map each Slack user id to a list of usergroup ids, e.g. U0ALICE: [S0ONCALL]"])
+    return {user: frozenset(groups) for user, groups in data.items()}
+
+
 def cmd_keygen(_args: argparse.Namespace) -> int:
     from bot.store.crypto import TokenCipher
 
@@ -475,6 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
     policy_test.add_argument("file", type=Path, help="the policy file")
     policy_test.add_argument("cases", type=Path, help="the cases file")
     policy_test.set_defaults(func=cmd_policy_test)
+    policy_replay = policy.add_parser(
+        "replay",
+        parents=[common],
+        help="decide recorded requests again with a proposed policy and say what would change",
+        description=(
+            f"Reads FILE (the proposed policy) and the recorded requests in JIT_DATABASE_URL (from {_READS_WHERE}), "
+            "read-only; sends nothing. Prints each request whose decision would change (request, when, requester, "
+            "old, new, rule) and counts by kind of change. The usergroups requesters were in are not recorded: "
+            "--usergroups FILE (YAML: U0ALICE: [S0ONCALL]) says what to assume; without it they are unknown. "
+            "Exit codes: 0 replayed, 2 a file, the database or an option is wrong (one line)."
+        ),
+    )
+    policy_replay.add_argument("file", type=Path, help="the proposed policy file")
+    policy_replay.add_argument("--since", default="30d", help="how far back (a duration, default 30d)")
+    policy_replay.add_argument("--usergroups", type=Path, help="YAML: each requester's usergroups to assume")
+    policy_replay.add_argument("--format", choices=["text", "json"], default="text")
+    policy_replay.set_defaults(func=cmd_policy_replay)
     audit = commands.add_parser(
         "audit",
         parents=[common],

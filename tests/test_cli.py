@@ -670,6 +670,7 @@ READS = {
     ("keygen",): ["Reads nothing"],
     ("policy", "check"): [".env in the working folder", "JIT_POLICY_FILE"],
     ("policy", "test"): ["Reads FILE (a policy) and CASES", "talks to nothing"],
+    ("policy", "replay"): [".env in the working folder", "JIT_DATABASE_URL", "read-only"],
 }
 
 

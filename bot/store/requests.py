@@ -6,7 +6,7 @@ bulk move here): an ``UPDATE … WHERE status = <expected>`` whose winner alone 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, update
@@ -121,3 +121,15 @@ def count_in_status(*, session: Session, requester: str, statuses: frozenset[Req
 
 def request_by_origin(*, session: Session, origin: str) -> AccessRequest | None:
     return session.exec(select(AccessRequest).where(AccessRequest.origin == origin)).first()
+
+
+def requests_since(*, session: Session, since: datetime, batch: int = 1000) -> Iterator[AccessRequest]:
+    """Every request created at or after ``since``, oldest first, fetched ``batch`` rows at a time so a
+    replay of months of requests holds only one batch in memory (created_at is indexed)."""
+    query = (
+        select(AccessRequest)
+        .where(col(AccessRequest.created_at) >= since)
+        .order_by(col(AccessRequest.created_at), col(AccessRequest.id))
+        .execution_options(yield_per=batch)
+    )
+    yield from session.exec(query)

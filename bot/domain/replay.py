@@ -1,0 +1,138 @@
+"""``jit-bot policy replay``: recorded requests decided again with a proposed policy, and what would
+have changed. Pure: the caller streams the recorded requests in order of creation.
+
+Auto-approval limits are replayed too: the proposed rules' own auto-approvals, in time order, count
+against each rule's ``limit`` as they would have live. What the requester's usergroups were when a
+request was made is not recorded, so the caller says what to assume (a mapping, or unknown).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from bot.domain.policy import Policy
+from bot.domain.rules import AccessRequest, Decision, Effect, decide
+from bot.domain.status import RequestStatus
+
+
+class Before(StrEnum):
+    """What happened to a recorded request."""
+
+    APPROVED = "approved"  # by people (approved, minted, active, revoked, or failed to mint)
+    DENIED = "denied"
+    EXPIRED = "expired unanswered"
+    CANCELLED = "cancelled"
+    PENDING = "pending"
+
+
+_BEFORE = {
+    RequestStatus.APPROVED: Before.APPROVED,
+    RequestStatus.MINTING: Before.APPROVED,
+    RequestStatus.ACTIVE: Before.APPROVED,
+    RequestStatus.REVOKED: Before.APPROVED,
+    RequestStatus.FAILED: Before.APPROVED,
+    RequestStatus.DENIED: Before.DENIED,
+    RequestStatus.EXPIRED: Before.EXPIRED,
+    RequestStatus.CANCELLED: Before.CANCELLED,
+    RequestStatus.PENDING: Before.PENDING,
+}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    id: str
+    created_at: datetime
+    requester: str
+    subject: str | None
+    resource: str
+    scopes: tuple[str, ...]
+    duration: timedelta
+    reason: str
+    status: str
+    approvals_required: int
+
+
+@dataclass(frozen=True)
+class Change:
+    request: Recorded
+    before: Before
+    after: Decision
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.before, self.after.effect)
+
+
+@dataclass
+class Replay:
+    requests: int = 0
+    skipped: list[str] = field(default_factory=list)  # resources the proposed policy no longer has
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(change.kind for change in self.changes)
+
+
+def kind_of(before: Before, after: Effect) -> str:
+    needed_people = "needed a human" if before is not Before.DENIED else "was denied by a person"
+    if after is Effect.AUTO_APPROVE:
+        return f"{needed_people} would have been auto-approved"
+    if after is Effect.DENY:
+        return f"{'was approved' if before is Before.APPROVED else needed_people} would have been denied by a rule"
+    return f"{'was approved' if before is Before.APPROVED else needed_people} would have needed other approvers"
+
+
+def replay(policy: Policy, recorded: Iterable[Recorded], *, usergroups: Mapping[str, frozenset[str]] | None) -> Replay:
+    """``usergroups``: each requester's usergroups to assume (a requester not in it is in none), or
+    None: unknown for everyone, as when Slack cannot be asked."""
+    result = Replay()
+    limits = {rule.name: rule.limit for rule in policy.rules if rule.limit is not None}
+    granted: dict[tuple[str, str], deque[datetime]] = defaultdict(deque)
+    for request in recorded:
+        result.requests += 1
+        resource = policy.resource(request.resource)
+        if resource is None:
+            result.skipped.append(request.id)
+            continue
+        recent = {}
+        for name, limit in limits.items():
+            times = granted[(request.requester, name)]
+            while times and times[0] <= request.created_at - limit.per:
+                times.popleft()
+            recent[name] = len(times)
+        groups = None if usergroups is None else usergroups.get(request.requester, frozenset())
+        decision = decide(
+            policy,
+            AccessRequest(
+                resource=request.resource,
+                scopes=request.scopes,
+                duration=request.duration,
+                reason=request.reason,
+                requester=request.requester,
+                subject=request.subject,
+            ),
+            usergroups=groups,
+            now=request.created_at,
+            recent_auto_approvals=recent,
+        )
+        if decision.effect is Effect.AUTO_APPROVE and decision.rule in limits:
+            granted[(request.requester, decision.rule)].append(request.created_at)
+        before = _BEFORE.get(RequestStatus(request.status), Before.PENDING)
+        if _changed(before, decision, resource.approvers, request.approvals_required):
+            result.changes.append(Change(request, before, decision))
+    return result
+
+
+def _changed(before: Before, after: Decision, approvers: tuple[str, ...], approvals: int) -> bool:
+    if after.effect is Effect.DEFAULT:
+        return False  # people decide, as they did
+    if after.effect is Effect.DENY:
+        return before is not Before.DENIED
+    if after.effect is Effect.REQUIRE:
+        return (after.approvers, after.approvals_required) != (approvers, approvals)
+    return True
