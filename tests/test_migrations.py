@@ -55,8 +55,11 @@ def test_an_upgrade_keeps_requests_votes_grants_and_audit_events(database_url: s
             assert connection.execute(text("SELECT count(*) FROM vote")).scalar() == 1
             grant = connection.execute(text('SELECT status, refusal, in_attempt FROM "grant"')).one()
             assert (grant[0], grant[1], bool(grant[2])) == ("active", None, False)
-            request = connection.execute(text("SELECT reason, origin FROM access_request")).one()
-            assert tuple(request) == ("before the upgrade", None)
+            request = connection.execute(text("SELECT reason, origin, rule, approvers FROM access_request")).one()
+            # A request from before rules were applied was decided by no rule, under its resource's approvers.
+            assert tuple(request) == ("before the upgrade", None, None, None)
+        indexes = {index["name"] for index in inspect(engine).get_indexes("access_request")}
+        assert "ix_access_request_requester_rule" in indexes
         tables = set(inspect(engine).get_table_names())
         assert {"outbox", "access_request", "vote", "grant", "audit_event"} <= tables
     finally:
