@@ -188,6 +188,11 @@ def test_a_usergroup_member_is_auto_approved(minting_bot: MintingBot) -> None:
     bot.eventually(lambda: bot.stored(request_id).status == "active", timeout=15)
     assert bot.stored(request_id).rule == "platform-reads"
 
+    # Its members are cached: a second request within the minute asks Slack nothing.
+    again, _reply = _submit(bot, GROUP_MEMBER, "request prod-db read 30m checking INC-10")
+    assert bot.stored(again).rule == "platform-reads"
+    assert len(bot.slack.calls_to("usergroups.users.list")) == 1
+
 
 def test_usergroups_slack_cannot_list_send_the_request_to_people_and_are_audited(
     minting_bot: MintingBot, caplog: pytest.LogCaptureFixture

@@ -64,3 +64,36 @@ def test_an_upgrade_keeps_requests_votes_grants_and_audit_events(database_url: s
         assert {"outbox", "access_request", "vote", "grant", "audit_event"} <= tables
     finally:
         engine.dispose()
+
+
+def test_0006_downgrades_and_upgrades_again_keeping_requests(database_url: str) -> None:
+    """The rule columns come off without losing the requests they were on, and go back on empty."""
+    engine = bind_audit_key(make_engine(database_url), base64.urlsafe_b64decode(AUDIT_KEY))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO access_request (id, requester_slack_id, requester_subject, resource, audience, scopes,"
+                    " duration_seconds, reason, approvals_required, approver_channel, status, created_at, updated_at,"
+                    " rule, approvers) VALUES ('R000000002', 'U0REQUESTER', 'alice', 'prod-db',"
+                    " 'https://db.internal.example', 'write', 1800, 'two dbas', 2, 'C0APPROVERS', 'pending', :at, :at,"
+                    " 'two-dbas', 'U0APPROVER2 U0GROUPMEMB')"
+                ),
+                {"at": AT},
+            )
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0005")
+        columns = {column["name"] for column in inspect(engine).get_columns("access_request")}
+        assert not {"rule", "approvers"} & columns
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT reason, rule, approvers FROM access_request")).one()
+            assert tuple(row) == ("two dbas", None, None)
+    finally:
+        engine.dispose()
