@@ -27,6 +27,7 @@ from bot.config import (
 )
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
+from bot.domain.policy_rules import Rule, rule_warnings
 from bot.domain.text import one_line
 from bot.files import KeyFileError
 from bot.idp.keys import SigningKeyError
@@ -142,6 +143,25 @@ def _policy_summary(path: Path, policy: Policy) -> None:
             f"max {format_duration(resource.max_duration)}; "
             f"{resource.approvals_required} of {', '.join(resource.approvers)} in {resource.approver_channel}"
         )
+    for rule in policy.rules:
+        _out(f"  rule {rule.name}: {_rule_line(rule)}")
+    for warning in rule_warnings(policy.rules, [resource.name for resource in policy.resources]):
+        _out(f"  warning: {warning}")
+
+
+def _rule_line(rule: Rule) -> str:
+    """What a rule does, in the order it is evaluated: its effect, its conditions, its limit."""
+    said = rule.effect.value
+    if rule.approvals is not None or rule.approvers is not None:
+        approvals = rule.approvals if rule.approvals is not None else "the resource's"
+        approvers = ", ".join(rule.approvers) if rule.approvers is not None else "the resource's approvers"
+        said += f" {approvals} of {approvers}"
+    said += f"; when {', '.join(rule.when.names) or 'always'}"
+    if rule.unless is not None:
+        said += f"; unless {', '.join(rule.unless.names)}"
+    if rule.limit is not None:
+        said += f"; at most {rule.limit.count} per {format_duration(rule.limit.per)}"
+    return said
 
 
 def _is_loopback(host: str) -> bool:
@@ -362,6 +382,7 @@ def cmd_policy_replay(args: argparse.Namespace) -> int:
     from bot.domain.replay import Recorded, replay
     from bot.store import requests as request_store
     from bot.store.db import make_engine, read_scope
+    from bot.store.transitions import BOT_ACTOR
     from bot.store.types import utcnow
 
     policy = load_policy(args.file)
@@ -384,6 +405,8 @@ def cmd_policy_replay(args: argparse.Namespace) -> int:
                     reason=row.reason,
                     status=row.status,
                     approvals_required=row.approvals_required,
+                    rule=row.rule,
+                    decided_by_rule=row.rule is not None and row.decided_by == BOT_ACTOR,
                 )
                 for row in request_store.requests_since(session=session, since=utcnow() - window)
             )

@@ -79,8 +79,6 @@ def preflight(
     """Every check that applies to these settings; the Slack and IdP ones unless ``offline``.
     Without a policy (it did not load), the channels, users and usergroups it names are not checked."""
     found = [check_database(settings.jit_database_url, timeout=timeout)]
-    if policy is not None and policy.rules:
-        found.append(_problem("policy rules", rules_not_enforced(policy)))
     key: SigningKey | None = None
     if settings.idp_configured:
         key_finding, key = check_signing_key(settings)
@@ -92,16 +90,6 @@ def preflight(
     if settings.idp_configured:
         found += check_idp(settings, key, timeout=timeout)
     return found
-
-
-def rules_not_enforced(policy: Policy) -> str:
-    """Rules this version validates but does not apply yet. Ignoring them would be worse than not
-    starting: a `deny` or a two-person `require` the author relies on would quietly not happen."""
-    names = ", ".join(rule.name for rule in policy.rules)
-    return (
-        f"{len(policy.rules)} rule(s) ({names}) are valid, but this version of jit-bot does not apply rules to "
-        "requests yet, so serve refuses to start with them; remove rules: to serve"
-    )
 
 
 # --- the database ---------------------------------------------------------------------------------

@@ -244,7 +244,9 @@ def build_runtime(
     submit_mint = idp_side.mint_queue.submit if idp_side is not None else None
 
     # The use cases.
-    requests = RequestService(engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock)
+    requests = RequestService(
+        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, on_approved=submit_mint
+    )
     voting = VotingService(
         engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, on_approved=submit_mint
     )

@@ -60,10 +60,6 @@ def serve(
     from bot.store.audit import bind_audit_key
     from bot.store.db import make_engine, migrate
 
-    if policy.rules:
-        from bot.preflight import rules_not_enforced
-
-        raise ConfigError([f"{settings.jit_policy_file}: rules: {rules_not_enforced(policy)}"])
     if settings.idp_configured and settings.jit_signing_key_file is not None:
         # A key file that cannot be used is said before anything is created or migrated.
         load_signing_key(settings.jit_signing_key_file)

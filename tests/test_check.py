@@ -459,7 +459,7 @@ def test_help_says_what_check_reads_and_its_exit_codes(tmp_path: Path) -> None:
         assert said in text, text
 
 
-# --- rules this version does not apply -----------------------------------------------------------
+# --- rules -----------------------------------------------------------------------------------------
 
 RULES = {
     "groups": {"dba": [APPROVER_1, APPROVER_2]},
@@ -475,16 +475,17 @@ RULES = {
 }
 
 
-def test_rules_are_valid_but_not_applied_so_serve_would_refuse_them(tmp_path: Path, slack: SlackStandIn) -> None:
-    """A two-person rule the author relies on must not quietly become one approval: check says serve
-    would refuse, and serve does (tests/test_startup_files.py)."""
-    write_policy(tmp_path, {**POLICY, **RULES})
+def test_rules_are_applied_so_check_lists_each_and_passes(tmp_path: Path, slack: SlackStandIn) -> None:
+    typo = {"name": "typo", "when": {"resources": ["prod-dv"]}, "effect": "deny"}
+    rules = {**RULES, "rules": [*RULES["rules"], typo]}
+    write_policy(tmp_path, {**POLICY, **rules})
 
     result = check(tmp_path, env_for(tmp_path, slack), "--offline")
 
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "policy: policy.yml: ok" in result.stdout, "the rules themselves are valid"
-    assert found(result, "policy rules: ") == (
-        "policy rules: PROBLEM: 1 rule(s) (two-dbas) are valid, but this version of jit-bot does not apply rules "
-        "to requests yet, so serve refuses to start with them; remove rules: to serve"
-    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "policy: policy.yml: ok" in result.stdout
+    assert problems(result) == []
+    lines = result.stdout.splitlines()
+    assert "  rule two-dbas: require 2 of dba; when resources, scopes_any" in lines, result.stdout
+    assert "  rule typo: deny; when resources" in lines, result.stdout
+    assert "  warning: rules[1].when.resources: 'prod-dv' matches no resource in this policy" in lines

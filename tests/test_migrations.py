@@ -55,9 +55,45 @@ def test_an_upgrade_keeps_requests_votes_grants_and_audit_events(database_url: s
             assert connection.execute(text("SELECT count(*) FROM vote")).scalar() == 1
             grant = connection.execute(text('SELECT status, refusal, in_attempt FROM "grant"')).one()
             assert (grant[0], grant[1], bool(grant[2])) == ("active", None, False)
-            request = connection.execute(text("SELECT reason, origin FROM access_request")).one()
-            assert tuple(request) == ("before the upgrade", None)
+            request = connection.execute(text("SELECT reason, origin, rule, approvers FROM access_request")).one()
+            # A request from before rules were applied was decided by no rule, under its resource's approvers.
+            assert tuple(request) == ("before the upgrade", None, None, None)
+        indexes = {index["name"] for index in inspect(engine).get_indexes("access_request")}
+        assert "ix_access_request_requester_rule" in indexes
         tables = set(inspect(engine).get_table_names())
         assert {"outbox", "access_request", "vote", "grant", "audit_event"} <= tables
+    finally:
+        engine.dispose()
+
+
+def test_0006_downgrades_and_upgrades_again_keeping_requests(database_url: str) -> None:
+    """The rule columns come off without losing the requests they were on, and go back on empty."""
+    engine = bind_audit_key(make_engine(database_url), base64.urlsafe_b64decode(AUDIT_KEY))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO access_request (id, requester_slack_id, requester_subject, resource, audience, scopes,"
+                    " duration_seconds, reason, approvals_required, approver_channel, status, created_at, updated_at,"
+                    " rule, approvers) VALUES ('R000000002', 'U0REQUESTER', 'alice', 'prod-db',"
+                    " 'https://db.internal.example', 'write', 1800, 'two dbas', 2, 'C0APPROVERS', 'pending', :at, :at,"
+                    " 'two-dbas', 'U0APPROVER2 U0GROUPMEMB')"
+                ),
+                {"at": AT},
+            )
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0005")
+        columns = {column["name"] for column in inspect(engine).get_columns("access_request")}
+        assert not {"rule", "approvers"} & columns
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT reason, rule, approvers FROM access_request")).one()
+            assert tuple(row) == ("two dbas", None, None)
     finally:
         engine.dispose()

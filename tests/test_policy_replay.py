@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlmodel import Session
 
 from bot.store.audit import bind_audit_key
@@ -121,3 +122,59 @@ def test_replay_with_a_bad_since_is_one_line(tmp_path: Path, recorded: dict[str,
     assert_no_traceback(result.stderr)
     (line,) = result.stderr.splitlines()
     assert line.startswith("jit-bot: --since: ")
+
+
+def test_what_a_rule_decided_before_counts_as_the_rule_s_not_people_s(tmp_path: Path, database_url: str) -> None:
+    """A request a rule auto-approved is not 'a human approved it': replayed with the same rule it is
+    unchanged, and with the rule gone it would have needed a human."""
+    engine = bind_audit_key(make_engine(database_url), __import__("base64").urlsafe_b64decode(AUDIT_KEY))
+    migrate(engine)
+    when = at(1, 10)
+    with Session(engine) as session:
+        session.add(
+            AccessRequest(
+                id="R00000AUTO",
+                requester_slack_id="U0ALICE",
+                requester_subject="alice",
+                resource="prod-db",
+                audience="https://db.internal.example",
+                scopes="read",
+                duration_seconds=1800,
+                reason="INC-1 check",
+                approvals_required=0,
+                approver_channel="C0DBAPPROVE",
+                status="revoked",
+                created_at=when,
+                updated_at=when,
+                decided_at=when,
+                decided_by="jit-bot",
+                rule="oncall-read",
+            )
+        )
+        session.commit()
+    engine.dispose()
+    (tmp_path / "usergroups.yml").write_text("U0ALICE: [S0ONCALL]\n")
+    env = {"JIT_DATABASE_URL": database_url}
+
+    same = json.loads(replay(tmp_path, env, "--usergroups", "usergroups.yml", "--format", "json"))
+    assert (same["requests"], same["changed"]) == (1, 0)
+
+    without = yaml.safe_load(RULES.read_text())
+    without["rules"] = [rule for rule in without["rules"] if rule["name"] != "oncall-read"]
+    (tmp_path / "proposed.yml").write_text(yaml.safe_dump(without))
+    result = run_cli(
+        tmp_path,
+        "policy",
+        "replay",
+        "proposed.yml",
+        "--since",
+        "3650d",
+        "--usergroups",
+        "usergroups.yml",
+        "--format",
+        "json",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    gone = json.loads(result.stdout)
+    assert gone["counts"] == {"was auto-approved would have needed a human": 1}

@@ -150,17 +150,16 @@ def test_a_signing_key_file_that_cannot_sign_is_one_line_before_anything_is_crea
     assert _created(tmp_path) == set(), "no database, no key file, no migration"
 
 
-def test_a_policy_with_rules_this_version_does_not_apply_is_refused_before_anything_starts(
-    tmp_path: Path, slack: SlackStandIn
-) -> None:
+def test_a_policy_with_rules_serves_now_that_they_are_applied(tmp_path: Path, slack: SlackStandIn) -> None:
+    from tests.processes import ServeProcess
     from tests.processes import write_policy as write
     from tests.world import APPROVER_1, APPROVER_2, POLICY
 
     rule = {"name": "deny-write", "when": {"scopes_any": ["write"]}, "effect": "deny", "message": "No writes."}
     write(tmp_path, {**POLICY, "groups": {"dba": [APPROVER_1, APPROVER_2]}, "rules": [rule]})
-    result = run_cli(tmp_path, "serve", env=serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", free_port()))
-
-    output = result.stdout + result.stderr
-    told = [line for line in result.stderr.splitlines() if not LOG_LINE.match(line)]
-    _assert_one_line(result.returncode, told, output, "policy.yml: rules: 1 rule(s) (deny-write)", "remove rules:")
-    assert _created(tmp_path) == set(), "refused before the database is created"
+    served = ServeProcess(tmp_path, serve_env(slack, f"sqlite:///{tmp_path / 'jit.db'}", free_port()))
+    try:
+        served.wait_healthy()
+    finally:
+        assert served.stop() == 0, served.output()
+    assert "rules" not in "\n".join(served.log_lines("ERROR")), served.output()

@@ -28,6 +28,8 @@ class AuditEventType(StrEnum):
     REVOKE_REQUESTED = "revoke_requested"
     REQUEST_EXPIRED = "request_expired"
     AUDIT_CHAIN_KEYED = "audit_chain_keyed"
+    # The policy's rules needed the requester's Slack usergroups and Slack could not list them.
+    RULES_USERGROUPS_UNKNOWN = "rules_usergroups_unknown"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes.

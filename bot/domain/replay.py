@@ -23,7 +23,9 @@ class Before(StrEnum):
     """What happened to a recorded request."""
 
     APPROVED = "approved"  # by people (approved, minted, active, revoked, or failed to mint)
+    AUTO_APPROVED = "auto-approved"  # by a rule, with no vote
     DENIED = "denied"
+    DENIED_BY_RULE = "denied by a rule"
     EXPIRED = "expired unanswered"
     CANCELLED = "cancelled"
     PENDING = "pending"
@@ -54,6 +56,8 @@ class Recorded:
     reason: str
     status: str
     approvals_required: int
+    rule: str | None = None  # the rule that decided it when it was made (None: the resource's approvers)
+    decided_by_rule: bool = False  # that rule decided it alone (auto-approved or denied, no vote)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,15 @@ class Replay:
 
 
 def kind_of(before: Before, after: Effect) -> str:
+    if before is Before.AUTO_APPROVED:
+        return "was auto-approved " + {
+            Effect.DENY: "would have been denied by a rule",
+            Effect.REQUIRE: "would have needed approvers",
+            Effect.DEFAULT: "would have needed a human",
+        }.get(after, "would have been auto-approved")
+    if before is Before.DENIED_BY_RULE:
+        decided = "auto-approved" if after is Effect.AUTO_APPROVE else "decided by people"
+        return f"was denied by a rule would have been {decided}"
     needed_people = "needed a human" if before is not Before.DENIED else "was denied by a person"
     if after is Effect.AUTO_APPROVE:
         return f"{needed_people} would have been auto-approved"
@@ -122,17 +135,30 @@ def replay(policy: Policy, recorded: Iterable[Recorded], *, usergroups: Mapping[
         )
         if decision.effect is Effect.AUTO_APPROVE and decision.rule in limits:
             granted[(request.requester, decision.rule)].append(request.created_at)
-        before = _BEFORE.get(RequestStatus(request.status), Before.PENDING)
+        before = _before(request)
         if _changed(before, decision, resource.approvers, request.approvals_required):
             result.changes.append(Change(request, before, decision))
     return result
 
 
+def _before(request: Recorded) -> Before:
+    before = _BEFORE.get(RequestStatus(request.status), Before.PENDING)
+    if request.decided_by_rule and before is Before.APPROVED:
+        return Before.AUTO_APPROVED
+    if request.decided_by_rule and before is Before.DENIED:
+        return Before.DENIED_BY_RULE
+    return before
+
+
 def _changed(before: Before, after: Decision, approvers: tuple[str, ...], approvals: int) -> bool:
     if after.effect is Effect.DEFAULT:
-        return False  # people decide, as they did
+        # People decide, as they did; unless a rule decided it alone then.
+        return before in (Before.AUTO_APPROVED, Before.DENIED_BY_RULE)
     if after.effect is Effect.DENY:
-        return before is not Before.DENIED
+        return before not in (Before.DENIED, Before.DENIED_BY_RULE)
     if after.effect is Effect.REQUIRE:
-        return (after.approvers, after.approvals_required) != (approvers, approvals)
-    return True
+        return before in (Before.AUTO_APPROVED, Before.DENIED_BY_RULE) or (
+            after.approvers,
+            after.approvals_required,
+        ) != (approvers, approvals)
+    return before is not Before.AUTO_APPROVED

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 from bot.domain.policy import Policy, Resource
+from bot.domain.policy_fields import SLACK_USER_ID, SLACK_USERGROUP_ID
 from bot.services.errors import ApproversUnknown, Unmapped, UnmappedRequester
 from bot.services.ports import Directory, DirectoryError
 
@@ -40,13 +41,22 @@ class OnSlackFailure(Enum):
 
 def resolve_approvers(resource: Resource, *, directory: Directory, on_slack_failure: OnSlackFailure) -> frozenset[str]:
     """Expand usergroups at click time, so removing someone from a group takes effect at once."""
-    members = set(resource.user_approvers)
+    return resolve_entries(resource.name, resource.approvers, directory=directory, on_slack_failure=on_slack_failure)
+
+
+def resolve_entries(
+    resource: str, entries: tuple[str, ...], *, directory: Directory, on_slack_failure: OnSlackFailure
+) -> frozenset[str]:
+    """Approver entries (Slack user ids and usergroup ids) as the people they are now: a resource's,
+    or the ones a require rule stored on a request."""
+    users = frozenset(entry for entry in entries if SLACK_USER_ID.fullmatch(entry))
+    members = set(users)
     try:
-        for entry in resource.approvers:  # in the policy's order, one Slack call per usergroup
-            if entry in resource.usergroup_approvers:
+        for entry in entries:  # in the policy's order, one Slack call per usergroup
+            if SLACK_USERGROUP_ID.fullmatch(entry):
                 members |= directory.usergroup_members(entry)
     except DirectoryError as exc:
         if on_slack_failure is OnSlackFailure.REFUSE:
-            raise ApproversUnknown(resource.name, str(exc)) from None
-        return resource.user_approvers
+            raise ApproversUnknown(resource, str(exc)) from None
+        return users
     return frozenset(members)

@@ -78,6 +78,15 @@ class Announcer:
         self.queue(session, ApprovalCard(request))
         self.queue(session, AuditSummary(request, "submitted"))
 
+    def decided_by_rule(self, session: Session, request: RequestSnapshot, *, minting: bool) -> None:
+        """A rule approved or denied the request as it was submitted: the card is still posted (in
+        its decided state, without Approve / Deny) so that nothing happens unseen. ``minting``: the
+        mint tells the requester and the audit channel once the grant is live."""
+        self.queue(session, ApprovalCard(request))
+        if not minting:
+            self.requester(session, request)
+        self.queue(session, AuditSummary(request, request.status))
+
     def card(self, session: Session, request: RequestSnapshot, *, hold: timedelta | None = None) -> None:
         """The card changed. ``hold``: send it no sooner than that from now, so that a state likely
         to last only a moment (*Revocation pending*) is replaced by the next version, unsent."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine, text
@@ -17,22 +19,32 @@ from bot.domain.audit import AuditEventType
 from bot.domain.commands import RequestDraft
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
+from bot.domain.policy_fields import SLACK_USERGROUP_ID
+from bot.domain.policy_rules import RuleEffect, expand
+from bot.domain.rules import AccessRequest as RuleInput
+from bot.domain.rules import Decision, Effect, decide
 from bot.domain.status import RequestStatus
 from bot.services import lifecycle
 from bot.services.errors import TooManyPending
 from bot.services.identity import resolve_subject
 from bot.services.outbox import Announcer
-from bot.services.ports import Directory
+from bot.services.ports import Directory, DirectoryError
 from bot.services.snapshots import RequestSnapshot, snapshot
 from bot.store import requests as store
 from bot.store.audit import append_event
 from bot.store.db import session_scope
 from bot.store.models import AccessRequest
+from bot.store.transitions import BOT_ACTOR, Audit, move_request
 
 log = logging.getLogger(__name__)
 
 # Crockford base32 without easily confused letters; ids are read aloud and typed into /jit revoke.
 _ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+# Usergroup members are cached this long: one Slack call per group per minute at most, and someone
+# removed from a group stops matching a rule's requester_in within a minute.
+USERGROUP_TTL_SECONDS = 60.0
 
 
 def new_request_id() -> str:
@@ -51,6 +63,13 @@ class RequestService:
     directory: Directory
     announcer: Announcer
     clock: Callable[[], datetime]
+    # Called with the request id once an auto-approval has committed (minting, when an IdP is configured).
+    on_approved: Callable[[str], object] | None = None
+    # How long a usergroup's members, as Slack listed them, are trusted for the rules' requester_in.
+    usergroup_ttl_seconds: float = USERGROUP_TTL_SECONDS
+    monotonic: Callable[[], float] = time.monotonic
+    _members: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict, init=False, repr=False)
+    _members_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def submit(self, draft: RequestDraft, *, requester: str, origin: str | None = None) -> RequestSnapshot:
         """Store a checked request; its approval card goes out through the outbox.
@@ -63,6 +82,8 @@ class RequestService:
         if resource is None:  # parse_command already checked; the policy is immutable while we run.
             raise RuntimeError(f"resource {draft.resource!r} vanished from the policy")
         subject = resolve_subject(requester, policy=self.policy, directory=self.directory)
+        # Slack is asked before the transaction: a Slack round-trip must never hold the database.
+        usergroups, unreadable = self._usergroups_of(requester) if self.policy.rules else (frozenset(), ())
         now = self.clock()
         row = AccessRequest(
             id=new_request_id(),
@@ -86,6 +107,20 @@ class RequestService:
                     log.info("a repeated Slack delivery asked again for request %s; nothing new was made", earlier.id)
                     return snapshot(earlier, [], policy=self.policy)
                 self._check_quota(session, requester)
+                decision = decide(
+                    self.policy,
+                    RuleInput(resource.name, draft.scopes, draft.duration, draft.reason, requester, subject),
+                    usergroups=usergroups,
+                    now=now,
+                    recent_auto_approvals=self._recent_auto_approvals(session, requester, now),
+                )
+                if decision.effect is not Effect.DEFAULT:
+                    row.rule = decision.rule
+                if decision.effect is Effect.REQUIRE:
+                    row.approvals_required = decision.approvals_required
+                    row.approvers = " ".join(decision.approvers)
+                elif decision.effect is Effect.AUTO_APPROVE:
+                    row.approvals_required = 0
                 store.add_request(session=session, request=row)
                 append_event(
                     session=session,
@@ -99,17 +134,35 @@ class RequestService:
                         "duration_seconds": row.duration_seconds,
                         "reason": row.reason,
                         "subject": subject,
+                        "decision": {"effect": decision.effect.value, "rule": decision.rule, "reason": decision.reason},
                     },
                 )
+                if decision.usergroups_unknown:
+                    append_event(
+                        session=session,
+                        at=now,
+                        event_type=AuditEventType.RULES_USERGROUPS_UNKNOWN.value,
+                        actor=BOT_ACTOR,
+                        request_id=row.id,
+                        details={
+                            "usergroups": list(unreadable),
+                            "effect": decision.effect.value,
+                            "rule": decision.rule,
+                        },
+                    )
                 pending = snapshot(row, [], policy=self.policy)
-                self.announcer.submitted(session, pending)
                 lifecycle.note(
                     session,
                     lifecycle.Step.SUBMITTED,
                     pending,
                     scopes=draft.scopes,
                     duration=format_duration(draft.duration),
+                    rule=decision.rule,
                 )
+                if decision.effect in (Effect.AUTO_APPROVE, Effect.DENY):
+                    pending = self._decide_by_rule(session, row, decision, now)
+                else:
+                    self.announcer.submitted(session, pending)
         except IntegrityError:
             # Two deliveries of one interaction raced past the lookup; the other one made the request.
             if origin is None:
@@ -119,7 +172,92 @@ class RequestService:
                 if earlier is None:
                     raise
                 return snapshot(earlier, [], policy=self.policy)
+        if pending.status == RequestStatus.APPROVED.value and self.on_approved is not None:
+            self.on_approved(pending.id)
         return pending
+
+    def _decide_by_rule(
+        self, session: Session, row: AccessRequest, decision: Decision, now: datetime
+    ) -> RequestSnapshot:
+        """pending -> approved or denied by the rule, in the submission's transaction, with no vote."""
+        approve = decision.effect is Effect.AUTO_APPROVE
+        moved = move_request(
+            session=session,
+            request_id=row.id,
+            source=RequestStatus.PENDING,
+            target=RequestStatus.APPROVED if approve else RequestStatus.DENIED,
+            now=now,
+            event=Audit(
+                AuditEventType.REQUEST_APPROVED if approve else AuditEventType.REQUEST_DENIED,
+                actor=BOT_ACTOR,
+                details={
+                    "approvers": [],
+                    "decided_by_rule": decision.rule,
+                    "reason": decision.message if not approve else None,
+                    "why": decision.reason,
+                },
+            ),
+            decided_at=now,
+            decided_by=BOT_ACTOR,
+            deny_reason=None if approve else decision.message,
+        )
+        if not moved:  # the row was inserted by this very transaction
+            raise RuntimeError(f"request {row.id} changed under its own transaction")
+        session.flush()
+        session.refresh(row)
+        decided = snapshot(row, [], policy=self.policy)
+        lifecycle.note(
+            session,
+            lifecycle.Step.APPROVED if approve else lifecycle.Step.DENIED,
+            decided,
+            by=f"rule:{decision.rule}",
+        )
+        self.announcer.decided_by_rule(session, decided, minting=approve and self.on_approved is not None)
+        return decided
+
+    def _usergroups_of(self, requester: str) -> tuple[frozenset[str] | None, tuple[str, ...]]:
+        """Which of the usergroups the rules name the requester is in (None: Slack could not list
+        some of them), and the ones it could not list."""
+        mine: set[str] = set()
+        unreadable: list[str] = []
+        for group in self._rule_usergroups():
+            try:
+                members = self._members_of(group)
+            except DirectoryError as exc:
+                log.warning("usergroup %s could not be listed for the rules: %s", group, exc)
+                unreadable.append(group)
+                continue
+            if requester in members:
+                mine.add(group)
+        return (None if unreadable else frozenset(mine)), tuple(unreadable)
+
+    def _rule_usergroups(self) -> tuple[str, ...]:
+        entries: list[str] = []
+        for rule in self.policy.rules:
+            for conditions in (rule.when, rule.unless):
+                if conditions is not None and conditions.requester_in is not None:
+                    entries.extend(expand(self.policy.groups, conditions.requester_in))
+        return tuple(dict.fromkeys(entry for entry in entries if SLACK_USERGROUP_ID.fullmatch(entry)))
+
+    def _members_of(self, group: str) -> frozenset[str]:
+        now = self.monotonic()
+        with self._members_lock:
+            cached = self._members.get(group)
+        if cached is not None and now - cached[0] < self.usergroup_ttl_seconds:
+            return cached[1]
+        members = self.directory.usergroup_members(group)  # raises DirectoryError; a failure is not cached
+        with self._members_lock:
+            self._members[group] = (now, members)
+        return members
+
+    def _recent_auto_approvals(self, session: Session, requester: str, now: datetime) -> dict[str, int]:
+        return {
+            rule.name: store.count_by_rule_since(
+                session=session, requester=requester, rule=rule.name, since=now - rule.limit.per
+            )
+            for rule in self.policy.rules
+            if rule.effect is RuleEffect.AUTO_APPROVE and rule.limit is not None
+        }
 
     def _check_quota(self, session: Session, requester: str) -> None:
         limit = self.policy.limits.pending_per_requester

@@ -13,6 +13,7 @@ from bot.domain.status import GrantStatus
 from bot.store import grants as grant_store
 from bot.store import requests as store
 from bot.store.models import AccessRequest, Grant, Vote
+from bot.store.transitions import BOT_ACTOR
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class RequestSnapshot:
     revocation_pending: bool = False
     failure_code: str | None = None
     failure_detail: str | None = None
+    # The policy rule that decided the request (auto-approved, denied, or whose approvers decide).
+    rule: str | None = None
+    # The rule itself approved or denied it, with no person's vote.
+    decided_by_rule: bool = False
 
     @property
     def approvers_so_far(self) -> tuple[str, ...]:
@@ -98,6 +103,8 @@ def snapshot(
         revocation_pending=pending,
         failure_code=request.failure_code,
         failure_detail=request.failure_detail,
+        rule=request.rule,
+        decided_by_rule=request.rule is not None and request.decided_by == BOT_ACTOR,
     )
 
 

@@ -16,7 +16,7 @@ from bot.domain.status import RequestStatus, VoteChoice
 from bot.domain.votes import VoteDecision, VoteFacts, VoteRefusal, decide_vote
 from bot.services import lifecycle
 from bot.services.audit import AuditEventType, record
-from bot.services.identity import OnSlackFailure, resolve_approvers
+from bot.services.identity import OnSlackFailure, resolve_approvers, resolve_entries
 from bot.services.outbox import Announcer
 from bot.services.ports import Directory
 from bot.services.snapshots import RequestSnapshot, snapshot
@@ -94,9 +94,16 @@ class VotingService:
         with read_scope(self.engine) as session:
             request = store.get_request(session=session, request_id=request_id)
             resource_name = request.resource if request is not None else None
+            stored = request.approvers if request is not None else None
         resource = self.policy.resource(resource_name) if resource_name else None
         if resource is None:
             return None
+        if stored is not None:
+            # A require rule named this request's approvers when it was submitted: they, not the
+            # resource's, decide it.
+            return resolve_entries(
+                resource.name, tuple(stored.split()), directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE
+            )
         return resolve_approvers(resource, directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE)
 
     def _decide(

@@ -60,12 +60,19 @@ def status_summary(request: RequestSnapshot) -> str:
         if request.approvers_so_far:
             line += f", approved by {mentions(request.approvers_so_far)}"
         return line
+    if status is RequestStatus.DENIED and request.decided_by_rule:
+        line = f"{_STATUS_LINE[status]} by rule {code(request.rule or '')}"
+        if request.deny_reason:
+            line += f": {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}"
+        return line
     if status is RequestStatus.DENIED:
         line = f"{_STATUS_LINE[status]} by {mentions(request.deniers)}"
         if request.deny_reason:
             line += f": {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}"
         return line
-    approved_by = f"approved by {mentions(request.approvers_so_far)}"
+    approved_by = approved_by_text(request)
+    if status is RequestStatus.APPROVED and request.decided_by_rule:
+        return f":white_check_mark: Auto-approved by rule {code(request.rule or '')}"
     if status is RequestStatus.APPROVED:
         return f"{_STATUS_LINE[status]} by {mentions(request.approvers_so_far)}"
     if status is RequestStatus.ACTIVE and request.revocation_pending:
@@ -80,6 +87,13 @@ def status_summary(request: RequestSnapshot) -> str:
     if status is RequestStatus.FAILED:
         return f"{_STATUS_LINE[status]}: {failure_text(request)}; {approved_by}"
     return f"{_STATUS_LINE.get(status, status.value)}; {approved_by}"
+
+
+def approved_by_text(request: RequestSnapshot) -> str:
+    """Who approved it: the people who voted, or the rule that approved it by itself."""
+    if request.decided_by_rule:
+        return f"auto-approved by rule {code(request.rule or '')}"
+    return f"approved by {mentions(request.approvers_so_far)}"
 
 
 # Failure codes that are the bot's own findings, not an error the IdP answered with.
@@ -141,7 +155,10 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
         )
     if request.status == RequestStatus.ACTIVE.value and not request.revocation_pending:
         blocks.append(ActionsBlock(elements=[_button("Revoke now", ActionId.REVOKE, request.id, "danger")]))
-    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Requested {when(request.created_at)}")]))
+    context = [MarkdownTextObject(text=f"Requested {when(request.created_at)}")]
+    if request.rule is not None:
+        context.append(MarkdownTextObject(text=f"Rule: {code(request.rule)}"))
+    blocks.append(ContextBlock(elements=context))
     return blocks
 
 

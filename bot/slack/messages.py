@@ -19,7 +19,7 @@ from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, Unma
 from bot.services.listing import Listing
 from bot.services.notices import Alert, AlertKind
 from bot.services.snapshots import RequestSnapshot
-from bot.slack.cards import MAX_SHOWN_DENY_REASON, failure_text, status_summary
+from bot.slack.cards import MAX_SHOWN_DENY_REASON, approved_by_text, failure_text, status_summary
 from bot.slack.text import clip, code, duration, escape, mention, mentions, when
 
 # --- what happened to a request ------------------------------------------------------------------
@@ -30,7 +30,9 @@ def outcome_text(request: RequestSnapshot) -> str:
     status = RequestStatus(request.status)
     head = f"Your request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)})"
     if status is RequestStatus.APPROVED:
-        return f"{head} was approved by {mentions(request.approvers_so_far)}."
+        return f"{head} was {approved_by_text(request)}."
+    if status is RequestStatus.DENIED and request.decided_by_rule:
+        return f"{head} was denied by rule {code(request.rule or '')}: {_rule_message(request)}"
     if status is RequestStatus.DENIED:
         reason = f" Reason: {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}" if request.deny_reason else ""
         return f"{head} was denied by {mentions(request.deniers)}.{reason}"
@@ -81,13 +83,33 @@ def pickup_text(request: RequestSnapshot, url: str, link_expires_at: datetime) -
     until = when(request.active_until) if request.active_until else "its expiry"
     return (
         f"Your access to {code(request.resource)} ({', '.join(request.scopes)}), request `{request.id}`, "
-        f"was approved by {mentions(request.approvers_so_far)} and is active until {until}.\n"
+        f"was {approved_by_text(request)} and is active until {until}.\n"
         f"Pick up your token once, before {when(link_expires_at)}: {url}\n"
         "The link works one time only. Never paste the token into Slack."
     )
 
 
+def _rule_message(request: RequestSnapshot) -> str:
+    return escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON)) if request.deny_reason else "no reason given"
+
+
 def submitted_text(request: RequestSnapshot) -> str:
+    what = (
+        f"Request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)}, "
+        f"{duration(request.duration)})"
+    )
+    if request.status == RequestStatus.DENIED.value and request.decided_by_rule:
+        return f"{what} was denied by rule {code(request.rule or '')}: {_rule_message(request)}"
+    if request.decided_by_rule:
+        return (
+            f"{what} was auto-approved by rule {code(request.rule or '')}; its card is in "
+            f"<#{request.approver_channel}>. You will get a DM with your pickup link once the token is issued."
+        )
+    if request.rule is not None:
+        return (
+            f"{what} was sent to <#{request.approver_channel}>: rule {code(request.rule)} asks for "
+            f"{request.approvals_required} approval(s) from its approvers. You will get a DM when it is decided."
+        )
     return (
         f"Request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)}, "
         f"{duration(request.duration)}) was sent to <#{request.approver_channel}> for approval. "

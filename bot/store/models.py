@@ -25,6 +25,8 @@ class AccessRequestBase(SQLModel):
 
 class AccessRequest(AccessRequestBase, table=True):
     __tablename__ = "access_request"
+    # A rule's limit counts its recent auto-approvals of one requester: this keeps that count cheap.
+    __table_args__ = (Index("ix_access_request_requester_rule", "requester_slack_id", "rule", "created_at"),)
 
     id: str = Field(primary_key=True, max_length=16)
     status: str = Field(max_length=16, index=True)
@@ -40,6 +42,11 @@ class AccessRequest(AccessRequestBase, table=True):
     # What Slack sent that created this request (a hash of the slash command's trigger or the
     # modal's view id), unique: a replayed or retried delivery cannot create a second request.
     origin: str | None = Field(default=None, max_length=64, sa_column_kwargs={"unique": True})
+    # The policy rule that decided this request (None: no rule did, the resource's approvers decide).
+    rule: str | None = Field(default=None, max_length=64)
+    # A require rule's approvers (Slack user and usergroup ids, space-separated), which replace the
+    # resource's for this request; None: the resource's.
+    approvers: str | None = Field(default=None, max_length=4000)
 
     @property
     def scope_list(self) -> tuple[str, ...]:

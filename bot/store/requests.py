@@ -119,6 +119,21 @@ def count_in_status(*, session: Session, requester: str, statuses: frozenset[Req
     )
 
 
+def count_by_rule_since(*, session: Session, requester: str, rule: str, since: datetime) -> int:
+    """Requests of ``requester`` that ``rule`` decided since ``since`` (ix_access_request_requester_rule)."""
+    return int(
+        session.exec(
+            select(func.count())
+            .select_from(AccessRequest)
+            .where(
+                AccessRequest.requester_slack_id == requester,
+                AccessRequest.rule == rule,
+                col(AccessRequest.created_at) >= since,
+            )
+        ).one()
+    )
+
+
 def request_by_origin(*, session: Session, origin: str) -> AccessRequest | None:
     return session.exec(select(AccessRequest).where(AccessRequest.origin == origin)).first()
 
