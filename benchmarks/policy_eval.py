@@ -83,7 +83,7 @@ def replay_seconds(count: int) -> tuple[float, int]:
     import yaml
     from sqlalchemy import insert
 
-    from bot.domain.replay import Recorded, replay
+    from bot.domain.replay import replay
     from bot.store import requests as request_store
     from bot.store.db import make_engine, migrate, read_scope
     from bot.store.models import AccessRequest as Row
@@ -119,21 +119,7 @@ def replay_seconds(count: int) -> tuple[float, int]:
             connection.execute(insert(Row), rows)
         began = time.perf_counter()
         with read_scope(engine) as session:
-            recorded = (
-                Recorded(
-                    id=row.id,
-                    created_at=row.created_at,
-                    requester=row.requester_slack_id,
-                    subject=row.requester_subject,
-                    resource=row.resource,
-                    scopes=row.scope_list,
-                    duration=timedelta(seconds=row.duration_seconds),
-                    reason=row.reason,
-                    status=row.status,
-                    approvals_required=row.approvals_required,
-                )
-                for row in request_store.requests_since(session=session, since=start - timedelta(days=1))
-            )
+            recorded = request_store.recorded_since(session=session, since=start - timedelta(days=1))
             result = replay(policy, recorded, usergroups={"U0ALICE": frozenset({"S0ONCALL"})})
         elapsed = time.perf_counter() - began
         engine.dispose()

@@ -379,10 +379,9 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 def cmd_policy_replay(args: argparse.Namespace) -> int:
     """Recorded requests decided again with a proposed policy: read-only, nothing is sent anywhere."""
-    from bot.domain.replay import Recorded, replay
+    from bot.domain.replay import replay
     from bot.store import requests as request_store
     from bot.store.db import make_engine, read_scope
-    from bot.store.transitions import BOT_ACTOR
     from bot.store.types import utcnow
 
     policy = load_policy(args.file)
@@ -393,23 +392,7 @@ def cmd_policy_replay(args: argparse.Namespace) -> int:
     engine = make_engine(store.jit_database_url)
     try:
         with read_scope(engine) as session:
-            rows = (
-                Recorded(
-                    id=row.id,
-                    created_at=row.created_at,
-                    requester=row.requester_slack_id,
-                    subject=row.requester_subject,
-                    resource=row.resource,
-                    scopes=row.scope_list,
-                    duration=timedelta(seconds=row.duration_seconds),
-                    reason=row.reason,
-                    status=row.status,
-                    approvals_required=row.approvals_required,
-                    rule=row.rule,
-                    decided_by_rule=row.rule is not None and row.decided_by == BOT_ACTOR,
-                )
-                for row in request_store.requests_since(session=session, since=utcnow() - window)
-            )
+            rows = request_store.recorded_since(session=session, since=utcnow() - window)
             result = replay(policy, rows, usergroups=usergroups)
     finally:
         engine.dispose()

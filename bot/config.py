@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from dotenv import dotenv_values
@@ -25,6 +25,8 @@ from bot.domain.networks import IPNetwork, parse_networks
 from bot.domain.policy import Policy
 from bot.domain.policy_cases import Cases
 from bot.domain.policy_fields import KeyedProblems, key_path
+
+_Model = TypeVar("_Model", Policy, Cases)
 
 # The values .env.example ships with. Only these are refused: a real secret may well contain `<` or
 # `your-`, and guessing at "looks like a placeholder" refused some.
@@ -369,10 +371,26 @@ _PolicyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _u
 
 def load_policy(path: Path) -> Policy:
     """Read and validate the policy file; every problem is reported with its key path."""
+    data = _yaml_mapping(
+        path,
+        missing="policy file not found (set JIT_POLICY_FILE or create it)",
+        shape="must be a mapping with at least a 'resources' key",
+    )
+    return _validated(Policy, data, path)
+
+
+def load_cases(path: Path) -> Cases:
+    """A ``jit-bot policy test`` cases file, every problem reported with its key path like the policy's."""
+    data = _yaml_mapping(path, missing="cases file not found", shape="must be a mapping with a 'cases' list")
+    return _validated(Cases, data, path)
+
+
+def _yaml_mapping(path: Path, *, missing: str, shape: str) -> dict[Any, Any]:
+    """The file's YAML (duplicate keys refused), which must be a mapping; one line per problem."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{path}: policy file not found (set JIT_POLICY_FILE or create it)"]) from None
+        raise ConfigError([f"{path}: {missing}"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
     try:
@@ -382,36 +400,16 @@ def load_policy(path: Path) -> Policy:
         line = f" (line {where.line + 1})" if where is not None else ""
         raise ConfigError([f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: must be a mapping with at least a 'resources' key"])
+        raise ConfigError([f"{path}: {shape}"])
+    return data
+
+
+def _validated(model: type[_Model], data: dict[Any, Any], path: Path) -> _Model:
     try:
-        return Policy.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = _root_causes(exc.errors())
         raise ConfigError([f"{path}: {line}" for error in errors for line in _policy_lines(error)]) from None
-
-
-def load_cases(path: Path) -> Cases:
-    """A ``jit-bot policy test`` cases file, every problem reported with its key path like the policy's."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: cases file not found"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
-    try:
-        data = yaml.load(text, Loader=_PolicyLoader)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError([f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: must be a mapping with a 'cases' list"])
-    try:
-        return Cases.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            [f"{path}: {line}" for error in _root_causes(exc.errors()) for line in _policy_lines(error)]
-        ) from None
 
 
 def _root_causes(errors: list[Any]) -> list[Any]:

@@ -7,13 +7,15 @@ bulk move here): an ``UPDATE … WHERE status = <expected>`` whose winner alone 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from bot.domain.replay import Recorded
 from bot.domain.status import OPEN_REQUEST_STATUSES, REQUEST_TRANSITIONS, RequestStatus, check_transition
 from bot.store.models import AccessRequest, Vote
+from bot.store.transitions import BOT_ACTOR
 
 
 def add_request(*, session: Session, request: AccessRequest) -> None:
@@ -148,3 +150,23 @@ def requests_since(*, session: Session, since: datetime, batch: int = 1000) -> I
         .execution_options(yield_per=batch)
     )
     yield from session.exec(query)
+
+
+def recorded_since(*, session: Session, since: datetime) -> Iterator[Recorded]:
+    """The requests created since ``since``, as ``jit-bot policy replay`` decides them again."""
+    for row in requests_since(session=session, since=since):
+        yield Recorded(
+            id=row.id,
+            created_at=row.created_at,
+            requester=row.requester_slack_id,
+            subject=row.requester_subject,
+            resource=row.resource,
+            scopes=row.scope_list,
+            duration=timedelta(seconds=row.duration_seconds),
+            reason=row.reason,
+            status=row.status,
+            approvals_required=row.approvals_required,
+            rule=row.rule,
+            # A rule's own decision (no vote) is recorded as decided by the bot, with the rule named.
+            decided_by_rule=row.rule is not None and row.decided_by == BOT_ACTOR,
+        )
