@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -36,6 +37,8 @@ from bot.redact import redact_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from bot.rego.engine import RegoEngine
 
 log = logging.getLogger("jit-bot")
 T = TypeVar("T")
@@ -151,7 +154,7 @@ def _policy_summary(path: Path, policy: Policy) -> None:
 
 def _rule_line(rule: Rule) -> str:
     """What a rule does, in the order it is evaluated: its effect, its conditions, its limit."""
-    said = rule.effect.value
+    said = rule.effect.value if rule.effect is not None else f"rego {rule.rego.path if rule.rego else ''}"
     if rule.approvals is not None or rule.approvers is not None:
         approvals = rule.approvals if rule.approvals is not None else "the resource's"
         approvers = ", ".join(rule.approvers) if rule.approvers is not None else "the resource's approvers"
@@ -332,6 +335,36 @@ def _policy_path(given: Path | None) -> Path:
     return given if given is not None else policy_file_setting()
 
 
+@contextmanager
+def _rego_engine(policy: Policy) -> Iterator[RegoEngine | None]:
+    """The policy's Rego rules' engine for one command, stopped after it (None: it has none)."""
+    from bot.rego.engine import RegoEngineError, engine_for
+
+    try:
+        engine = engine_for(policy, timeout=_rego_timeout())
+    except RegoEngineError as exc:
+        raise ConfigError([str(exc)]) from None
+    try:
+        yield engine
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def _rego_timeout() -> float:
+    """JIT_REGO_TIMEOUT for the policy commands, which need none of the bot's other settings."""
+    from bot.domain.rego import DEFAULT_TIMEOUT_SECONDS
+
+    raw = os.environ.get("JIT_REGO_TIMEOUT", "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_SECONDS
+    except ValueError:
+        raise ConfigError([f"JIT_REGO_TIMEOUT must be a number of seconds, not {raw!r}"]) from None
+    if not 0 < value <= 10:
+        raise ConfigError([f"JIT_REGO_TIMEOUT must be more than 0 and at most 10 seconds, not {raw}"])
+    return value
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from bot.domain.policy_lint import lint
 
@@ -356,10 +389,11 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.file)
     cases = load_cases(args.cases)
-    try:
-        results = run_cases(policy, cases)
-    except ValueError as exc:
-        raise ConfigError([f"{args.cases}: {exc}"]) from None
+    with _rego_engine(policy) as rego:
+        try:
+            results = run_cases(policy, cases, rego=rego)
+        except ValueError as exc:
+            raise ConfigError([f"{args.cases}: {exc}"]) from None
     width = max(len(result.case.description) for result in results)
     for result in results:
         got = f"{result.decision.effect.value} ({result.decision.rule or 'no rule'})"
@@ -393,7 +427,8 @@ def cmd_policy_replay(args: argparse.Namespace) -> int:
     try:
         with read_scope(engine) as session:
             rows = request_store.recorded_since(session=session, since=utcnow() - window)
-            result = replay(policy, rows, usergroups=usergroups)
+            with _rego_engine(policy) as rego:
+                result = replay(policy, rows, usergroups=usergroups, rego=rego)
     finally:
         engine.dispose()
     if args.format == "json":

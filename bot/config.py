@@ -24,7 +24,10 @@ from sqlalchemy.exc import ArgumentError
 from bot.domain.networks import IPNetwork, parse_networks
 from bot.domain.policy import Policy
 from bot.domain.policy_cases import Cases
-from bot.domain.policy_fields import KeyedProblems, key_path
+from bot.domain.policy_fields import KeyedProblems, RegoModule, key_path
+from bot.domain.policy_rules import REGO_READER
+from bot.domain.rego import probe_input
+from bot.rego.engine import RegoEngine, RegoEngineError
 
 _Model = TypeVar("_Model", Policy, Cases)
 
@@ -106,6 +109,8 @@ class Settings(BaseSettings):
     # CIDRs of the reverse proxies whose X-Forwarded-For is believed (comma-separated); none by default,
     # since anyone can send that header.
     jit_trusted_proxies: str = ""
+    # Seconds one evaluation of a rule's Rego module may take; past it the rule denies (fails closed).
+    jit_rego_timeout: float = Field(default=0.5, gt=0, le=10)
 
     # The IdP. Without OIDC_ISSUER, approved requests stay `approved` and nothing is minted.
     oidc_issuer: str | None = None
@@ -376,7 +381,55 @@ def load_policy(path: Path) -> Policy:
         missing="policy file not found (set JIT_POLICY_FILE or create it)",
         shape="must be a mapping with at least a 'resources' key",
     )
-    return _validated(Policy, data, path)
+    reader = _RegoReader(path.parent)
+    try:
+        return _validated(Policy, data, path, context={REGO_READER: reader})
+    finally:
+        reader.close()
+
+
+# Big enough for any policy a person writes; small enough that a wrong path (a log, a dump) is refused.
+REGO_MODULE_MAX_BYTES = 1 << 20
+
+
+class _RegoReader:
+    """Reads and compiles each rule's ``rego:`` file while the policy is validated, so that a module
+    that does not compile stops start-up with its file and line, like any other policy mistake."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._engine: RegoEngine | None = None
+
+    def __call__(self, written: str) -> RegoModule:
+        file = self.folder / written
+        try:
+            if file.stat().st_size > REGO_MODULE_MAX_BYTES:
+                raise ValueError(
+                    f"'{written}' is larger than {REGO_MODULE_MAX_BYTES // 1024} KiB: is it a Rego module?"
+                )
+            source = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(
+                f"'{written}' not found (looked for {file}; the path is relative to the policy file)"
+            ) from None
+        except UnicodeDecodeError:
+            raise ValueError(f"'{written}' is not UTF-8 text") from None
+        except OSError as exc:
+            raise ValueError(f"'{written}' cannot be read: {exc.strerror}") from None
+        module = RegoModule(written, source)
+        if self._engine is None:
+            self._engine = RegoEngine({}, probe=probe_input())
+        try:
+            problems = self._engine.check(module)
+        except RegoEngineError as exc:
+            raise ValueError(f"'{written}' could not be compiled: {exc}") from None
+        if problems:
+            raise ValueError(f"{problems[0].line_text()}")
+        return module
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
 
 
 def load_cases(path: Path) -> Cases:
@@ -404,9 +457,11 @@ def _yaml_mapping(path: Path, *, missing: str, shape: str) -> dict[Any, Any]:
     return data
 
 
-def _validated(model: type[_Model], data: dict[Any, Any], path: Path) -> _Model:
+def _validated(
+    model: type[_Model], data: dict[Any, Any], path: Path, *, context: dict[str, Any] | None = None
+) -> _Model:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         errors = _root_causes(exc.errors())
         raise ConfigError([f"{path}: {line}" for error in errors for line in _policy_lines(error)]) from None

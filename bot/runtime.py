@@ -31,6 +31,7 @@ from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_sign
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpirySweep, ExpiryTimer
 from bot.jobs.scheduler import Every, JobScheduler
 from bot.redact import redact_url
+from bot.rego.engine import RegoEngine, RegoEngineError, engine_for
 from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.early import EarlyEndService
@@ -111,6 +112,7 @@ class Runtime:
     jobs: JobScheduler
     sweep: ExpirySweep | None
     idp_side: IdPSide | None
+    rego: RegoEngine | None = None
 
     @property
     def minting(self) -> MintService | None:
@@ -169,6 +171,8 @@ class Runtime:
             self.idp_side.mint_workers.shutdown(wait=True)
             self.idp_side.revocation_workers.shutdown(wait=True)
         self.dispatcher.stop()
+        if self.rego is not None:
+            self.rego.close()
         self.engine.dispose()
 
 
@@ -243,9 +247,21 @@ def build_runtime(
     )
     submit_mint = idp_side.mint_queue.submit if idp_side is not None else None
 
+    # The policy's Rego rules run in a worker process of their own (bot.rego.engine says why).
+    try:
+        rego = engine_for(policy, timeout=settings.jit_rego_timeout)
+    except RegoEngineError as exc:
+        raise ConfigError([str(exc)]) from None
+
     # The use cases.
     requests = RequestService(
-        engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, on_approved=submit_mint
+        engine=engine,
+        policy=policy,
+        directory=directory,
+        announcer=announcer,
+        clock=clock,
+        on_approved=submit_mint,
+        rego=rego,
     )
     voting = VotingService(
         engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock, on_approved=submit_mint
@@ -309,6 +325,7 @@ def build_runtime(
         jobs=jobs,
         sweep=sweep,
         idp_side=idp_side,
+        rego=rego,
     )
 
 

@@ -810,7 +810,12 @@ def put(path: str, value: Any) -> Mutation:
 
 # A change to EXAMPLE -> the one line (after the file name) that load_policy reports.
 WRONG: dict[str, tuple[Mutation, str]] = {
-    "unknown-rule-key": (put("rules.2.rego", "policies/prod.rego"), "rules[2].rego: is not a known key (typo?)"),
+    "unknown-rule-key": (put("rules.2.regex", "INC-"), "rules[2].regex: is not a known key (typo?)"),
+    "rego-file-missing": (
+        put("rules.2.rego", "policies/missing.rego"),
+        "rules[2].rego: 'policies/missing.rego' not found (looked for {dir}/policies/missing.rego; the path is "
+        "relative to the policy file)",
+    ),
     "unknown-condition": (put("rules.1.when.scopes", ["write"]), "rules[1].when.scopes: is not a known key (typo?)"),
     "unknown-hours-key": (put("rules.0.when.hours.tz", "UTC"), "rules[0].when.hours.tz: is not a known key (typo?)"),
     "unknown-group-in-requester-in": (
@@ -886,7 +891,10 @@ WRONG: dict[str, tuple[Mutation, str]] = {
     ),
     "missing-name": (put("rules.0.name", None), "rules[0].name: is required"),
     "missing-when": (put("rules.1.when", None), "rules[1].when: is required"),
-    "missing-effect": (put("rules.2.effect", None), "rules[2].effect: is required"),
+    "missing-effect": (
+        put("rules.2.effect", None),
+        "rules[2].effect: is required (auto_approve, deny or require), or rego: FILE",
+    ),
     "bad-effect": (
         put("rules.2.effect", "reject"),
         "rules[2].effect: must be 'auto_approve', 'deny' or 'require', not 'reject'",
@@ -976,7 +984,7 @@ def test_a_wrong_rule_is_a_start_up_error_naming_the_key(tmp_path: Path, change:
     with pytest.raises(ConfigError) as caught:
         load_policy(path)
 
-    assert caught.value.lines == [f"{path}: {line}"]
+    assert caught.value.lines == [f"{path}: {line.format(dir=tmp_path)}"]
 
 
 def test_every_problem_in_the_rules_gets_its_own_line(tmp_path: Path) -> None:

@@ -223,7 +223,7 @@ def test_deciding_and_explaining_agree_on_every_rule_for_many_requests() -> None
         recent = {"oncall-read": rng.randint(0, 6)}
         for rule in policy.rules:
             quick = _outcome(policy, rule, request, usergroups, now, recent)
-            full, _checks = _evaluate(policy, rule, request, usergroups, now, recent)
+            full, _checks = _evaluate(policy, rule, request, usergroups, now, recent, {})
             assert quick is full, (rule.name, request, usergroups, now)
             compared += 1
     assert compared == 400 * len(policy.rules)

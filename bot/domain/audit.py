@@ -30,6 +30,8 @@ class AuditEventType(StrEnum):
     AUDIT_CHAIN_KEYED = "audit_chain_keyed"
     # The policy's rules needed the requester's Slack usergroups and Slack could not list them.
     RULES_USERGROUPS_UNKNOWN = "rules_usergroups_unknown"
+    # A rule's Rego module failed, timed out or answered outside the contract; the request was denied.
+    REGO_FAILED = "rego_failed"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes.

@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, Field, field_validator
 
 from bot.domain.policy import Policy
 from bot.domain.policy_fields import Duration, Strict
+from bot.domain.rego import RegoEvaluator
 from bot.domain.rules import AccessRequest, Decision, Effect, decide
 
 
@@ -57,8 +58,9 @@ class Result:
         )
 
 
-def run_cases(policy: Policy, cases: Cases) -> list[Result]:
-    """Each case decided, in order. A case naming a resource the policy lacks raises ValueError."""
+def run_cases(policy: Policy, cases: Cases, *, rego: RegoEvaluator | None = None) -> list[Result]:
+    """Each case decided, in order (``rego`` evaluates the policy's Rego rules, when it has any). A case
+    naming a resource the policy lacks raises ValueError."""
     results = []
     for case in cases.cases:
         if policy.resource(case.resource) is None:
@@ -73,7 +75,12 @@ def run_cases(policy: Policy, cases: Cases) -> list[Result]:
         )
         usergroups = None if case.groups == "unknown" else frozenset(case.groups)
         decision = decide(
-            policy, request, usergroups=usergroups, now=case.time, recent_auto_approvals=case.recent_auto_approvals
+            policy,
+            request,
+            usergroups=usergroups,
+            now=case.time,
+            recent_auto_approvals=case.recent_auto_approvals,
+            rego=rego,
         )
         results.append(Result(case=case, decision=decision))
     return results

@@ -8,6 +8,7 @@ It is its own module so that the resources (``bot.domain.policy``) and the rules
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -62,6 +63,14 @@ def _duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+@dataclass(frozen=True)
+class RegoModule:
+    """A rule's Rego module: its path as the policy names it (relative to the policy file), and its source."""
+
+    path: str
+    source: str
 
 
 class Strict(BaseModel):

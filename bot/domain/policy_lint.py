@@ -39,6 +39,14 @@ def lint(policy: Policy) -> Lint:
 
 
 def describe(rule: Rule, policy: Policy) -> str:
+    if rule.rego is not None:
+        matched = [r.name for r in applicable_resources(rule, policy.resources)]
+        parts = [f"asks Rego module {rule.rego.path} when {_conditions(rule.when) or 'any request'}"]
+        parts.append(f"(resources: {', '.join(matched) or 'none'})")
+        if rule.unless is not None:
+            parts.append(f"unless {_conditions(rule.unless)}")
+        return "; ".join(parts)
+    assert rule.effect is not None  # every rule without rego: has one
     effect = {
         RuleEffect.AUTO_APPROVE: "auto-approve",
         RuleEffect.DENY: "deny",
@@ -129,7 +137,8 @@ def _shadowed(policy: Policy) -> list[str]:
 
 def _covers(earlier: Rule, later: Rule, resources: Sequence[Resource]) -> bool:
     """True only if ``earlier`` surely matches whenever ``later`` would."""
-    if earlier.unless is not None or earlier.limit is not None:
+    # A Rego module may answer pass, so the rules after it still decide.
+    if earlier.rego is not None or earlier.unless is not None or earlier.limit is not None:
         return False
     first, then = earlier.when, later.when
     later_resources = applicable_resources(later, resources)
@@ -180,6 +189,10 @@ def _unused_groups(policy: Policy) -> list[str]:
             if conditions is not None and conditions.requester_in:
                 used |= set(conditions.requester_in)
         used |= set(rule.approvers or ())
+        if rule.rego is not None:
+            # A module sees group names in input.requester.groups and may answer them as approvers;
+            # one it quotes counts as used.
+            used |= {name for name in policy.groups if f'"{name}"' in rule.rego.source}
     return [f"groups.{name}: no rule uses this group" for name in policy.groups if name not in used]
 
 

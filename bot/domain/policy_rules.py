@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from bot.domain.durations import format_duration
 from bot.domain.policy_fields import (
@@ -28,6 +28,7 @@ from bot.domain.policy_fields import (
     Duration,
     Key,
     KeyedProblems,
+    RegoModule,
     Strict,
     is_slack_id,
 )
@@ -216,11 +217,19 @@ class Limit(Strict):
     per: Duration
 
 
+# Reads a rule's ``rego:`` file (a path as the policy wrote it) and compiles it; raises ValueError
+# saying why it cannot be used. The policy loader passes one in the validation context under this key.
+REGO_READER = "rego_reader"
+
+
 class Rule(Strict):
     name: str
-    when: Conditions
+    # A rule decided by a Rego module may leave ``when`` out (the module sees every request) or use it
+    # to narrow what the module is asked about; any other rule needs it.
+    when: Conditions = Field(default_factory=Conditions)
     unless: Conditions | None = None
-    effect: RuleEffect
+    effect: RuleEffect | None = None
+    rego: RegoModule | None = None
     limit: Limit | None = None
     approvals: int | None = Field(default=None, ge=1, le=10)
     approvers: Entries | None = None
@@ -233,9 +242,36 @@ class Rule(Strict):
             raise ValueError(NAME_RULE)
         return value
 
+    @field_validator("rego", mode="before")
+    @classmethod
+    def _rego(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or isinstance(value, RegoModule):
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("must be the path of a Rego module file, like policies/prod.rego")
+        reader = (info.context or {}).get(REGO_READER)
+        if reader is None:
+            raise ValueError("names a file, and this policy was not read from a file")
+        return reader(value)
+
+    @property
+    def decided_by_rego(self) -> bool:
+        return self.rego is not None
+
     @model_validator(mode="after")
     def _keys_fit_the_effect(self) -> Rule:
         problems: list[tuple[Key, str]] = []
+        if self.rego is not None:
+            for key in ("effect", "limit", "approvals", "approvers", "message"):
+                if getattr(self, key) is not None:
+                    problems.append(((key,), "is not for a rule with rego: the module's answer gives it"))
+            if problems:
+                raise KeyedProblems(problems)
+            return self
+        if self.effect is None:
+            raise KeyedProblems([(("effect",), "is required (auto_approve, deny or require), or rego: FILE")])
+        if "when" not in self.model_fields_set:
+            raise KeyedProblems([(("when",), "is required")])
         if self.unless is not None and not self.unless.names:
             problems.append(
                 (("unless",), "is empty, so it would exclude every request; give it conditions or remove it")

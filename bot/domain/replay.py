@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from bot.domain.policy import Policy
+from bot.domain.rego import RECENT_WINDOW, RegoEvaluator
 from bot.domain.rules import AccessRequest, Decision, Effect, decide
 from bot.domain.status import RequestStatus
 
@@ -100,11 +101,20 @@ def kind_of(before: Before, after: Effect) -> str:
     return f"{'was approved' if before is Before.APPROVED else needed_people} would have needed other approvers"
 
 
-def replay(policy: Policy, recorded: Iterable[Recorded], *, usergroups: Mapping[str, frozenset[str]] | None) -> Replay:
+def replay(
+    policy: Policy,
+    recorded: Iterable[Recorded],
+    *,
+    usergroups: Mapping[str, frozenset[str]] | None,
+    rego: RegoEvaluator | None = None,
+) -> Replay:
     """``usergroups``: each requester's usergroups to assume (a requester not in it is in none), or
-    None: unknown for everyone, as when Slack cannot be asked."""
+    None: unknown for everyone, as when Slack cannot be asked. ``rego`` evaluates the policy's Rego
+    rules (needed when it has any)."""
     result = Replay()
-    limits = {rule.name: rule.limit for rule in policy.rules if rule.limit is not None}
+    # The window each counting rule looks back over: its limit's, or a Rego module's fixed one.
+    limits = {rule.name: rule.limit.per for rule in policy.rules if rule.limit is not None}
+    limits |= {rule.name: RECENT_WINDOW for rule in policy.rules if rule.rego is not None}
     granted: dict[tuple[str, str], deque[datetime]] = defaultdict(deque)
     for request in recorded:
         result.requests += 1
@@ -113,9 +123,9 @@ def replay(policy: Policy, recorded: Iterable[Recorded], *, usergroups: Mapping[
             result.skipped.append(request.id)
             continue
         recent = {}
-        for name, limit in limits.items():
+        for name, per in limits.items():
             times = granted[(request.requester, name)]
-            while times and times[0] <= request.created_at - limit.per:
+            while times and times[0] <= request.created_at - per:
                 times.popleft()
             recent[name] = len(times)
         groups = None if usergroups is None else usergroups.get(request.requester, frozenset())
@@ -132,6 +142,7 @@ def replay(policy: Policy, recorded: Iterable[Recorded], *, usergroups: Mapping[
             usergroups=groups,
             now=request.created_at,
             recent_auto_approvals=recent,
+            rego=rego,
         )
         if decision.effect is Effect.AUTO_APPROVE and decision.rule in limits:
             granted[(request.requester, decision.rule)].append(request.created_at)

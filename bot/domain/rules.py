@@ -9,6 +9,7 @@ which is what a person reads when a decision surprises them.
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -17,8 +18,18 @@ from functools import cached_property
 
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy, Resource
-from bot.domain.policy_fields import SLACK_USERGROUP_ID
+from bot.domain.policy_fields import SLACK_USER_ID, SLACK_USERGROUP_ID
 from bot.domain.policy_rules import DAYS, Conditions, Hours, Rule, RuleEffect, expand
+from bot.domain.rego import (
+    AnswerKind,
+    ContractBroken,
+    RegoAnswer,
+    RegoEffect,
+    RegoEvaluator,
+    RegoVerdict,
+    read_answer,
+    rego_input,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class Outcome(StrEnum):
     EXCLUDED = "excluded"  # every `unless` condition held
     LIMIT_REACHED = "limit_reached"
     USERGROUPS_UNKNOWN = "usergroups_unknown"  # it depends on usergroups that could not be looked up
+    PASSED = "passed"  # its Rego module answered pass, or nothing
+    FAILED = "failed"  # its Rego module failed, timed out or broke the contract: the request is denied
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,14 @@ class RuleTrace:
 
 
 @dataclass(frozen=True)
+class RegoFailure:
+    """Why a rule's Rego module did not decide: audited, and the reason the request was denied."""
+
+    kind: str  # "error", "timeout" or "contract"
+    detail: str
+
+
+@dataclass(frozen=True)
 class Decision:
     effect: Effect
     rule: str | None  # the rule that decided; None for the default
@@ -74,6 +95,7 @@ class Decision:
     # often (every /jit request, every replayed one) than its trace is read (a failed policy test).
     explain: Callable[[], tuple[RuleTrace, ...]] = field(repr=False, compare=False)
     usergroups_unknown: bool = False  # some rule needed the requester's usergroups and they could not be looked up
+    rego_failure: RegoFailure | None = None
 
     @cached_property
     def trace(self) -> tuple[RuleTrace, ...]:
@@ -88,6 +110,7 @@ def decide(
     usergroups: frozenset[str] | None,
     now: datetime,
     recent_auto_approvals: Mapping[str, int],
+    rego: RegoEvaluator | None = None,
 ) -> Decision:
     """The first rule that matches decides; with none, the resource's approvers do.
 
@@ -99,6 +122,11 @@ def decide(
     on a guess. An auto_approve rule is skipped (at worst the requester waits for a person). A deny or
     require rule stops evaluation there and sends the request to people, because passing over it could
     let a later rule decide more leniently than this one would have.
+
+    A rule with ``rego:`` whose ``when`` holds asks ``rego`` for its module's answer. ``pass`` (or no
+    answer) moves on; a failure denies, since a policy that cannot be read must not grant. The module
+    is not told whether usergroups were looked up, so while they are unknown its auto_approve is
+    skipped and its deny goes to people, as for a YAML rule that needs them.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -106,11 +134,12 @@ def decide(
     if resource is None:
         raise ValueError(f"unknown resource '{request.resource}'")
     skipped: list[str] = []
+    answers: dict[str, RegoAnswer] = {}  # what each Rego rule asked answered, for the trace
 
     def explain(upto: int) -> Callable[[], tuple[RuleTrace, ...]]:
         def build() -> tuple[RuleTrace, ...]:
             return tuple(
-                RuleTrace(rule.name, *_evaluate(policy, rule, request, usergroups, now, recent_auto_approvals))
+                RuleTrace(rule.name, *_evaluate(policy, rule, request, usergroups, now, recent_auto_approvals, answers))
                 for rule in policy.rules[:upto]
             )
 
@@ -118,6 +147,15 @@ def decide(
 
     for index, rule in enumerate(policy.rules):
         outcome = _outcome(policy, rule, request, usergroups, now, recent_auto_approvals)
+        if outcome is Outcome.MATCHED and rule.rego is not None:
+            if rego is None:
+                raise ValueError(f"rule '{rule.name}' is decided by a Rego module and no evaluator was given")
+            document = _rego_document(policy, rule, resource, request, usergroups, now, recent_auto_approvals)
+            answers[rule.name] = answer = rego.evaluate(rule.name, document)
+            decided = _decided_by_rego(policy, rule, resource, answer, usergroups, explain(index + 1), skipped)
+            if decided is not None:
+                return decided
+            continue
         if outcome is Outcome.USERGROUPS_UNKNOWN and rule.effect is RuleEffect.AUTO_APPROVE:
             skipped.append(rule.name)
         elif outcome is Outcome.USERGROUPS_UNKNOWN:
@@ -161,6 +199,116 @@ def _decided_by(
     return Decision(Effect.REQUIRE, rule.name, why, approvers, approvals, None, trace, unknown)
 
 
+def _rego_document(
+    policy: Policy,
+    rule: Rule,
+    resource: Resource,
+    request: AccessRequest,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+    recent: Mapping[str, int],
+) -> dict[str, object]:
+    return rego_input(
+        requester=request.requester,
+        subject=request.subject,
+        groups=groups_of(policy, request, usergroups),
+        resource={
+            "name": resource.name,
+            "audience": resource.audience,
+            "scopes": list(resource.scopes),
+            "max_duration_seconds": int(resource.max_duration.total_seconds()),
+        },
+        scopes=request.scopes,
+        duration_seconds=int(request.duration.total_seconds()),
+        reason=request.reason,
+        now=now,
+        recent_auto_approvals=recent.get(rule.name, 0),
+    )
+
+
+def groups_of(policy: Policy, request: AccessRequest, usergroups: frozenset[str] | None) -> tuple[str, ...]:
+    """The policy's groups the requester is in (by Slack id, IdP subject or usergroup), then the
+    usergroups they are in, as a Rego module sees them in input.requester.groups."""
+    mine = set(usergroups or ())
+    names = [
+        name
+        for name, members in policy.groups.items()
+        if any(m == request.requester or m == request.subject or m in mine for m in members)
+    ]
+    return (*names, *sorted(mine))
+
+
+def _decided_by_rego(
+    policy: Policy,
+    rule: Rule,
+    resource: Resource,
+    answer: RegoAnswer,
+    usergroups: frozenset[str] | None,
+    trace: Callable[[], tuple[RuleTrace, ...]],
+    skipped: list[str],
+) -> Decision | None:
+    """What the module's answer decides, or None to go on to the next rule."""
+    if answer.kind is AnswerKind.UNDEFINED:
+        return None
+    try:
+        verdict = _verdict(policy, resource, answer)
+    except ContractBroken as broken:
+        return _failed(
+            rule,
+            RegoFailure("contract" if answer.kind is AnswerKind.DEFINED else answer.kind.value, str(broken)),
+            trace,
+        )
+    unknown = bool(skipped) or usergroups is None
+    why = f"rule '{rule.name}': its Rego module answered {verdict.effect}" + _skipped_note(skipped)
+    if verdict.effect is RegoEffect.PASS:
+        return None
+    if verdict.effect is RegoEffect.AUTO_APPROVE:
+        if usergroups is None:
+            skipped.append(rule.name)
+            return None
+        return Decision(Effect.AUTO_APPROVE, rule.name, why, (), 0, None, trace, unknown)
+    if verdict.effect is RegoEffect.DENY and usergroups is None:
+        why = f"rule '{rule.name}': its Rego module denied while the requester's usergroups were unknown"
+        why += ", so people decide"
+        people, needed = resource.approvers, resource.approvals_required
+        return Decision(Effect.REQUIRE, rule.name, why, people, needed, None, trace, True)
+    if verdict.effect is RegoEffect.DENY:
+        return Decision(Effect.DENY, rule.name, why, (), 0, verdict.message, trace, unknown)
+    approvers = expand(policy.groups, verdict.approvers) if verdict.approvers is not None else resource.approvers
+    approvals = verdict.approvals if verdict.approvals is not None else resource.approvals_required
+    return Decision(Effect.REQUIRE, rule.name, why, approvers, approvals, None, trace, unknown)
+
+
+def _verdict(policy: Policy, resource: Resource, answer: RegoAnswer) -> RegoVerdict:
+    """The module's answer as a verdict; ContractBroken for anything that is not one (failures too)."""
+    if answer.kind is AnswerKind.TIMEOUT:
+        raise ContractBroken(answer.detail or "the module did not answer in time")
+    if answer.kind is AnswerKind.ERROR:
+        raise ContractBroken(f"the evaluation failed: {answer.detail or 'no detail'}")
+    verdict = read_answer(answer.value, groups=policy.groups)
+    if verdict.effect is RegoEffect.REQUIRE and verdict.approvers is None and verdict.approvals is not None:
+        people = resource.approvers
+        users = len({a for a in people if SLACK_USER_ID.fullmatch(a)})
+        if not any(SLACK_USERGROUP_ID.fullmatch(a) for a in people) and verdict.approvals > users:
+            raise ContractBroken(
+                f"approvals is {verdict.approvals} but resource '{resource.name}' lists only {users} approver(s)"
+            )
+    return verdict
+
+
+# What the requester reads when the module failed: it says nothing was granted and whom to tell.
+REGO_FAILED_MESSAGE = (
+    "The access policy could not decide this request (rule '{rule}' failed), so it was denied and nothing "
+    "was granted. Tell the bot's administrators; the audit trail has the details."
+)
+
+
+def _failed(rule: Rule, failure: RegoFailure, trace: Callable[[], tuple[RuleTrace, ...]]) -> Decision:
+    why = f"rule '{rule.name}' failed closed: {failure.detail}"
+    message = REGO_FAILED_MESSAGE.format(rule=rule.name)
+    return Decision(Effect.DENY, rule.name, why, (), 0, message, trace, False, failure)
+
+
 def _skipped_note(skipped: list[str]) -> str:
     if not skipped:
         return ""
@@ -177,6 +325,34 @@ def _people(policy: Policy, rule: Rule, resource: Resource) -> tuple[tuple[str, 
 
 
 def _evaluate(
+    policy: Policy,
+    rule: Rule,
+    request: AccessRequest,
+    usergroups: frozenset[str] | None,
+    now: datetime,
+    recent: Mapping[str, int],
+    answers: Mapping[str, RegoAnswer],
+) -> tuple[Outcome, tuple[Check, ...]]:
+    outcome, checks = _evaluate_conditions(policy, rule, request, usergroups, now, recent)
+    answer = answers.get(rule.name)
+    if outcome is not Outcome.MATCHED or rule.rego is None or answer is None:
+        return outcome, checks
+    if answer.kind is AnswerKind.DEFINED:
+        said = json.dumps(answer.value, sort_keys=True, default=str)[:200]
+    elif answer.kind is AnswerKind.UNDEFINED:
+        said = "undefined"
+    else:
+        said = f"{answer.kind.value}: {answer.detail}"
+    value = answer.value if answer.kind is AnswerKind.DEFINED else None
+    effect = value.get("effect") if isinstance(value, dict) else None
+    if answer.kind is AnswerKind.UNDEFINED or effect == RegoEffect.PASS.value:
+        return Outcome.PASSED, (*checks, Check("rego", rule.rego.path, False, f"data.jit.decision = {said}"))
+    if answer.kind is not AnswerKind.DEFINED or effect not in {e.value for e in RegoEffect}:
+        return Outcome.FAILED, (*checks, Check("rego", rule.rego.path, False, f"data.jit.decision = {said}"))
+    return Outcome.MATCHED, (*checks, Check("rego", rule.rego.path, True, f"data.jit.decision = {said}"))
+
+
+def _evaluate_conditions(
     policy: Policy,
     rule: Rule,
     request: AccessRequest,

@@ -21,6 +21,7 @@ from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.policy_fields import SLACK_USERGROUP_ID
 from bot.domain.policy_rules import RuleEffect, expand
+from bot.domain.rego import RECENT_WINDOW, RegoEvaluator
 from bot.domain.rules import AccessRequest as RuleInput
 from bot.domain.rules import Decision, Effect, decide
 from bot.domain.status import RequestStatus
@@ -68,6 +69,8 @@ class RequestService:
     # How long a usergroup's members, as Slack listed them, are trusted for the rules' requester_in.
     usergroup_ttl_seconds: float = USERGROUP_TTL_SECONDS
     monotonic: Callable[[], float] = time.monotonic
+    # Evaluates the policy's Rego rules (None when it has none).
+    rego: RegoEvaluator | None = None
     _members: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict, init=False, repr=False)
     _members_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -113,6 +116,7 @@ class RequestService:
                     usergroups=usergroups,
                     now=now,
                     recent_auto_approvals=self._recent_auto_approvals(session, requester, now),
+                    rego=self.rego,
                 )
                 if decision.effect is not Effect.DEFAULT:
                     row.rule = decision.rule
@@ -149,6 +153,27 @@ class RequestService:
                             "effect": decision.effect.value,
                             "rule": decision.rule,
                         },
+                    )
+                if decision.rego_failure is not None:
+                    # Denied because the policy could not be read: the administrators must see why.
+                    append_event(
+                        session=session,
+                        at=now,
+                        event_type=AuditEventType.REGO_FAILED.value,
+                        actor=BOT_ACTOR,
+                        request_id=row.id,
+                        details={
+                            "rule": decision.rule,
+                            "kind": decision.rego_failure.kind,
+                            "detail": decision.rego_failure.detail,
+                        },
+                    )
+                    log.error(
+                        "rule %s failed closed for request %s (%s): %s",
+                        decision.rule,
+                        row.id,
+                        decision.rego_failure.kind,
+                        decision.rego_failure.detail,
                     )
                 pending = snapshot(row, [], policy=self.policy)
                 lifecycle.note(
@@ -233,6 +258,10 @@ class RequestService:
 
     def _rule_usergroups(self) -> tuple[str, ...]:
         entries: list[str] = []
+        if any(rule.rego is not None for rule in self.policy.rules):
+            # A Rego module sees the requester's groups, so every usergroup the groups name is asked.
+            for members in self.policy.groups.values():
+                entries.extend(members)
         for rule in self.policy.rules:
             for conditions in (rule.when, rule.unless):
                 if conditions is not None and conditions.requester_in is not None:
@@ -251,12 +280,15 @@ class RequestService:
         return members
 
     def _recent_auto_approvals(self, session: Session, requester: str, now: datetime) -> dict[str, int]:
-        return {
-            rule.name: store.count_by_rule_since(
-                session=session, requester=requester, rule=rule.name, since=now - rule.limit.per
-            )
+        windows = {
+            rule.name: rule.limit.per
             for rule in self.policy.rules
             if rule.effect is RuleEffect.AUTO_APPROVE and rule.limit is not None
+        }
+        windows |= {rule.name: RECENT_WINDOW for rule in self.policy.rules if rule.rego is not None}
+        return {
+            name: store.count_by_rule_since(session=session, requester=requester, rule=name, since=now - per)
+            for name, per in windows.items()
         }
 
     def _check_quota(self, session: Session, requester: str) -> None:

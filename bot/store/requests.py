@@ -122,7 +122,10 @@ def count_in_status(*, session: Session, requester: str, statuses: frozenset[Req
 
 
 def count_by_rule_since(*, session: Session, requester: str, rule: str, since: datetime) -> int:
-    """Requests of ``requester`` that ``rule`` decided since ``since`` (ix_access_request_requester_rule)."""
+    """Requests of ``requester`` that ``rule`` auto-approved since ``since`` (ix_access_request_requester_rule).
+
+    An auto-approved request is stored needing no approvals; a Rego rule that required people or
+    denied also names itself on the request, and is not counted."""
     return int(
         session.exec(
             select(func.count())
@@ -130,6 +133,7 @@ def count_by_rule_since(*, session: Session, requester: str, rule: str, since: d
             .where(
                 AccessRequest.requester_slack_id == requester,
                 AccessRequest.rule == rule,
+                AccessRequest.approvals_required == 0,
                 col(AccessRequest.created_at) >= since,
             )
         ).one()

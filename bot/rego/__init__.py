@@ -1,0 +1,1 @@
+"""Evaluating the policy's Rego modules with rego-cpp (regopy), in a worker process the bot owns."""

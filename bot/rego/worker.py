@@ -1,0 +1,119 @@
+"""The Rego worker: a child process that compiles the policy's modules and answers queries.
+
+It speaks JSON lines on stdin and on a private copy of stdout. rego-cpp writes its diagnostics to
+file descriptor 1 and can abort the whole process on some inputs, which is why it runs here and not
+in the bot: a module that loops, explodes or crashes costs this process, never an approval.
+
+Requests: ``{"load": {name: {"path", "source"}}, "probe": input}`` answers ``{"problems": {name:
+[{line, column, message}]}}``; ``{"eval": name, "input": {...}}`` answers ``{"kind", "value"?,
+"detail"?}`` (a RegoAnswer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Any
+
+_ERROR = re.compile(
+    r"\(error \d+:(?P<file>[^|\n]*)\|(?P<offset>\d+)\|(?P<length>\d+)\s*\(errormsg \d+:(?P<msg>[^)\n]*)"
+)
+_ERRORMSG = re.compile(r"\(errormsg \d+:(?P<msg>[^)\n]*)")
+_MISSING_FUNCTION = re.compile(r"Function not found: (?P<name>[\w.]+)")
+
+
+def main() -> int:
+    replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # rego-cpp's own printing goes nowhere
+    # No memory limit: rego-cpp's allocator (snmalloc) reserves address space up front and aborts
+    # under RLIMIT_AS or RLIMIT_DATA. A module that builds enormous sets is stopped by the timeout.
+    from regopy import Interpreter
+
+    interpreters: dict[str, Any] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "load" in request:
+            interpreters.clear()
+            problems: dict[str, list[dict[str, object]]] = {}
+            for name, module in request["load"].items():
+                interpreter = Interpreter()
+                found = _compile(interpreter, module["path"], module["source"], request.get("probe"))
+                if found:
+                    problems[name] = found
+                else:
+                    interpreters[name] = interpreter
+            replies.write(json.dumps({"problems": problems}) + "\n")
+        else:
+            replies.write(json.dumps(_evaluate(interpreters[request["eval"]], request["input"])) + "\n")
+    return 0
+
+
+def _compile(interpreter: Any, path: str, source: str, probe: object) -> list[dict[str, object]]:
+    try:
+        interpreter.add_module(path, source)
+    except Exception as exc:  # regopy raises RegoError carrying the parser's error sequence
+        found = [_located(source, m) for m in _ERROR.finditer(str(exc))]
+        return found[:1] or [{"line": 1, "column": 1, "message": _first_message(str(exc))}]
+    if probe is None:
+        return []
+    # rego-cpp resolves function names at the first query: one with a sample input finds a typo'd
+    # built-in at start-up, where it can be fixed, and not at the first request.
+    answer = _evaluate(interpreter, probe)
+    missing = _MISSING_FUNCTION.search(str(answer.get("detail", "")))
+    if missing is None:
+        return []
+    name = missing.group("name")
+    at = source.find(name + "(")
+    line, column = _position(source, max(at, 0))
+    return [
+        {"line": line, "column": column, "message": f"calls {name}, which is not a Rego built-in this engine knows"}
+    ]
+
+
+def _located(source: str, match: re.Match[str]) -> dict[str, object]:
+    line, column = _position(source, int(match.group("offset")))
+    return {"line": line, "column": column, "message": match.group("msg").strip()}
+
+
+def _position(source: str, offset: int) -> tuple[int, int]:
+    # rego-cpp reports byte offsets; a person wants line and column.
+    before = source.encode("utf-8")[:offset].decode("utf-8", errors="ignore")
+    return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+
+
+def _first_message(text: str) -> str:
+    found = _ERRORMSG.search(text)
+    return found.group("msg").strip() if found else "the module does not compile"
+
+
+def _evaluate(interpreter: Any, document: object) -> dict[str, object]:
+    # The low-level calls, because regopy's Output parses the result as JSON in its constructor and
+    # an error result is not JSON; its text is what says what went wrong.
+    from regopy.rego_shared import rego_free_output, rego_output_ok, rego_output_string, rego_query
+
+    try:
+        interpreter.set_input_term(json.dumps(document))
+        output = rego_query(interpreter._impl, "data.jit.decision")
+    except Exception as exc:
+        return {"kind": "error", "detail": _first_message(str(exc))}
+    try:
+        ok = rego_output_ok(output)
+        text = rego_output_string(output)
+    finally:
+        rego_free_output(output)
+    if ok and text == "undefined":
+        return {"kind": "undefined"}
+    if ok:
+        try:
+            expressions = json.loads(text)["expressions"]
+        except (ValueError, KeyError, TypeError):
+            return {"kind": "error", "detail": _first_message(text)}
+        if isinstance(expressions, list) and len(expressions) == 1:
+            return {"kind": "defined", "value": expressions[0]}
+    return {"kind": "error", "detail": _first_message(text) if "errormsg" in text else "the evaluation failed"}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
