@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, Field, field_validator
 from bot.domain.policy import Policy
 from bot.domain.policy_fields import Duration, Strict
 from bot.domain.rego import RegoEvaluator
-from bot.domain.rules import AccessRequest, Decision, Effect, decide
+from bot.domain.rules import AccessRequest, Check, Decision, Effect, decide
 
 
 class Expectation(Strict):
@@ -86,15 +86,18 @@ def run_cases(policy: Policy, cases: Cases, *, rego: RegoEvaluator | None = None
     return results
 
 
+def _said(check: Check) -> str:
+    if check.part == "rego":  # the module's answer, not a condition that held or failed
+        return f"{check.condition} answered {check.detail}"
+    held = "held" if check.held else "unknown" if check.held is None else "failed"
+    return f"{check.part}.{check.condition} {held}" + (f" ({check.detail})" if check.detail else "")
+
+
 def explain(decision: Decision) -> list[str]:
     """For a failed case: what each rule evaluated made of the request."""
     lines = []
     for trace in decision.trace:
-        checks = "; ".join(
-            f"{check.part}.{check.condition} {'held' if check.held else 'unknown' if check.held is None else 'failed'}"
-            + (f" ({check.detail})" if check.detail else "")
-            for check in trace.checks
-        )
+        checks = "; ".join(_said(check) for check in trace.checks)
         lines.append(f"{trace.rule}: {trace.outcome.value}" + (f": {checks}" if checks else ""))
     if decision.rule is None:
         lines.append(f"no rule decided: {decision.reason}")

@@ -346,10 +346,10 @@ def _evaluate(
     value = answer.value if answer.kind is AnswerKind.DEFINED else None
     effect = value.get("effect") if isinstance(value, dict) else None
     if answer.kind is AnswerKind.UNDEFINED or effect == RegoEffect.PASS.value:
-        return Outcome.PASSED, (*checks, Check("rego", rule.rego.path, False, f"data.jit.decision = {said}"))
+        return Outcome.PASSED, (*checks, Check("rego", rule.rego.path, False, said))
     if answer.kind is not AnswerKind.DEFINED or effect not in {e.value for e in RegoEffect}:
-        return Outcome.FAILED, (*checks, Check("rego", rule.rego.path, False, f"data.jit.decision = {said}"))
-    return Outcome.MATCHED, (*checks, Check("rego", rule.rego.path, True, f"data.jit.decision = {said}"))
+        return Outcome.FAILED, (*checks, Check("rego", rule.rego.path, False, said))
+    return Outcome.MATCHED, (*checks, Check("rego", rule.rego.path, True, said))
 
 
 def _evaluate_conditions(
