@@ -42,6 +42,14 @@ RULES = [
         "limit": {"count": 2, "per": "1h"},
     },
     {
+        # Approvers by usergroup: whoever is in S0PLATFORM when the button is pressed.
+        "name": "platform-approves-billing-reads",
+        "when": {"resources": ["billing"], "scopes_within": ["read"]},
+        "effect": "require",
+        "approvals": 1,
+        "approvers": ["platform"],
+    },
+    {
         "name": "two-dbas",
         "when": {"resources": ["prod-db"], "scopes_any": ["write"]},
         "effect": "require",
@@ -212,3 +220,45 @@ def test_usergroups_slack_cannot_list_send_the_request_to_people_and_are_audited
     assert "could not be looked up" in str(decision["reason"])
     bot.click(APPROVER_1, ActionId.APPROVE, request_id)
     bot.eventually(lambda: bot.stored(request_id).status == "active", timeout=15)
+
+
+def test_someone_taken_out_of_a_usergroup_stops_matching_once_its_cached_members_expire(
+    minting_bot: MintingBot,
+) -> None:
+    bot = minting_bot
+    seconds = [1000.0]
+    bot.served.runtime.requests.monotonic = lambda: seconds[0]
+    first, _reply = _submit(bot, GROUP_MEMBER, "request prod-db read 30m checking INC-9")
+    assert bot.stored(first).rule == "platform-reads"
+
+    bot.slack.set_usergroup("S0PLATFORM", [APPROVER_1])
+    seconds[0] += 59  # within the minute: the members Slack listed are still believed
+    second, _reply = _submit(bot, GROUP_MEMBER, "request prod-db read 30m checking INC-10")
+    assert bot.stored(second).rule == "platform-reads"
+
+    seconds[0] += 2  # past it: Slack is asked again, and says they left
+    third, reply = _submit(bot, GROUP_MEMBER, "request prod-db read 30m checking INC-11")
+    assert "for approval" in reply
+    assert (bot.stored(third).status, bot.stored(third).rule) == ("pending", None)
+    assert len(bot.slack.calls_to("usergroups.users.list")) == 2
+
+
+def test_a_require_rule_s_usergroup_approvers_are_expanded_when_the_button_is_pressed(
+    minting_bot: MintingBot,
+) -> None:
+    bot = minting_bot
+    request_id, reply = _submit(bot, REQUESTER, "request billing read 30m month-end report")
+
+    assert "rule `platform-approves-billing-reads` asks for 1 approval(s)" in reply
+    stored = bot.stored(request_id)
+    assert (stored.approvals_required, stored.approvers) == (1, "S0PLATFORM")
+
+    # A billing approver of the resource, but not in the usergroup: refused, nothing counted.
+    bot.click(APPROVER_2, ActionId.APPROVE, request_id)
+    refused = bot.eventually(lambda: bot.events(request_id, "unauthorized_attempt"))
+    assert refused[0].actor == APPROVER_2 and refused[0].details["refusal"] == "not_approver"
+    assert bot.events(request_id, "vote_cast") == []
+
+    bot.click(GROUP_MEMBER, ActionId.APPROVE, request_id)  # in S0PLATFORM
+    bot.eventually(lambda: bot.stored(request_id).status == "active", timeout=15)
+    assert bot.events(request_id, "request_approved")[0].details["approvers"] == [GROUP_MEMBER]

@@ -790,6 +790,11 @@ class SlackStandIn:
         """A fresh trigger id in Slack's format, for interaction payloads built by tests."""
         return f"{next(self._counter) + 100_000}.424242.{secrets.token_hex(16)}"
 
+    def set_usergroup(self, group: str, members: list[str]) -> None:
+        """Who is in a usergroup from now on, as when an admin (or an on-call tool) changes it."""
+        with self._lock:
+            self._usergroups[group] = list(members)
+
     # -- failure injection ------------------------------------------------------------------
 
     def fail_next(
