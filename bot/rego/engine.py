@@ -13,11 +13,12 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from bot.domain.policy import Policy
 from bot.domain.rego import DEFAULT_TIMEOUT_SECONDS, AnswerKind, RegoAnswer, RegoModule
@@ -62,6 +63,7 @@ class RegoEngine:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._buffer = bytearray()
+        self._errors: IO[bytes] = tempfile.TemporaryFile()
         self.restarts = 0
 
     def compile(self) -> list[CompileProblem]:
@@ -105,15 +107,20 @@ class RegoEngine:
     def close(self) -> None:
         with self._lock:
             self._kill()
+            self._errors.close()
 
     def _start(self) -> list[CompileProblem]:
         self._kill()
         environment = {key: os.environ[key] for key in _PASSED_ENVIRONMENT if key in os.environ}
+        # What the worker says on stderr (a missing regopy, a traceback) explains a worker that did
+        # not start; a file, because a pipe nobody reads could fill and stall it.
+        self._errors.close()
+        self._errors = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bot.rego.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._errors,
             env=environment,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         )
@@ -126,9 +133,11 @@ class RegoEngine:
         try:
             self._send({"load": load, "probe": self._probe})
             reply = self._receive(time.monotonic() + START_TIMEOUT_SECONDS)
-        except (TimeoutError, OSError, EOFError, ValueError) as exc:
+        except (TimeoutError, OSError, EOFError, ValueError):
             code = self._kill()
-            raise RegoEngineError(f"the Rego worker did not start (exit code {code}): {type(exc).__name__}") from None
+            said = self._last_error_line()
+            why = f": {said}" if said else ""
+            raise RegoEngineError(f"the Rego worker did not start (exit code {code}){why}") from None
         return [
             CompileProblem(name, self.modules[name].path, int(p["line"]), int(p["column"]), str(p["message"]))
             for name, found in reply["problems"].items()
@@ -161,6 +170,11 @@ class RegoEngine:
         if not isinstance(reply, dict):
             raise ValueError("the worker's answer is not an object")
         return reply
+
+    def _last_error_line(self) -> str:
+        self._errors.seek(0)
+        lines = [line.strip() for line in self._errors.read()[-4096:].decode("utf-8", "replace").splitlines()]
+        return next((line for line in reversed(lines) if line), "")[:300]
 
     def _kill(self) -> int | None:
         process, self._process = self._process, None
