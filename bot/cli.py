@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -278,16 +278,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(folder=args.dir, port=args.port)
 
 
-def cmd_audit_verify(_args: argparse.Namespace) -> int:
+def _expected_head(text: str | None) -> tuple[int, str] | None:
+    """--expect-head SEQ:HASH, as a digest publishes it."""
+    if text is None:
+        return None
+    import re
+
+    found = re.fullmatch(r"\s*(\d{1,12}):([0-9a-f]{64})\s*", text)
+    if found is None or int(found.group(1)) < 1:
+        raise ConfigError([f"--expect-head: '{text[:80]}' is not SEQ:HASH (an event number, a colon, 64 hex digits)"])
+    return int(found.group(1)), found.group(2)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from bot.store.audit import audit_key_of, verify_chain
+    from bot.store.audit import audit_key_of, head_problem, verify_chain
     from bot.store.db import read_scope
 
+    expected = _expected_head(args.expect_head)
     engine = _store_engine(create_key=False)
     try:
         with read_scope(engine) as session:
-            report = verify_chain(session=session, key=audit_key_of(session.connection()))
+            key = audit_key_of(session.connection())
+            report = verify_chain(session=session, key=key, watch=expected[0] if expected else None)
     except (OperationalError, ProgrammingError) as exc:
         raise ConfigError(
             [
@@ -307,7 +321,93 @@ def cmd_audit_verify(_args: argparse.Namespace) -> int:
             "the key (an upgrade), check them with the old version, then run `jit-bot audit rekey` once"
         )
         return 1
+    if expected is not None:
+        problem = head_problem(report, *expected)
+        if problem is not None:
+            _err(f"audit trail does NOT hold the expected head {expected[0]}: {problem}")
+            return 1
+        _out(f"audit trail intact: {report.events} events, holding the expected head {expected[0]}")
+        return 0
     _out(f"audit trail intact: {report.events} events")
+    return 0
+
+
+def _moment(text: str | None, flag: str) -> datetime | None:
+    """--since/--until: a span back from now (30d, 12h, 90m), a date (UTC midnight) or an ISO time."""
+    if text is None:
+        return None
+    import re
+    from datetime import datetime
+
+    from bot.store.types import utcnow
+
+    if re.fullmatch(r"\s*\d{1,6}\s*[dhm]\s*", text):
+        return utcnow() - _since(text)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            [f"{flag}: '{text[:40]}' is not a span like 30d, a date like 2026-12-01 or a time like 2026-12-01T09:00Z"]
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# The columns of `jit-bot audit export --format csv`, in order; details is its JSON text.
+EXPORT_COLUMNS = ("seq", "at", "event_type", "actor", "request_id", "details", "prev_hash", "hash")
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Every event in the window, oldest first, one line each, streamed: nothing is held but a batch."""
+    import csv
+
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from bot.store.audit import export_events
+    from bot.store.db import read_scope
+
+    since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
+    if since is not None and until is not None and since >= until:
+        raise ConfigError(["--since must be before --until"])
+    engine = _store_engine(create_key=False)
+    writer = csv.writer(sys.stdout, lineterminator="\n") if args.format == "csv" else None
+    if writer is not None:
+        writer.writerow(EXPORT_COLUMNS)
+    count = 0
+    try:
+        with read_scope(engine) as session:
+            for event in export_events(session=session, since=since, until=until):
+                at = event.at.isoformat().replace("+00:00", "Z")
+                details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                if writer is not None:
+                    row = (event.seq, at, event.event_type, event.actor, event.request_id or "", details)
+                    writer.writerow((*row, event.prev_hash, event.hash))
+                else:
+                    record = {
+                        "seq": event.seq,
+                        "at": at,
+                        "event_type": event.event_type,
+                        "actor": event.actor,
+                        "request_id": event.request_id,
+                        "details": event.details,
+                        "prev_hash": event.prev_hash,
+                        "hash": event.hash,
+                    }
+                    sys.stdout.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+                count += 1
+    except (OperationalError, ProgrammingError) as exc:
+        raise ConfigError(
+            [
+                f"JIT_DATABASE_URL: cannot read the audit trail ({type(exc.orig).__name__}); "
+                "is it the right database, migrated?"
+            ]
+        ) from None
+    except BrokenPipeError:
+        # `jit-bot audit export | head`: the reader has what it wanted.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; this one takes it
+        return 0
+    finally:
+        engine.dispose()
+    _err(f"jit-bot: exported {count} event(s)", logging.INFO)
     return 0
 
 
@@ -645,16 +745,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="audit trail tools",
         description="Tools for the audit trail; see verify and rekey.",
     ).add_subparsers(dest="audit_command", required=True)
-    audit.add_parser(
+    audit_verify = audit.add_parser(
         "verify",
         parents=[common],
         help="check the keyed hash chain of the audit trail",
         description=(
             f"Reads JIT_DATABASE_URL and JIT_AUDIT_KEY (or the jit-audit-key file beside the database) from "
             f"{_READS_WHERE}. Writes and creates nothing. "
-            "Exit codes: 0 intact, 1 broken or not verified (the event is named), 2 cannot read the trail."
+            "Exit codes: 0 intact, 1 broken, not verified or not holding the expected head (the event is "
+            "named), 2 cannot read the trail."
         ),
-    ).set_defaults(func=cmd_audit_verify)
+    )
+    audit_verify.add_argument(
+        "--expect-head",
+        metavar="SEQ:HASH",
+        help="a head published earlier (a digest ends with it): fail unless the trail still holds that event "
+        "with that link, so a tail cut off or a rewritten head is caught",
+    )
+    audit_verify.set_defaults(func=cmd_audit_verify)
+    audit_export = audit.add_parser(
+        "export",
+        parents=[common],
+        help="print audit events for a SIEM, one per line, with their seq and hash",
+        description=(
+            f"Reads JIT_DATABASE_URL from {_READS_WHERE}; streams the events oldest first in constant memory. "
+            "--since and --until take a span back from now (30d, 12h), a date (UTC) or an ISO time; "
+            "--until is exclusive. csv columns: " + ", ".join(EXPORT_COLUMNS) + " (details as JSON text)."
+        ),
+    )
+    audit_export.add_argument("--since", metavar="WHEN")
+    audit_export.add_argument("--until", metavar="WHEN")
+    audit_export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    audit_export.set_defaults(func=cmd_audit_export)
     audit.add_parser(
         "rekey",
         parents=[common],

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy import event as sa_event
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from bot.domain.audit import FORBIDDEN_DETAIL_KEYS, AuditEventType
@@ -178,6 +179,8 @@ class ChainReport:
     # or one someone rewrote without it): they verify as a chain, but not as untouched.
     unkeyed: int = 0
     tip: str = GENESIS
+    # The link of the event verify_chain was asked to watch (a head published earlier), if the chain has it.
+    watched_hash: str | None = None
 
     @property
     def intact(self) -> bool:
@@ -197,10 +200,12 @@ def iter_events(*, session: Session, request_id: str | None = None, batch: int =
         last = rows[-1].seq
 
 
-def verify_chain(*, session: Session, key: bytes) -> ChainReport:
+def verify_chain(*, session: Session, key: bytes, watch: int | None = None) -> ChainReport:
     """Recompute every link with the key; an edited, removed, reordered or inserted event breaks the
     chain from there on, and so does a chain rebuilt without the key after its first keyed event.
-    A prefix linked without the key is counted in ``unkeyed``, not passed as intact."""
+    A prefix linked without the key is counted in ``unkeyed``, not passed as intact. ``watch``: the
+    seq of an event whose link to report (``watched_hash``), to compare with a head published before."""
+    watched: str | None = None
     prev_hash = GENESIS
     expected_seq = 1
     count = 0
@@ -220,15 +225,78 @@ def verify_chain(*, session: Session, key: bytes) -> ChainReport:
             return ChainReport(
                 count, event.seq, f"event {event.seq} was altered after it was written (or the key is wrong)", unkeyed
             )
+        if event.seq == watch:
+            watched = event.hash
         prev_hash = event.hash
         expected_seq += 1
         count += 1
     head = session.get(AuditHead, 1)
     if head is not None and (head.seq != count or head.hash != prev_hash):
         return ChainReport(
-            count, count + 1, f"the chain ends at event {count} but {head.seq} were written", unkeyed, prev_hash
+            count,
+            count + 1,
+            f"the chain ends at event {count} but {head.seq} were written",
+            unkeyed,
+            prev_hash,
+            watched,
         )
-    return ChainReport(count, None, None, unkeyed, prev_hash)
+    return ChainReport(count, None, None, unkeyed, prev_hash, watched)
+
+
+def head_problem(report: ChainReport, seq: int, link: str) -> str | None:
+    """Why an intact chain is not the one whose head was published as ``seq:link``, or None.
+
+    The chain may have grown since; it must still hold that event with that link. Fewer events means
+    its tail was cut off; another link means it was rewritten from there (with the key, or it would
+    not verify at all)."""
+    if report.events < seq:
+        return f"the trail ends at event {report.events}, before the expected head {seq}: events were removed"
+    if report.watched_hash is None or not hmac.compare_digest(report.watched_hash, link):
+        shown = (report.watched_hash or "")[:16]
+        return f"event {seq}'s link is {shown}…, not the expected {link[:16]}…: the trail was rewritten"
+    return None
+
+
+@dataclass(frozen=True)
+class ExportedEvent:
+    seq: int
+    at: datetime
+    event_type: str
+    actor: str
+    request_id: str | None
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def export_events(
+    *, session: Session, since: datetime | None, until: datetime | None, batch: int = 2000
+) -> Iterator[ExportedEvent]:
+    """Events in seq order within [since, until), fetched ``batch`` rows at a time by seq (the primary
+    key), without the ORM: memory stays flat however long the trail is."""
+    table = AuditEvent.__table__  # type: ignore[attr-defined]
+    last = 0
+    while True:
+        query = core_select(
+            table.c.seq,
+            table.c.at,
+            table.c.event_type,
+            table.c.actor,
+            table.c.request_id,
+            table.c.details,
+            table.c.prev_hash,
+            table.c.hash,
+        ).where(table.c.seq > last)
+        if since is not None:
+            query = query.where(table.c.at >= since)
+        if until is not None:
+            query = query.where(table.c.at < until)
+        rows = session.execute(query.order_by(table.c.seq).limit(batch)).all()
+        if not rows:
+            return
+        for row in rows:
+            yield ExportedEvent(*row)
+        last = rows[-1][0]
 
 
 def first_event_is_unkeyed(*, session: Session, key: bytes) -> bool:
