@@ -124,9 +124,9 @@ def decide(
     let a later rule decide more leniently than this one would have.
 
     A rule with ``rego:`` whose ``when`` holds asks ``rego`` for its module's answer. ``pass`` (or no
-    answer) moves on; a failure denies, since a policy that cannot be read must not grant. The module
-    is not told whether usergroups were looked up, so while they are unknown its auto_approve is
-    skipped and its deny goes to people, as for a YAML rule that needs them.
+    answer) moves on; a failure denies, since a policy that cannot be read must not grant. While the
+    usergroups are unknown the module is not asked: it would judge by groups short of some, so the
+    request goes to people there, as for a YAML deny or require rule that needs them.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -147,12 +147,21 @@ def decide(
 
     for index, rule in enumerate(policy.rules):
         outcome = _outcome(policy, rule, request, usergroups, now, recent_auto_approvals)
+        if outcome is Outcome.MATCHED and rule.rego is not None and usergroups is None:
+            # The module would see groups short of the usergroups Slack could not list, and any answer
+            # (a pass included: "deny contractors, else pass") could rest on that; people decide.
+            approvers, approvals = resource.approvers, resource.approvals_required
+            reason = (
+                f"rule '{rule.name}' gives its Rego module the requester's groups, and their usergroups could "
+                "not be looked up, so people decide"
+            )
+            return Decision(Effect.REQUIRE, rule.name, reason, approvers, approvals, None, explain(index + 1), True)
         if outcome is Outcome.MATCHED and rule.rego is not None:
             if rego is None:
                 raise ValueError(f"rule '{rule.name}' is decided by a Rego module and no evaluator was given")
             document = _rego_document(policy, rule, resource, request, usergroups, now, recent_auto_approvals)
             answers[rule.name] = answer = rego.evaluate(rule.name, document)
-            decided = _decided_by_rego(policy, rule, resource, answer, usergroups, explain(index + 1), skipped)
+            decided = _decided_by_rego(policy, rule, resource, answer, explain(index + 1), skipped)
             if decided is not None:
                 return decided
             continue
@@ -243,7 +252,6 @@ def _decided_by_rego(
     rule: Rule,
     resource: Resource,
     answer: RegoAnswer,
-    usergroups: frozenset[str] | None,
     trace: Callable[[], tuple[RuleTrace, ...]],
     skipped: list[str],
 ) -> Decision | None:
@@ -258,20 +266,12 @@ def _decided_by_rego(
             RegoFailure("contract" if answer.kind is AnswerKind.DEFINED else answer.kind.value, str(broken)),
             trace,
         )
-    unknown = bool(skipped) or usergroups is None
+    unknown = bool(skipped)
     why = f"rule '{rule.name}': its Rego module answered {verdict.effect}" + _skipped_note(skipped)
     if verdict.effect is RegoEffect.PASS:
         return None
     if verdict.effect is RegoEffect.AUTO_APPROVE:
-        if usergroups is None:
-            skipped.append(rule.name)
-            return None
         return Decision(Effect.AUTO_APPROVE, rule.name, why, (), 0, None, trace, unknown)
-    if verdict.effect is RegoEffect.DENY and usergroups is None:
-        why = f"rule '{rule.name}': its Rego module denied while the requester's usergroups were unknown"
-        why += ", so people decide"
-        people, needed = resource.approvers, resource.approvals_required
-        return Decision(Effect.REQUIRE, rule.name, why, people, needed, None, trace, True)
     if verdict.effect is RegoEffect.DENY:
         return Decision(Effect.DENY, rule.name, why, (), 0, verdict.message, trace, unknown)
     approvers = expand(policy.groups, verdict.approvers) if verdict.approvers is not None else resource.approvers
@@ -284,7 +284,11 @@ def _verdict(policy: Policy, resource: Resource, answer: RegoAnswer) -> RegoVerd
     if answer.kind is AnswerKind.TIMEOUT:
         raise ContractBroken(answer.detail or "the module did not answer in time")
     if answer.kind is AnswerKind.ERROR:
-        raise ContractBroken(f"the evaluation failed: {answer.detail or 'no detail'}")
+        # rego-cpp gives no detail for some errors; the commonest is two bodies defining decision at once.
+        detail = answer.detail
+        if not detail or detail == "the evaluation failed":
+            detail = "rego-cpp gave no detail (two bodies that define decision for one input is a common cause)"
+        raise ContractBroken(f"the evaluation failed: {detail}")
     verdict = read_answer(answer.value, groups=policy.groups)
     if verdict.effect is RegoEffect.REQUIRE and verdict.approvers is None and verdict.approvals is not None:
         people = resource.approvers

@@ -168,12 +168,12 @@ class RequestService:
                             "detail": decision.rego_failure.detail,
                         },
                     )
+                    # The detail may quote the module's answer, and so the request: it stays in the audit trail.
                     log.error(
-                        "rule %s failed closed for request %s (%s): %s",
+                        "rule %s failed closed for request %s (%s); its rego_failed audit event says why",
                         decision.rule,
                         row.id,
                         decision.rego_failure.kind,
-                        decision.rego_failure.detail,
                     )
                 pending = snapshot(row, [], policy=self.policy)
                 lifecycle.note(
