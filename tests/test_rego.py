@@ -84,7 +84,6 @@ BODIES: dict[str, str] = {
     "two-decisions": (
         'decision := {"effect": "pass"} if {\n\ttrue\n}\n\ndecision := {"effect": "deny"} if {\n\ttrue\n}\n'
     ),
-    "unknown-builtin": 'decision := {"effect": nosuchfn(1)}\n',
     "echo-groups": 'decision := {"effect": "deny", "message": concat(",", input.requester.groups)}\n',
     "bad-effect": 'decision := {"effect": "allow"}\n',
     "not-an-object": 'decision := "auto_approve"\n',
@@ -536,9 +535,11 @@ def test_a_rule_whose_when_does_not_hold_never_asks_its_module(
     ("rule", "detail"),
     [
         pytest.param("divides-by-zero", None, id="division-by-zero"),
-        pytest.param("two-decisions", "the evaluation failed: the evaluation failed", id="two-decisions-hold"),
         pytest.param(
-            "unknown-builtin", "the evaluation failed: Function not found: nosuchfn", id="unknown-builtin-at-run-time"
+            "two-decisions",
+            "the evaluation failed: rego-cpp gave no detail (two bodies that define decision for one input is a "
+            "common cause)",
+            id="two-decisions-hold",
         ),
     ],
 )
@@ -612,11 +613,16 @@ def test_require_naming_fewer_people_than_the_resources_approvals_is_a_contract_
 @pytest.mark.parametrize(
     ("rule", "effect", "decided_by", "approvers", "approvals"),
     [
-        # Skipped, not believed: the module was not told usergroups were unknown.
-        pytest.param("allow", Effect.DEFAULT, None, (APPROVER_1, APPROVER_2), 1, id="auto-approve-is-skipped"),
-        # Sent to the resource's people instead of denying on a guess.
+        # The module is not asked (it would judge by groups short of some): the resource's people decide
+        # at its rule, whatever it would have answered.
+        pytest.param("allow", Effect.REQUIRE, "allow", (APPROVER_1, APPROVER_2), 1, id="auto-approve-goes-to-people"),
         pytest.param("deny", Effect.REQUIRE, "deny", (APPROVER_1, APPROVER_2), 1, id="deny-goes-to-people"),
-        pytest.param("require", Effect.REQUIRE, "require", (DBA_1, DBA_2, APPROVER_1), 2, id="require-stands"),
+        pytest.param("require", Effect.REQUIRE, "require", (APPROVER_1, APPROVER_2), 1, id="require-goes-to-people"),
+        pytest.param("pass", Effect.REQUIRE, "pass", (APPROVER_1, APPROVER_2), 1, id="pass-goes-to-people"),
+        # Not asked, so it cannot fail either.
+        pytest.param(
+            "divides-by-zero", Effect.REQUIRE, "divides-by-zero", (APPROVER_1, APPROVER_2), 1, id="not-even-asked"
+        ),
     ],
 )
 def test_while_usergroups_are_unknown(
@@ -638,12 +644,16 @@ def test_while_usergroups_are_unknown(
     assert (decision.message, decision.rego_failure, decision.usergroups_unknown) == (None, None, True)
 
 
-def test_an_auto_approve_skipped_for_unknown_usergroups_lets_a_later_rule_decide(engine: RegoEngine) -> None:
-    decision = run(policy_with(rego_rule("allow"), LATER_DENY), engine, usergroups=None)
+def test_while_usergroups_are_unknown_no_later_rule_decides_in_the_modules_place(engine: RegoEngine) -> None:
+    """ "Deny contractors, else pass" sees no contractors while Slack is down; a later, more lenient
+    rule must not then decide. Later rules are not reached at all."""
+    later_allow = {"name": "later-allow", "when": {}, "effect": "auto_approve"}
+    decision = run(policy_with(rego_rule("pass"), later_allow), engine, usergroups=None)
 
-    assert (decision.effect, decision.rule, decision.message) == (Effect.DENY, "later", "later said no")
+    assert (decision.effect, decision.rule) == (Effect.REQUIRE, "pass")
     assert decision.usergroups_unknown is True
-    assert decision.reason.endswith("; skipped 'allow': the requester's usergroups could not be looked up")
+    assert "could not be looked up, so people decide" in decision.reason
+    assert [t.rule for t in decision.trace] == ["pass"]
 
 
 @pytest.mark.parametrize(
@@ -739,15 +749,26 @@ TRACES = [
         id="require-is-matched",
     ),
     pytest.param(
-        "unknown-builtin",
+        "divides-by-zero",
         Outcome.FAILED,
         False,
-        "data.jit.decision = error: Function not found: nosuchfn",
+        "data.jit.decision = error: Not a term",
         id="an-error-is-failed",
     ),
-    pytest.param("bad-effect", Outcome.FAILED, False, _said({"effect": "allow"}), id="a-bad-effect-is-failed"),
     pytest.param(
-        "not-an-object", Outcome.FAILED, False, 'data.jit.decision = "auto_approve"', id="not-an-object-is-failed"
+        "bad-effect",
+        Outcome.FAILED,
+        False,
+        _said({"effect": "allow"}) + ': effect must be one of "auto_approve", "deny", "require", "pass", not "allow"',
+        id="a-bad-effect-is-failed",
+    ),
+    pytest.param(
+        "not-an-object",
+        Outcome.FAILED,
+        False,
+        'data.jit.decision = "auto_approve": data.jit.decision must be an object like {"effect": "pass"}, '
+        'not "auto_approve"',
+        id="not-an-object-is-failed",
     ),
     # The module's effect is a real one, but the answer broke the contract and the request was denied
     # for it: the trace must say the rule failed, not that it passed or matched.
@@ -755,21 +776,24 @@ TRACES = [
         "pass-with-message",
         Outcome.FAILED,
         False,
-        _said({"effect": "pass", "message": "not my business"}),
+        _said({"effect": "pass", "message": "not my business"})
+        + ': message is only for effect "deny", and the effect is "pass"',
         id="pass-with-a-message-is-failed",
     ),
     pytest.param(
         "deny-with-approvals",
         Outcome.FAILED,
         False,
-        _said({"effect": "deny", "approvals": 2}),
+        _said({"effect": "deny", "approvals": 2})
+        + ': approvals is only for effect "require", and the effect is "deny"',
         id="deny-with-approvals-is-failed",
     ),
     pytest.param(
         "more-approvals-than-approvers",
         Outcome.FAILED,
         False,
-        _said({"effect": "require", "approvals": 3, "approvers": ["dba"]}),
+        _said({"effect": "require", "approvals": 3, "approvers": ["dba"]})
+        + ": approvals is 3 but approvers lists only 2 person(s)",
         id="too-many-approvals-is-failed",
     ),
 ]
@@ -824,7 +848,7 @@ def test_the_trace_of_an_auto_approve_skipped_for_unknown_usergroups_does_not_sa
     and this one should too rather than 'matched'."""
     decision = run(policy_with(rego_rule("allow")), engine, usergroups=None)
 
-    assert (decision.effect, decision.rule) == (Effect.DEFAULT, None)
+    assert (decision.effect, decision.rule) == (Effect.REQUIRE, "allow")
     (trace,) = decision.trace
     assert trace.outcome is Outcome.USERGROUPS_UNKNOWN, trace
 
@@ -1141,7 +1165,7 @@ def test_a_failing_rego_case_explains_with_the_modules_answer(tmp_path: Path) ->
     )
     assert lines[failing[0] + 1].strip() == "long-needs-a-person: not_matched: when.min_duration failed (15m < 31m)"
     assert lines[failing[0] + 2].strip() == (
-        "k8s-rego: matched: when.resources held ('k8s-prod' matches k8s-prod); rego.policies/k8s.rego held "
-        '(data.jit.decision = {"effect": "deny", "message": "exec needs a change ticket (CHG-...) in the reason."})'
+        "k8s-rego: matched: when.resources held ('k8s-prod' matches k8s-prod); policies/k8s.rego answered "
+        'data.jit.decision = {"effect": "deny", "message": "exec needs a change ticket (CHG-...) in the reason."}'
     )
     assert lines[-1] == "9 of 10 case(s) passed"

@@ -138,7 +138,7 @@ def read_answer(value: object, *, groups: Mapping[str, tuple[str, ...]]) -> Rego
         if key in value and verdict_effect is not owner:
             raise ContractBroken(f'{key} is only for effect "{owner}", and the effect is "{verdict_effect}"')
     message = value.get("message")
-    if message is not None and (not isinstance(message, str) or not message.strip() or len(message) > MESSAGE_MAX):
+    if "message" in value and (not isinstance(message, str) or not message.strip() or len(message) > MESSAGE_MAX):
         raise ContractBroken(f"message must be text of 1 to {MESSAGE_MAX} characters")
     approvals = value.get("approvals")
     if approvals is not None and (

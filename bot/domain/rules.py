@@ -261,11 +261,8 @@ def _decided_by_rego(
     try:
         verdict = _verdict(policy, resource, answer)
     except ContractBroken as broken:
-        return _failed(
-            rule,
-            RegoFailure("contract" if answer.kind is AnswerKind.DEFINED else answer.kind.value, str(broken)),
-            trace,
-        )
+        kind = "contract" if answer.kind is AnswerKind.DEFINED else answer.kind.value
+        return _failed(rule, RegoFailure(kind, str(broken)), trace, bool(skipped))
     unknown = bool(skipped)
     why = f"rule '{rule.name}': its Rego module answered {verdict.effect}" + _skipped_note(skipped)
     if verdict.effect is RegoEffect.PASS:
@@ -290,6 +287,14 @@ def _verdict(policy: Policy, resource: Resource, answer: RegoAnswer) -> RegoVerd
             detail = "rego-cpp gave no detail (two bodies that define decision for one input is a common cause)"
         raise ContractBroken(f"the evaluation failed: {detail}")
     verdict = read_answer(answer.value, groups=policy.groups)
+    if verdict.effect is RegoEffect.REQUIRE and verdict.approvers is not None and verdict.approvals is None:
+        people = expand(policy.groups, verdict.approvers)
+        users = len({a for a in people if SLACK_USER_ID.fullmatch(a)})
+        needed = resource.approvals_required
+        if not any(SLACK_USERGROUP_ID.fullmatch(a) for a in people) and needed > users:
+            raise ContractBroken(
+                f"approvers lists only {users} person(s) but resource '{resource.name}' needs {needed} approvals"
+            )
     if verdict.effect is RegoEffect.REQUIRE and verdict.approvers is None and verdict.approvals is not None:
         people = resource.approvers
         users = len({a for a in people if SLACK_USER_ID.fullmatch(a)})
@@ -307,10 +312,12 @@ REGO_FAILED_MESSAGE = (
 )
 
 
-def _failed(rule: Rule, failure: RegoFailure, trace: Callable[[], tuple[RuleTrace, ...]]) -> Decision:
+def _failed(
+    rule: Rule, failure: RegoFailure, trace: Callable[[], tuple[RuleTrace, ...]], usergroups_unknown: bool
+) -> Decision:
     why = f"rule '{rule.name}' failed closed: {failure.detail}"
     message = REGO_FAILED_MESSAGE.format(rule=rule.name)
-    return Decision(Effect.DENY, rule.name, why, (), 0, message, trace, False, failure)
+    return Decision(Effect.DENY, rule.name, why, (), 0, message, trace, usergroups_unknown, failure)
 
 
 def _skipped_note(skipped: list[str]) -> str:
@@ -338,21 +345,28 @@ def _evaluate(
     answers: Mapping[str, RegoAnswer],
 ) -> tuple[Outcome, tuple[Check, ...]]:
     outcome, checks = _evaluate_conditions(policy, rule, request, usergroups, now, recent)
+    if outcome is Outcome.MATCHED and rule.rego is not None and usergroups is None:
+        return Outcome.USERGROUPS_UNKNOWN, checks  # the module was not asked (see decide)
     answer = answers.get(rule.name)
-    if outcome is not Outcome.MATCHED or rule.rego is None or answer is None:
+    resource = policy.resource(request.resource)
+    if outcome is not Outcome.MATCHED or rule.rego is None or answer is None or resource is None:
         return outcome, checks
     if answer.kind is AnswerKind.DEFINED:
-        said = json.dumps(answer.value, sort_keys=True, default=str)[:200]
+        said = "data.jit.decision = " + json.dumps(answer.value, sort_keys=True, default=str)[:200]
     elif answer.kind is AnswerKind.UNDEFINED:
-        said = "undefined"
+        said = "data.jit.decision = undefined"
     else:
-        said = f"{answer.kind.value}: {answer.detail}"
-    value = answer.value if answer.kind is AnswerKind.DEFINED else None
-    effect = value.get("effect") if isinstance(value, dict) else None
-    if answer.kind is AnswerKind.UNDEFINED or effect == RegoEffect.PASS.value:
+        said = f"data.jit.decision = {answer.kind.value}: {answer.detail}"
+    if answer.kind is AnswerKind.UNDEFINED:
         return Outcome.PASSED, (*checks, Check("rego", rule.rego.path, False, said))
-    if answer.kind is not AnswerKind.DEFINED or effect not in {e.value for e in RegoEffect}:
-        return Outcome.FAILED, (*checks, Check("rego", rule.rego.path, False, said))
+    try:  # judged as decide judged it, so a trace never calls an answer good that was refused
+        verdict = _verdict(policy, resource, answer)
+    except ContractBroken as broken:
+        # An answer that broke the contract says how; an error or a timeout already did.
+        why = f"{said}: {broken}" if answer.kind is AnswerKind.DEFINED else said
+        return Outcome.FAILED, (*checks, Check("rego", rule.rego.path, False, why))
+    if verdict.effect is RegoEffect.PASS:
+        return Outcome.PASSED, (*checks, Check("rego", rule.rego.path, False, said))
     return Outcome.MATCHED, (*checks, Check("rego", rule.rego.path, True, said))
 
 

@@ -83,7 +83,10 @@ class RegoEngine:
             return RegoAnswer(AnswerKind.TIMEOUT, detail=f"the Rego engine was busy for more than {self.timeout:g} s")
         try:
             if self._process is None or self._process.poll() is not None:
-                problems = self._start()
+                try:
+                    problems = self._start()
+                except RegoEngineError as exc:  # never raise for what the worker does: the rule fails closed
+                    return RegoAnswer(AnswerKind.ERROR, detail=str(exc)[:300])
                 if problems:  # the files did not change under us; this would be a bug
                     return RegoAnswer(AnswerKind.ERROR, detail=problems[0].line_text())
                 deadline = time.monotonic() + self.timeout

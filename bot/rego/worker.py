@@ -60,21 +60,91 @@ def _compile(interpreter: Any, path: str, source: str, probe: object) -> tuple[l
         interpreter.add_module(path, source)
         bundle = interpreter.build(QUERY, [])
     except Exception as exc:  # regopy raises RegoError carrying the parser's error sequence
-        found = [_located(source, m) for m in _ERROR.finditer(str(exc))]
-        return found[:1] or [{"line": 1, "column": 1, "message": _first_message(str(exc))}], None
+        parsed = [_located(source, m) for m in _ERROR.finditer(str(exc))]
+        return parsed[:1] or [{"line": 1, "column": 1, "message": _first_message(str(exc))}], None
+    code = _code_only(source)
+    found = _shape_problems(code) + _unknown_calls(interpreter, code)
+    if found:
+        return [_at(source, offset, message) for offset, message in found[:1]], None
     if probe is None:
         return [], bundle
-    # rego-cpp resolves function names at the first query: one with a sample input finds a typo'd
-    # built-in at start-up, where it can be fixed, and not at the first request.
+    # rego-cpp resolves names at the first query: a sample input finds what the scan above cannot.
     answer = _evaluate(interpreter, bundle, probe)
     missing = _MISSING_FUNCTION.search(str(answer.get("detail", "")))
     if missing is None:
         return [], bundle
     name = missing.group("name")
-    at = source.find(name + "(")
-    line, column = _position(source, max(at, 0))
+    call = re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", code)
     message = f"calls {name}, which is not a Rego built-in this engine knows"
-    return [{"line": line, "column": column, "message": message}], None
+    return [_at(source, call.start() if call else 0, message)], None
+
+
+# Rego words that a parenthesis may follow without being a call.
+_KEYWORDS = frozenset({"if", "else", "not", "some", "every", "with", "as", "in", "contains", "default", "import"})
+_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
+# A function the module defines starts a line: `is_weekend(ns) if {`.
+_DEFINED = re.compile(r"(?m)^([A-Za-z_]\w*)\s*\(")
+_PACKAGE = re.compile(r"\bpackage\s+([\w.]+)")
+_DECISION = re.compile(r"(?m)^\s*(?:default\s+)?decision\b")
+
+
+def _code_only(source: str) -> str:
+    """The source with comments and the insides of strings blanked (same length, same lines), so
+    that what is scanned for is code, and offsets still point into the source."""
+    out = list(source)
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        if c == "#":
+            while i < n and source[i] != "\n":
+                out[i] = " "
+                i += 1
+        elif c in '"`':
+            end = c
+            i += 1
+            while i < n and source[i] != end:
+                if end == '"' and source[i] == "\\" and i + 1 < n:
+                    out[i] = " "
+                    i += 1
+                if source[i] != "\n":
+                    out[i] = " "
+                i += 1
+            i += 1
+        else:
+            i += 1
+    return "".join(out)
+
+
+def _shape_problems(code: str) -> list[tuple[int, str]]:
+    """A module whose data.jit.decision can never be defined would pass every request quietly."""
+    package = _PACKAGE.search(code)
+    if package is not None and package.group(1) != "jit":
+        said = f"the package is '{package.group(1)}', so data.jit.decision is never defined: write `package jit`"
+        return [(package.start(1), said)]
+    if _DECISION.search(code) is None:
+        return [(0, "defines no `decision`, so data.jit.decision is never defined")]
+    return []
+
+
+def _unknown_calls(interpreter: Any, code: str) -> list[tuple[int, str]]:
+    """Calls of functions that are neither built-ins of this engine nor defined in the module: the
+    probe only reaches the calls its sample input gets to, and a typo behind a condition would deny
+    every request that reaches it."""
+    defined = {match.group(1) for match in _DEFINED.finditer(code)}
+    found = []
+    for match in _CALL.finditer(code):
+        name = match.group(1)
+        if name in _KEYWORDS or name in defined or name.startswith(("input.", "data.")):
+            continue
+        if not interpreter.is_builtin(name):
+            found.append((match.start(1), f"calls {name}, which is not a Rego built-in this engine knows"))
+    return found
+
+
+def _at(source: str, offset: int, message: str) -> dict[str, object]:
+    # Offsets here count characters; _position takes bytes, as rego-cpp reports them.
+    line, column = _position(source, len(source[:offset].encode("utf-8")))
+    return {"line": line, "column": column, "message": message}
 
 
 def _located(source: str, match: re.Match[str]) -> dict[str, object]:
