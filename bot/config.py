@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import stat
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -403,15 +404,20 @@ class _RegoReader:
     def __call__(self, written: str) -> RegoModule:
         file = self.folder / written
         try:
-            if file.stat().st_size > REGO_MODULE_MAX_BYTES:
-                raise ValueError(
-                    f"'{written}' is larger than {REGO_MODULE_MAX_BYTES // 1024} KiB: is it a Rego module?"
-                )
-            source = file.read_text(encoding="utf-8")
+            # Inside the policy's folder, so whoever reviews a policy change sees every module it uses.
+            if not file.resolve().is_relative_to(self.folder.resolve()):
+                raise ValueError(f"'{written}' is outside the policy file's folder ({self.folder.resolve()})")
+            if not stat.S_ISREG(file.stat().st_mode):
+                raise ValueError(f"'{written}' is not a regular file")
+            with file.open("rb") as opened:
+                raw = opened.read(REGO_MODULE_MAX_BYTES + 1)
+            if len(raw) > REGO_MODULE_MAX_BYTES:
+                size = f"{REGO_MODULE_MAX_BYTES // 1024} KiB"
+                raise ValueError(f"'{written}' is larger than {size}: is it a Rego module?")
+            source = raw.decode("utf-8")
         except FileNotFoundError:
-            raise ValueError(
-                f"'{written}' not found (looked for {file}; the path is relative to the policy file)"
-            ) from None
+            where = f"looked for {file}; the path is relative to the policy file"
+            raise ValueError(f"'{written}' not found ({where})") from None
         except UnicodeDecodeError:
             raise ValueError(f"'{written}' is not UTF-8 text") from None
         except OSError as exc:

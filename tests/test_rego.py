@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,9 @@ ANSWERS_REFUSED = [
     pytest.param(["pass"], 'data.jit.decision must be an object like {"effect": "pass"}, not ["pass"]', id="a-list"),
     pytest.param(None, 'data.jit.decision must be an object like {"effect": "pass"}, not null', id="null"),
     pytest.param(
-        {"effect": "pass", "why": "x", "also": 1}, "data.jit.decision has unknown key(s) also, why", id="unknown-keys"
+        {"effect": "pass", "why": "x", "also": 1},
+        'data.jit.decision has unknown key(s) "also", "why"',
+        id="unknown-keys",
     ),
     pytest.param(
         {},
@@ -304,12 +306,12 @@ ANSWERS_REFUSED = [
     ),
     pytest.param(
         {"effect": "require", "approvers": ["dbas"]},
-        "approvers names 'dbas', which is neither a group of the policy nor a Slack id",
+        'approvers names "dbas", which is neither a group of the policy nor a Slack id',
         id="approvers-an-unknown-group",
     ),
     pytest.param(
         {"effect": "require", "approvers": ["bob@example.com"]},
-        "approvers names 'bob@example.com', which is neither a group of the policy nor a Slack id",
+        'approvers names "bob@example.com", which is neither a group of the policy nor a Slack id',
         id="approvers-an-email",
     ),
     pytest.param(
@@ -537,8 +539,8 @@ def test_a_rule_whose_when_does_not_hold_never_asks_its_module(
         pytest.param("divides-by-zero", None, id="division-by-zero"),
         pytest.param(
             "two-decisions",
-            "the evaluation failed: rego-cpp gave no detail (two bodies that define decision for one input is a "
-            "common cause)",
+            "the evaluation failed: rego-cpp gave no detail (common causes: two bodies that define decision for "
+            "one input, or a built-in that failed, such as to_number of text)",
             id="two-decisions-hold",
         ),
     ],
@@ -566,7 +568,7 @@ CONTRACT_BREAKS = [
         'data.jit.decision must be an object like {"effect": "pass"}, not "auto_approve"',
         id="not-an-object",
     ),
-    pytest.param("unknown-key", "data.jit.decision has unknown key(s) why", id="an-unknown-key"),
+    pytest.param("unknown-key", 'data.jit.decision has unknown key(s) "why"', id="an-unknown-key"),
     pytest.param(
         "deny-with-approvals",
         'approvals is only for effect "require", and the effect is "deny"',
@@ -752,7 +754,7 @@ TRACES = [
         "divides-by-zero",
         Outcome.FAILED,
         False,
-        "data.jit.decision = error: Not a term",
+        "data.jit.decision = error: the evaluation failed",
         id="an-error-is-failed",
     ),
     pytest.param(
@@ -1169,3 +1171,113 @@ def test_a_failing_rego_case_explains_with_the_modules_answer(tmp_path: Path) ->
         'data.jit.decision = {"effect": "deny", "message": "exec needs a change ticket (CHG-...) in the reason."}'
     )
     assert lines[-1] == "9 of 10 case(s) passed"
+
+
+# --- what an attack on the engine found -------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh() -> Iterator[Callable[[str, str], RegoEngine]]:
+    """Start an engine for one rule's module (closed after the test)."""
+    started: list[RegoEngine] = []
+
+    def start(rule: str, body: str) -> RegoEngine:
+        engine = RegoEngine({rule: module(rule, body)}, timeout=10)
+        assert engine.compile() == []
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.close()
+
+
+def test_a_built_in_that_fails_inside_a_deny_fails_closed_instead_of_skipping_the_deny(
+    fresh: Callable[[str, str], RegoEngine],
+) -> None:
+    """Non-strict, rego-cpp makes a body whose built-in fails undefined, and the default would decide."""
+    body = (
+        'default decision := {"effect": "auto_approve"}\n\n'
+        'decision := {"effect": "deny", "message": "big ticket"} if {\n'
+        "\tto_number(input.request.reason) > 9000\n}\n"
+    )
+    engine = fresh("numbers", body)
+    policy = policy_with({"name": "numbers", "rego": module("numbers", body)})
+
+    assert run(policy, engine, ask(reason="9001")).effect is Effect.DENY  # the control: a number
+    decision = run(policy, engine, ask(reason="fix"))
+
+    assert (decision.effect, decision.message) == (Effect.DENY, failed("numbers"))
+    assert decision.rego_failure is not None and decision.rego_failure.kind == "error"
+
+
+@pytest.mark.parametrize("reason", ["café", "Zugriff für INC-7 ✓"], ids=["accented", "symbols"])
+def test_the_module_sees_text_as_written_not_as_json_escapes(
+    fresh: Callable[[str, str], RegoEngine], reason: str
+) -> None:
+    body = (
+        'decision := {"effect": "deny", "message": "same"} if {\n'
+        f"\tinput.request.reason == {json.dumps(reason, ensure_ascii=False)}\n"
+        "}\n"
+    )
+    engine = fresh("same-text", body)
+
+    decision = run(policy_with({"name": "same-text", "rego": module("same-text", body)}), engine, ask(reason=reason))
+
+    assert (decision.effect, decision.message) == (Effect.DENY, "same")
+
+
+@pytest.mark.parametrize("effect", [pytest.param(["deny"], id="a-list"), pytest.param({"x": 1}, id="an-object")])
+def test_an_effect_that_is_not_text_breaks_the_contract(effect: object) -> None:
+    with pytest.raises(ContractBroken, match="effect must be one of"):
+        read_answer({"effect": effect}, groups=GROUP_TUPLES)
+
+
+def test_what_a_broken_answer_is_recorded_as_is_one_bounded_line(fresh: Callable[[str, str], RegoEngine]) -> None:
+    # A key of 5,000 characters with a newline in it.
+    long_key = 'concat("\\n", ["x", concat("", ["y" | some _ in numbers.range(1, 5000)])])'
+    body = f'decision := {{"effect": "pass", {long_key}: 1}}\n'
+    engine = fresh("huge-key", body)
+
+    decision = run(policy_with({"name": "huge-key", "rego": module("huge-key", body)}), engine)
+
+    assert decision.rego_failure is not None and decision.rego_failure.kind == "contract"
+    assert len(decision.rego_failure.detail) <= 300
+    assert "\n" not in decision.rego_failure.detail
+
+
+def test_a_deny_message_is_one_line_so_it_cannot_forge_a_line_on_the_card() -> None:
+    verdict = read_answer(
+        {"effect": "deny", "message": "see runbook\n:white_check_mark: *Approved by* \u202eevil"}, groups={}
+    )
+    assert verdict.message == "see runbook :white_check_mark: *Approved by* evil"
+
+
+def test_a_module_outside_the_policy_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere.rego").write_text(HEADER + BODIES["pass"])
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    path = policy_file(folder, {"name": "mod", "rego": "../elsewhere.rego"}, {})
+
+    assert problems_of(path) == [
+        f"{path}: rules[0].rego: '../elsewhere.rego' is outside the policy file's folder ({folder})"
+    ]
+
+
+def test_a_module_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    os.mkfifo(tmp_path / "policies" / "m.rego")  # reading it would block start-up forever
+    path = policy_file(tmp_path, {"name": "mod", "rego": "policies/m.rego"}, {})
+
+    assert problems_of(path) == [f"{path}: rules[0].rego: 'policies/m.rego' is not a regular file"]
+
+
+def test_an_indented_function_head_is_a_function_the_module_defines(tmp_path: Path) -> None:
+    source = HEADER + (
+        'decision := {"effect": "pass"} if {\n\tnot is_big(input.request.duration_seconds)\n}\n\n'
+        "  is_big(n) if {\n\tn > 3600\n}\n"
+    )
+    path = policy_file(tmp_path, {"name": "mod", "rego": "policies/m.rego"}, {"policies/m.rego": source})
+
+    (rule,) = load_policy(path).rules
+    assert rule.rego is not None and rule.rego.source == source

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from bot.domain.policy_fields import SLACK_USER_ID, SLACK_USERGROUP_ID, RegoModule, is_slack_id
 from bot.domain.policy_rules import DAYS, expand
+from bot.domain.text import one_line
 
 # How long one evaluation may take before the rule fails closed, unless the settings say otherwise.
 DEFAULT_TIMEOUT_SECONDS = 0.5
@@ -124,9 +125,9 @@ def read_answer(value: object, *, groups: Mapping[str, tuple[str, ...]]) -> Rego
         raise ContractBroken(f'data.jit.decision must be an object like {{"effect": "pass"}}, not {_shown(value)}')
     unknown = sorted(str(key) for key in value if key not in _KEYS)
     if unknown:
-        raise ContractBroken(f"data.jit.decision has unknown key(s) {', '.join(unknown)}")
+        raise ContractBroken(f"data.jit.decision has unknown key(s) {', '.join(_shown(k) for k in unknown[:5])}")
     effect = value.get("effect")
-    if effect not in set(RegoEffect):
+    if not isinstance(effect, str) or effect not in {e.value for e in RegoEffect}:
         choices = ", ".join(f'"{e}"' for e in RegoEffect)
         raise ContractBroken(f"effect must be one of {choices}, not {_shown(effect)}")
     verdict_effect = RegoEffect(str(effect))
@@ -137,8 +138,9 @@ def read_answer(value: object, *, groups: Mapping[str, tuple[str, ...]]) -> Rego
     ):
         if key in value and verdict_effect is not owner:
             raise ContractBroken(f'{key} is only for effect "{owner}", and the effect is "{verdict_effect}"')
-    message = value.get("message")
-    if "message" in value and (not isinstance(message, str) or not message.strip() or len(message) > MESSAGE_MAX):
+    # One line, like every text people see on a card: a module's newline must not forge one.
+    message = one_line(value["message"]) if isinstance(value.get("message"), str) else value.get("message")
+    if "message" in value and (not isinstance(message, str) or not message or len(message) > MESSAGE_MAX):
         raise ContractBroken(f"message must be text of 1 to {MESSAGE_MAX} characters")
     approvals = value.get("approvals")
     if approvals is not None and (
@@ -159,7 +161,9 @@ def _approvers(value: object, groups: Mapping[str, tuple[str, ...]]) -> tuple[st
         raise ContractBroken("approvers must be a non-empty list of group names or Slack ids (U…, S…)")
     for entry in value:
         if not is_slack_id(entry) and entry not in groups:
-            raise ContractBroken(f"approvers names '{entry}', which is neither a group of the policy nor a Slack id")
+            raise ContractBroken(
+                f"approvers names {_shown(entry)}, which is neither a group of the policy nor a Slack id"
+            )
         for member in groups.get(entry, ()):
             if not is_slack_id(member):
                 raise ContractBroken(f"approvers group '{entry}' lists '{member}', who cannot approve in Slack")

@@ -30,6 +30,7 @@ from bot.domain.rego import (
     read_answer,
     rego_input,
 )
+from bot.domain.text import one_line
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,8 @@ def _decided_by_rego(
         verdict = _verdict(policy, resource, answer)
     except ContractBroken as broken:
         kind = "contract" if answer.kind is AnswerKind.DEFINED else answer.kind.value
-        return _failed(rule, RegoFailure(kind, str(broken)), trace, bool(skipped))
+        # One line and bounded: the module wrote what it says, and it goes into the audit trail.
+        return _failed(rule, RegoFailure(kind, one_line(str(broken), 300)), trace, bool(skipped))
     unknown = bool(skipped)
     why = f"rule '{rule.name}': its Rego module answered {verdict.effect}" + _skipped_note(skipped)
     if verdict.effect is RegoEffect.PASS:
@@ -284,7 +286,10 @@ def _verdict(policy: Policy, resource: Resource, answer: RegoAnswer) -> RegoVerd
         # rego-cpp gives no detail for some errors; the commonest is two bodies defining decision at once.
         detail = answer.detail
         if not detail or detail == "the evaluation failed":
-            detail = "rego-cpp gave no detail (two bodies that define decision for one input is a common cause)"
+            detail = (
+                "rego-cpp gave no detail (common causes: two bodies that define decision for one input, "
+                "or a built-in that failed, such as to_number of text)"
+            )
         raise ContractBroken(f"the evaluation failed: {detail}")
     verdict = read_answer(answer.value, groups=policy.groups)
     if verdict.effect is RegoEffect.REQUIRE and verdict.approvers is not None and verdict.approvals is None:

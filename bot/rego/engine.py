@@ -136,7 +136,13 @@ class RegoEngine:
         try:
             self._send({"load": load, "probe": self._probe})
             reply = self._receive(time.monotonic() + START_TIMEOUT_SECONDS)
-        except (TimeoutError, OSError, EOFError, ValueError):
+        except TimeoutError:
+            self._kill()
+            raise RegoEngineError(
+                f"compiling the modules (and a first evaluation with a sample input) took more than "
+                f"{START_TIMEOUT_SECONDS:g} s: is a module's evaluation unbounded?"
+            ) from None
+        except (OSError, EOFError, ValueError):
             code = self._kill()
             said = self._last_error_line()
             why = f": {said}" if said else ""

@@ -41,6 +41,9 @@ def main() -> int:
             problems: dict[str, list[dict[str, object]]] = {}
             for name, module in request["load"].items():
                 interpreter = Interpreter()
+                # Without it a built-in that fails (to_number("x"), 1/0) makes its body undefined, which
+                # would quietly skip a deny; with it the evaluation fails, and the rule fails closed.
+                interpreter.strict_built_in_errors = True
                 found, bundle = _compile(interpreter, module["path"], module["source"], request.get("probe"))
                 if found:
                     problems[name] = found
@@ -82,8 +85,8 @@ def _compile(interpreter: Any, path: str, source: str, probe: object) -> tuple[l
 # Rego words that a parenthesis may follow without being a call.
 _KEYWORDS = frozenset({"if", "else", "not", "some", "every", "with", "as", "in", "contains", "default", "import"})
 _CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
-# A function the module defines starts a line: `is_weekend(ns) if {`.
-_DEFINED = re.compile(r"(?m)^([A-Za-z_]\w*)\s*\(")
+# A function the module defines: its head starts a line, `is_weekend(ns) if {` or `f(x) := …`.
+_DEFINED = re.compile(r"(?m)^\s*([A-Za-z_]\w*)\s*\([^()\n]*\)\s*(?::=|=|if\b|\{)")
 _PACKAGE = re.compile(r"\bpackage\s+([\w.]+)")
 _DECISION = re.compile(r"(?m)^\s*(?:default\s+)?decision\b")
 
@@ -169,7 +172,9 @@ def _evaluate(interpreter: Any, bundle: Any, document: object) -> dict[str, obje
     from regopy.rego_shared import rego_bundle_query, rego_free_output, rego_output_ok, rego_output_string
 
     try:
-        interpreter.set_input_term(json.dumps(document))
+        # ensure_ascii=False: rego-cpp does not unescape \u sequences in input strings, so "café"
+        # sent escaped would not equal "café" in the module.
+        interpreter.set_input_term(json.dumps(document, ensure_ascii=False))
         output = rego_bundle_query(interpreter._impl, bundle._impl)
     except Exception as exc:
         return {"kind": "error", "detail": _first_message(str(exc))}
