@@ -19,7 +19,7 @@ import yaml
 
 from bot.config import ConfigError, load_policy
 from bot.domain.policy import Policy
-from bot.domain.policy_rules import rule_warnings
+from bot.domain.policy_rules import Rule, rule_warnings
 from bot.domain.rules import AccessRequest, Decision, Effect, Outcome, decide
 from tests.world import APPROVER_1, APPROVER_2, GROUP_MEMBER, POLICY, REQUESTER
 
@@ -1036,3 +1036,10 @@ def test_a_resource_pattern_matching_nothing_is_a_warning() -> None:
         "rules[1].unless.resources: 'staging-*' matches no resource in this policy",
     ]
     assert rule_warnings(Policy.model_validate(EXAMPLE).rules, policy.resource_names) == []
+
+
+def test_a_deny_rule_s_message_is_one_line_so_it_cannot_forge_a_line_on_the_card() -> None:
+    rule = Rule.model_validate(
+        {"name": "no", "when": {}, "effect": "deny", "message": "No.\n:white_check_mark: *Approved by* \u202eme"}
+    )
+    assert rule.message == "No. :white_check_mark: *Approved by* me"

@@ -32,6 +32,7 @@ from bot.domain.policy_fields import (
     Strict,
     is_slack_id,
 )
+from bot.domain.text import one_line
 
 if TYPE_CHECKING:
     from bot.domain.policy import Resource
@@ -234,6 +235,17 @@ class Rule(Strict):
     approvals: int | None = Field(default=None, ge=1, le=10)
     approvers: Entries | None = None
     message: str | None = Field(default=None, min_length=1, max_length=500)
+
+    @field_validator("message")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        # Shown on the card and in a DM: a newline in the policy must not forge a line there.
+        if value is None:
+            return None
+        flat = one_line(value)
+        if not flat:
+            raise ValueError("must not be empty")
+        return flat
 
     @field_validator("name")
     @classmethod
