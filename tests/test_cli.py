@@ -671,6 +671,7 @@ READS = {
     ("policy", "check"): [".env in the working folder", "JIT_POLICY_FILE"],
     ("policy", "test"): ["Reads FILE (a policy) and CASES", "talks to nothing"],
     ("policy", "replay"): [".env in the working folder", "JIT_DATABASE_URL", "read-only"],
+    ("audit", "export"): [".env in the working folder", "JIT_DATABASE_URL", "constant memory"],
 }
 
 
