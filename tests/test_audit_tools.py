@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
+from bot.cli import _moment
 from bot.store.audit import GENESIS, append_event, bind_audit_key, canonical_event, event_link, export_events
 from bot.store.db import make_engine, migrate, read_scope, session_scope
 from tests.processes import assert_no_traceback, run_cli
@@ -104,24 +105,55 @@ def test_export_csv_has_a_header_and_the_details_as_json(tmp_path: Path, databas
     assert {int(row["seq"]): row["hash"] for row in rows} == _links(database_url)
 
 
-@pytest.mark.parametrize(
-    ("window", "seqs"),
-    [
-        pytest.param(["--since", "2026-11-27T09:00:02Z"], [3, 4, 5], id="since-is-inclusive"),
-        pytest.param(["--until", "2026-11-27T09:00:02Z"], [1, 2], id="until-is-exclusive"),
-        pytest.param(["--since", "2026-11-27T09:00:01Z", "--until", "2026-11-27T09:00:03Z"], [2, 3], id="both"),
-        pytest.param(["--since", "2026-11-28"], [], id="a-date-is-utc-midnight"),
-        pytest.param(["--since", "3650d"], [1, 2, 3, 4, 5], id="a-span-back-from-now"),
-        pytest.param(["--since", "2026-11-27T10:00:01+01:00"], [2, 3, 4, 5], id="an-offset-is-converted"),
-    ],
-)
-def test_export_window(tmp_path: Path, database_url: str, window: list[str], seqs: list[int]) -> None:
+def test_export_window_on_the_command_line(tmp_path: Path, database_url: str) -> None:
     append_events(database_url, 5)
 
-    result = run_cli(tmp_path, "audit", "export", *window, env=_env(database_url))
+    result = run_cli(
+        tmp_path,
+        "audit",
+        "export",
+        "--since",
+        "2026-11-27T10:00:01+01:00",  # an offset is converted: 09:00:01 UTC
+        "--until",
+        "2026-11-27T09:00:03Z",  # exclusive
+        env=_env(database_url),
+    )
 
     assert result.returncode == 0, result.stderr
-    assert [e["seq"] for e in _jsonl(result.stdout)] == seqs
+    assert [e["seq"] for e in _jsonl(result.stdout)] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "seqs"),
+    [
+        pytest.param(START + timedelta(seconds=2), None, [3, 4, 5], id="since-is-inclusive"),
+        pytest.param(None, START + timedelta(seconds=2), [1, 2], id="until-is-exclusive"),
+        pytest.param(START + timedelta(seconds=1), START + timedelta(seconds=3), [2, 3], id="both"),
+        pytest.param(START + timedelta(days=1), None, [], id="after-the-last"),
+        pytest.param(None, None, [1, 2, 3, 4, 5], id="everything"),
+    ],
+)
+def test_export_window(database_url: str, since: datetime | None, until: datetime | None, seqs: list[int]) -> None:
+    append_events(database_url, 5)
+    engine = make_engine(database_url)
+    try:
+        with read_scope(engine) as session:
+            exported = [e.seq for e in export_events(session=session, since=since, until=until, batch=2)]
+    finally:
+        engine.dispose()
+    assert exported == seqs
+
+
+@pytest.mark.parametrize(
+    ("text", "moment"),
+    [
+        pytest.param("2026-11-28", datetime(2026, 11, 28, tzinfo=UTC), id="a-date-is-utc-midnight"),
+        pytest.param("2026-11-27T10:00:01+01:00", datetime(2026, 11, 27, 9, 0, 1, tzinfo=UTC), id="an-offset"),
+        pytest.param("2026-11-27T09:00", datetime(2026, 11, 27, 9, 0, tzinfo=UTC), id="no-zone-is-utc"),
+    ],
+)
+def test_what_since_and_until_mean(text: str, moment: datetime) -> None:
+    assert _moment(text, "--since") == moment
 
 
 @pytest.mark.parametrize(
@@ -137,9 +169,8 @@ def test_export_window(tmp_path: Path, database_url: str, window: list[str], seq
         ),
     ],
 )
-def test_export_with_a_bad_window_is_one_line_and_prints_nothing(
-    tmp_path: Path, database_url: str, window: list[str], said: str
-) -> None:
+def test_export_with_a_bad_window_is_one_line_and_prints_nothing(tmp_path: Path, window: list[str], said: str) -> None:
+    database_url = f"sqlite:///{tmp_path}/jit.db"  # refused before the database is read
     append_events(database_url, 2)
 
     result = run_cli(tmp_path, "audit", "export", *window, env=_env(database_url))
@@ -267,7 +298,8 @@ def test_a_head_rewritten_with_the_key_is_caught_by_the_published_head(tmp_path:
         pytest.param("x:" + "a" * 64, id="seq-not-a-number"),
     ],
 )
-def test_a_malformed_expected_head_is_one_line(tmp_path: Path, database_url: str, value: str) -> None:
+def test_a_malformed_expected_head_is_one_line(tmp_path: Path, value: str) -> None:
+    database_url = f"sqlite:///{tmp_path}/jit.db"  # refused before the database is read
     append_events(database_url, 1)
 
     result = run_cli(tmp_path, "audit", "verify", "--expect-head", value, env=_env(database_url))
