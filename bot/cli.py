@@ -137,6 +137,12 @@ def _policy_summary(path: Path, policy: Policy) -> None:
     _out(f"policy: {path}: ok")
     _out(f"  request_timeout: {format_duration(policy.request_timeout)}")
     _out(f"  audit channel: {policy.channels.audit or '(none)'}")
+    digest, hours = policy.digest, policy.digest.business_hours
+    _out(
+        f"  digest: {digest.time:%H:%M} {digest.timezone} to {policy.channels.digest or '(no channel)'}; "
+        f"business hours {','.join(hours.days)} {hours.start:%H:%M}-{hours.end:%H:%M}"
+    )
+    _out(f"  security leads: {', '.join(policy.security_leads) or '(none)'}")
     fallback = "on" if policy.identity.email_fallback else "off"
     _out(f"  identities: {len(policy.identities)} mapped; email fallback {fallback}")
     _out(f"  limits: {policy.limits.pending_per_requester} pending requests per requester")
