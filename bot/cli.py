@@ -856,7 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             f"Reads JIT_DATABASE_URL from {_READS_WHERE}; streams the events oldest first in constant memory. "
             "--since and --until take a span back from now (30d, 12h), a date (UTC) or an ISO time; "
-            "--until is exclusive. csv columns: " + ", ".join(EXPORT_COLUMNS) + " (details as JSON text)."
+            "--until is exclusive. csv columns: " + ", ".join(EXPORT_COLUMNS) + " (details as JSON text). "
+            "Exit codes: 0 exported (also when the reader stops early, as head does), 2 an option or the "
+            "database is wrong (one line)."
         ),
     )
     audit_export.add_argument("--since", metavar="WHEN")

@@ -668,6 +668,8 @@ READS = {
     ("migrate",): [".env in the working folder", "JIT_DATABASE_URL"],
     ("audit", "verify"): [".env in the working folder", "JIT_DATABASE_URL", "JIT_AUDIT_KEY"],
     ("audit", "rekey"): [".env in the working folder", "JIT_DATABASE_URL", "JIT_AUDIT_KEY"],
+    ("audit", "export"): [".env in the working folder", "JIT_DATABASE_URL"],
+    ("digest",): [".env in the working folder", "JIT_POLICY_FILE", "JIT_DATABASE_URL", "JIT_AUDIT_KEY", "read-only"],
     ("demo",): ["Ignores .env"],
     ("keygen",): ["Reads nothing"],
     ("policy", "check"): [".env in the working folder", "JIT_POLICY_FILE"],
