@@ -16,7 +16,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine, text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, inspect, text
 from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType as E
@@ -39,7 +41,7 @@ from bot.domain.digest_chart import DPI, HEIGHT_IN, WIDTH_IN, chart_png
 from bot.domain.policy import BusinessHours, DigestOptions
 from bot.slack.text import escape
 from bot.store.audit import append_event, bind_audit_key
-from bot.store.db import make_engine, migrate, read_scope, session_scope
+from bot.store.db import MIGRATIONS, make_engine, migrate, read_scope, session_scope
 from bot.store.digest import audit_anchor, read_figures
 from bot.store.models import AccessRequest, Grant, Vote
 from bot.store.transitions import BOT_ACTOR
@@ -718,7 +720,10 @@ def test_jit_bot_digest_text_and_chart(tmp_path: Path, story_engine: Engine, dat
     assert result.returncode == 0, result.stderr
     assert result.stdout == _text_of_the_story(f"{seq}:{link}") + "\n"
     assert _png_size((tmp_path / "week.png").read_bytes()) == (1000, 450)
-    assert any(line.endswith(f"chart written to {Path('week.png')}") for line in result.stderr.splitlines())
+    # Only that, and no guesses of matplotlib's about what the labels are.
+    assert [line.split(" INFO ", 1)[-1] for line in result.stderr.splitlines()] == [
+        "jit-bot: chart written to week.png"
+    ]
 
 
 def test_the_default_date_is_yesterday(tmp_path: Path) -> None:
@@ -839,3 +844,34 @@ def test_the_digest_keys_of_the_readme_parse() -> None:
     # Keys left out keep their own defaults.
     partial = make_policy(digest={"business_hours": {"from": "07:00"}}).digest.business_hours
     assert (partial.days, partial.start, partial.end) == (("mon", "tue", "wed", "thu", "fri"), time(7), time(19))
+
+
+def test_0007_downgrades_and_upgrades_again_keeping_the_trail(database_url: str) -> None:
+    """The digest's indexes come off (the old index on event_type alone goes back) and on again; the
+    events stay, and still verify."""
+    engine = bind_audit_key(make_engine(database_url), KEY)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        migrate(engine)
+        with session_scope(engine) as session:
+            Story(session).request(1, local("10:00"), requester=REQUESTER)
+
+        def indexes() -> set[str]:
+            inspector = inspect(engine)
+            return {i["name"] for table in ("audit_event", "vote") for i in inspector.get_indexes(table)}
+
+        assert {"ix_audit_event_type_at", "ix_vote_created_at"} <= indexes()
+        assert "ix_audit_event_event_type" not in indexes()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+        assert "ix_audit_event_event_type" in indexes()
+        assert not {"ix_audit_event_type_at", "ix_vote_created_at"} & indexes()
+        migrate(engine)
+        assert {"ix_audit_event_type_at", "ix_vote_created_at"} <= indexes()
+        found = digest_json(_read(engine))
+    finally:
+        engine.dispose()
+    assert found["counts"]["requested"] == 1
+    assert found["audit_head"]["verified"] is True

@@ -10,6 +10,7 @@ backend or current figure for two threads to share.
 from __future__ import annotations
 
 import io
+import logging
 
 from bot.domain.digest import Digest
 
@@ -28,6 +29,9 @@ OUTCOMES = (
 
 
 def chart_png(digest: Digest) -> bytes:
+    # matplotlib narrates at INFO (building its font cache on first use, fonts it skips, guesses it
+    # made): the bot's log is about access, so only its warnings get through.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -38,14 +42,17 @@ def chart_png(digest: Digest) -> bytes:
     figure.suptitle(f"jit-bot digest {plan.local_date.isoformat()} ({plan.timezone})")
 
     indexes = range(len(plan.days) - SHOWN_DAYS, len(plan.days))
-    labels = [f"{plan.date_of(index):%a %d}" for index in indexes]
+    # Bars at numbered positions with the labels set apart: given text, matplotlib guesses whether
+    # "Wed 28" (or a resource named 2026) is a date or a number, and logs that it guessed.
+    positions = list(range(SHOWN_DAYS))
     bottoms = [0] * SHOWN_DAYS
     for key, label, colour in OUTCOMES:
         heights = [digest.day_counts(index)[key] for index in indexes]
-        days.bar(labels, heights, bottom=bottoms, label=label, color=colour)
+        days.bar(positions, heights, bottom=bottoms, label=label, color=colour)
         bottoms = [bottom + height for bottom, height in zip(bottoms, heights, strict=True)]
     requested = [digest.day_counts(index)["requested"] for index in indexes]
-    days.plot(labels, requested, color="#212529", marker="o", label="requested")
+    days.plot(positions, requested, color="#212529", marker="o", label="requested")
+    days.set_xticks(positions, [f"{plan.date_of(index):%a %d}" for index in indexes])
     days.set_title("decisions by outcome, last 7 days")
     days.set_ylabel("requests")
     days.legend(fontsize="small", loc="upper left")
@@ -53,7 +60,9 @@ def chart_png(digest: Digest) -> bytes:
 
     top = list(reversed(digest.figures.top_resources))
     if top:
-        resources.barh([r.key for r in top], [r.count for r in top], color="#1971c2")
+        rows = list(range(len(top)))
+        resources.barh(rows, [r.count for r in top], color="#1971c2")
+        resources.set_yticks(rows, [r.key for r in top])
         resources.xaxis.get_major_locator().set_params(integer=True)
     else:
         resources.text(0.5, 0.5, "no requests", ha="center", va="center", transform=resources.transAxes)
