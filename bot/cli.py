@@ -514,7 +514,9 @@ def cmd_digest(args: argparse.Namespace) -> int:
             raise ConfigError([f"--chart: cannot write {chart}: {exc.strerror or type(exc).__name__}"]) from None
         _err(f"jit-bot: chart written to {chart}", logging.INFO)
     _out(json.dumps(digest_json(digest)) if args.format == "json" else digest_text(digest))
-    return 0
+    # Written either way (the digest says why on its last line), but a script that mails it can
+    # also tell from the exit code, as from `audit verify`'s.
+    return 0 if anchor.verified else 1
 
 
 def _policy_path(given: Path | None) -> Path:
@@ -885,8 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
             "a local date in digest.timezone (default: yesterday there). It verifies the whole audit trail, and "
             "ends with the chain's head and whether it verified. --chart FILE also writes a PNG: the last 7 days "
             "by outcome and the day's top resources. "
-            "Exit codes: 0 written (even when the trail did not verify: the digest says so), 2 an option, the "
-            "policy or the database is wrong (one line)."
+            "Exit codes: 0 written, 1 written but the audit trail did not verify (the digest's last line says "
+            "why), 2 an option, the policy or the database is wrong (one line)."
         ),
     )
     digest.add_argument("--date", metavar="YYYY-MM-DD", help="the local day (default: yesterday in digest.timezone)")

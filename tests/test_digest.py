@@ -449,9 +449,10 @@ def test_a_dst_day_is_bounded_by_its_local_midnights(database_url: str) -> None:
             story = Story(session)
             for n, moment in moments.items():
                 story.request(n, moment.astimezone(UTC), requester=REQUESTER)
-        found = digest_json(_read(engine, day=date(2026, 10, 25)))
+        digest = _read(engine, day=date(2026, 10, 25))
     finally:
         engine.dispose()
+    found = digest_json(digest)
 
     assert found["window"] == {"from": "2026-10-24T22:00:00Z", "to": "2026-10-25T23:00:00Z", "hours": 25.0}
     assert found["counts"]["requested"] == 4
@@ -460,6 +461,10 @@ def test_a_dst_day_is_bounded_by_its_local_midnights(database_url: str) -> None:
         ("2026-10-25", 4),
     ]
     assert found["previous_7_day_average"]["requested"] == 0.14
+    assert digest_text(digest).splitlines()[:2] == [
+        "jit-bot daily digest for Sunday 2026-10-25 (Europe/Berlin)",
+        "A 25-hour day: 2026-10-24 22:00 to 2026-10-25 23:00 UTC, compared with the average of the 7 days before",
+    ]
 
 
 def test_local_days_are_23_or_25_hours_when_the_clocks_change() -> None:
@@ -724,6 +729,23 @@ def test_jit_bot_digest_text_and_chart(tmp_path: Path, story_engine: Engine, dat
     assert [line.split(" INFO ", 1)[-1] for line in result.stderr.splitlines()] == [
         "jit-bot: chart written to week.png"
     ]
+
+
+def test_a_trail_that_does_not_verify_is_said_last_and_exits_1(
+    tmp_path: Path, story_engine: Engine, database_url: str
+) -> None:
+    seq, link = _head(story_engine)
+    with story_engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit_event WHERE seq = 7"))
+
+    result = run_cli(tmp_path, "digest", "--date", "2026-10-28", env=_env(tmp_path, database_url))
+
+    assert result.returncode == 1
+    assert messages(result.stderr) == []
+    assert result.stdout.startswith("jit-bot daily digest for Wednesday 2026-10-28 (Europe/Berlin)\n")
+    assert result.stdout.endswith(
+        f"Audit trail head: {seq}:{link}, NOT VERIFIED: broken at event 7: event 7 is missing\n"
+    )
 
 
 def test_the_default_date_is_yesterday(tmp_path: Path) -> None:

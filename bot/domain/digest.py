@@ -422,7 +422,7 @@ def digest_text(digest: Digest, *, slack: bool = False) -> str:
     style = SLACK if slack else TERMINAL
     plan, figures = digest.plan, digest.figures
     day = plan.day
-    length = "" if day.hours == 24 else f"a {day.hours:g}-hour day, "
+    length = "" if day.hours == 24 else f"A {day.hours:g}-hour day: "
     lines = [
         style.bold(f"jit-bot daily digest for {plan.local_date:%A %Y-%m-%d} ({plan.timezone})"),
         f"{length}{day.start:%Y-%m-%d %H:%M} to {day.end:%Y-%m-%d %H:%M} UTC, "
