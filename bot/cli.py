@@ -459,7 +459,7 @@ def _digest_date(text: str | None, zone: ZoneInfo, now: datetime) -> date:
 
 def _chart_target(path: Path) -> Path:
     """Said before the digest is computed, so a wrong path does not cost a verify of the whole trail."""
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if path.is_dir():
         raise ConfigError([f"--chart: {path} is a folder; give a file name like digest.png"])
     if not folder.is_dir():
