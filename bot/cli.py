@@ -11,9 +11,10 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import OperationalError
 
@@ -137,6 +138,12 @@ def _policy_summary(path: Path, policy: Policy) -> None:
     _out(f"policy: {path}: ok")
     _out(f"  request_timeout: {format_duration(policy.request_timeout)}")
     _out(f"  audit channel: {policy.channels.audit or '(none)'}")
+    digest, hours = policy.digest, policy.digest.business_hours
+    _out(
+        f"  digest: {digest.time:%H:%M} {digest.timezone} to {policy.channels.digest or '(no channel)'}; "
+        f"business hours {','.join(hours.days)} {hours.start:%H:%M}-{hours.end:%H:%M}"
+    )
+    _out(f"  security leads: {', '.join(policy.security_leads) or '(none)'}")
     fallback = "on" if policy.identity.email_fallback else "off"
     _out(f"  identities: {len(policy.identities)} mapped; email fallback {fallback}")
     _out(f"  limits: {policy.limits.pending_per_requester} pending requests per requester")
@@ -429,6 +436,87 @@ def cmd_audit_rekey(_args: argparse.Namespace) -> int:
     _out(f"re-linked {before.events} events with JIT_AUDIT_KEY ({before.unkeyed} were unkeyed)")
     _out(f"the trail's last link before re-keying was {before.tip}: compare it with a copy kept elsewhere")
     return 0
+
+
+def _digest_date(text: str | None, zone: ZoneInfo, now: datetime) -> date:
+    """--date YYYY-MM-DD (default: yesterday in digest.timezone); a day that has not begun there is refused."""
+    import re
+
+    from bot.domain.digest import yesterday
+
+    if text is None:
+        return yesterday(now, zone)
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+            raise ValueError
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError([f"--date: '{text[:40]}' is not a date like 2026-10-25"]) from None
+    if day > now.astimezone(zone).date():
+        raise ConfigError([f"--date: {day} has not begun yet in {zone.key}"])
+    return day
+
+
+def _chart_target(path: Path) -> Path:
+    """Said before the digest is computed, so a wrong path does not cost a verify of the whole trail."""
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError([f"--chart: {path} is a folder; give a file name like digest.png"])
+    if not folder.is_dir():
+        raise ConfigError([f"--chart: cannot write {path}: there is no folder {folder}"])
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError([f"--chart: cannot write {path}: permission denied"])
+    return path
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    """The security leads' digest of one day, from the database and the policy's digest settings; read-only."""
+    from sqlalchemy.exc import DatabaseError
+
+    from bot.domain.digest import Digest, digest_json, digest_text, plan_digest
+    from bot.store.audit import audit_key_of
+    from bot.store.db import read_scope
+    from bot.store.digest import audit_anchor, read_figures
+    from bot.store.types import utcnow
+
+    policy = load_policy(policy_file_setting())
+    now = utcnow()
+    day = _digest_date(args.date, policy.digest.zone, now)
+    chart = _chart_target(args.chart) if args.chart is not None else None
+    plan = plan_digest(day, policy.digest, now=now)
+    engine = _store_engine(create_key=False)
+    cannot_read = (
+        "JIT_DATABASE_URL: cannot read the requests and the audit trail ({}); is it the right database, migrated?"
+    )
+    try:
+        try:
+            # A server that cannot be reached is main's one line; a file that is not a database is ours.
+            engine.connect().close()
+        except OperationalError:
+            raise
+        except DatabaseError as exc:
+            raise ConfigError([cannot_read.format(type(exc.orig).__name__)]) from None
+        try:
+            with read_scope(engine) as session:
+                figures = read_figures(session=session, plan=plan)
+                anchor = audit_anchor(session=session, key=audit_key_of(session.connection()))
+        except DatabaseError as exc:
+            raise ConfigError([cannot_read.format(type(exc.orig).__name__)]) from None
+    finally:
+        engine.dispose()
+    digest = Digest(plan, figures, anchor)
+    if chart is not None:
+        from bot.domain.digest_chart import chart_png
+
+        try:
+            chart.write_bytes(chart_png(digest))
+        except OSError as exc:
+            raise ConfigError([f"--chart: cannot write {chart}: {exc.strerror or type(exc).__name__}"]) from None
+        _err(f"jit-bot: chart written to {chart}", logging.INFO)
+    _out(json.dumps(digest_json(digest)) if args.format == "json" else digest_text(digest))
+    # Written either way (the digest says why on its last line), but a script that mails it can
+    # also tell from the exit code, as from `audit verify`'s.
+    return 0 if anchor.verified else 1
 
 
 def _policy_path(given: Path | None) -> Path:
@@ -771,7 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"Reads JIT_DATABASE_URL from {_READS_WHERE}; streams the events oldest first in constant memory. "
             "--since and --until take a span back from now (30d, 12h), a date (UTC) or an ISO time; "
             "--until is exclusive. csv columns: " + ", ".join(EXPORT_COLUMNS) + " (details as JSON text). "
-            "Exit codes: 0 exported (the count goes to stderr), 2 cannot read the trail or a bad --since/--until."
+            "Exit codes: 0 exported (the count goes to stderr; also when the reader stops early, as head does), "
+            "2 an option or the database is wrong (one line)."
         ),
     )
     audit_export.add_argument("--since", metavar="WHEN")
@@ -788,6 +877,24 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit codes: 0 re-linked, 1 refused (the reason is printed; nothing changed), 2 cannot read the trail."
         ),
     ).set_defaults(func=cmd_audit_rekey)
+    digest = commands.add_parser(
+        "digest",
+        parents=[common],
+        help="the security leads' digest of one day: counts against the week before, anomalies, the audit head",
+        description=(
+            f"Reads the policy file JIT_POLICY_FILE (its digest: settings), JIT_DATABASE_URL and JIT_AUDIT_KEY (or "
+            f"the jit-audit-key file beside the database) from {_READS_WHERE}; read-only, sends nothing. The day is "
+            "a local date in digest.timezone (default: yesterday there). It verifies the whole audit trail, and "
+            "ends with the chain's head and whether it verified. --chart FILE also writes a PNG: the last 7 days "
+            "by outcome and the day's top resources. "
+            "Exit codes: 0 written, 1 written but the audit trail did not verify (the digest's last line says "
+            "why), 2 an option, the policy or the database is wrong (one line)."
+        ),
+    )
+    digest.add_argument("--date", metavar="YYYY-MM-DD", help="the local day (default: yesterday in digest.timezone)")
+    digest.add_argument("--format", choices=["text", "json"], default="text")
+    digest.add_argument("--chart", metavar="FILE", type=Path, help="also write a PNG chart to FILE")
+    digest.set_defaults(func=cmd_digest)
     return parser
 
 

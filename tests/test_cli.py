@@ -77,6 +77,8 @@ def test_check_with_good_settings_and_policy(tmp_path: Path) -> None:
     assert "policy: policy.yml: ok" in lines
     assert "  request_timeout: 30m" in lines
     assert "  audit channel: C0AUDIT0001" in lines
+    assert "  digest: 09:00 UTC to (no channel); business hours mon,tue,wed,thu,fri 08:00-19:00" in lines
+    assert "  security leads: (none)" in lines
     assert "  identities: 4 mapped; email fallback off" in lines
     resources = [line for line in lines if line.startswith("  resource ")]
     assert resources == [
@@ -666,6 +668,7 @@ READS = {
     ("migrate",): [".env in the working folder", "JIT_DATABASE_URL"],
     ("audit", "verify"): [".env in the working folder", "JIT_DATABASE_URL", "JIT_AUDIT_KEY"],
     ("audit", "rekey"): [".env in the working folder", "JIT_DATABASE_URL", "JIT_AUDIT_KEY"],
+    ("digest",): [".env in the working folder", "JIT_POLICY_FILE", "JIT_DATABASE_URL", "JIT_AUDIT_KEY", "read-only"],
     ("demo",): ["Ignores .env"],
     ("keygen",): ["Reads nothing"],
     ("policy", "check"): [".env in the working folder", "JIT_POLICY_FILE"],

@@ -7,7 +7,7 @@ import os
 import re
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -412,6 +412,12 @@ def test_minimal_policy_gets_the_defaults(tmp_path: Path) -> None:
 
     assert policy.request_timeout == timedelta(minutes=30)
     assert policy.channels.audit is None
+    assert policy.channels.digest is None
+    assert policy.security_leads == ()
+    # The digest: 09:00 UTC, business hours mon-fri 08:00-19:00.
+    assert (policy.digest.time, policy.digest.timezone) == (time(9), "UTC")
+    hours = policy.digest.business_hours
+    assert (hours.days, hours.start, hours.end) == (("mon", "tue", "wed", "thu", "fri"), time(8), time(19))
     assert policy.identities == {}
     assert policy.identity.email_fallback is False
     (wiki,) = policy.resources
@@ -471,6 +477,14 @@ WRONG: dict[str, tuple[str, Any, str]] = {
         "'#approvers' is not a Slack channel id",
     ),
     "audit-channel-not-an-id": ("channels.audit", "audit-log", "'audit-log' is not a Slack channel id"),
+    "digest-channel-not-an-id": ("channels.digest", "#security", "'#security' is not a Slack channel id"),
+    "security-lead-not-a-slack-id": (
+        "security_leads",
+        ["U0LEAD", "lead@example.com"],
+        "'lead@example.com' is neither a Slack user id (U…, W…) nor a usergroup id (S…)",
+    ),
+    "security-lead-twice": ("security_leads", ["U0LEAD", "S0SECLEADS", "U0LEAD"], "lists 'U0LEAD' twice"),
+    "security-leads-not-a-list": ("security_leads", "U0LEAD", "must be a list"),
     "zero-approvals-required": ("resources.0.approvals_required", 0, "must be at least 1, not '0'"),
     "too-many-approvals-required": ("resources.0.approvals_required", 11, "must be at most 10, not '11'"),
     # pydantic's own words ("Input should be a valid tuple") are about Python; these are about the key.
@@ -557,6 +571,36 @@ BAD_POLICIES = [
         _set("identity", {"email_fallbak": True}),
         [("identity.email_fallbak", "is not a known key")],
         id="unknown-nested-key",
+    ),
+    # The digest's keys (all optional) name the key below digest: that is wrong.
+    pytest.param(
+        _set("digest", {"time": "9am"}), [("digest.time", "'9am' is not a time like \"08:00\"")], id="digest-time"
+    ),
+    pytest.param(_set("digest", {"time": 900}), [("digest.time", "put times in quotes")], id="digest-time-unquoted"),
+    pytest.param(
+        _set("digest", {"timezone": "Europe/Berlinn"}),
+        [("digest.timezone", "'Europe/Berlinn' is not a time zone (an IANA name like Europe/Berlin, or UTC)")],
+        id="digest-timezone",
+    ),
+    pytest.param(
+        _set("digest", {"business_hours": {"days": ["mon", "fryday"]}}),
+        [("digest.business_hours.days", "'fryday' is not a day")],
+        id="business-hours-day",
+    ),
+    pytest.param(
+        _set("digest", {"business_hours": {"from": "08:00", "to": "8:00"}}),
+        [("digest.business_hours", "from and to are both 08:00, so there would be no business hours at all")],
+        id="business-hours-empty",
+    ),
+    pytest.param(
+        _set("digest", {"timezone": "Europe/Berlin", "business_hours": {"timezone": "UTC"}}),
+        [("digest.business_hours.timezone", "is not set here: business hours are on the clock of digest.timezone")],
+        id="business-hours-own-timezone",
+    ),
+    pytest.param(
+        _set("digest", {"business_hours": {"until": "18:00"}}),
+        [("digest.business_hours.until", "is not a known key")],
+        id="business-hours-typo",
     ),
     *(pytest.param(_set(path, value), [(_key(path), why)], id=case) for case, (path, value, why) in WRONG.items()),
     *(pytest.param(text, [(None, problem)], id=case) for case, (text, problem) in NOT_POLICIES.items()),

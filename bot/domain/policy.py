@@ -9,8 +9,9 @@ here; the ``groups:`` and ``rules:`` are in ``bot.domain.policy_rules``, and the
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     BeforeValidator,
@@ -34,8 +35,18 @@ from bot.domain.policy_fields import (
     Duration,
     KeyedProblems,
     Strict,
+    is_slack_id,
 )
-from bot.domain.policy_rules import Rule, check_groups, check_rule_names, policy_problems
+from bot.domain.policy_rules import (
+    DAYS,
+    Clock,
+    Rule,
+    check_days,
+    check_groups,
+    check_rule_names,
+    check_timezone,
+    policy_problems,
+)
 
 # An entry of a group: a Slack user id, a usergroup id, or an IdP subject (anything else that is not empty).
 _Member = Annotated[str, Field(min_length=1)]
@@ -148,13 +159,57 @@ class Resource(Strict):
 
 class Channels(Strict):
     audit: str | None = None
+    # Where the security leads' daily digest is posted.
+    digest: str | None = None
 
-    @field_validator("audit")
+    @field_validator("audit", "digest")
     @classmethod
     def _channel(cls, value: str | None) -> str | None:
         if value is not None and not SLACK_CHANNEL_ID.fullmatch(value):
             raise ValueError(f"'{value}' is not a Slack channel id (like C0123ABCD)")
         return value
+
+
+class BusinessHours(Strict):
+    """What the digest counts as working time (anything else is off-hours), on the clock of
+    ``digest.timezone``. Each key has its own default, so ``{from: "07:00"}`` keeps mon–fri and 19:00.
+    A ``to`` before ``from`` runs past midnight and belongs to the day it starts on, as a rule's hours do."""
+
+    days: Annotated[tuple[str, ...], Field(min_length=1)] = DAYS[:5]
+    start: Clock = Field(default=time(8), alias="from")
+    end: Clock = Field(default=time(19), alias="to")
+
+    _days = field_validator("days")(check_days)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_timezone(cls, data: Any) -> Any:
+        # A second time zone here would let the digest's day and its business hours disagree.
+        if isinstance(data, dict) and "timezone" in data:
+            raise KeyedProblems(
+                [(("timezone",), "is not set here: business hours are on the clock of digest.timezone")]
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> BusinessHours:
+        if self.start == self.end:
+            raise ValueError(f"from and to are both {self.end:%H:%M}, so there would be no business hours at all")
+        return self
+
+
+class DigestOptions(Strict):
+    """The security leads' daily digest: when it is sent, on which clock, and what is off-hours."""
+
+    time: Clock = time(9)
+    timezone: str = "UTC"
+    business_hours: BusinessHours = BusinessHours()
+
+    _timezone = field_validator("timezone")(check_timezone)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
 
 class IdentityOptions(Strict):
@@ -172,6 +227,9 @@ class Policy(Strict):
     identities: dict[str, str] = Field(default_factory=dict)
     identity: IdentityOptions = IdentityOptions()
     limits: Limits = Limits()
+    # Who may run /jit digest and is mentioned in alerts: Slack user (U…, W…) or usergroup (S…) ids.
+    security_leads: tuple[str, ...] = ()
+    digest: DigestOptions = DigestOptions()
     resources: tuple[Resource, ...] = Field(min_length=1)
     # Declared after resources: checking the rules' approvers needs the resources' approvals.
     groups: dict[str, Annotated[tuple[_Member, ...], Field(min_length=1)]] = Field(default_factory=dict)
@@ -186,6 +244,17 @@ class Policy(Strict):
         if problems:
             raise KeyedProblems(problems)
         return self
+
+    @field_validator("security_leads")
+    @classmethod
+    def _leads(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not is_slack_id(entry):
+                raise ValueError(f"'{entry}' is neither a Slack user id (U…, W…) nor a usergroup id (S…)")
+        twice = sorted({entry for entry in value if value.count(entry) > 1})
+        if twice:
+            raise ValueError(f"lists '{twice[0]}' twice")
+        return value
 
     @field_validator("identities")
     @classmethod

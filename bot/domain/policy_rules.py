@@ -103,6 +103,27 @@ def glob_problem(pattern: str) -> str | None:
     return None
 
 
+def check_days(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Days of the week as a policy writes them (any case), each once; the rules' ``hours`` and the
+    digest's ``business_hours`` share it."""
+    days = tuple(day.lower() for day in value)
+    for day in days:
+        if day not in DAYS:
+            raise ValueError(f"'{day}' is not a day: write mon, tue, wed, thu, fri, sat or sun")
+    twice = sorted({day for day in days if days.count(day) > 1}, key=DAYS.index)
+    if twice:
+        raise ValueError(f"lists day '{twice[0]}' twice")
+    return days
+
+
+def check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"'{value}' is not a time zone (an IANA name like Europe/Berlin, or UTC)") from None
+    return value
+
+
 class Hours(Strict):
     """When a rule applies: a window of the day on some days of the week, on the clock of ``timezone``."""
 
@@ -114,25 +135,9 @@ class Hours(Strict):
     @field_validator("days")
     @classmethod
     def _days(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        days = tuple(day.lower() for day in value)
-        for day in days:
-            if day not in DAYS:
-                raise ValueError(f"'{day}' is not a day: write mon, tue, wed, thu, fri, sat or sun")
-        twice = sorted({day for day in days if days.count(day) > 1}, key=DAYS.index)
-        if twice:
-            raise ValueError(f"lists day '{twice[0]}' twice")
-        return days
+        return None if value is None else check_days(value)
 
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(f"'{value}' is not a time zone (an IANA name like Europe/Berlin, or UTC)") from None
-        return value
+    _timezone = field_validator("timezone")(check_timezone)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Hours:

@@ -23,3 +23,9 @@ def one_line(text: str, limit: int | None = None) -> str:
     if limit is not None and len(flat) > limit:
         return flat[: max(limit - 1, 0)] + "…"
     return flat
+
+
+def mrkdwn_escape(text: str) -> str:
+    """Slack's required escaping, so text can never become a mention, a link or ``<!channel>``: the
+    one definition, which ``bot.slack.text.escape`` and the digest's Slack text both use."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

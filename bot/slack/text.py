@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bot.domain.durations import format_duration
+from bot.domain.text import mrkdwn_escape
 
 
 def escape(text: str) -> str:
     """Slack's required escaping, so user text can never become a mention or a link (<!channel>)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return mrkdwn_escape(text)
 
 
 def mention(user_id: str) -> str:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy import event as sa_event
@@ -67,7 +67,24 @@ def canonical_event(
     )
 
 
-def canonical_row(event: AuditEvent) -> str:
+class StoredEvent(Protocol):
+    """What a link is computed over, as read back: an ``AuditEvent`` or an ``ExportedEvent``."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def details(self) -> dict[str, Any]: ...
+
+
+def canonical_row(event: StoredEvent) -> str:
     """The canonical form of a stored event (what its link was computed over)."""
     return canonical_event(
         seq=event.seq,
@@ -211,7 +228,8 @@ def verify_chain(*, session: Session, key: bytes, watch: int | None = None) -> C
     count = 0
     unkeyed = 0
     keyed_seen = False
-    for event in iter_events(session=session):
+    # Plain rows, not ORM objects: building an object per event was over 40 % of a verify's time.
+    for event in export_events(session=session, since=None, until=None):
         if event.seq != expected_seq:
             return ChainReport(count, expected_seq, f"event {expected_seq} is missing", unkeyed)
         if event.prev_hash != prev_hash:
@@ -257,8 +275,9 @@ def head_problem(report: ChainReport, seq: int, link: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class ExportedEvent:
+class ExportedEvent(NamedTuple):
+    # A tuple, not a frozen dataclass: made once per event of a verify or an export, whose
+    # object.__setattr__ per field cost more than the event's HMAC.
     seq: int
     at: datetime
     event_type: str

@@ -55,8 +55,12 @@ class AccessRequest(AccessRequestBase, table=True):
 
 class Vote(SQLModel, table=True):
     __tablename__ = "vote"
-    # One vote per approver per request, enforced by the database, not by hope.
-    __table_args__ = (UniqueConstraint("request_id", "voter_slack_id", name="uq_vote_request_voter"),)
+    __table_args__ = (
+        # One vote per approver per request, enforced by the database, not by hope.
+        UniqueConstraint("request_id", "voter_slack_id", name="uq_vote_request_voter"),
+        # The digest reads a week of votes (migration 0007).
+        Index("ix_vote_created_at", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     request_id: str = Field(foreign_key="access_request.id", max_length=16, index=True)
@@ -70,10 +74,12 @@ class AuditEvent(SQLModel, table=True):
     """Append-only and hash-chained: ``hash = sha256(prev_hash + canonical(event))``."""
 
     __tablename__ = "audit_event"
+    # The digest counts a day's events of some types (migration 0007; it also serves lookups by type).
+    __table_args__ = (Index("ix_audit_event_type_at", "event_type", "at"),)
 
     seq: int = Field(primary_key=True)
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
-    event_type: str = Field(max_length=64, index=True)
+    event_type: str = Field(max_length=64)
     actor: str = Field(max_length=64)
     request_id: str | None = Field(default=None, max_length=16, index=True)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
