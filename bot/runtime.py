@@ -217,7 +217,7 @@ def build_runtime(
     dispatcher = Dispatcher(
         engine=engine,
         policy=policy,
-        notifier=SlackNotifier(client, audit_channel=policy.channels.audit),
+        notifier=SlackNotifier(client, audit_channel=policy.channels.audit, security_leads=policy.security_leads),
         announcer=announcer,
         doorbell=doorbell,
         clock=clock,

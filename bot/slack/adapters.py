@@ -15,7 +15,7 @@ from bot.domain.text import one_line
 from bot.services.notices import Alert, ApprovalCard, AuditSummary, CardChanged, Notice, PickupLink, RequesterTold
 from bot.services.ports import Delivered, DeliveryError, DirectoryError
 from bot.slack.cards import approval_card, card_text
-from bot.slack.messages import alert_text, audit_summary_text, outcome_text, pickup_text
+from bot.slack.messages import alert_text, audit_summary_text, leads_cc, outcome_text, pickup_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,9 +69,10 @@ def _call(fn: Callable[[], T]) -> T:
 
 
 class SlackNotifier:
-    def __init__(self, client: WebClient, *, audit_channel: str | None) -> None:
+    def __init__(self, client: WebClient, *, audit_channel: str | None, security_leads: tuple[str, ...] = ()) -> None:
         self._client = client
         self._audit_channel = audit_channel
+        self._security_leads = security_leads
 
     def deliver(self, notice: Notice, *, secret: str | None = None) -> Delivered:
         match notice:
@@ -105,7 +106,7 @@ class SlackNotifier:
             case AuditSummary(request=request, event=event):
                 self._post_to_audit(audit_summary_text(request, event))
             case Alert():
-                self._post_to_audit(alert_text(notice))
+                self._post_to_audit(alert_text(notice) + leads_cc(self._security_leads))
             case _:
                 # A kind without a renderer must fail loudly, never count as sent.
                 assert_never(notice)

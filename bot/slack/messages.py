@@ -124,6 +124,15 @@ def audit_summary_text(request: RequestSnapshot, event: str) -> str:
     )
 
 
+def leads_cc(leads: tuple[str, ...]) -> str:
+    """The policy's security leads, mentioned under an alert so that someone is paged by it:
+    people as <@U…>, usergroups as <!subteam^S…> (Slack's mention of a group)."""
+    if not leads:
+        return ""
+    said = [f"<!subteam^{lead}>" if lead.startswith("S") else mention(lead) for lead in leads]
+    return "\ncc " + " ".join(said)
+
+
 def alert_text(alert: Alert) -> str:
     """An alert for the audit channel: what happened, to which grant, and what jit-bot does about it."""
     facts = alert.facts
