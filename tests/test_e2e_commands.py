@@ -12,7 +12,7 @@ from bot.demo.signing import slack_signature
 from bot.slack.forms import RequestForm
 from bot.slack.ids import ActionId
 from tests.testbot import Bot, opened_views, request_form
-from tests.world import APPROVER_1, APPROVERS_CHANNEL, OUTSIDER, REQUESTER, SIGNING_SECRET, UNMAPPED
+from tests.world import APPROVER_1, APPROVERS_CHANNEL, AUDIT_CHANNEL, OUTSIDER, REQUESTER, SIGNING_SECRET, UNMAPPED
 
 
 def _nothing_recorded(bot: Bot) -> None:
@@ -151,6 +151,10 @@ def test_card_that_cannot_be_posted_cancels_the_request(bot: Bot) -> None:
     (event,) = [e for e in bot.audit() if e.event_type == "request_cancelled"]
     assert event.details["slack_error"] == "not_in_channel"
     assert bot.stored(str(event.request_id)).status == "cancelled"
+    # The audit channel hears of the ending once, with the same reason.
+    ended = bot.slack.wait_for(lambda: bot.posts_to(AUDIT_CHANNEL, f"[cancelled] `{event.request_id}`"))
+    assert len(ended) == 1
+    assert "the approval card could not be posted (Slack said `not_in_channel`)" in ended[0]
 
 
 # --- the modal -----------------------------------------------------------------------------------

@@ -413,7 +413,7 @@ class Dispatcher:
                         )
                 case notices.CardChanged(request=request):
                     log.warning("the card of %s could not be updated: %s", request.id, code)
-                case notices.AuditSummary(request=request):
+                case notices.AuditSummary(request=request) | notices.EndSummary(request=request):
                     log.warning("audit summary for %s could not be posted: %s", request.id, code)
                 case notices.Alert():
                     log.error(
@@ -441,6 +441,7 @@ class Dispatcher:
         if won:
             view = load_snapshot(session, request_id, policy=self._policy)
             self._announcer.requester(session, view)
+            self._announcer.audit_line(session, view)
             lifecycle.note(
                 session, lifecycle.Step.CANCELLED, view, cause="approval card could not be posted", slack_error=code
             )

@@ -123,7 +123,9 @@ class EarlyEndService:
             ):
                 return RevokeResult(RevokeOutcome.DECIDED_MEANWHILE, request_id)
             view = load_snapshot(session, request_id, policy=self.policy)
+            # No DM: the requester did it themselves.
             self.announcer.card(session, view)
+            self.announcer.audit_line(session, view)
             lifecycle.note(session, lifecycle.Step.CANCELLED, view, by=actor)
         return RevokeResult(RevokeOutcome.CANCELLED, request_id, RequestStatus.CANCELLED.value)
 

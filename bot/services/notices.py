@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -91,10 +91,51 @@ class PickupLink(_ToRequester):
 
 @dataclass(frozen=True)
 class AuditSummary(_AboutRequest):
-    """One line in the audit channel."""
+    """One line in the audit channel for a step along the way (submitted, approved, active); how a
+    request ends is its ``EndSummary``."""
 
     event: str
     kind: Literal["audit_summary"] = "audit_summary"
+
+    def route(self, audit_channel: str | None) -> Route | None:
+        return (AUDIT_LANE, audit_channel) if audit_channel else None
+
+
+@dataclass(frozen=True)
+class GrantLife:
+    """What a grant that was live did, from its activation to the IdP's word that its token is dead.
+
+    Moments only, never the token or its pickup link: a summary built from these cannot show them.
+    """
+
+    activated_at: datetime
+    # When access was to end: the grant's expiry, or the moment someone asked to end it early.
+    ended_at: datetime
+    picked_up_at: datetime | None
+    # When the IdP's revocation was confirmed and the stored token wiped.
+    confirmed_at: datetime
+    # Introspection said inactive after the revocation (False: the IdP offers no introspection,
+    # so its acceptance of the revocation is all the proof there is).
+    introspected_inactive: bool
+
+    @property
+    def used(self) -> timedelta:
+        return max(self.ended_at - self.activated_at, timedelta(0))
+
+    @property
+    def confirmation_lag(self) -> timedelta:
+        return max(self.confirmed_at - self.ended_at, timedelta(0))
+
+
+@dataclass(frozen=True)
+class EndSummary(_AboutRequest):
+    """The one line the audit channel gets when a request ends, whichever way: revoked (at expiry or
+    early), failed, denied, expired unanswered or cancelled. How it ended is the request's status (and
+    ``revoked_early_by``, ``failure_code``, the votes or the rule); ``life`` is the grant's, for a
+    request whose grant was live (None for every other ending)."""
+
+    life: GrantLife | None = None
+    kind: Literal["end_summary"] = "end_summary"
 
     def route(self, audit_channel: str | None) -> Route | None:
         return (AUDIT_LANE, audit_channel) if audit_channel else None
@@ -124,7 +165,7 @@ class Alert:
         return (ALERT_LANE, audit_channel) if audit_channel else None
 
 
-Notice = ApprovalCard | CardChanged | RequesterTold | PickupLink | AuditSummary | Alert
+Notice = ApprovalCard | CardChanged | RequesterTold | PickupLink | AuditSummary | EndSummary | Alert
 
 
 @functools.cache

@@ -22,12 +22,15 @@ from sqlalchemy import event
 from sqlmodel import Session
 
 from bot.domain.policy import Policy
+from bot.domain.status import REQUEST_TRANSITIONS, RequestStatus
 from bot.services.notices import (
     Alert,
     AlertKind,
     ApprovalCard,
     AuditSummary,
     CardChanged,
+    EndSummary,
+    GrantLife,
     Notice,
     PickupLink,
     RequesterTold,
@@ -38,6 +41,9 @@ from bot.store import outbox as outbox_store
 from bot.store.crypto import TokenCipher
 
 log = logging.getLogger(__name__)
+
+# The statuses a request ends in (none leads anywhere): each is told to the audit channel once, as its EndSummary.
+ENDED = frozenset(status for status, onward in REQUEST_TRANSITIONS.items() if not onward)
 
 
 class Doorbell:
@@ -85,7 +91,7 @@ class Announcer:
         self.queue(session, ApprovalCard(request))
         if not minting:
             self.requester(session, request)
-        self.queue(session, AuditSummary(request, request.status))
+        self.audit_line(session, request)
 
     def card(self, session: Session, request: RequestSnapshot, *, hold: timedelta | None = None) -> None:
         """The card changed. ``hold``: send it no sooner than that from now, so that a state likely
@@ -95,11 +101,20 @@ class Announcer:
     def requester(self, session: Session, request: RequestSnapshot) -> None:
         self.queue(session, RequesterTold(request))
 
-    def outcome(self, session: Session, request: RequestSnapshot) -> None:
-        """A request reached a new state: card, requester and audit channel, in that order."""
+    def outcome(self, session: Session, request: RequestSnapshot, *, life: GrantLife | None = None) -> None:
+        """A request reached a new state: card, requester and audit channel, in that order.
+        ``life``: what its grant did, for a request whose grant has just been revoked."""
         self.card(session, request)
         self.requester(session, request)
-        self.queue(session, AuditSummary(request, request.status))
+        self.audit_line(session, request, life=life)
+
+    def audit_line(self, session: Session, request: RequestSnapshot, *, life: GrantLife | None = None) -> None:
+        """The audit channel's line for the state the request reached: a step's line, or, once it has
+        ended, its one summary (so an ending is never told twice)."""
+        if RequestStatus(request.status) in ENDED:
+            self.queue(session, EndSummary(request, life))
+        else:
+            self.queue(session, AuditSummary(request, request.status))
 
     def activated(self, session: Session, request: RequestSnapshot, *, url: str, link_expires_at: datetime) -> None:
         """The grant is live: the card, the requester's one-time link, and the audit channel."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -32,10 +32,11 @@ from bot.idp.errors import IdPError
 from bot.services import lifecycle
 from bot.services.audit import record
 from bot.services.backlog import RevocationBacklog
-from bot.services.notices import AlertKind
+from bot.services.notices import AlertKind, GrantLife
 from bot.services.outbox import Announcer
 from bot.services.snapshots import load_snapshot
 from bot.services.workers import log_failure, submit_logged
+from bot.store import audit as audit_store
 from bot.store import grants as grant_store
 from bot.store.crypto import TokenCipher
 from bot.store.db import read_scope, session_scope
@@ -233,7 +234,7 @@ class RevocationService:
                 return
             lag_ms = int((now - held.expires_at).total_seconds() * 1000)
             if held.refusal is None:
-                self._grant_ended(session, request_id, now, proof=_proof_words(proof), lag_ms=lag_ms)
+                self._grant_ended(session, request_id, now, held=held, proof=proof, lag_ms=lag_ms)
             else:
                 self._refused_token_dead(session, request_id, held, now)
                 lifecycle.note(
@@ -245,7 +246,16 @@ class RevocationService:
                     token_fingerprint=held.token_fingerprint,
                 )
 
-    def _grant_ended(self, session: Session, request_id: str, now: datetime, *, proof: str, lag_ms: int) -> None:
+    def _grant_ended(
+        self,
+        session: Session,
+        request_id: str,
+        now: datetime,
+        *,
+        held: grant_store.ClaimedGrant,
+        proof: dict[str, Any],
+        lag_ms: int,
+    ) -> None:
         if move_request(
             session=session,
             request_id=request_id,
@@ -254,9 +264,10 @@ class RevocationService:
             now=now,
             event=None,
         ):
-            view = load_snapshot(session, request_id, policy=self.policy)
-            self.announcer.outcome(session, view)
-            lifecycle.note(session, lifecycle.Step.REVOKED, view, proof=proof, lag_ms=lag_ms)
+            grant = grant_store.get_grant(session=session, request_id=request_id, fresh=True)
+            view = load_snapshot(session, request_id, policy=self.policy, grant=grant)
+            self.announcer.outcome(session, view, life=_life(session, request_id, grant, held, now, proof))
+            lifecycle.note(session, lifecycle.Step.REVOKED, view, proof=_proof_words(proof), lag_ms=lag_ms)
         else:
             log.warning("grant %s is revoked but its request was no longer active", request_id)
 
@@ -352,6 +363,34 @@ class RevocationService:
                     last_error=(grant.last_error if grant else None) or "none yet",
                 )
         return [request_id for request_id, _ in overdue]
+
+
+def _life(
+    session: Session,
+    request_id: str,
+    grant: Grant | None,
+    held: grant_store.ClaimedGrant,
+    confirmed_at: datetime,
+    proof: dict[str, Any],
+) -> GrantLife:
+    """What the grant did, for its summary: read in the transaction that ends it."""
+    activated_at = audit_store.first_event_at(
+        session=session, request_id=request_id, event_type=AuditEventType.GRANT_ACTIVE
+    )
+    if activated_at is None:  # a trail without the event (it is always written with the activation)
+        activated_at = grant.issued_at if grant is not None else held.expires_at
+    return GrantLife(
+        activated_at=_aware(activated_at),
+        ended_at=_aware(held.expires_at),
+        picked_up_at=_aware(grant.picked_up_at) if grant is not None and grant.picked_up_at else None,
+        confirmed_at=_aware(confirmed_at),
+        introspected_inactive=proof.get("introspection") == {"active": False},
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    """UTC, with its zone (SQLite's driver hands back naive datetimes, all in UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _proof_words(proof: dict[str, Any]) -> str:

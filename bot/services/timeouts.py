@@ -66,8 +66,7 @@ class TimeoutService:
                     timeout_seconds=int(self.policy.request_timeout.total_seconds()),
                 )
                 view = load_snapshot(session, request_id, policy=self.policy)
-                self.announcer.card(session, view)
-                self.announcer.requester(session, view)
+                self.announcer.outcome(session, view)
                 lifecycle.note(
                     session, lifecycle.Step.EXPIRED, view, after=format_duration(self.policy.request_timeout)
                 )

@@ -12,10 +12,26 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.bounded_http import retry_after_seconds
 from bot.domain.text import one_line
-from bot.services.notices import Alert, ApprovalCard, AuditSummary, CardChanged, Notice, PickupLink, RequesterTold
+from bot.services.notices import (
+    Alert,
+    ApprovalCard,
+    AuditSummary,
+    CardChanged,
+    EndSummary,
+    Notice,
+    PickupLink,
+    RequesterTold,
+)
 from bot.services.ports import Delivered, DeliveryError, DirectoryError
 from bot.slack.cards import approval_card, card_text
-from bot.slack.messages import alert_text, audit_summary_text, leads_cc, outcome_text, pickup_text
+from bot.slack.messages import (
+    alert_text,
+    audit_summary_text,
+    end_summary_text,
+    leads_cc,
+    outcome_text,
+    pickup_text,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +121,8 @@ class SlackNotifier:
                 self._post(request.requester, pickup_text(request, secret, until), unfurl_media=False)
             case AuditSummary(request=request, event=event):
                 self._post_to_audit(audit_summary_text(request, event))
+            case EndSummary():
+                self._post_to_audit(end_summary_text(notice))
             case Alert():
                 self._post_to_audit(alert_text(notice) + leads_cc(self._security_leads))
             case _:

@@ -17,7 +17,7 @@ from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
 from bot.services.listing import Listing
-from bot.services.notices import Alert, AlertKind
+from bot.services.notices import Alert, AlertKind, EndSummary, GrantLife
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.cards import MAX_SHOWN_DENY_REASON, approved_by_text, failure_text, status_summary
 from bot.slack.text import clip, code, duration, escape, mention, mentions, when
@@ -117,10 +117,52 @@ def submitted_text(request: RequestSnapshot) -> str:
     )
 
 
-def audit_summary_text(request: RequestSnapshot, event: str) -> str:
+def _audit_head(request: RequestSnapshot, event: str) -> str:
+    """How every audit line starts: what it reports, the request, who asked for what."""
     return (
         f"[{event}] `{request.id}` {mention(request.requester)} → {code(request.resource)} "
-        f"({', '.join(request.scopes)}, {duration(request.duration)}). {status_summary(request)}"
+        f"({', '.join(request.scopes)}, {duration(request.duration)})."
+    )
+
+
+def audit_summary_text(request: RequestSnapshot, event: str) -> str:
+    """A step along the way (submitted, approved, active), in one line."""
+    return f"{_audit_head(request, event)} {status_summary(request)}"
+
+
+def end_summary_text(summary: EndSummary) -> str:
+    """The one line the audit channel gets when a request ends. For a grant that was live: who
+    approved it, how long it was asked for and used, whether its token was picked up, how it ended,
+    and what proves the token dead. Drawn from facts and moments only: no token, no pickup link."""
+    request, life = summary.request, summary.life
+    head = _audit_head(request, request.status)
+    status = RequestStatus(request.status)
+    if status is RequestStatus.REVOKED and life is not None:
+        return f"{head} {_grant_life_text(request, life)}"
+    if status is RequestStatus.FAILED:
+        return f"{head} {status_summary(request)}. No token was handed out."
+    if status is RequestStatus.CANCELLED and request.failure_code != CARD_UNDELIVERABLE:
+        return f"{head} {status_summary(request)} by the requester before it was decided."
+    return f"{head} {status_summary(request)}"
+
+
+def _grant_life_text(request: RequestSnapshot, life: GrantLife) -> str:
+    approved = approved_by_text(request)
+    used = (
+        f"Used {duration(life.used)} of {duration(request.duration)} "
+        f"(active {when(life.activated_at)} to {when(life.ended_at)})"
+    )
+    picked = f"token picked up {when(life.picked_up_at)}" if life.picked_up_at else "token never picked up"
+    ended = f"Ended early by {mention(request.revoked_early_by)}" if request.revoked_early_by else "Ended at its expiry"
+    proof = (
+        "the IdP accepted the revocation and introspection says the token is inactive"
+        if life.introspected_inactive
+        else "the IdP accepted the revocation (it offers no introspection to confirm it)"
+    )
+    lag = f"{life.confirmation_lag.total_seconds():.1f} s"
+    return (
+        f":lock: {approved[:1].upper()}{approved[1:]}. {used}; {picked}. {ended}. "
+        f"Revocation proof: {proof}, confirmed {lag} after the grant ended, at {when(life.confirmed_at)}."
     )
 
 

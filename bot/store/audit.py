@@ -217,6 +217,17 @@ def iter_events(*, session: Session, request_id: str | None = None, batch: int =
         last = rows[-1].seq
 
 
+def first_event_at(*, session: Session, request_id: str, event_type: AuditEventType) -> datetime | None:
+    """When the request's first event of this type was recorded (by ix_audit_event_request_id), or None."""
+    at = session.exec(
+        select(AuditEvent.at)
+        .where(AuditEvent.request_id == request_id, AuditEvent.event_type == event_type.value)
+        .order_by(col(AuditEvent.seq))
+        .limit(1)
+    ).first()
+    return at
+
+
 def verify_chain(*, session: Session, key: bytes, watch: int | None = None) -> ChainReport:
     """Recompute every link with the key; an edited, removed, reordered or inserted event breaks the
     chain from there on, and so does a chain rebuilt without the key after its first keyed event.
