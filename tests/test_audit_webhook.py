@@ -105,8 +105,8 @@ class Receiver:
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-            return
+        def log_message(self, *_args: Any) -> None:
+            return  # the test's output is its assertions, not an access log
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -398,8 +398,9 @@ def test_a_refusing_receiver_is_retried_a_bounded_number_of_times_then_alerted_a
         assert verify_chain(session=session, key=KEY).intact
 
 
+@pytest.mark.usefixtures("engine")  # the migrated database
 def test_two_replicas_never_send_one_event_at_the_same_time(
-    database_url: str, engine: Engine, server: Server, receiver: Receiver, policy: Policy
+    database_url: str, server: Server, receiver: Receiver, policy: Policy
 ) -> None:
     # Two forwarders as two replicas would run them: each its own engine (pool) on one database.
     engines = [_forwarding(make_engine(database_url)) for _ in range(2)]
