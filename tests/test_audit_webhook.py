@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import threading
@@ -26,6 +27,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from bot.config import ConfigError, Settings, load_settings
+from bot.demo.slack_api import SlackStandIn
 from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.services.audit import record
@@ -34,7 +36,7 @@ from bot.services.outbox import Announcer, Doorbell
 from bot.store.audit import bind_audit_forwarding, bind_audit_key, export_events, verify_chain
 from bot.store.db import make_engine, session_scope
 from bot.store.models import AuditEvent, AuditForward, OutboxMessage
-from tests.world import AUDIT_KEY, BOT_TOKEN, SIGNING_SECRET
+from tests.world import AUDIT_KEY, BOT_TOKEN, SIGNING_SECRET, build_settings
 
 KEY = base64.urlsafe_b64decode(AUDIT_KEY)
 SECRET = "test-webhook-secret-0123456789abcdef"
@@ -362,8 +364,9 @@ def test_a_stalling_receiver_is_cut_off_by_the_deadline_and_the_event_retried(
 
 
 def test_a_refusing_receiver_is_retried_a_bounded_number_of_times_then_alerted_and_forwarding_stops(
-    engine: Engine, server: Server, receiver: Receiver, policy: Policy
+    engine: Engine, server: Server, receiver: Receiver, policy: Policy, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     clock = SteppedClock()
     keyed = _forwarding(engine)
     forwarder = _forwarder(keyed, server, policy, clock)
@@ -476,3 +479,30 @@ def test_the_webhook_url_needs_its_secret_and_the_secret_is_never_echoed() -> No
     settings = load_settings(jit_audit_webhook_url="https://siem.example.com/jit", jit_audit_webhook_secret=SECRET)
     assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
     assert load_settings().jit_audit_webhook_url is None, "unset: nothing is forwarded, and no secret is needed"
+
+
+def test_the_runtime_forwards_the_bots_own_events_when_the_url_is_set(
+    database_url: str, engine: Engine, server: Server, receiver: Receiver, policy: Policy, slack: SlackStandIn
+) -> None:
+    from bot.runtime import build_runtime
+
+    settings = build_settings(slack, database_url, 0, jit_audit_webhook_url=server.url, jit_audit_webhook_secret=SECRET)
+    runtime = build_runtime(settings, policy, engine=engine)
+    try:
+        assert runtime.forwarder is not None
+        with session_scope(runtime.engine) as session:
+            record(AuditEventType.VOTE_CAST, session=session, at=datetime.now(UTC), actor="U0ALICE", request_id=None)
+        assert runtime.forwarder.step()
+    finally:
+        runtime.close()
+    assert receiver.accepted == [1] and receiver.requests[0].verified
+
+    # Without the URL the bot forwards nothing and queues nothing.
+    runtime = build_runtime(build_settings(slack, database_url, 0), policy, engine=make_engine(database_url))
+    try:
+        assert runtime.forwarder is None
+        with session_scope(runtime.engine) as session:
+            record(AuditEventType.VOTE_CAST, session=session, at=datetime.now(UTC), actor="U0ALICE", request_id=None)
+    finally:
+        runtime.close()
+    assert [r.seq for r in _rows(engine)] == [1]
