@@ -137,6 +137,7 @@ class AuditForwarder:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        log.info("forwarding the audit trail to %s (%d events waiting)", self._shown_url, self.backlog())
         self._thread = threading.Thread(target=self._run, name="jit-audit-forward", daemon=True)
         self._thread.start()
 
@@ -199,8 +200,9 @@ class AuditForwarder:
             return _Outcome(False, False, what)
         if 200 <= answer.status_code < 300:
             return _Outcome(True, False, "")
-        # 408 and 429 say "later", not "no".
-        refused = 400 <= answer.status_code < 500 and answer.status_code not in (408, 429)
+        # The receiver answered, and not with yes: a 4xx, or a redirect (never followed: the signed
+        # event goes only where JIT_AUDIT_WEBHOOK_URL says). 408 and 429 say "later", not "no".
+        refused = answer.status_code < 500 and answer.status_code not in (408, 429)
         return _Outcome(False, refused, f"HTTP {answer.status_code}")
 
     def _backoff(self, attempts: int) -> float:
