@@ -33,6 +33,7 @@ from bot.domain.policy import Policy
 from bot.services.audit import record
 from bot.services.forwarding import AuditForwarder, ForwardingPolicy
 from bot.services.outbox import Announcer, Doorbell
+from bot.store import forward as forward_store
 from bot.store.audit import bind_audit_forwarding, bind_audit_key, export_events, verify_chain
 from bot.store.db import make_engine, session_scope
 from bot.store.models import AuditEvent, AuditForward, OutboxMessage
@@ -399,6 +400,32 @@ def test_a_refusing_receiver_is_retried_a_bounded_number_of_times_then_alerted_a
     with Session(engine) as session:
         assert len(session.exec(select(OutboxMessage).where(col(OutboxMessage.kind) == "alert")).all()) == 1
         assert verify_chain(session=session, key=KEY).intact
+
+
+def test_a_replica_that_dies_mid_send_holds_the_head_until_its_lease_ends_then_the_event_is_sent_again(
+    engine: Engine, server: Server, receiver: Receiver, policy: Policy
+) -> None:
+    clock = SteppedClock()
+    keyed = _forwarding(engine)
+    _write(keyed, 2, clock)
+    # A replica leased the head and died before recording the outcome (it may or may not have sent it).
+    with session_scope(keyed) as session:
+        dead = forward_store.claim_head(
+            session=session, now=clock(), claim_id="dead-replica", lease_until=clock() + STEPPED.lease
+        )
+    assert dead is not None and dead.seq == 1 and dead.event.seq == 1
+    forwarder = _forwarder(keyed, server, policy, clock)
+
+    clock.advance(STEPPED.lease.total_seconds() - 1)
+    assert not forwarder.step(), "the lease holds: neither the head nor anything after it is sent"
+    assert receiver.requests == []
+
+    clock.advance(1)
+    _drain(forwarder, clock)
+    assert receiver.accepted == [1, 2], "once the lease ends the head is sent again, then the rest"
+    # The dead replica's late answer no longer counts: its claim moved on.
+    with session_scope(keyed) as session:
+        assert not forward_store.mark_sent(session=session, seq=1, claim_id="dead-replica", now=clock())
 
 
 @pytest.mark.usefixtures("engine")  # the migrated database
