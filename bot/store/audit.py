@@ -185,6 +185,7 @@ def _write_pending(session: Session) -> None:
     move_head = update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=link)
     forward = None
     if connection.get_execution_options().get(AUDIT_FORWARD_OPTION):
+        # Due at once: the transaction's last event's moment is "now" on the writer's own clock.
         now = pending[-1]["at"]
         forward = insert(AuditForward).values(
             [
