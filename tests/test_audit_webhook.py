@@ -533,3 +533,22 @@ def test_the_runtime_forwards_the_bots_own_events_when_the_url_is_set(
     finally:
         runtime.close()
     assert [r.seq for r in _rows(engine)] == [1]
+
+
+def test_the_commands_queue_what_they_append_when_the_url_is_set(
+    engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`jit-bot audit rekey` appends an event through the commands' engine: it is forwarded like the bot's."""
+    from bot.cli import _store_engine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JIT_DATABASE_URL", database_url)
+    monkeypatch.setenv("JIT_AUDIT_KEY", AUDIT_KEY)
+    for url, queued in (("", []), ("https://siem.example.com/jit", [2])):
+        monkeypatch.setenv("JIT_AUDIT_WEBHOOK_URL", url)
+        commands = _store_engine(create_key=False)
+        with session_scope(commands) as session:
+            now = datetime.now(UTC)
+            record(AuditEventType.AUDIT_CHAIN_KEYED, session=session, at=now, actor="jit-bot", request_id=None)
+        commands.dispose()
+        assert [r.seq for r in _rows(engine)] == queued
