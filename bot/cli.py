@@ -218,7 +218,7 @@ def _store_engine(*, create_key: bool) -> Engine:
     from bot.config import key_bytes
     from bot.files import KeyFileError, beside_database, load_key
     from bot.runtime import AUDIT_KEY_FILE, audit_key_for
-    from bot.store.audit import bind_audit_key
+    from bot.store.audit import bind_audit_forwarding, bind_audit_key
     from bot.store.db import make_engine
 
     store = load_store_settings()
@@ -236,7 +236,8 @@ def _store_engine(*, create_key: bool) -> Engine:
             key = load_key(path)
         except KeyFileError as exc:
             raise ConfigError([str(exc)]) from None
-    return bind_audit_key(make_engine(store.jit_database_url), key)
+    engine = bind_audit_key(make_engine(store.jit_database_url), key)
+    return bind_audit_forwarding(engine) if store.jit_audit_webhook_url else engine
 
 
 def _refuse_missing_sqlite_file(database_url: str) -> None:

@@ -123,8 +123,15 @@ class Settings(BaseSettings):
     jit_encryption_key: SecretStr | None = None
     # Keys the audit chain (HMAC). Unset: generated on first start beside the database, with a warning.
     jit_audit_key: SecretStr | None = None
+    # Every audit event is also POSTed here, signed with the secret (README: "Forwarding the audit trail").
+    jit_audit_webhook_url: str | None = None
+    jit_audit_webhook_secret: SecretStr | None = None
+    # Seconds one POST may take in all, connect to last byte: a receiver that stalls is cut off.
+    jit_audit_webhook_deadline: float = Field(default=10.0, ge=1, le=60)
 
     @field_validator(
+        "jit_audit_webhook_url",
+        "jit_audit_webhook_secret",
         "oidc_issuer",
         "oidc_client_id",
         "oidc_client_secret",
@@ -138,6 +145,29 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("jit_audit_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL, e.g. https://siem.example.com/jit-audit")
+        return value
+
+    @field_validator("jit_audit_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        value = _refuse_placeholder(value, "put a long random secret here, shared with the receiver")
+        # A short secret can be guessed offline from one signed request.
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("is too short; use at least 16 random characters (`jit-bot keygen` prints one)")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> Settings:
+        # Unsigned forwarding would let anyone who can reach the receiver write into its copy of the trail.
+        if self.jit_audit_webhook_url is not None and self.jit_audit_webhook_secret is None:
+            raise ValueError("JIT_AUDIT_WEBHOOK_SECRET is not set (needed because JIT_AUDIT_WEBHOOK_URL is set)")
+        return self
 
     @field_validator("oidc_client_secret", "jit_encryption_key", "jit_audit_key")
     @classmethod
@@ -263,8 +293,10 @@ class StoreSettings(BaseSettings):
 
     jit_database_url: str = "sqlite:///jit.db"
     jit_audit_key: SecretStr | None = None
+    # Only whether it is set: events a command appends (`audit rekey`) are queued for the webhook too.
+    jit_audit_webhook_url: str | None = None
 
-    @field_validator("jit_audit_key", mode="before")
+    @field_validator("jit_audit_key", "jit_audit_webhook_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

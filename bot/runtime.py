@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -35,6 +35,7 @@ from bot.rego.engine import RegoEngine, RegoEngineError, engine_for
 from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.early import EarlyEndService
+from bot.services.forwarding import AuditForwarder, ForwardingPolicy
 from bot.services.listing import ListingService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
 from bot.services.outbox import Announcer, Doorbell
@@ -48,7 +49,7 @@ from bot.slack.app import build_bolt_app
 from bot.slack.guard import Workspace
 from bot.slack.listeners import Listeners
 from bot.slack.web_client import SLACK_CALL_FAILURES, DeadlineWebClient, slack_call_problem
-from bot.store.audit import bind_audit_key
+from bot.store.audit import bind_audit_forwarding, bind_audit_key
 from bot.store.crypto import TokenCipher
 from bot.store.db import health, make_engine
 from bot.store.types import utcnow
@@ -69,7 +70,8 @@ HOUSEKEEPING_INTERVAL_SECONDS = 2.0
 REQUEST_TIMEOUTS_JOB = "request-timeouts"
 REVOCATION_WATCHDOG_JOB = "revocation-watchdog"
 OUTBOX_PURGE_JOB = "outbox-purge"
-HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE_JOB)
+AUDIT_FORWARD_PURGE_JOB = "audit-forward-purge"
+HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE_JOB, AUDIT_FORWARD_PURGE_JOB)
 
 
 def _signing_secret(settings: Settings) -> str:
@@ -113,6 +115,8 @@ class Runtime:
     sweep: ExpirySweep | None
     idp_side: IdPSide | None
     rego: RegoEngine | None = None
+    # Only with JIT_AUDIT_WEBHOOK_URL.
+    forwarder: AuditForwarder | None = None
 
     @property
     def minting(self) -> MintService | None:
@@ -157,6 +161,8 @@ class Runtime:
     def start_background(self) -> None:
         """Start delivering the outbox and the jobs (the expiry engine's first act is a reconciling sweep)."""
         self.dispatcher.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         self.jobs.start()
 
     def run_housekeeping(self) -> None:
@@ -171,6 +177,8 @@ class Runtime:
             self.idp_side.mint_workers.shutdown(wait=True)
             self.idp_side.revocation_workers.shutdown(wait=True)
         self.dispatcher.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         if self.rego is not None:
             self.rego.close()
         self.engine.dispose()
@@ -186,12 +194,16 @@ def build_runtime(
     sweep_interval: float = SWEEP_INTERVAL_SECONDS,
     delivery: DeliveryPolicy | None = None,
     revocation_timing: RevocationTiming | None = None,
+    forwarding: ForwardingPolicy | None = None,
 ) -> Runtime:
     # The store: every transaction appends to the audit chain with the key bound here.
     engine = bind_audit_key(
         engine or make_engine(settings.jit_database_url),
         audit_key_for(settings.jit_database_url, settings.jit_audit_key),
     )
+    if settings.jit_audit_webhook_url is not None:
+        # ... and queues each event it appends for the audit webhook, in the same transaction.
+        engine = bind_audit_forwarding(engine)
     # The scheduler comes first because use cases arm the expiry timer; jobs are registered below.
     jobs = JobScheduler()
     timer = ExpiryTimer(jobs)
@@ -281,6 +293,18 @@ def build_runtime(
     if idp_side is not None:
         jobs.add(REVOCATION_WATCHDOG_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), idp_side.revocation.watch)
     jobs.add(OUTBOX_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), dispatcher.purge)
+    forwarder = None
+    if settings.jit_audit_webhook_url is not None:
+        assert settings.jit_audit_webhook_secret is not None  # Settings refuses a URL without it
+        forwarder = AuditForwarder(
+            engine=engine,
+            url=settings.jit_audit_webhook_url,
+            secret=settings.jit_audit_webhook_secret,
+            announcer=announcer,
+            clock=clock,
+            settings=forwarding or _forwarding_policy(settings.jit_audit_webhook_deadline),
+        )
+        jobs.add(AUDIT_FORWARD_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), forwarder.purge)
 
     # The edges.
     listeners = Listeners(
@@ -326,7 +350,13 @@ def build_runtime(
         sweep=sweep,
         idp_side=idp_side,
         rego=rego,
+        forwarder=forwarder,
     )
+
+
+def _forwarding_policy(deadline: float) -> ForwardingPolicy:
+    # The lease outlasts the deadline several times over: clocks of replicas drift, sends must not overlap.
+    return ForwardingPolicy(deadline=deadline, lease=timedelta(seconds=max(60.0, 3 * deadline)))
 
 
 def _nothing_to_wake(_when: datetime) -> None:

@@ -32,6 +32,8 @@ class AuditEventType(StrEnum):
     RULES_USERGROUPS_UNKNOWN = "rules_usergroups_unknown"
     # A rule's Rego module failed, timed out or answered outside the contract; the request was denied.
     REGO_FAILED = "rego_failed"
+    # The audit webhook refused an event (4xx) past its retries; forwarding stops at that event.
+    AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes.

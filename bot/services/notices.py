@@ -150,6 +150,7 @@ class AlertKind(StrEnum):
     PICKUP_UNDELIVERABLE = "pickup_undeliverable"  # the requester never got their link
     TOKEN_UNSTORED = "token_unstored"  # the bot could not store a token it received
     TOKEN_UNHOLDABLE = "token_unholdable"  # the IdP answered a token the bot cannot even represent
+    AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"  # the audit webhook keeps refusing an event
 
 
 @dataclass(frozen=True)

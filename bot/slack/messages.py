@@ -230,6 +230,12 @@ def alert_text(alert: Alert) -> str:
                 "valid text, so jit-bot can neither hold it nor send it back to be revoked. Revoke the tokens "
                 "issued for this request at the IdP by hand."
             )
+        case AlertKind.AUDIT_FORWARDING_REFUSED:
+            return (
+                f":rotating_light: The audit webhook refused audit event {fact('seq')} {facts.get('refusals')} times "
+                f"(last answer {fact('status')}). Forwarding has stopped at that event: nothing after it is sent "
+                "until the receiver accepts it. jit-bot keeps retrying it; fix the receiver."
+            )
 
 
 # --- answers to /jit -----------------------------------------------------------------------------

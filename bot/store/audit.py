@@ -27,10 +27,13 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from bot.domain.audit import FORBIDDEN_DETAIL_KEYS, AuditEventType
-from bot.store.models import AuditEvent, AuditHead
+from bot.store.models import AuditEvent, AuditForward, AuditHead
 
 GENESIS = "0" * 64
 AUDIT_KEY_OPTION = "jit_audit_key"
+# Set on the engine when JIT_AUDIT_WEBHOOK_URL is: each event then also gets its audit_forward row,
+# in the same INSERT round trip, so no event commits without being queued for the receiver.
+AUDIT_FORWARD_OPTION = "jit_audit_forward"
 
 
 class AuditKeyMissing(RuntimeError):
@@ -40,6 +43,11 @@ class AuditKeyMissing(RuntimeError):
 def bind_audit_key(engine: Engine, key: bytes) -> Engine:
     """The same engine (same pool), whose connections carry the audit key."""
     return engine.execution_options(**{AUDIT_KEY_OPTION: key})
+
+
+def bind_audit_forwarding(engine: Engine) -> Engine:
+    """The same engine, whose transactions queue every audit event they append for the webhook."""
+    return engine.execution_options(**{AUDIT_FORWARD_OPTION: True})
 
 
 def audit_key_of(connection: Connection) -> bytes:
@@ -175,16 +183,30 @@ def _write_pending(session: Session) -> None:
         previous, link = link, event_link(key, link, canonical)
         rows.append({**item, "seq": seq, "prev_hash": previous, "hash": link})
     move_head = update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=link)
+    forward = None
+    if connection.get_execution_options().get(AUDIT_FORWARD_OPTION):
+        # Due at once: the transaction's last event's moment is "now" on the writer's own clock.
+        now = pending[-1]["at"]
+        forward = insert(AuditForward).values(
+            [
+                {"seq": row["seq"], "status": "pending", "attempts": 0, "refusals": 0, "next_attempt_at": now}
+                | {"created_at": now}
+                for row in rows
+            ]
+        )
     if connection.dialect.name == "postgresql":
         # One round trip for the events and the head: every round trip here is time the head-row
         # lock is held, and all writers queue on it. (SQLite has no data-modifying WITH; its lock is
         # in-process and its round trips cost nothing.)
-        connection.execute(
-            insert(AuditEvent).values(rows).add_cte(move_head.returning(col(AuditHead.id)).cte("moved_head"))
-        )
+        statement = insert(AuditEvent).values(rows).add_cte(move_head.returning(col(AuditHead.id)).cte("moved_head"))
+        if forward is not None:
+            statement = statement.add_cte(forward.returning(col(AuditForward.seq)).cte("queued_forward"))
+        connection.execute(statement)
         return
     connection.execute(insert(AuditEvent), rows)
     connection.execute(move_head)
+    if forward is not None:
+        connection.execute(forward)
 
 
 @dataclass(frozen=True)
@@ -300,12 +322,12 @@ class ExportedEvent(NamedTuple):
 
 
 def export_events(
-    *, session: Session, since: datetime | None, until: datetime | None, batch: int = 2000
+    *, session: Session, since: datetime | None, until: datetime | None, batch: int = 2000, after: int = 0
 ) -> Iterator[ExportedEvent]:
     """Events in seq order within [since, until), fetched ``batch`` rows at a time by seq (the primary
-    key), without the ORM: memory stays flat however long the trail is."""
+    key), without the ORM: memory stays flat however long the trail is. ``after``: start past that seq."""
     table = AuditEvent.__table__  # type: ignore[attr-defined]
-    last = 0
+    last = after
     while True:
         query = core_select(
             table.c.seq,

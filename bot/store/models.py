@@ -178,3 +178,32 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=300)
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
     sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+
+
+class AuditForward(SQLModel, table=True):
+    """One audit event still to be (or already) POSTed to JIT_AUDIT_WEBHOOK_URL, written in the
+    event's own transaction. Sent strictly in ``seq`` order: a worker may only claim the lowest unsent
+    row, holding ``claim_id`` until ``lease_until``, so replicas never send one event at once."""
+
+    __tablename__ = "audit_forward"
+    __table_args__ = (
+        Index(
+            "ix_audit_forward_open",
+            "seq",
+            sqlite_where=text("status <> 'sent'"),
+            postgresql_where=text("status <> 'sent'"),
+        ),
+    )
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    status: str = Field(max_length=16)  # pending, sending, refused (held: forwarding stops there), sent
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Answers of 4xx in a row: the receiver refusing this event, as opposed to being unreachable.
+    refusals: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_attempt_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    claim_id: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    last_error: str | None = Field(default=None, max_length=300)
+    alerted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
