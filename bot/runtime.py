@@ -29,11 +29,12 @@ from bot.idp.discovery import discovery_problem
 from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpirySweep, ExpiryTimer
-from bot.jobs.scheduler import Every, JobScheduler
+from bot.jobs.scheduler import AtStart, Every, JobScheduler
 from bot.redact import redact_url
 from bot.rego.engine import RegoEngine, RegoEngineError, engine_for
 from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
+from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
 from bot.services.listing import ListingService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
@@ -70,6 +71,11 @@ REQUEST_TIMEOUTS_JOB = "request-timeouts"
 REVOCATION_WATCHDOG_JOB = "revocation-watchdog"
 OUTBOX_PURGE_JOB = "outbox-purge"
 HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE_JOB)
+# The daily digest: looked for at start (a bot that was down at digest time posts it then) and every
+# minute after, so it goes out within a minute of digest.time; the day's lease makes it once.
+DIGEST_JOB = "digest-post"
+DIGEST_AT_START_JOB = "digest-post-at-start"
+DIGEST_CHECK_SECONDS = 60.0
 
 
 def _signing_secret(settings: Settings) -> str:
@@ -112,6 +118,7 @@ class Runtime:
     jobs: JobScheduler
     sweep: ExpirySweep | None
     idp_side: IdPSide | None
+    digests: DigestService
     rego: RegoEngine | None = None
 
     @property
@@ -271,6 +278,7 @@ def build_runtime(
     )
     listing = ListingService(engine=engine, policy=policy, clock=clock)
     timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
+    digests = DigestService(engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock)
 
     # The jobs.
     sweep = None
@@ -281,6 +289,9 @@ def build_runtime(
     if idp_side is not None:
         jobs.add(REVOCATION_WATCHDOG_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), idp_side.revocation.watch)
     jobs.add(OUTBOX_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), dispatcher.purge)
+    if policy.channels.digest is not None:
+        jobs.add(DIGEST_AT_START_JOB, AtStart(), digests.post_due)
+        jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)
 
     # The edges.
     listeners = Listeners(
@@ -289,6 +300,7 @@ def build_runtime(
         voting=voting,
         early=early,
         listing=listing,
+        digests=digests,
         directory=directory,
         hooks_url=settings.slack_hooks_url,
     )
@@ -325,6 +337,7 @@ def build_runtime(
         jobs=jobs,
         sweep=sweep,
         idp_side=idp_side,
+        digests=digests,
         rego=rego,
     )
 

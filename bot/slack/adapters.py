@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import logging
 from collections.abc import Callable
@@ -12,7 +13,17 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.bounded_http import retry_after_seconds
 from bot.domain.text import one_line
-from bot.services.notices import Alert, ApprovalCard, AuditSummary, CardChanged, Notice, PickupLink, RequesterTold
+from bot.services.notices import (
+    Alert,
+    ApprovalCard,
+    AuditSummary,
+    CardChanged,
+    DigestChart,
+    DigestPost,
+    Notice,
+    PickupLink,
+    RequesterTold,
+)
 from bot.services.ports import Delivered, DeliveryError, DirectoryError
 from bot.slack.cards import approval_card, card_text
 from bot.slack.messages import alert_text, audit_summary_text, outcome_text, pickup_text
@@ -106,6 +117,27 @@ class SlackNotifier:
                 self._post_to_audit(audit_summary_text(request, event))
             case Alert():
                 self._post_to_audit(alert_text(notice))
+            case DigestPost(channel=where, text=text):
+                # Nothing in it should unfurl: it names requests, people and resources, not links.
+                posted: Any = _call(
+                    lambda: self._client.chat_postMessage(
+                        channel=where, text=text, unfurl_links=False, unfurl_media=False
+                    )
+                )
+                return Delivered(channel=str(posted["channel"]), ts=str(posted["ts"]))
+            case DigestChart(day=day, channel=chart_channel, png=png, thread_ts=thread_ts):
+                # files.getUploadURLExternal, the upload, files.completeUploadExternal: a failure at
+                # any step is retried by the outbox as a whole (an upload never completed is
+                # never shown, so nothing appears twice).
+                _call(
+                    lambda: self._client.files_upload_v2(
+                        channel=chart_channel,
+                        thread_ts=thread_ts,
+                        content=base64.b64decode(png),
+                        filename=f"jit-digest-{day}.png",
+                        title=f"jit-bot digest {day}",
+                    )
+                )
             case _:
                 # A kind without a renderer must fail loudly, never count as sent.
                 assert_never(notice)
