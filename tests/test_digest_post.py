@@ -15,7 +15,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -353,9 +353,15 @@ def test_a_day_not_begun_in_the_digest_s_zone_is_refused(digest_bot: Bot) -> Non
 
 
 def test_the_due_day_follows_the_digest_s_clock() -> None:
+    """Given UTC moments, as the bot's clock gives them: the day and the time are read in the digest's zone."""
     from bot.services.digests import due_day
 
     policy = make_policy(digest={"time": "08:30", "timezone": "Asia/Tokyo"})
-    assert due_day(tokyo(5, "08:29"), policy) == date(2026, 11, 3)
-    assert due_day(tokyo(5, "08:30"), policy) == date(2026, 11, 4)
-    assert due_day(tokyo(5, "23:59") + timedelta(minutes=1), policy) == date(2026, 11, 4)
+
+    def at(day: int, clock: str) -> datetime:
+        return tokyo(day, clock).astimezone(UTC)
+
+    assert due_day(at(5, "08:29"), policy) == date(2026, 11, 3)
+    assert due_day(at(5, "08:30"), policy) == date(2026, 11, 4)
+    assert due_day(at(6, "00:00"), policy) == date(2026, 11, 4)
+    assert due_day(at(6, "08:30"), policy) == date(2026, 11, 5)
