@@ -365,3 +365,20 @@ def test_the_due_day_follows_the_digest_s_clock() -> None:
     assert due_day(at(5, "08:30"), policy) == date(2026, 11, 4)
     assert due_day(at(6, "00:00"), policy) == date(2026, 11, 4)
     assert due_day(at(6, "08:30"), policy) == date(2026, 11, 5)
+
+
+def test_a_digest_slack_refuses_for_good_is_an_alert(
+    database_url: str, engine: Engine, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy
+) -> None:
+    slack.remove_bot_from(DIGEST_CHANNEL)
+    clock = Clock()
+    clock.set(tokyo(5, "08:31"))
+    with runtime_at(database_url, engine, policy, slack, delivery, clock) as runtime:
+        runtime.jobs.run_now(DIGEST_JOB)
+        alerts = slack.wait_for(
+            lambda: [m["text"] for m in slack.messages(AUDIT_CHANNEL) if "daily digest" in (m["text"] or "")]
+        )
+    assert len(alerts) == 1
+    assert "`2026-11-04`" in alerts[0] and "`not_in_channel`" in alerts[0] and "/jit digest 2026-11-04" in alerts[0]
+    assert digest_posts(slack) == []
+    assert days_leased(engine) == ["2026-11-04"], "not retried as a new day: the day was queued"

@@ -423,9 +423,20 @@ class Dispatcher:
                     log.warning("the card of %s could not be updated: %s", request.id, code)
                 case notices.AuditSummary(request=request):
                     log.warning("audit summary for %s could not be posted: %s", request.id, code)
-                case notices.DigestPost(day=day) | notices.DigestChart(day=day):
-                    # Nobody to tell but the log: /jit digest still shows that day's digest.
-                    log.error("the digest of %s (%s) could not be posted: %s", day, notice.kind, code)
+                case notices.DigestPost(day=day, channel=channel):
+                    # The leads would otherwise just miss a day: they hear of it where alerts go, and
+                    # /jit digest still shows that day's digest.
+                    log.error("the digest of %s could not be posted to %s: %s", day, channel, code)
+                    self._announcer.alert(
+                        session,
+                        notices.AlertKind.DIGEST_UNDELIVERABLE,
+                        None,
+                        day=day,
+                        channel=channel,
+                        slack_error=code,
+                    )
+                case notices.DigestChart(day=day):
+                    log.warning("the chart of the digest of %s could not be uploaded: %s", day, code)
                 case notices.Alert():
                     log.error(
                         "ALERT could not be posted to the audit channel (%s): %s %s", code, notice.alert, notice.facts

@@ -109,6 +109,7 @@ class AlertKind(StrEnum):
     PICKUP_UNDELIVERABLE = "pickup_undeliverable"  # the requester never got their link
     TOKEN_UNSTORED = "token_unstored"  # the bot could not store a token it received
     TOKEN_UNHOLDABLE = "token_unholdable"  # the IdP answered a token the bot cannot even represent
+    DIGEST_UNDELIVERABLE = "digest_undeliverable"  # Slack refused the daily digest for good
 
 
 @dataclass(frozen=True)

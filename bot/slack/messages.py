@@ -181,6 +181,12 @@ def alert_text(alert: Alert) -> str:
                 "valid text, so jit-bot can neither hold it nor send it back to be revoked. Revoke the tokens "
                 "issued for this request at the IdP by hand."
             )
+        case AlertKind.DIGEST_UNDELIVERABLE:
+            return (
+                f":warning: The daily digest of {fact('day')} could not be posted to {fact('channel')} (Slack said "
+                f"{fact('slack_error')}); is jit-bot in that channel? Read it with `/jit digest "
+                f"{escape(str(facts.get('day') or ''))}`."
+            )
 
 
 # --- answers to /jit -----------------------------------------------------------------------------
