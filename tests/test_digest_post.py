@@ -382,3 +382,20 @@ def test_a_digest_slack_refuses_for_good_is_an_alert(
     assert "`2026-11-04`" in alerts[0] and "`not_in_channel`" in alerts[0] and "/jit digest 2026-11-04" in alerts[0]
     assert digest_posts(slack) == []
     assert days_leased(engine) == ["2026-11-04"], "not retried as a new day: the day was queued"
+
+
+def test_a_failed_upload_step_is_retried_and_the_chart_shared_once(
+    database_url: str, engine: Engine, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy
+) -> None:
+    slack.fail_next("upload", "service_unavailable", status=503)
+    clock = Clock()
+    clock.set(tokyo(5, "08:31"))
+    with runtime_at(database_url, engine, policy, slack, delivery, clock) as runtime:
+        runtime.jobs.run_now(DIGEST_JOB)
+        slack.wait_for(lambda: slack.files(DIGEST_CHANNEL), timeout=20)
+    uploads = slack.calls_to("upload")
+    assert [c.kind for c in uploads] == ["injected", "ok"], "the bytes were sent again after the 503"
+    # The retry starts over with a new file id; the first, never completed, is never shown.
+    assert uploads[0].args["file_id"] != uploads[1].args["file_id"]
+    assert [f["id"] for f in slack.files()] == [uploads[1].args["file_id"]]
+    assert len(digest_posts(slack)) == 1

@@ -124,6 +124,8 @@ def slash_command_fields(
 
 
 MAX_MESSAGE_TEXT = 40_000
+# What the POST of a file's bytes to its upload URL is recorded as (in calls, and for fail_next).
+UPLOAD = "upload"
 # files.getUploadURLExternal: what the stand-in accepts (Slack's own limit is 1 GB).
 MAX_UPLOAD_BYTES = 50_000_000
 MAX_MARKDOWN_TEXT = 12_000
@@ -827,7 +829,8 @@ class SlackStandIn:
     ) -> None:
         """Make the next ``times`` calls of ``method`` fail with ``error``. ``ratelimited`` is
         answered as Slack does: HTTP 429 with a Retry-After header (``retry_after`` seconds).
-        ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body).
+        ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body), or
+        ``"upload"``, the POST of a file's bytes (answered with ``status``, default 500).
 
         ``status`` answers with that HTTP status instead (500, 502, 503: Slack having a bad
         day), body ``{"ok": false, "error": error}``; a 429 carries Retry-After. The failed calls
@@ -1463,6 +1466,12 @@ class SlackStandIn:
         announced, or a second upload of the same file are refused."""
         with self._lock:
             upload = self._uploads.get(file_id)
+            injected = self._injected(UPLOAD)
+            if injected is not None:  # fail_next("upload", status=503): Slack's file service having a bad day
+                error, _retry_after, forced = injected
+                status, text = forced or 500, error
+                self._calls.append(Call(UPLOAD, {"file_id": file_id, "bytes": len(body)}, False, text, {}, "injected"))
+                return _Reply(status, text.encode(), "text/plain")
             if upload is None or upload.completed:
                 status, text = 404, "file not found"
             elif upload.data is not None:
@@ -1474,7 +1483,7 @@ class SlackStandIn:
             ok = status == 200
             self._calls.append(
                 Call(
-                    "upload",
+                    UPLOAD,
                     {"file_id": file_id, "bytes": len(body)},
                     ok,
                     None if ok else text,
