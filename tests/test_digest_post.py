@@ -399,3 +399,29 @@ def test_a_failed_upload_step_is_retried_and_the_chart_shared_once(
     assert uploads[0].args["file_id"] != uploads[1].args["file_id"]
     assert [f["id"] for f in slack.files()] == [uploads[1].args["file_id"]]
     assert len(digest_posts(slack)) == 1
+
+
+def test_0008_downgrades_and_upgrades_again(database_url: str) -> None:
+    """The lease table comes off alone (the merger may renumber it) and goes back on empty."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from bot.store.db import MIGRATIONS, make_engine, migrate
+
+    engine = make_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        migrate(engine)
+        assert "digest_day" in inspect(engine).get_table_names()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0007")
+        assert "digest_day" not in inspect(engine).get_table_names()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        assert days_leased(engine) == []
+    finally:
+        engine.dispose()
