@@ -248,9 +248,10 @@ def _channels(policy: Policy) -> dict[str, str]:
     for resource in policy.resources:
         uses.setdefault(resource.approver_channel, []).append(resource.name)
     named = {channel: "approvers of " + ", ".join(names) for channel, names in uses.items()}
-    audit = policy.channels.audit
-    if audit is not None:
-        named[audit] = f"{named[audit]}; audit" if audit in named else "audit"
+    # The daily digest is posted (and its chart uploaded) by the bot, which must be in the channel.
+    for channel, use in ((policy.channels.audit, "audit"), (policy.channels.digest, "digest")):
+        if channel is not None:
+            named[channel] = f"{named[channel]}; {use}" if channel in named else use
     return named
 
 

@@ -29,11 +29,12 @@ from bot.idp.discovery import discovery_problem
 from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey, jwks, load_or_create_signing_key, load_signing_key
 from bot.jobs.expiry import SWEEP_INTERVAL_SECONDS, ExpirySweep, ExpiryTimer
-from bot.jobs.scheduler import Every, JobScheduler
+from bot.jobs.scheduler import AtStart, Every, JobScheduler
 from bot.redact import redact_url
 from bot.rego.engine import RegoEngine, RegoEngineError, engine_for
 from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
+from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
 from bot.services.forwarding import AuditForwarder, ForwardingPolicy
 from bot.services.listing import ListingService
@@ -72,6 +73,11 @@ REVOCATION_WATCHDOG_JOB = "revocation-watchdog"
 OUTBOX_PURGE_JOB = "outbox-purge"
 AUDIT_FORWARD_PURGE_JOB = "audit-forward-purge"
 HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE_JOB, AUDIT_FORWARD_PURGE_JOB)
+# The daily digest: looked for at start (a bot that was down at digest time posts it then) and every
+# minute after, so it goes out within a minute of digest.time; the day's lease makes it once.
+DIGEST_JOB = "digest-post"
+DIGEST_AT_START_JOB = "digest-post-at-start"
+DIGEST_CHECK_SECONDS = 60.0
 
 
 def _signing_secret(settings: Settings) -> str:
@@ -114,6 +120,7 @@ class Runtime:
     jobs: JobScheduler
     sweep: ExpirySweep | None
     idp_side: IdPSide | None
+    digests: DigestService
     rego: RegoEngine | None = None
     # Only with JIT_AUDIT_WEBHOOK_URL.
     forwarder: AuditForwarder | None = None
@@ -283,6 +290,7 @@ def build_runtime(
     )
     listing = ListingService(engine=engine, policy=policy, clock=clock)
     timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
+    digests = DigestService(engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock)
 
     # The jobs.
     sweep = None
@@ -305,6 +313,9 @@ def build_runtime(
             settings=forwarding or _forwarding_policy(settings.jit_audit_webhook_deadline),
         )
         jobs.add(AUDIT_FORWARD_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), forwarder.purge)
+    if policy.channels.digest is not None:
+        jobs.add(DIGEST_AT_START_JOB, AtStart(), digests.post_due)
+        jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)
 
     # The edges.
     listeners = Listeners(
@@ -313,6 +324,7 @@ def build_runtime(
         voting=voting,
         early=early,
         listing=listing,
+        digests=digests,
         directory=directory,
         hooks_url=settings.slack_hooks_url,
     )
@@ -349,6 +361,7 @@ def build_runtime(
         jobs=jobs,
         sweep=sweep,
         idp_side=idp_side,
+        digests=digests,
         rego=rego,
         forwarder=forwarder,
     )

@@ -168,6 +168,21 @@ def test_a_missing_channel_and_one_without_the_bot_are_problems(tmp_path: Path, 
     )
 
 
+def test_the_digest_channel_is_checked_like_the_others(tmp_path: Path, slack: SlackStandIn) -> None:
+    """The bot posts the daily digest there, so it must be a member, as of the audit channel."""
+    digest_channel = "C0SECURITY1"
+    write_policy(tmp_path, {**POLICY, "channels": {"audit": AUDIT_CHANNEL, "digest": digest_channel}})
+    slack.remove_bot_from(digest_channel)
+
+    result = check(tmp_path, env_for(tmp_path, slack))
+
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"Slack channel {digest_channel} (digest): PROBLEM: the bot is not a member of #c0security1; invite it there "
+        "(/invite @jit-bot)"
+    ]
+
+
 def test_an_unknown_user_and_an_unknown_usergroup_are_problems(tmp_path: Path, slack: SlackStandIn) -> None:
     policy = copy.deepcopy(POLICY)
     policy["resources"][0]["approvers"] = ["U0APPROVER1", "U0NOBODY01"]

@@ -68,6 +68,7 @@ EXAMPLES = {
     "resources": ["resources"],
     "list": ["list"],
     "revoke": ["revoke R123", "cancel R123"],
+    "digest": ["digest", "digest 2026-10-28"],
     "help": ["help", ""],
 }
 

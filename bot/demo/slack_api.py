@@ -124,6 +124,10 @@ def slash_command_fields(
 
 
 MAX_MESSAGE_TEXT = 40_000
+# What the POST of a file's bytes to its upload URL is recorded as (in calls, and for fail_next).
+UPLOAD = "upload"
+# files.getUploadURLExternal: what the stand-in accepts (Slack's own limit is 1 GB).
+MAX_UPLOAD_BYTES = 50_000_000
 MAX_MARKDOWN_TEXT = 12_000
 MAX_MESSAGE_BLOCKS = 50
 MAX_MODAL_BLOCKS = 100
@@ -295,6 +299,18 @@ class Answer:
 
 _JSON = "application/json; charset=utf-8"
 _TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass
+class _Upload:
+    """A file announced by files.getUploadURLExternal: its bytes arrive at its upload URL, and
+    files.completeUploadExternal shares it (once)."""
+
+    file_id: str
+    filename: str
+    length: int
+    data: bytes | None = None
+    completed: bool = False
 
 
 @dataclass
@@ -636,6 +652,8 @@ class SlackStandIn:
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.open": self._conversations_open,
             "conversations.info": self._conversations_info,
+            "files.getUploadURLExternal": self._files_get_upload_url_external,
+            "files.completeUploadExternal": self._files_complete_upload_external,
             _APP_TOKEN_METHOD: self._apps_connections_open,
         }
         self._delays: dict[str, float] = {}
@@ -669,6 +687,9 @@ class SlackStandIn:
         self._private: set[str] = set()
         self._channel_names: dict[str, str] = {}
         self._counter = itertools.count(1)
+        # files.getUploadURLExternal's uploads by file id, until completed (then in _files too).
+        self._uploads: dict[str, _Upload] = {}
+        self._files: list[dict[str, Any]] = []
         # Slack ts values are "<unix seconds>.<6 digits>"; a single counter keeps them unique.
         self._ts_base = int(time.time())
 
@@ -808,7 +829,8 @@ class SlackStandIn:
     ) -> None:
         """Make the next ``times`` calls of ``method`` fail with ``error``. ``ratelimited`` is
         answered as Slack does: HTTP 429 with a Retry-After header (``retry_after`` seconds).
-        ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body).
+        ``method`` may be ``"response_url"`` (answered with HTTP 404 and the error as body), or
+        ``"upload"``, the POST of a file's bytes (answered with ``status``, default 500).
 
         ``status`` answers with that HTTP status instead (500, 502, 503: Slack having a bad
         day), body ``{"ok": false, "error": error}``; a 429 carries Retry-After. The failed calls
@@ -994,6 +1016,12 @@ class SlackStandIn:
     def ephemerals(self, channel: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             return [copy.deepcopy(e) for e in self._ephemerals if channel in (None, e["channel"])]
+
+    def files(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Files shared by files.completeUploadExternal, oldest first: id, filename, title, channel,
+        thread_ts, initial_comment and the bytes uploaded (``data``)."""
+        with self._lock:
+            return [copy.deepcopy(f) for f in self._files if channel in (None, f["channel"])]
 
     def views(self) -> list[dict[str, Any]]:
         """Views opened or pushed, in their current state (after views.update)."""
@@ -1416,6 +1444,98 @@ class SlackStandIn:
         view.setdefault("external_id", current["external_id"])  # an update keeps the view's external_id
         return {"view": self._store_view(view, current["id"], current["root_view_id"])}
 
+    def _files_get_upload_url_external(self, args: dict[str, Any]) -> dict[str, Any]:
+        filename, length = args.get("filename"), args.get("length")
+        if not isinstance(filename, str) or not filename.strip():
+            raise _Refusal("invalid_arguments", problems=["missing required field: filename"])
+        try:
+            size = int(str(length))
+        except ValueError:
+            raise _Refusal("invalid_arguments", problems=["must be an integer [json-pointer:/length]"]) from None
+        if size <= 0:  # what Slack answers for length 0
+            raise _Refusal("missing_argument")
+        if size > MAX_UPLOAD_BYTES:
+            raise _Refusal("file_upload_size_restricted")
+        file_id = f"F{next(self._counter):010d}"
+        self._uploads[file_id] = _Upload(file_id, filename, size)
+        return {"upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    def _upload(self, file_id: str, body: bytes) -> _Reply:
+        """The POST of a file's bytes to its upload URL (raw bytes, as slack_sdk sends them). Slack
+        answers 200 ``OK - <length>``; a file id it never handed out, bytes of another length than
+        announced, or a second upload of the same file are refused."""
+        with self._lock:
+            upload = self._uploads.get(file_id)
+            injected = self._injected(UPLOAD)
+            if injected is not None:  # fail_next("upload", status=503): Slack's file service having a bad day
+                error, _retry_after, forced = injected
+                status, text = forced or 500, error
+                self._calls.append(Call(UPLOAD, {"file_id": file_id, "bytes": len(body)}, False, text, {}, "injected"))
+                return _Reply(status, text.encode(), "text/plain")
+            if upload is None or upload.completed:
+                status, text = 404, "file not found"
+            elif upload.data is not None:
+                status, text = 400, "already uploaded"
+            elif len(body) != upload.length:
+                status, text = 400, f"length mismatch: announced {upload.length} bytes, sent {len(body)}"
+            else:
+                upload.data, status, text = body, 200, f"OK - {len(body)}"
+            ok = status == 200
+            self._calls.append(
+                Call(
+                    UPLOAD,
+                    {"file_id": file_id, "bytes": len(body)},
+                    ok,
+                    None if ok else text,
+                    {},
+                    "ok" if ok else "rejected",
+                )
+            )
+        return _Reply(status, text.encode(), "text/plain")
+
+    def _files_complete_upload_external(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = _as_json(args.get("files"))
+        if not isinstance(files, list) or not files or not all(isinstance(f, dict) for f in files):
+            raise _Refusal("invalid_arguments", problems=["must provide at least 1 file [json-pointer:/files]"])
+        uploads = []
+        for item in files:
+            upload = self._uploads.get(str(item.get("id")))
+            if upload is None or upload.completed:
+                raise _Refusal("file_not_found")
+            if upload.data is None:  # announced, but its bytes never arrived
+                raise _Refusal("file_not_found")
+            uploads.append((upload, item.get("title")))
+        channel_id, thread_ts = args.get("channel_id"), args.get("thread_ts")
+        if args.get("channels"):
+            raise _Refusal("invalid_arguments", problems=["the stand-in shares to one channel_id only"])
+        channel: str | None = None
+        if channel_id:
+            channel = self._channel({"channel": channel_id})
+            self._member(channel)
+            if thread_ts is not None and thread_ts not in self._channels.get(channel, {}):
+                raise _Refusal("invalid_thread_ts")
+        elif thread_ts is not None:
+            raise _Refusal("invalid_arguments", problems=["thread_ts needs channel_id"])
+        comment = args.get("initial_comment")
+        if comment is not None and len(str(comment)) > MAX_MESSAGE_TEXT:
+            raise _Refusal("msg_too_long")
+        shared = []
+        for upload, title in uploads:
+            upload.completed = True
+            record = {
+                "id": upload.file_id,
+                "name": upload.filename,
+                "title": title or upload.filename,
+                "size": upload.length,
+                "channel": channel,
+                "thread_ts": thread_ts,
+                "initial_comment": comment,
+                "data": upload.data,
+            }
+            self._files.append(record)
+            shared.append({k: v for k, v in record.items() if k in ("id", "name", "title", "size")})
+        return {"files": shared}
+
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = args.get("user")
         if not isinstance(user, str) or not user:
@@ -1623,6 +1743,8 @@ class _Handler(BaseHTTPRequestHandler):
             args, parse_error = self._args(url.query, body)
             method, authorization = url.path[len("/api/") :], self.headers.get("Authorization")
             reply = standin._api(method, authorization, args, parse_error, self.conn)
+        elif url.path.startswith("/upload/") and self.command == "POST":
+            reply = standin._upload(url.path[len("/upload/") :], body)
         elif url.path.startswith("/response/") and self.command == "POST":
             try:
                 payload: Any = json.loads(body or b"null")

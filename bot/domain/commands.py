@@ -10,9 +10,10 @@ command table are all drawn from it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from enum import StrEnum
 
 from bot.domain.durations import DurationError, parse_duration
@@ -32,6 +33,7 @@ class CommandErrorCode(StrEnum):
     EMPTY_REASON = "empty_reason"
     REASON_TOO_LONG = "reason_too_long"
     MISSING_REQUEST_ID = "missing_request_id"
+    BAD_DATE = "bad_date"
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,13 @@ class RevokeCommand:
 
 
 @dataclass(frozen=True)
+class DigestCommand:
+    """``/jit digest [YYYY-MM-DD]``; no date: yesterday in digest.timezone."""
+
+    day: date | None = None
+
+
+@dataclass(frozen=True)
 class OpenRequestModal:
     """``/jit request`` with missing arguments: ask in a modal, prefilled with what was typed."""
 
@@ -95,7 +104,16 @@ class SubmitRequest:
     draft: RequestDraft
 
 
-Command = HelpCommand | ResourcesCommand | ListCommand | RevokeCommand | OpenRequestModal | SubmitRequest | CommandError
+Command = (
+    HelpCommand
+    | ResourcesCommand
+    | ListCommand
+    | RevokeCommand
+    | DigestCommand
+    | OpenRequestModal
+    | SubmitRequest
+    | CommandError
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,18 @@ def _revoke(words: Words, _policy: Policy) -> Command:
     return RevokeCommand(request_id=words.args[0].strip().upper())
 
 
+def _digest(words: Words, _policy: Policy) -> Command:
+    if not words.args:
+        return DigestCommand()
+    typed = " ".join(words.args)
+    if len(words.args) != 1 or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", typed):
+        return CommandError(CommandErrorCode.BAD_DATE, typed=typed[:40])
+    try:
+        return DigestCommand(date.fromisoformat(typed))
+    except ValueError:
+        return CommandError(CommandErrorCode.BAD_DATE, typed=typed)
+
+
 SUBCOMMANDS: tuple[SubCommand, ...] = (
     SubCommand(
         "request",
@@ -181,6 +211,13 @@ SUBCOMMANDS: tuple[SubCommand, ...] = (
         _revoke,
         arguments="<request id>",
         aliases=("cancel",),
+    ),
+    SubCommand(
+        "digest",
+        "the security leads' digest of one day (default: yesterday in the digest's time zone), "
+        "for security leads and approvers, shown only to you.",
+        _digest,
+        arguments="[YYYY-MM-DD]",
     ),
     SubCommand("help", "the commands and what they do.", lambda _words, _policy: HelpCommand(), answered_in_ack=True),
 )

@@ -37,6 +37,7 @@ from bot.services.outbox import Announcer, Doorbell
 from bot.services.ports import Delivered, DeliveryError, Notifier
 from bot.services.snapshots import load_snapshot
 from bot.services.workers import log_failure
+from bot.store import digest as digest_store
 from bot.store import outbox as outbox_store
 from bot.store import requests as request_store
 from bot.store.audit import append_event
@@ -274,6 +275,11 @@ class Dispatcher:
             if prepared is None:
                 return
             notice = prepared
+        if isinstance(notice, notices.DigestChart):
+            # Its text is ahead of it in the lane, so it was sent (or given up) before this runs.
+            with read_scope(self._engine) as session:
+                posted = digest_store.posted_at(session=session, day=notice.day)
+            notice = replace(notice, thread_ts=posted[1] if posted else None)
         try:
             secret = self._cipher.decrypt(message.secret) if message.secret is not None and self._cipher else None
             delivered = self._notifier.deliver(notice, secret=secret)
@@ -363,6 +369,8 @@ class Dispatcher:
             ):
                 log.warning("outbox message %s was delivered after its claim moved on", message.id)
                 return
+            if isinstance(notice, notices.DigestPost) and delivered.channel and delivered.ts:
+                digest_store.set_posted(session=session, day=notice.day, channel=delivered.channel, ts=delivered.ts)
             if isinstance(notice, notices.ApprovalCard) and delivered.channel and delivered.ts:
                 request_store.set_card(
                     session=session, request_id=notice.request.id, channel=delivered.channel, ts=delivered.ts
@@ -415,6 +423,20 @@ class Dispatcher:
                     log.warning("the card of %s could not be updated: %s", request.id, code)
                 case notices.AuditSummary(request=request) | notices.EndSummary(request=request):
                     log.warning("audit summary for %s could not be posted: %s", request.id, code)
+                case notices.DigestPost(day=day, channel=channel):
+                    # The leads would otherwise just miss a day: they hear of it where alerts go, and
+                    # /jit digest still shows that day's digest.
+                    log.error("the digest of %s could not be posted to %s: %s", day, channel, code)
+                    self._announcer.alert(
+                        session,
+                        notices.AlertKind.DIGEST_UNDELIVERABLE,
+                        None,
+                        day=day,
+                        channel=channel,
+                        slack_error=code,
+                    )
+                case notices.DigestChart(day=day):
+                    log.warning("the chart of the digest of %s could not be uploaded: %s", day, code)
                 case notices.Alert():
                     log.error(
                         "ALERT could not be posted to the audit channel (%s): %s %s", code, notice.alert, notice.facts

@@ -151,6 +151,7 @@ class AlertKind(StrEnum):
     TOKEN_UNSTORED = "token_unstored"  # the bot could not store a token it received
     TOKEN_UNHOLDABLE = "token_unholdable"  # the IdP answered a token the bot cannot even represent
     AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"  # the audit webhook keeps refusing an event
+    DIGEST_UNDELIVERABLE = "digest_undeliverable"  # Slack refused the daily digest for good
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,60 @@ class Alert:
         return (ALERT_LANE, audit_channel) if audit_channel else None
 
 
-Notice = ApprovalCard | CardChanged | RequesterTold | PickupLink | AuditSummary | EndSummary | Alert
+def digest_lane(day: str) -> str:
+    """A lane per day: a chart that keeps failing holds up nothing but its own day's lane."""
+    return f"digest:{day}"
+
+
+@dataclass(frozen=True)
+class DigestPost:
+    """The daily digest's text in the digest channel. ``text`` is the domain's own Slack rendering
+    (``digest_text(digest, slack=True)``, escaped there), made when the day was leased: the figures
+    are a snapshot of that moment, and a retry hours later must post the same digest, not a new one."""
+
+    day: str
+    channel: str
+    text: str
+    kind: Literal["digest_post"] = "digest_post"
+
+    @property
+    def request_id(self) -> str | None:
+        return None
+
+    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
+        return digest_lane(self.day), self.channel
+
+
+@dataclass(frozen=True)
+class DigestChart:
+    """The digest's PNG chart, uploaded after its text (same lane) in the text's thread, or beside it
+    when the text's ts is not known. ``png`` is base64, so the outbox's JSON can hold it."""
+
+    day: str
+    channel: str
+    png: str
+    thread_ts: str | None = None
+    kind: Literal["digest_chart"] = "digest_chart"
+
+    @property
+    def request_id(self) -> str | None:
+        return None
+
+    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
+        return digest_lane(self.day), self.channel
+
+
+Notice = (
+    ApprovalCard
+    | CardChanged
+    | RequesterTold
+    | PickupLink
+    | AuditSummary
+    | EndSummary
+    | Alert
+    | DigestPost
+    | DigestChart
+)
 
 
 @functools.cache

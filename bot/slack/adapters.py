@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import logging
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from bot.services.notices import (
     ApprovalCard,
     AuditSummary,
     CardChanged,
+    DigestChart,
+    DigestPost,
     EndSummary,
     Notice,
     PickupLink,
@@ -125,6 +128,27 @@ class SlackNotifier:
                 self._post_to_audit(end_summary_text(notice))
             case Alert():
                 self._post_to_audit(alert_text(notice) + leads_cc(self._security_leads))
+            case DigestPost(channel=where, text=text):
+                # Nothing in it should unfurl: it names requests, people and resources, not links.
+                posted: Any = _call(
+                    lambda: self._client.chat_postMessage(
+                        channel=where, text=text, unfurl_links=False, unfurl_media=False
+                    )
+                )
+                return Delivered(channel=str(posted["channel"]), ts=str(posted["ts"]))
+            case DigestChart(day=day, channel=chart_channel, png=png, thread_ts=thread_ts):
+                # files.getUploadURLExternal, the upload, files.completeUploadExternal: a failure at
+                # any step is retried by the outbox as a whole (an upload never completed is
+                # never shown, so nothing appears twice).
+                _call(
+                    lambda: self._client.files_upload_v2(
+                        channel=chart_channel,
+                        thread_ts=thread_ts,
+                        content=base64.b64decode(png),
+                        filename=f"jit-digest-{day}.png",
+                        title=f"jit-bot digest {day}",
+                    )
+                )
             case _:
                 # A kind without a renderer must fail loudly, never count as sent.
                 assert_never(notice)

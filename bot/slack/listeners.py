@@ -13,6 +13,7 @@ from slack_bolt import Ack, App, BoltContext, BoltResponse
 
 from bot.domain.commands import (
     CommandError,
+    DigestCommand,
     HelpCommand,
     ListCommand,
     OpenRequestModal,
@@ -24,6 +25,7 @@ from bot.domain.commands import (
 )
 from bot.domain.policy import Policy
 from bot.domain.status import VoteChoice
+from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
 from bot.services.identity import resolve_subject
 from bot.services.listing import ListingService
@@ -34,6 +36,7 @@ from bot.slack.forms import DenyForm, RequestForm, form_metadata
 from bot.slack.ids import ActionId
 from bot.slack.messages import (
     command_error_text,
+    digest_answer_text,
     help_text,
     list_text,
     resources_text,
@@ -77,6 +80,7 @@ class Listeners:
     voting: VotingService
     early: EarlyEndService
     listing: ListingService
+    digests: DigestService
     directory: Directory
     # Replies go only to response_urls under this prefix (Slack's hooks host).
     hooks_url: str
@@ -140,6 +144,9 @@ class Listeners:
                 respond(text=list_text(self.listing.open_requests_of(user)), response_type="ephemeral")
             case RevokeCommand(request_id=request_id):
                 respond(text=revoke_text(self.early.revoke(request_id, actor=user)), response_type="ephemeral")
+            case DigestCommand(day=day):
+                answer = self.digests.for_person(user, day)
+                respond(text=digest_answer_text(answer), response_type="ephemeral")
             case OpenRequestModal(resource=name):
                 # Say "you are not mapped" now rather than after the person has filled in the form.
                 resolve_subject(user, policy=self.policy, directory=self.directory)

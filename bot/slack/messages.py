@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bot.domain.commands import MAX_REASON_LENGTH, SUBCOMMANDS, CommandError, CommandErrorCode, SubCommand
+from bot.domain.digest import digest_text
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
 from bot.domain.votes import VoteRefusal
 from bot.services.delivery import CARD_UNDELIVERABLE
+from bot.services.digests import DigestAnswer, DigestRefusal
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
 from bot.services.listing import Listing
@@ -236,6 +238,12 @@ def alert_text(alert: Alert) -> str:
                 f"(last answer {fact('status')}). Forwarding has stopped at that event: nothing after it is sent "
                 "until the receiver accepts it. jit-bot keeps retrying it; fix the receiver."
             )
+        case AlertKind.DIGEST_UNDELIVERABLE:
+            return (
+                f":warning: The daily digest of {fact('day')} could not be posted to {fact('channel')} (Slack said "
+                f"{fact('slack_error')}); is jit-bot in that channel? Read it with `/jit digest "
+                f"{escape(str(facts.get('day') or ''))}`."
+            )
 
 
 # --- answers to /jit -----------------------------------------------------------------------------
@@ -307,6 +315,10 @@ def command_error_text(error: CommandError) -> str:
             return f"The reason is {error.length} characters; keep it under {MAX_REASON_LENGTH}."
         case CommandErrorCode.MISSING_REQUEST_ID:
             return "Which request? Use `/jit revoke <request id>`; `/jit list` shows yours."
+        case CommandErrorCode.BAD_DATE:
+            return (
+                f"{_typed(error.typed)} is not a date like `2026-10-28`. Use `/jit digest` or `/jit digest YYYY-MM-DD`."
+            )
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -342,6 +354,17 @@ REVOKE_ANSWERS: dict[RevokeOutcome, str] = {
     RevokeOutcome.ALREADY_REVOKING: "Grant `{rid}` is already being revoked.",
     RevokeOutcome.NOTHING_TO_REVOKE: "Request `{rid}` is {status}, so there is nothing to revoke.{hint}",
 }
+
+
+def digest_answer_text(answer: DigestAnswer) -> str:
+    """The answer to ``/jit digest``: the digest's own Slack text, or why not."""
+    match answer.refusal:
+        case DigestRefusal.NOT_ALLOWED:
+            return "Only security leads and approvers can read the digest."
+        case DigestRefusal.NOT_BEGUN:
+            return f"{answer.day.isoformat()} has not begun yet in {escape(answer.timezone)}."
+    assert answer.digest is not None
+    return digest_text(answer.digest, slack=True)
 
 
 def revoke_text(result: RevokeResult) -> str:

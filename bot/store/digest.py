@@ -37,7 +37,7 @@ from bot.domain.digest import (
 )
 from bot.domain.status import GrantStatus, VoteChoice
 from bot.store.audit import verify_chain
-from bot.store.models import AccessRequest, AuditEvent, AuditHead, Grant, Vote
+from bot.store.models import AccessRequest, AuditEvent, AuditHead, DigestDay, Grant, Vote
 from bot.store.transitions import BOT_ACTOR
 
 E = AuditEventType
@@ -323,3 +323,33 @@ def audit_anchor(*, session: Session, key: bytes) -> AuditAnchor:
     head = session.execute(select(col(AuditHead.seq), col(AuditHead.hash)).where(col(AuditHead.id) == 1)).first()
     seq, link = (head[0], head[1]) if head is not None else (report.events, report.tip)
     return AuditAnchor(seq, link, verified=False, problem=problem)
+
+
+# --- the daily post's lease -------------------------------------------------------------------------
+
+
+def day_taken(*, session: Session, day: str) -> bool:
+    """Whether the digest of local ``day`` was queued already (by this replica or another)."""
+    return session.get(DigestDay, day) is not None
+
+
+def take_day(*, session: Session, day: str, now: datetime) -> None:
+    """Claim ``day``'s digest for this transaction. The row is flushed at once, so a second replica's
+    insert fails (SQLite: behind the first's write lock, then on the key; PostgreSQL: on the primary
+    key, once the first commits) with ``IntegrityError``, and its whole transaction, with whatever it
+    queued, rolls back."""
+    session.add(DigestDay(day=day, queued_at=now))
+    session.flush()
+
+
+def set_posted(*, session: Session, day: str, channel: str, ts: str) -> None:
+    row = session.get(DigestDay, day)
+    if row is not None:
+        row.channel, row.ts = channel, ts
+        session.add(row)
+
+
+def posted_at(*, session: Session, day: str) -> tuple[str, str] | None:
+    """The text's (channel, ts), once delivered."""
+    row = session.get(DigestDay, day)
+    return (row.channel, row.ts) if row is not None and row.channel and row.ts else None

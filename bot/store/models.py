@@ -207,3 +207,17 @@ class AuditForward(SQLModel, table=True):
     alerted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+
+
+class DigestDay(SQLModel, table=True):
+    """One row per local day whose digest the bot has queued: the primary key is the lease, so of
+    several replicas (or a restart) only the transaction that inserts the row queues the post."""
+
+    __tablename__ = "digest_day"
+
+    # The local date the digest covers (YYYY-MM-DD in digest.timezone).
+    day: str = Field(primary_key=True, max_length=10)
+    queued_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # Where the text landed, once delivered: the chart is uploaded in its thread.
+    channel: str | None = Field(default=None, max_length=32)
+    ts: str | None = Field(default=None, max_length=32)
