@@ -17,17 +17,20 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
+from multiprocessing import get_context
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy import Connection, Engine, func, insert, update
 from sqlalchemy import event as sa_event
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from bot.domain.audit import FORBIDDEN_DETAIL_KEYS, AuditEventType
+from bot.store.db import READ_ONLY_OPTION
 from bot.store.models import AuditEvent, AuditHead
 from bot.store.types import canonical_json
 
@@ -221,35 +224,151 @@ def verify_chain(*, session: Session, key: bytes, watch: int | None = None) -> C
     """Recompute every link with the key; an edited, removed, reordered or inserted event breaks the
     chain from there on, and so does a chain rebuilt without the key after its first keyed event.
     A prefix linked without the key is counted in ``unkeyed``, not passed as intact. ``watch``: the
-    seq of an event whose link to report (``watched_hash``), to compare with a head published before."""
+    seq of an event whose link to report (``watched_hash``), to compare with a head published before.
+
+    A long trail read in a read-only session (``read_scope``: what it reads is committed, so another
+    connection reads the same) is checked in two processes, each over a range of seqs: each link
+    needs only its stored predecessor, so a range is checked on its own, the link across the ranges
+    is checked here, and the outcomes are replayed in seq order, giving the report one process would."""
+    through = _parallel_split(session)
+    if through is None:
+        walks = [_walk(session, key=key, after=0, through=None, watch=watch)]
+    else:
+        middle, last = through
+        url = session.get_bind().url.render_as_string(hide_password=False)
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            later = pool.submit(_walk_elsewhere, url, key, middle, last, watch)
+            first = _walk(session, key=key, after=0, through=middle, watch=watch)
+            walks = [first, later.result()]
+    return _replay(walks, session.get(AuditHead, 1))
+
+
+# Below this many events, starting a second process costs more than it saves.
+_PARALLEL_FROM = 200_000
+# The share of the trail this process checks while the other one starts and checks the rest.
+_FIRST_SHARE = 0.55
+
+
+def _parallel_split(session: Session) -> tuple[int, int] | None:
+    """``(middle, last)``: this process checks seqs up to middle, the other after it up to last; None
+    for one process: a short trail, a session that may see writes no other connection would, or one
+    whose statements each see the database anew (PostgreSQL's READ COMMITTED: the last seq and the
+    head row, read at either end, could disagree about events appended meanwhile)."""
+    connection = session.connection()
+    if not connection.get_execution_options().get(READ_ONLY_OPTION):
+        return None
+    if connection.dialect.name == "sqlite":
+        if connection.engine.url.database in (None, "", ":memory:"):
+            return None
+    elif connection.get_isolation_level() not in ("REPEATABLE READ", "SERIALIZABLE"):
+        return None
+    table = AuditEvent.__table__  # type: ignore[attr-defined]
+    last = session.execute(core_select(func.max(table.c.seq))).scalar()
+    if last is None or last < _PARALLEL_FROM:
+        return None
+    return int(last * _FIRST_SHARE), last
+
+
+class _Walk(NamedTuple):
+    """One range's outcome: ``codes`` per event from seq ``after + 1`` on, up to and including the first
+    that fails whatever came before it (missing, not linked to its predecessor, altered)."""
+
+    after: int
+    through: int | None
+    codes: bytes
+    first_prev: str | None
+    tip: str | None
+    watched: str | None
+
+
+_KEYED, _UNKEYED, _ALTERED, _MISSING, _BROKEN = b"kuamb"
+
+
+def _walk(session: Session, *, key: bytes, after: int, through: int | None, watch: int | None) -> _Walk:
+    codes = bytearray()
+    expected = after + 1
+    first_prev: str | None = None
+    prev: str | None = None
+    watched: str | None = None
+    compare = hmac.compare_digest
+    for seq, stored_prev, link, canonical in _stored_links(session=session, key=key, after=after, through=through):
+        if seq != expected:
+            codes.append(_MISSING)
+            break
+        if prev is None:
+            first_prev = stored_prev  # checked by _replay against the link before the range
+        elif stored_prev != prev:
+            codes.append(_BROKEN)
+            break
+        if canonical is None:
+            # Its keyed link was recomputed from the stored text and matched (_stored_links).
+            codes.append(_KEYED)
+        elif compare(event_link(key, stored_prev, canonical), link):
+            codes.append(_KEYED)
+        elif compare(legacy_event_link(stored_prev, canonical), link):
+            codes.append(_UNKEYED)  # passes only before the first keyed event (_replay)
+        else:
+            codes.append(_ALTERED)
+            break
+        if seq == watch:
+            watched = link
+        prev = link
+        expected += 1
+    return _Walk(after, through, bytes(codes), first_prev, prev, watched)
+
+
+def _walk_elsewhere(url: str, key: bytes, after: int, through: int, watch: int | None) -> _Walk:
+    """_walk in the other process, on a connection of its own."""
+    from bot.store.db import make_engine, read_scope
+
+    engine = make_engine(url)
+    try:
+        with read_scope(engine) as session:
+            return _walk(session, key=key, after=after, through=through, watch=watch)
+    finally:
+        engine.dispose()
+
+
+def _replay(walks: list[_Walk], head: AuditHead | None) -> ChainReport:
+    """The report of the ranges' outcomes taken in seq order, as one walk over the trail makes it."""
     watched: str | None = None
     prev_hash = GENESIS
-    expected_seq = 1
     count = 0
     unkeyed = 0
     keyed_seen = False
-    for seq, stored_prev, link, canonical in _stored_links(session=session, key=key):
-        if seq != expected_seq:
-            return ChainReport(count, expected_seq, f"event {expected_seq} is missing", unkeyed)
-        if stored_prev != prev_hash:
+    for walk in walks:
+        if count < walk.after:
+            # The range before ended early: the trail ends there, or the next event is missing.
+            if not walk.codes:
+                break
+            return ChainReport(count, count + 1, f"event {count + 1} is missing", unkeyed)
+        codes = walk.codes
+        if codes and codes[0] != _MISSING and walk.first_prev != prev_hash:
+            seq = count + 1
             return ChainReport(count, seq, f"event {seq} does not link to event {seq - 1}", unkeyed)
-        if canonical is None:
-            # Its keyed link was recomputed from the stored text and matched (_stored_links).
-            keyed_seen = True
-        elif hmac.compare_digest(event_link(key, prev_hash, canonical), link):
-            keyed_seen = True
-        elif not keyed_seen and hmac.compare_digest(legacy_event_link(prev_hash, canonical), link):
-            unkeyed += 1
+        if codes.count(_KEYED) == len(codes):
+            # The whole range keyed (nearly always): nothing to replay one by one.
+            keyed_seen = keyed_seen or bool(codes)
+            count += len(codes)
         else:
-            return ChainReport(
-                count, seq, f"event {seq} was altered after it was written (or the key is wrong)", unkeyed
-            )
-        if seq == watch:
-            watched = link
-        prev_hash = link
-        expected_seq += 1
-        count += 1
-    head = session.get(AuditHead, 1)
+            for code in codes:
+                seq = count + 1
+                if code == _MISSING:
+                    return ChainReport(count, seq, f"event {seq} is missing", unkeyed)
+                if code == _BROKEN:
+                    return ChainReport(count, seq, f"event {seq} does not link to event {seq - 1}", unkeyed)
+                if code == _KEYED:
+                    keyed_seen = True
+                elif code == _UNKEYED and not keyed_seen:
+                    unkeyed += 1
+                else:
+                    return ChainReport(
+                        count, seq, f"event {seq} was altered after it was written (or the key is wrong)", unkeyed
+                    )
+                count += 1
+        if walk.tip is not None:
+            prev_hash = walk.tip
+        watched = walk.watched or watched
     if head is not None and (head.seq != count or head.hash != prev_hash):
         return ChainReport(
             count,
@@ -266,7 +385,8 @@ def verify_chain(*, session: Session, key: bytes, watch: int | None = None) -> C
 # a year before 1 AD (which Python cannot hold) gives NULL, and so the full path.
 _PG_ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
 _RAW_COLUMNS = (
-    "event_type, actor, request_id, {details}, prev_hash, hash FROM audit_event WHERE seq > {p} ORDER BY seq LIMIT {p}"
+    "event_type, actor, request_id, {details}, prev_hash, hash FROM audit_event"
+    " WHERE seq > {p} AND seq <= {p} ORDER BY seq LIMIT {p}"
 )
 _RAW_SQLITE = "SELECT seq, at, " + _RAW_COLUMNS.format(details="details", p="?")
 _RAW_POSTGRES = (
@@ -275,12 +395,15 @@ _RAW_POSTGRES = (
     + _RAW_COLUMNS.format(details="details::text", p="%s")
 )
 _VERIFY_BATCH = 5000
+_LAST_SEQ = 2**31 - 1  # the seq column is an INTEGER
 # After a batch that was mostly not canonical (a trail written before JSON columns were written
 # canonically), this many batches go straight to the full path, doubling up to the last.
 _FULL_PATH_RUNS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def _stored_links(*, session: Session, key: bytes) -> Iterator[tuple[int, Any, Any, str | None]]:
+def _stored_links(
+    *, session: Session, key: bytes, after: int = 0, through: int | None = None
+) -> Iterator[tuple[int, Any, Any, str | None]]:
     """``(seq, prev_hash, hash, canonical)`` of every stored event in seq order; ``canonical`` is None
     when the event's keyed link, recomputed over its stored ``prev_hash``, matched its ``hash``
     already, else the event's canonical form as ``canonical_row`` makes it, for the caller to check.
@@ -305,31 +428,33 @@ def _stored_links(*, session: Session, key: bytes) -> Iterator[tuple[int, Any, A
     # written; it formats the time itself.
     raw = _RAW_SQLITE if sqlite else _RAW_POSTGRES
     try:
-        yield from _checked_batches(session, cursor, raw, key=key, sqlite=sqlite)
+        yield from _checked_batches(
+            session, cursor, raw, key=key, sqlite=sqlite, after=after, through=_LAST_SEQ if through is None else through
+        )
     finally:
         cursor.close()
 
 
 def _checked_batches(
-    session: Session, cursor: Any, raw: str, *, key: bytes, sqlite: bool
+    session: Session, cursor: Any, raw: str, *, key: bytes, sqlite: bool, after: int, through: int
 ) -> Iterator[tuple[int, Any, Any, str | None]]:
     digest = hmac.digest
     compare = hmac.compare_digest
     quote = encode_basestring_ascii
-    last = 0
+    last = after
     full_path_batches = 0
     runs = 0
     while True:
         if full_path_batches:
             full_path_batches -= 1
-            events = list(_exported_batch(session, after=last, batch=_VERIFY_BATCH))
+            events = _exported_batch(session, after=last, batch=_VERIFY_BATCH, through=through)
             if not events:
                 return
             for event in events:
                 yield event.seq, event.prev_hash, event.hash, canonical_row(event)
             last = events[-1].seq
             continue
-        cursor.execute(raw, (last, _VERIFY_BATCH))
+        cursor.execute(raw, (last, through, _VERIFY_BATCH))
         rows = cursor.fetchall()
         if not rows:
             return
