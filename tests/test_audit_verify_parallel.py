@@ -7,9 +7,10 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import Engine, delete, text, update
 from sqlmodel import Session, col, select
 
 import bot.store.audit as audit
@@ -143,3 +144,26 @@ def test_a_short_trail_or_a_session_that_may_write_or_see_anew_stays_in_one_proc
     if engine.dialect.name == "postgresql":
         with read_scope(engine) as session:
             assert audit._parallel_split(session) is None  # READ COMMITTED: each statement sees anew
+
+
+def test_an_edit_in_the_first_range_is_the_report_even_when_the_second_range_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Details that are not JSON at all (SQLite keeps any text) in the second range do not hide an edit
+    in the first. (One process raises here, as it always has: it decodes the batch that holds both.)"""
+    from bot.store.db import make_engine, migrate
+
+    monkeypatch.setattr(audit, "_PARALLEL_FROM", 2)
+    engine = make_engine(f"sqlite:///{tmp_path / 'jit.db'}")
+    migrate(engine)
+    try:
+        _write(engine)
+        _alter(3)(engine)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE audit_event SET details = 'not json' WHERE seq = 10"))
+        with read_scope(engine) as session:
+            report = verify_chain(session=session, key=KEY)
+        assert (report.first_bad_seq, report.events) == (3, 2)
+        assert report.problem == "event 3 was altered after it was written (or the key is wrong)"
+    finally:
+        engine.dispose()

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
-from multiprocessing import get_context
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Connection, Engine, func, insert, update
@@ -236,13 +237,31 @@ def verify_chain(*, session: Session, key: bytes, watch: int | None = None) -> C
     else:
         middle, last = through
         url = session.get_bind().url.render_as_string(hide_password=False)
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            later = pool.submit(_walk_elsewhere, url, key, middle, last, watch)
+        # A plain child interpreter, not multiprocessing: its spawn re-runs the caller's __main__.
+        worker = subprocess.Popen(
+            [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+        )
+        assert worker.stdin is not None
+        with worker:
+            worker.stdin.write(pickle.dumps((list(sys.path), (url, key, middle, last, watch))))
+            worker.stdin.close()
             first = _walk(session, key=key, after=0, through=middle, watch=watch)
-            walks = [first, later.result()]
+            # A failure in the first range is the report, whatever the other found (or raised).
+            failed = first.codes[-1:] in (bytes([_ALTERED]), bytes([_MISSING]), bytes([_BROKEN]))
+            output = worker.stdout.read() if worker.stdout is not None else b""
+            if worker.wait() != 0 and not failed:
+                raise RuntimeError(f"the audit verify worker exited {worker.returncode}")
+            walks = [first] if failed else [first, _Walk(*pickle.loads(output))]
     return _replay(walks, session.get(AuditHead, 1))
 
 
+_WORKER = (
+    "import pickle, sys\n"
+    "path, arguments = pickle.load(sys.stdin.buffer)\n"
+    "sys.path[:0] = path\n"
+    "from bot.store.audit import _walk_elsewhere\n"
+    "sys.stdout.buffer.write(pickle.dumps(tuple(_walk_elsewhere(*arguments))))\n"
+)
 # Below this many events, starting a second process costs more than it saves.
 _PARALLEL_FROM = 200_000
 # The share of the trail this process checks while the other one starts and checks the rest.
