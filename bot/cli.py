@@ -308,7 +308,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     engine = _store_engine(create_key=False)
     try:
         with read_scope(engine) as session:
-            key = audit_key_of(session.connection())
+            # One snapshot for the whole verify on PostgreSQL too (the events, their last seq and the
+            # head row agree), which also lets verify_chain check a long trail in two processes.
+            options = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
+            key = audit_key_of(session.connection(execution_options=options))
             report = verify_chain(session=session, key=key, watch=expected[0] if expected else None)
     except (OperationalError, ProgrammingError) as exc:
         raise ConfigError(

@@ -17,6 +17,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from bot.store.types import canonical_json
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -32,14 +34,18 @@ def make_engine(url: str) -> Engine:
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("JIT_DATABASE_URL: in-memory SQLite is not supported; name a file")
         _owner_only_file(Path(parsed.database))
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=canonical_json
+        )
         _serialise_sqlite_writers(engine)
         return engine
     # No pool_pre_ping: it was a round trip before every transaction (15 % of the bot's time under
     # load). A connection the server dropped fails one transaction instead, and SQLAlchemy then
     # discards the whole pool. Background writers retry (leases, the outbox, the mint's store
     # retries); a click in that moment gets the bot's error reply and can be repeated.
-    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    # JSON columns are written canonically (see canonical_json): PostgreSQL's json type (not jsonb)
+    # keeps the text as given, SQLite's JSON is that text, and verify_chain splices it in as is.
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, json_serializer=canonical_json)
     _keep_prepared_statements(engine)
     return engine
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,3 +35,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON serialization of a value: sorted keys, no spaces, ASCII only.
+
+    The audit link is computed over it (``bot.store.audit.canonical_event``), and the engine writes
+    every JSON column with it (``bot.store.db.make_engine``), so an event's stored ``details`` text is
+    byte-identical to the part of the canonical form the link covers, and a verify can splice it in
+    without decoding it."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
