@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bot.config import (
     ConfigError,
@@ -298,6 +298,15 @@ def _expected_head(text: str | None) -> tuple[int, str] | None:
     return int(found.group(1)), found.group(2)
 
 
+def _trail_unreadable(exc: DBAPIError) -> ConfigError:
+    return ConfigError(
+        [
+            f"JIT_DATABASE_URL: cannot read the audit trail ({type(exc.orig).__name__}); "
+            "is it the right database, migrated?"
+        ]
+    )
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
@@ -314,12 +323,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             key = audit_key_of(session.connection(execution_options=options))
             report = verify_chain(session=session, key=key, watch=expected[0] if expected else None)
     except (OperationalError, ProgrammingError) as exc:
-        raise ConfigError(
-            [
-                f"JIT_DATABASE_URL: cannot read the audit trail ({type(exc.orig).__name__}); "
-                "is it the right database, migrated?"
-            ]
-        ) from None
+        raise _trail_unreadable(exc) from None
     finally:
         engine.dispose()
     if not report.intact:
@@ -406,12 +410,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
                     sys.stdout.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
                 count += 1
     except (OperationalError, ProgrammingError) as exc:
-        raise ConfigError(
-            [
-                f"JIT_DATABASE_URL: cannot read the audit trail ({type(exc.orig).__name__}); "
-                "is it the right database, migrated?"
-            ]
-        ) from None
+        raise _trail_unreadable(exc) from None
     except BrokenPipeError:
         # `jit-bot audit export | head`: the reader has what it wanted.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; this one takes it

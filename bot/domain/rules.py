@@ -292,21 +292,17 @@ def _verdict(policy: Policy, resource: Resource, answer: RegoAnswer) -> RegoVerd
             )
         raise ContractBroken(f"the evaluation failed: {detail}")
     verdict = read_answer(answer.value, groups=policy.groups)
-    if verdict.effect is RegoEffect.REQUIRE and verdict.approvers is not None and verdict.approvals is None:
-        people = expand(policy.groups, verdict.approvers)
+    if verdict.effect is RegoEffect.REQUIRE and (verdict.approvers is None) != (verdict.approvals is None):
+        # One of the two is the resource's: the pair must still be approvable by the people it names.
+        people = expand(policy.groups, verdict.approvers) if verdict.approvers else resource.approvers
+        needed = verdict.approvals or resource.approvals_required
         users = len({a for a in people if SLACK_USER_ID.fullmatch(a)})
-        needed = resource.approvals_required
         if not any(SLACK_USERGROUP_ID.fullmatch(a) for a in people) and needed > users:
-            raise ContractBroken(
-                f"approvers lists only {users} person(s) but resource '{resource.name}' needs {needed} approvals"
-            )
-    if verdict.effect is RegoEffect.REQUIRE and verdict.approvers is None and verdict.approvals is not None:
-        people = resource.approvers
-        users = len({a for a in people if SLACK_USER_ID.fullmatch(a)})
-        if not any(SLACK_USERGROUP_ID.fullmatch(a) for a in people) and verdict.approvals > users:
-            raise ContractBroken(
-                f"approvals is {verdict.approvals} but resource '{resource.name}' lists only {users} approver(s)"
-            )
+            if verdict.approvers is not None:
+                why = f"approvers lists only {users} person(s) but resource '{resource.name}' needs {needed} approvals"
+            else:
+                why = f"approvals is {needed} but resource '{resource.name}' lists only {users} approver(s)"
+            raise ContractBroken(why)
     return verdict
 
 
