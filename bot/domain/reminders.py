@@ -183,12 +183,19 @@ def plan(
     if reminders is None or now >= expires:
         return Nudge(remind=False, escalate=False, next_at=expires)
     since = scheduled or created
-    points = list(reminder_points(created, reminders, expires))
-    owed = next((p for p in points if p >= since), None)
+    owed: datetime | None = None
+    upcoming: list[datetime] = []
+    # Walked once and only as far as needed (backoff 1 and a long timeout make many moments).
+    for point in reminder_points(created, reminders, expires):
+        if owed is None and point >= since:
+            owed = point
+        if point > now:
+            upcoming.append(point)
+        if owed is not None and upcoming:
+            break
     remind = owed is not None and owed <= now
     escalate_at = created + reminders.escalate_after if reminders.escalate_after is not None else None
     escalate = escalate_at is not None and not escalated and escalate_at <= now
-    upcoming = [p for p in points if p > now]
     if escalate_at is not None and not escalated and not escalate and escalate_at > now:
         upcoming.append(escalate_at)
     return Nudge(remind=remind, escalate=escalate, next_at=min(upcoming, default=expires))
