@@ -41,6 +41,7 @@ from bot.services.listing import ListingService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
 from bot.services.outbox import Announcer, Doorbell
 from bot.services.pickup import PickupService
+from bot.services.reminders import REMINDERS_INTERVAL_SECONDS, REMINDERS_JOB, ReminderService
 from bot.services.requests import RequestService
 from bot.services.revocation import RevocationService, RevocationTiming
 from bot.services.timeouts import TimeoutService
@@ -313,6 +314,10 @@ def build_runtime(
             settings=forwarding or _forwarding_policy(settings.jit_audit_webhook_deadline),
         )
         jobs.add(AUDIT_FORWARD_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), forwarder.purge)
+    if policy.has_reminders:
+        # Only with reminders: a policy without them costs not even the job's query.
+        reminders = ReminderService(engine=engine, policy=policy, announcer=announcer, clock=clock)
+        jobs.add(REMINDERS_JOB, Every(REMINDERS_INTERVAL_SECONDS), reminders.run)
     if policy.channels.digest is not None:
         jobs.add(DIGEST_AT_START_JOB, AtStart(), digests.post_due)
         jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)

@@ -32,6 +32,10 @@ class AuditEventType(StrEnum):
     RULES_USERGROUPS_UNKNOWN = "rules_usergroups_unknown"
     # A rule's Rego module failed, timed out or answered outside the contract; the request was denied.
     REGO_FAILED = "rego_failed"
+    # A pending request's reminder was queued in its card's thread (its number, whom it asked).
+    REMINDER_SENT = "reminder_sent"
+    # A pending request reached reminders.escalate_after: the escalation approvers may vote from now on.
+    REQUEST_ESCALATED = "request_escalated"
     # The audit webhook refused an event (4xx) past its retries; forwarding stops at that event.
     AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"
 

@@ -47,6 +47,7 @@ from bot.domain.policy_rules import (
     check_timezone,
     policy_problems,
 )
+from bot.domain.reminders import Reminders, reminder_problems
 
 # An entry of a group: a Slack user id, a usergroup id, or an IdP subject (anything else that is not empty).
 _Member = Annotated[str, Field(min_length=1)]
@@ -82,6 +83,8 @@ class Resource(Strict):
     claims: dict[str, ClaimValue] = Field(default_factory=dict)
     # Where the pickup link may be opened from (CIDRs); empty: anywhere.
     pickup_networks: tuple[str, ...] = ()
+    # Replaces the policy's own reminders: for this resource's requests (bot.domain.reminders).
+    reminders: Reminders | None = None
 
     @field_validator("pickup_networks")
     @classmethod
@@ -230,6 +233,8 @@ class Policy(Strict):
     # Who may run /jit digest and is mentioned in alerts: Slack user (U…, W…) or usergroup (S…) ids.
     security_leads: tuple[str, ...] = ()
     digest: DigestOptions = DigestOptions()
+    # Reminders and escalation of undecided requests, for every resource that has none of its own.
+    reminders: Reminders | None = None
     resources: tuple[Resource, ...] = Field(min_length=1)
     # Declared after resources: checking the rules' approvers needs the resources' approvals.
     groups: dict[str, Annotated[tuple[_Member, ...], Field(min_length=1)]] = Field(default_factory=dict)
@@ -244,6 +249,34 @@ class Policy(Strict):
         if problems:
             raise KeyedProblems(problems)
         return self
+
+    @model_validator(mode="after")
+    def _reminders_fit_the_policy(self) -> Policy:
+        where: list[tuple[tuple[str | int, ...], Reminders]] = []
+        if self.reminders is not None:
+            where.append((("reminders",), self.reminders))
+        for index, resource in enumerate(self.resources):
+            if resource.reminders is not None:
+                where.append((("resources", index, "reminders"), resource.reminders))
+        problems = [
+            ((*key, *below), why)
+            for key, reminders in where
+            for below, why in reminder_problems(reminders, groups=self.groups, request_timeout=self.request_timeout)
+        ]
+        if problems:
+            raise KeyedProblems(problems)
+        return self
+
+    def reminders_for(self, resource_name: str) -> Reminders | None:
+        """The resource's own reminders, else the policy's (None: nobody is reminded)."""
+        resource = self.resource(resource_name)
+        if resource is not None and resource.reminders is not None:
+            return resource.reminders
+        return self.reminders
+
+    @property
+    def has_reminders(self) -> bool:
+        return self.reminders is not None or any(r.reminders is not None for r in self.resources)
 
     @field_validator("security_leads")
     @classmethod

@@ -193,6 +193,9 @@ def _unused_groups(policy: Policy) -> list[str]:
             # A module sees group names in input.requester.groups and may answer them as approvers;
             # one it quotes counts as used.
             used |= {name for name in policy.groups if f'"{name}"' in rule.rego.source}
+    # A group named in reminders.escalate_to is used, as an escalation's approvers.
+    for reminders in (policy.reminders, *(r.reminders for r in policy.resources)):
+        used |= set(reminders.escalate_to or ()) if reminders is not None else set()
     return [f"groups.{name}: no rule uses this group" for name in policy.groups if name not in used]
 
 

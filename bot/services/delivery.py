@@ -29,6 +29,7 @@ from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
+from bot.domain.status import RequestStatus
 from bot.domain.text import one_line
 from bot.services import lifecycle, notices
 from bot.services.backlog import RevocationBacklog
@@ -275,6 +276,11 @@ class Dispatcher:
             if prepared is None:
                 return
             notice = prepared
+        if isinstance(notice, notices.ApprovalReminder):
+            reminder = self._current_reminder(message, notice)
+            if reminder is None:
+                return
+            notice = reminder
         if isinstance(notice, notices.DigestChart):
             # Its text is ahead of it in the lane, so it was sent (or given up) before this runs.
             with read_scope(self._engine) as session:
@@ -315,6 +321,21 @@ class Dispatcher:
             self._finish(message, OutboxStatus.DROPPED, error="the card was never posted")
             return None
         return notices.CardChanged(replace(notice.request, card_channel=channel, card_ts=ts))
+
+    def _current_reminder(self, message: Claimed, notice: notices.ApprovalReminder) -> notices.ApprovalReminder | None:
+        """The reminder with its card's coordinates as stored now; None (dropped) once the request is
+        decided, however late Slack let it through: nobody is asked to decide what is decided."""
+        with read_scope(self._engine) as session:
+            request = request_store.get_request(session=session, request_id=notice.request.id)
+            state = (request.status, request.card_channel, request.card_ts) if request is not None else None
+        if state is None or state[0] != RequestStatus.PENDING.value:
+            self._finish(message, OutboxStatus.DROPPED, error="the request was decided before the reminder was sent")
+            return None
+        _, channel, ts = state
+        if channel is None or ts is None:
+            self._finish(message, OutboxStatus.DROPPED, error="the card was never posted")
+            return None
+        return replace(notice, request=replace(notice.request, card_channel=channel, card_ts=ts))
 
     def _backoff(self, attempts: int) -> float:
         delay: float = self._settings.first_retry * 2.0 ** max(attempts, 0)
@@ -421,6 +442,8 @@ class Dispatcher:
                         )
                 case notices.CardChanged(request=request):
                     log.warning("the card of %s could not be updated: %s", request.id, code)
+                case notices.ApprovalReminder(request=request):
+                    log.warning("a reminder for %s could not be posted: %s", request.id, code)
                 case notices.AuditSummary(request=request) | notices.EndSummary(request=request):
                     log.warning("audit summary for %s could not be posted: %s", request.id, code)
                 case notices.DigestPost(day=day, channel=channel):

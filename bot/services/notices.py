@@ -67,6 +67,26 @@ class CardChanged(_AboutRequest):
 
 
 @dataclass(frozen=True)
+class ApprovalReminder(_AboutRequest):
+    """A reminder in the card's thread that the request still waits for a decision, and (``escalated_to``
+    not empty) that it has just been escalated to them. In the card's lane, so it is sent after the card
+    is posted; the card's coordinates, and whether it still waits, are read when it is delivered."""
+
+    # The reminder's number (0: an escalation with no reminder due at the same moment).
+    number: int
+    # Whom it asks: the approvers who have not voted, and the escalation approvers once escalated.
+    mention: tuple[str, ...]
+    # When it was queued (the request has waited since created_at) and when the request expires.
+    at: datetime
+    expires_at: datetime
+    escalated_to: tuple[str, ...] = ()
+    kind: Literal["approval_reminder"] = "approval_reminder"
+
+    def route(self, audit_channel: str | None) -> Route | None:  # noqa: ARG002
+        return card_lane(self.request.id), self.request.card_channel or self.request.approver_channel
+
+
+@dataclass(frozen=True)
 class _ToRequester(_AboutRequest):
     """A DM to the requester; their DMs form one lane, so they arrive in order."""
 
@@ -213,6 +233,7 @@ class DigestChart:
 Notice = (
     ApprovalCard
     | CardChanged
+    | ApprovalReminder
     | RequesterTold
     | PickupLink
     | AuditSummary

@@ -55,6 +55,8 @@ class RequestSnapshot:
     rule: str | None = None
     # The rule itself approved or denied it, with no person's vote.
     decided_by_rule: bool = False
+    # Whom the request was escalated to (Slack user and usergroup ids), once it was; empty before.
+    escalated_to: tuple[str, ...] = ()
 
     @property
     def approvers_so_far(self) -> tuple[str, ...]:
@@ -105,6 +107,7 @@ def snapshot(
         failure_detail=request.failure_detail,
         rule=request.rule,
         decided_by_rule=request.rule is not None and request.decided_by == BOT_ACTOR,
+        escalated_to=tuple((request.escalated_to or "").split()) if request.escalated_at is not None else (),
     )
 
 

@@ -95,16 +95,24 @@ class VotingService:
             request = store.get_request(session=session, request_id=request_id)
             resource_name = request.resource if request is not None else None
             stored = request.approvers if request is not None else None
+            # Escalated (reminders.escalate_after passed): the escalation approvers may vote too.
+            escalated = request.escalated_to if request is not None and request.escalated_at is not None else None
         resource = self.policy.resource(resource_name) if resource_name else None
         if resource is None:
             return None
+        refuse = OnSlackFailure.REFUSE
+        extra = (
+            resolve_entries(resource.name, tuple(escalated.split()), directory=self.directory, on_slack_failure=refuse)
+            if escalated
+            else frozenset()
+        )
         if stored is not None:
             # A require rule named this request's approvers when it was submitted: they, not the
             # resource's, decide it.
-            return resolve_entries(
+            return extra | resolve_entries(
                 resource.name, tuple(stored.split()), directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE
             )
-        return resolve_approvers(resource, directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE)
+        return extra | resolve_approvers(resource, directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE)
 
     def _decide(
         self,

@@ -16,6 +16,7 @@ from bot.domain.text import one_line
 from bot.services.notices import (
     Alert,
     ApprovalCard,
+    ApprovalReminder,
     AuditSummary,
     CardChanged,
     DigestChart,
@@ -34,6 +35,7 @@ from bot.slack.messages import (
     leads_cc,
     outcome_text,
     pickup_text,
+    reminder_text,
 )
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,12 @@ class SlackNotifier:
                         channel=channel, ts=ts, text=card_text(request), blocks=approval_card(request)
                     )
                 )
+            case ApprovalReminder(request=request):
+                card_channel, card_ts = request.card_channel, request.card_ts
+                if card_channel is None or card_ts is None:
+                    raise DeliveryError("no_card", permanent=True)
+                # In the card's thread: the mentions notify, and the channel is not filled with reminders.
+                self._post(card_channel, reminder_text(notice), thread_ts=card_ts)
             case RequesterTold(request=request):
                 # Posting to a user id opens (or reuses) the DM with the bot.
                 self._post(request.requester, outcome_text(request))

@@ -17,7 +17,7 @@ from bot.domain.status import RequestStatus
 from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.ids import ActionId, BlockId
-from bot.slack.text import clip, code, duration, escape, mention, mentions, when
+from bot.slack.text import addressed, clip, code, duration, escape, mention, mentions, when
 
 # Deny reasons are limited to MAX_REASON_LENGTH when given; on cards and DMs they are clipped shorter
 # still, so that a long one can never push a card over Slack's limits and leave its buttons live.
@@ -41,7 +41,16 @@ def card_text(request: RequestSnapshot) -> str:
     return (
         f"Access request {request.id}: {mention(request.requester)} asks for {request.resource} "
         f"({', '.join(request.scopes)}) for {duration(request.duration)}. {status_summary(request)}"
-    )
+    ) + (f" {escalated_text(request)}" if _shows_escalation(request) else "")
+
+
+def escalated_text(request: RequestSnapshot) -> str:
+    return f":arrow_double_up: Escalated to {addressed(request.escalated_to)}"
+
+
+def _shows_escalation(request: RequestSnapshot) -> bool:
+    # Only while it waits: once decided, who decided is what the card says.
+    return bool(request.escalated_to) and request.status == RequestStatus.PENDING.value
 
 
 def status_summary(request: RequestSnapshot) -> str:
@@ -144,6 +153,8 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
         SectionBlock(text=PlainTextObject(text=clip(escape(request.reason), 2900), emoji=False)),
         SectionBlock(block_id=BlockId.DECISION.value, text=MarkdownTextObject(text=status_summary(request))),
     ]
+    if _shows_escalation(request):
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=escalated_text(request))))
     if request.status == RequestStatus.PENDING.value:
         blocks.append(
             ActionsBlock(

@@ -19,10 +19,10 @@ from bot.services.digests import DigestAnswer, DigestRefusal
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
 from bot.services.listing import Listing
-from bot.services.notices import Alert, AlertKind, EndSummary, GrantLife
+from bot.services.notices import Alert, AlertKind, ApprovalReminder, EndSummary, GrantLife
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.cards import MAX_SHOWN_DENY_REASON, approved_by_text, failure_text, status_summary
-from bot.slack.text import clip, code, duration, escape, mention, mentions, when
+from bot.slack.text import addressed, clip, code, duration, escape, mention, mentions, when
 
 # --- what happened to a request ------------------------------------------------------------------
 
@@ -55,6 +55,26 @@ def outcome_text(request: RequestSnapshot) -> str:
     if status is RequestStatus.CANCELLED:
         return f"{head} was cancelled."
     return f"{head} is now {status.value}."
+
+
+def reminder_text(reminder: ApprovalReminder) -> str:
+    """In the card's thread: the request still waits; who is asked; since when, and until when."""
+    request = reminder.request
+    waited = duration(max(reminder.at - request.created_at, timedelta(0)))
+    got = f"{len(request.approvers_so_far)} of {request.approvals_required} approval(s) so far"
+    facts = f"It has waited {waited} ({got}) and expires {when(reminder.expires_at)}."
+    if reminder.escalated_to:
+        head = (
+            f":arrow_double_up: Escalated to {addressed(reminder.escalated_to)}: access request `{request.id}` from "
+            f"{mention(request.requester)} has had no decision, so you may now approve or deny it on the card above."
+        )
+        others = [entry for entry in reminder.mention if entry not in reminder.escalated_to]
+        still = f" Still waiting on {addressed(others)} too." if others and reminder.number else ""
+        return f"{head} {facts}{still}"
+    return (
+        f":bell: Reminder {reminder.number}: access request `{request.id}` from {mention(request.requester)} "
+        f"still needs a decision from {addressed(reminder.mention) or 'its approvers'}. {facts}"
+    )
 
 
 def list_text(listing: Listing) -> str:

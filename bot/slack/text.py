@@ -21,6 +21,11 @@ def mentions(user_ids: tuple[str, ...] | list[str]) -> str:
     return ", ".join(mention(u) for u in user_ids)
 
 
+def addressed(entries: tuple[str, ...] | list[str]) -> str:
+    """Slack user and usergroup ids as mentions that notify them: a usergroup is ``<!subteam^S…>``."""
+    return ", ".join(f"<!subteam^{e}>" if e.startswith("S") else mention(e) for e in entries)
+
+
 def code(text: str) -> str:
     return "`" + escape(text).replace("`", "'") + "`"
 

@@ -47,6 +47,13 @@ class AccessRequest(AccessRequestBase, table=True):
     # A require rule's approvers (Slack user and usergroup ids, space-separated), which replace the
     # resource's for this request; None: the resource's.
     approvers: str | None = Field(default=None, max_length=4000)
+    # Reminders of a pending request (bot.services.reminders; migration 0012): how many were sent,
+    # when the job looks at it next (None: not yet looked at), and its escalation: when, and to whom
+    # (Slack user and usergroup ids, space-separated, groups expanded), who may vote from then on.
+    reminders_sent: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_reminder_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, index=True))
+    escalated_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    escalated_to: str | None = Field(default=None, max_length=4000)
 
     @property
     def scope_list(self) -> tuple[str, ...]:
