@@ -14,6 +14,7 @@ import yaml
 from bot.config import ConfigError, load_policy
 from bot.domain.context import context_ended, context_usergroups
 from bot.domain.policy import Policy
+from bot.domain.policy_lint import describe
 from bot.runtime import CONTEXT_ENDS_JOB
 from tests.testbot import MintingBot
 from tests.world import APPROVER_2, AUDIT_CHANNEL, GROUP_MEMBER, REQUESTER, make_policy, policy_data
@@ -161,6 +162,10 @@ def test_the_context_of_an_approval_and_whether_it_ended() -> None:
     # In neither group that could be read, and one could not: not ended on a guess.
     assert context_ended("U0Y", (ONCALL, "S0THIRD"), members) is None
     assert context_ended("U0X", (ONCALL, "S0THIRD"), members) is False
+    # `jit-bot policy check` says it in the rule's line.
+    assert describe(policy.rules[0], policy).endswith(
+        "; ended early once the requester is in none of the usergroups it approved for"
+    )
 
 
 WRONG = {
