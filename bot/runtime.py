@@ -33,9 +33,11 @@ from bot.jobs.scheduler import AtStart, Every, JobScheduler
 from bot.redact import redact_url
 from bot.rego.engine import RegoEngine, RegoEngineError, engine_for
 from bot.services.backlog import RevocationBacklog
+from bot.services.context import ContextService
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
+from bot.services.expiry_notices import ExpiryNoticeService
 from bot.services.forwarding import AuditForwarder, ForwardingPolicy
 from bot.services.listing import ListingService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
@@ -79,6 +81,13 @@ HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE
 DIGEST_JOB = "digest-post"
 DIGEST_AT_START_JOB = "digest-post-at-start"
 DIGEST_CHECK_SECONDS = 60.0
+# The expiry notice: a grant's notice goes out within this of its moment (each run is one guarded UPDATE).
+EXPIRY_NOTICES_JOB = "expiry-notices"
+EXPIRY_NOTICE_CHECK_SECONDS = 5.0
+# Access that ends when its reason does: the requester's usergroups are read this often (one call per
+# usergroup per run), so someone who leaves loses the access within a minute.
+CONTEXT_ENDS_JOB = "context-ends"
+CONTEXT_CHECK_SECONDS = 30.0
 
 
 def _signing_secret(settings: Settings) -> str:
@@ -292,6 +301,10 @@ def build_runtime(
     listing = ListingService(engine=engine, policy=policy, clock=clock)
     timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
     digests = DigestService(engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock)
+    expiry_notices = ExpiryNoticeService(engine=engine, policy=policy, announcer=announcer, clock=clock)
+    context = ContextService(
+        engine=engine, policy=policy, directory=directory, announcer=announcer, early=early, clock=clock
+    )
 
     # The jobs.
     sweep = None
@@ -321,6 +334,10 @@ def build_runtime(
     if policy.channels.digest is not None:
         jobs.add(DIGEST_AT_START_JOB, AtStart(), digests.post_due)
         jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)
+    if policy.expiry_notice is not None or any(r.expiry_notice is not None for r in policy.resources):
+        jobs.add(EXPIRY_NOTICES_JOB, Every(EXPIRY_NOTICE_CHECK_SECONDS), expiry_notices.send_due)
+    if any(rule.revoke_when_context_ends for rule in policy.rules):
+        jobs.add(CONTEXT_ENDS_JOB, Every(CONTEXT_CHECK_SECONDS), context.check)
 
     # The edges.
     listeners = Listeners(

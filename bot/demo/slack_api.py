@@ -675,6 +675,8 @@ class SlackStandIn:
         self._response_links: dict[str, tuple[str, str]] = {}
         self._response_uses: dict[str, int] = {}
         self._failures: dict[str, deque[tuple[str, int, int | None]]] = {}
+        # Methods failing with this error on every call, once fail_next's queue is used up.
+        self._failing: dict[str, str] = {}
         self._rate_limits: dict[str, _RateLimit] = {}
         self._violations: list[Call] = []
         self._trickles: dict[str, int] = {}
@@ -840,6 +842,18 @@ class SlackStandIn:
             raise ValueError(f"not an HTTP status: {status}")
         with self._lock:
             self._failures.setdefault(method, deque()).extend([(error, retry_after, status)] * times)
+
+    def fail_until_stopped(self, method: str, error: str = "internal_error") -> None:
+        """Make every call of ``method`` fail with ``error`` (HTTP 200, ``ok: false``, as Slack answers
+        an error) until ``stop_failing(method)``: an outage of one method that outlasts any count."""
+        with self._lock:
+            self._failing[method] = error
+
+    def stop_failing(self, method: str) -> None:
+        """Ends ``fail_until_stopped`` (and any failures ``fail_next`` still had queued) for ``method``."""
+        with self._lock:
+            self._failing.pop(method, None)
+            self._failures.pop(method, None)
 
     def rate_limit(
         self,
@@ -1082,7 +1096,10 @@ class SlackStandIn:
 
     def _injected(self, method: str) -> tuple[str, int, int | None] | None:
         queue = self._failures.get(method)
-        return queue.popleft() if queue else None
+        if queue:
+            return queue.popleft()
+        error = self._failing.get(method)
+        return (error, 1, None) if error is not None else None
 
     def _rate_check(self, method: str, args: dict[str, Any]) -> tuple[int, bool] | None:
         """Takes a token from the call's bucket. None if the call may go ahead, else the

@@ -38,6 +38,14 @@ class AuditEventType(StrEnum):
     REQUEST_ESCALATED = "request_escalated"
     # The audit webhook refused an event (4xx) past its retries; forwarding stops at that event.
     AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"
+    # The requester was DMed that their grant ends soon (policy expiry_notice).
+    EXPIRY_NOTICE_SENT = "expiry_notice_sent"
+    # A revoke_when_context_ends grant is ended: its requester is in none of its usergroups any more.
+    CONTEXT_ENDED = "context_ended"
+    # Slack could not list a usergroup that grants rest on, several times in a row (alerted once) ...
+    CONTEXT_UNREADABLE = "context_unreadable"
+    # ... and could again.
+    CONTEXT_READABLE_AGAIN = "context_readable_again"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes.

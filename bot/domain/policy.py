@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.domain.durations import format_duration
 from bot.domain.networks import IPNetwork, parse_networks
 from bot.domain.policy_fields import (
     NAME,
@@ -85,6 +86,9 @@ class Resource(Strict):
     pickup_networks: tuple[str, ...] = ()
     # Replaces the policy's own reminders: for this resource's requests (bot.domain.reminders).
     reminders: Reminders | None = None
+    # How long before a grant ends its requester is DMed (with Extend and Revoke now); replaces the
+    # policy's own expiry_notice for this resource. None: the policy's.
+    expiry_notice: Duration | None = None
 
     @field_validator("pickup_networks")
     @classmethod
@@ -148,6 +152,22 @@ class Resource(Strict):
             raise ValueError(
                 f"approvals_required is {self.approvals_required} but only "
                 f"{len(set(self.approvers))} approver(s) are listed, so no request could ever be approved"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _notice_fits(self) -> Resource:
+        # A grant no longer than its notice gets none (its pickup DM already says when it ends), so a
+        # notice as long as the longest grant could never be sent: surely not what was meant.
+        if self.expiry_notice is not None and self.expiry_notice >= self.max_duration:
+            raise KeyedProblems(
+                [
+                    (
+                        ("expiry_notice",),
+                        f"{format_duration(self.expiry_notice)} is not shorter than max_duration "
+                        f"{format_duration(self.max_duration)}, so no grant of this resource could ever get its notice",
+                    )
+                ]
             )
         return self
 
@@ -226,6 +246,9 @@ class Limits(Strict):
 
 class Policy(Strict):
     request_timeout: Duration = timedelta(minutes=30)
+    # How long before a grant ends its requester is DMed, with Extend and Revoke now (a resource's
+    # own expiry_notice wins). None: no notice.
+    expiry_notice: Duration | None = None
     channels: Channels = Channels()
     identities: dict[str, str] = Field(default_factory=dict)
     identity: IdentityOptions = IdentityOptions()
@@ -308,6 +331,10 @@ class Policy(Strict):
                 raise ValueError(f"resource '{resource.name}' is defined twice")
             seen.add(resource.name)
         return value
+
+    def expiry_notice_for(self, resource: Resource) -> timedelta | None:
+        """How long before a grant of ``resource`` ends its requester is told (None: not at all)."""
+        return resource.expiry_notice if resource.expiry_notice is not None else self.expiry_notice
 
     def resource(self, name: str) -> Resource | None:
         for resource in self.resources:

@@ -65,6 +65,8 @@ def describe(rule: Rule, policy: Policy) -> str:
         parts.append(f"at most {rule.limit.count} per requester per {format_duration(rule.limit.per)}")
     if rule.message:
         parts.append(f"saying {rule.message!r}")
+    if rule.revoke_when_context_ends:
+        parts.append("ended early once the requester is in none of the usergroups it approved for")
     return "; ".join(parts)
 
 

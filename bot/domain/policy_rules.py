@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from bot.domain.durations import format_duration
 from bot.domain.policy_fields import (
@@ -240,6 +240,9 @@ class Rule(Strict):
     approvals: int | None = Field(default=None, ge=1, le=10)
     approvers: Entries | None = None
     message: str | None = Field(default=None, min_length=1, max_length=500)
+    # An auto-approval this rule made because the requester was in a usergroup of when.requester_in
+    # ends early once they are in none of those usergroups any more (bot.services.context).
+    revoke_when_context_ends: StrictBool | None = None
 
     @field_validator("message")
     @classmethod
@@ -279,7 +282,7 @@ class Rule(Strict):
     def _keys_fit_the_effect(self) -> Rule:
         problems: list[tuple[Key, str]] = []
         if self.rego is not None:
-            for key in ("effect", "limit", "approvals", "approvers", "message"):
+            for key in ("effect", "limit", "approvals", "approvers", "message", "revoke_when_context_ends"):
                 if getattr(self, key) is not None:
                     problems.append(((key,), "is not for a rule with rego: the module's answer gives it"))
             if problems:
@@ -295,9 +298,17 @@ class Rule(Strict):
             )
         owners = {"limit": RuleEffect.AUTO_APPROVE, "approvals": RuleEffect.REQUIRE}
         owners |= {"approvers": RuleEffect.REQUIRE, "message": RuleEffect.DENY}
+        owners |= {"revoke_when_context_ends": RuleEffect.AUTO_APPROVE}
         for key, owner in owners.items():
             if getattr(self, key) is not None and self.effect is not owner:
                 problems.append(((key,), f"is only for rules with effect {owner}; this rule's effect is {self.effect}"))
+        if self.revoke_when_context_ends and self.effect is RuleEffect.AUTO_APPROVE and not self.when.requester_in:
+            problems.append(
+                (
+                    ("revoke_when_context_ends",),
+                    "needs when.requester_in: the context that can end is the requester's membership of a usergroup",
+                )
+            )
         if problems:
             raise KeyedProblems(problems)
         return self
@@ -356,6 +367,15 @@ def policy_problems(
                 if not is_slack_id(entry) and entry not in groups:
                     problems.append((("rules", index, part, "requester_in"), _unknown_group(entry, groups)))
         problems += [(("rules", index, *key), why) for key, why in _approver_problems(groups, rule, resources)]
+        if rule.revoke_when_context_ends and rule.when.requester_in:
+            if not any(SLACK_USERGROUP_ID.fullmatch(m) for m in expand(groups, rule.when.requester_in)):
+                problems.append(
+                    (
+                        ("rules", index, "revoke_when_context_ends"),
+                        "when.requester_in names no Slack usergroup (S…), directly or through groups:, so there is "
+                        "no membership that could end; a person listed by id stays listed",
+                    )
+                )
     return problems
 
 

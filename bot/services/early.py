@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
@@ -98,12 +99,21 @@ class EarlyEndService:
             minting = status in (RequestStatus.APPROVED.value, RequestStatus.MINTING.value)
             return RevokeResult(RevokeOutcome.NOTHING_TO_REVOKE, request_id, status, still_minting=minting)
         with session_scope(self.engine) as session:
-            if not grant_store.expire_now(session=session, request_id=request_id, now=now, by=actor):
+            if not self.end_now(session=session, request_id=request_id, now=now, actor=actor, by=actor):
                 return RevokeResult(RevokeOutcome.ALREADY_REVOKING, request_id, status)
-            record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
-            lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=actor)
         self.wake(now)
         return RevokeResult(RevokeOutcome.REVOKING, request_id, status)
+
+    def end_now(self, *, session: Session, request_id: str, now: datetime, actor: str, by: str) -> bool:
+        """End an active, handed-out grant now, in the caller's transaction: what Revoke now does once
+        it is allowed, and what the bot does itself when a grant's reason ends (``by`` is what the
+        card and DMs say ended it). False if it is not such a grant (already ending, say). The caller
+        wakes the revocation engine once its transaction has committed."""
+        if not grant_store.expire_now(session=session, request_id=request_id, now=now, by=by):
+            return False
+        record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
+        lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=by)
+        return True
 
     def _cancel(self, request_id: str, *, actor: str, requester: str, now: datetime) -> RevokeResult:
         if actor != requester:

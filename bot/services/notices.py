@@ -110,6 +110,25 @@ class PickupLink(_ToRequester):
 
 
 @dataclass(frozen=True)
+class ExpiryNotice(_ToRequester):
+    """DM the requester that their grant ends soon, with Extend and Revoke now. ``left_seconds`` is
+    what was left when the notice was queued; ``ends_at`` is exact."""
+
+    ends_at: datetime
+    left_seconds: int
+    kind: Literal["expiry_notice"] = "expiry_notice"
+
+
+@dataclass(frozen=True)
+class ContextEnded(_ToRequester):
+    """DM the requester that their grant is being ended because they left the usergroups its rule
+    auto-approved it for (the revocation's own DM follows once the IdP confirms it)."""
+
+    usergroups: tuple[str, ...]
+    kind: Literal["context_ended"] = "context_ended"
+
+
+@dataclass(frozen=True)
 class AuditSummary(_AboutRequest):
     """One line in the audit channel for a step along the way (submitted, approved, active); how a
     request ends is its ``EndSummary``."""
@@ -172,6 +191,8 @@ class AlertKind(StrEnum):
     TOKEN_UNHOLDABLE = "token_unholdable"  # the IdP answered a token the bot cannot even represent
     AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"  # the audit webhook keeps refusing an event
     DIGEST_UNDELIVERABLE = "digest_undeliverable"  # Slack refused the daily digest for good
+    # A usergroup that grants rest on (revoke_when_context_ends) could not be read several times in a row.
+    CONTEXT_UNREADABLE = "context_unreadable"
 
 
 @dataclass(frozen=True)
@@ -236,6 +257,8 @@ Notice = (
     | ApprovalReminder
     | RequesterTold
     | PickupLink
+    | ExpiryNotice
+    | ContextEnded
     | AuditSummary
     | EndSummary
     | Alert

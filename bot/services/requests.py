@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType
 from bot.domain.commands import RequestDraft
+from bot.domain.context import context_usergroups
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.policy_fields import SLACK_USERGROUP_ID
@@ -125,6 +126,11 @@ class RequestService:
                     row.approvers = " ".join(decision.approvers)
                 elif decision.effect is Effect.AUTO_APPROVE:
                     row.approvals_required = 0
+                    # The usergroups the approval rests on, when its rule ends it with them.
+                    context = context_usergroups(
+                        self.policy, decision.rule, requester=requester, subject=subject, usergroups=usergroups
+                    )
+                    row.context_usergroups = " ".join(context) or None
                 store.add_request(session=session, request=row)
                 append_event(
                     session=session,
@@ -220,7 +226,9 @@ class RequestService:
                     "decided_by_rule": decision.rule,
                     "reason": decision.message if not approve else None,
                     "why": decision.reason,
-                },
+                }
+                # Only for a grant that ends with its usergroups: which ones it rests on.
+                | ({"context_usergroups": row.context_usergroups.split()} if row.context_usergroups else {}),
             ),
             decided_at=now,
             decided_by=BOT_ACTOR,

@@ -19,9 +19,11 @@ from bot.services.notices import (
     ApprovalReminder,
     AuditSummary,
     CardChanged,
+    ContextEnded,
     DigestChart,
     DigestPost,
     EndSummary,
+    ExpiryNotice,
     Notice,
     PickupLink,
     RequesterTold,
@@ -31,7 +33,10 @@ from bot.slack.cards import approval_card, card_text
 from bot.slack.messages import (
     alert_text,
     audit_summary_text,
+    context_ended_text,
     end_summary_text,
+    expiry_notice_blocks,
+    expiry_notice_text,
     leads_cc,
     outcome_text,
     pickup_text,
@@ -130,6 +135,11 @@ class SlackNotifier:
                     raise DeliveryError("pickup_link_missing", permanent=True)
                 # No unfurling: Slack's unfurler would fetch the link and use up the one-time pickup.
                 self._post(request.requester, pickup_text(request, secret, until), unfurl_media=False)
+            case ExpiryNotice(request=request):
+                # Posting to the user id opens the DM; a button click there comes back like the card's.
+                self._post(request.requester, expiry_notice_text(notice), blocks=expiry_notice_blocks(notice))
+            case ContextEnded(request=request):
+                self._post(request.requester, context_ended_text(notice))
             case AuditSummary(request=request, event=event):
                 self._post_to_audit(audit_summary_text(request, event))
             case EndSummary():

@@ -14,6 +14,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.domain.status import RequestStatus
+from bot.services.context import CONTEXT_ENDED_BY
 from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.ids import ActionId, BlockId
@@ -91,11 +92,18 @@ def status_summary(request: RequestSnapshot) -> str:
     if status is RequestStatus.ACTIVE and request.active_until is not None:
         return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
     if status is RequestStatus.REVOKED and request.revoked_at is not None:
-        how = f"early by {mention(request.revoked_early_by)}" if request.revoked_early_by else "at its expiry"
+        how = f"early by {ended_early_by(request.revoked_early_by)}" if request.revoked_early_by else "at its expiry"
         return f"{_STATUS_LINE[status]} {how}, {when(request.revoked_at)}; {approved_by}"
     if status is RequestStatus.FAILED:
         return f"{_STATUS_LINE[status]}: {failure_text(request)}; {approved_by}"
     return f"{_STATUS_LINE.get(status, status.value)}; {approved_by}"
+
+
+def ended_early_by(by: str) -> str:
+    """Who ended a grant early: a person, or the bot because the grant's reason ended."""
+    if by == CONTEXT_ENDED_BY:
+        return "jit-bot, because the requester left the usergroup its rule granted it for"
+    return mention(by)
 
 
 def approved_by_text(request: RequestSnapshot) -> str:

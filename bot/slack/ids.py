@@ -10,6 +10,7 @@ class ActionId(StrEnum):
     APPROVE = "jit_approve"
     DENY = "jit_deny"
     REVOKE = "jit_revoke"
+    EXTEND = "jit_extend"
 
 
 class BlockId(StrEnum):

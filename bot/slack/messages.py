@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
 from bot.domain.commands import MAX_REASON_LENGTH, SUBCOMMANDS, CommandError, CommandErrorCode, SubCommand
 from bot.domain.digest import digest_text
 from bot.domain.durations import format_duration
@@ -19,9 +28,10 @@ from bot.services.digests import DigestAnswer, DigestRefusal
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
 from bot.services.listing import Listing
-from bot.services.notices import Alert, AlertKind, ApprovalReminder, EndSummary, GrantLife
+from bot.services.notices import Alert, AlertKind, ApprovalReminder, ContextEnded, EndSummary, ExpiryNotice, GrantLife
 from bot.services.snapshots import RequestSnapshot
-from bot.slack.cards import MAX_SHOWN_DENY_REASON, approved_by_text, failure_text, status_summary
+from bot.slack.cards import MAX_SHOWN_DENY_REASON, approved_by_text, ended_early_by, failure_text, status_summary
+from bot.slack.ids import ActionId
 from bot.slack.text import addressed, clip, code, duration, escape, mention, mentions, when
 
 # --- what happened to a request ------------------------------------------------------------------
@@ -42,7 +52,7 @@ def outcome_text(request: RequestSnapshot) -> str:
         return f"{head} was approved, but {failure_text(request)}. Nothing was issued to you."
     if status is RequestStatus.REVOKED:
         at = when(request.revoked_at) if request.revoked_at else "now"
-        early = f", ended early by {mention(request.revoked_early_by)}" if request.revoked_early_by else ""
+        early = f", ended early by {ended_early_by(request.revoked_early_by)}" if request.revoked_early_by else ""
         return f"{head} has ended{early}: its token was revoked at the IdP {at}."
     if status is RequestStatus.EXPIRED:
         return f"{head} expired without a decision. Ask again if you still need it."
@@ -111,6 +121,57 @@ def pickup_text(request: RequestSnapshot, url: str, link_expires_at: datetime) -
     )
 
 
+def subteam(usergroup: str) -> str:
+    """A usergroup as Slack shows one: its @handle (a mention, as in alerts' cc)."""
+    return f"<!subteam^{usergroup}>"
+
+
+def _left(seconds: int) -> str:
+    # Whole minutes read better than 9m58s, which is only how long the job took to notice.
+    rounded = round(seconds / 60) * 60 if seconds >= 60 else seconds
+    return duration(timedelta(seconds=max(rounded, 1)))
+
+
+def expiry_notice_text(notice: ExpiryNotice) -> str:
+    """The requester's DM shortly before their grant ends (also the fallback text of its blocks)."""
+    request = notice.request
+    return (
+        f"Your access to {code(request.resource)} ({', '.join(request.scopes)}), request `{request.id}`, "
+        f"ends {when(notice.ends_at)}: {_left(notice.left_seconds)} left. "
+        "Extend it if you still need it, or revoke it now if you are done."
+    )
+
+
+def expiry_notice_blocks(notice: ExpiryNotice) -> list[Block]:
+    """The expiry notice with its two buttons; both carry the request id, and every click is
+    re-authorised from the database (Revoke now is the card's own action)."""
+    rid = notice.request.id
+    return [
+        SectionBlock(text=MarkdownTextObject(text=expiry_notice_text(notice))),
+        ActionsBlock(
+            elements=[
+                ButtonElement(
+                    text=PlainTextObject(text="Extend"), action_id=ActionId.EXTEND.value, value=rid, style="primary"
+                ),
+                ButtonElement(
+                    text=PlainTextObject(text="Revoke now"), action_id=ActionId.REVOKE.value, value=rid, style="danger"
+                ),
+            ]
+        ),
+    ]
+
+
+def context_ended_text(notice: ContextEnded) -> str:
+    """The requester's DM when their grant ends because they left the usergroup(s) it was granted for."""
+    request = notice.request
+    groups = " or ".join(subteam(group) for group in notice.usergroups)
+    return (
+        f"You are no longer in {groups}, so your access to {code(request.resource)} ({', '.join(request.scopes)}), "
+        f"request `{request.id}`, has ended: rule {code(request.rule or '')} granted it for members only. "
+        "Its token is being revoked at the IdP now. If you still need access, ask again with `/jit request`."
+    )
+
+
 def _rule_message(request: RequestSnapshot) -> str:
     return escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON)) if request.deny_reason else "no reason given"
 
@@ -175,7 +236,8 @@ def _grant_life_text(request: RequestSnapshot, life: GrantLife) -> str:
         f"(active {when(life.activated_at)} to {when(life.ended_at)})"
     )
     picked = f"token picked up {when(life.picked_up_at)}" if life.picked_up_at else "token never picked up"
-    ended = f"Ended early by {mention(request.revoked_early_by)}" if request.revoked_early_by else "Ended at its expiry"
+    by = request.revoked_early_by
+    ended = f"Ended early by {ended_early_by(by)}" if by else "Ended at its expiry"
     proof = (
         "the IdP accepted the revocation and introspection says the token is inactive"
         if life.introspected_inactive
@@ -257,6 +319,14 @@ def alert_text(alert: Alert) -> str:
                 f":rotating_light: The audit webhook refused audit event {fact('seq')} {facts.get('refusals')} times "
                 f"(last answer {fact('status')}). Forwarding has stopped at that event: nothing after it is sent "
                 "until the receiver accepts it. jit-bot keeps retrying it; fix the receiver."
+            )
+        case AlertKind.CONTEXT_UNREADABLE:
+            group = str(facts.get("usergroup") or "")
+            return (
+                f":warning: Slack could not list usergroup {subteam(group)} ({code(group)}) "
+                f"{facts.get('failures')} times in a row (Slack said {fact('error')}). Grants that rule "
+                "`revoke_when_context_ends` ties to it are not ended while it cannot be read, even for someone "
+                "who has left it; jit-bot keeps trying every minute. Check the bot's `usergroups:read` scope and Slack."
             )
         case AlertKind.DIGEST_UNDELIVERABLE:
             return (

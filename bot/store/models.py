@@ -54,6 +54,9 @@ class AccessRequest(AccessRequestBase, table=True):
     next_reminder_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, index=True))
     escalated_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     escalated_to: str | None = Field(default=None, max_length=4000)
+    # The usergroups (space-separated ids) a revoke_when_context_ends rule auto-approved this request
+    # for: its grant ends early once the requester is in none of them. None: nothing can end it so.
+    context_usergroups: str | None = Field(default=None, max_length=4000)
 
     @property
     def scope_list(self) -> tuple[str, ...]:
@@ -140,6 +143,9 @@ class Grant(SQLModel, table=True):
     refusal: str | None = Field(default=None, max_length=64)
     # The watchdog's one alert for a grant not confirmed revoked well after its expiry.
     overdue_alerted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # The expiry the requester's expiry notice was sent for (claimed by a guarded UPDATE in the
+    # transaction that queues the DM). A grant whose expiry moved (an extension) is due a new one.
+    expiry_notice_for: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -228,3 +234,16 @@ class DigestDay(SQLModel, table=True):
     # Where the text landed, once delivered: the chart is uploaded in its thread.
     channel: str | None = Field(default=None, max_length=32)
     ts: str | None = Field(default=None, max_length=32)
+
+
+class UsergroupCheck(SQLModel, table=True):
+    """How reading one usergroup for the context-end check has gone lately: consecutive failures
+    (shared by replicas) and the one alert for a run of them, claimed by a guarded UPDATE."""
+
+    __tablename__ = "usergroup_check"
+
+    usergroup: str = Field(primary_key=True, max_length=32)
+    failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    failing_since: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    last_error: str | None = Field(default=None, max_length=80)
+    alerted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
