@@ -33,6 +33,7 @@ from bot.jobs.scheduler import AtStart, Every, JobScheduler
 from bot.redact import redact_url
 from bot.rego.engine import RegoEngine, RegoEngineError, engine_for
 from bot.services.backlog import RevocationBacklog
+from bot.services.breakglass import REALERT_CHECK_SECONDS, BreakGlassService
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
@@ -78,6 +79,8 @@ HOUSEKEEPING_JOBS = (REQUEST_TIMEOUTS_JOB, REVOCATION_WATCHDOG_JOB, OUTBOX_PURGE
 DIGEST_JOB = "digest-post"
 DIGEST_AT_START_JOB = "digest-post-at-start"
 DIGEST_CHECK_SECONDS = 60.0
+# Unacknowledged break-glass alerts, posted again every REALERT_INTERVAL (one replica each time).
+BREAK_GLASS_REALERT_JOB = "break-glass-realert"
 
 
 def _signing_secret(settings: Settings) -> str:
@@ -122,6 +125,7 @@ class Runtime:
     idp_side: IdPSide | None
     digests: DigestService
     rego: RegoEngine | None = None
+    breakglass: BreakGlassService | None = None
     # Only with JIT_AUDIT_WEBHOOK_URL.
     forwarder: AuditForwarder | None = None
 
@@ -291,6 +295,15 @@ def build_runtime(
     listing = ListingService(engine=engine, policy=policy, clock=clock)
     timeouts = TimeoutService(engine=engine, policy=policy, announcer=announcer, clock=clock, submit_mint=submit_mint)
     digests = DigestService(engine=engine, policy=policy, directory=directory, announcer=announcer, clock=clock)
+    breakglass = BreakGlassService(
+        engine=engine,
+        policy=policy,
+        directory=directory,
+        announcer=announcer,
+        clock=clock,
+        members_of=requests.usergroup_members,
+        on_approved=submit_mint,
+    )
 
     # The jobs.
     sweep = None
@@ -313,6 +326,8 @@ def build_runtime(
             settings=forwarding or _forwarding_policy(settings.jit_audit_webhook_deadline),
         )
         jobs.add(AUDIT_FORWARD_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), forwarder.purge)
+    if any(resource.break_glass is not None for resource in policy.resources):
+        jobs.add(BREAK_GLASS_REALERT_JOB, Every(REALERT_CHECK_SECONDS), breakglass.realert)
     if policy.channels.digest is not None:
         jobs.add(DIGEST_AT_START_JOB, AtStart(), digests.post_due)
         jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)
@@ -327,6 +342,7 @@ def build_runtime(
         digests=digests,
         directory=directory,
         hooks_url=settings.slack_hooks_url,
+        breakglass=breakglass,
     )
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
     signing_secret = _signing_secret(settings)
@@ -364,6 +380,7 @@ def build_runtime(
         digests=digests,
         rego=rego,
         forwarder=forwarder,
+        breakglass=breakglass,
     )
 
 

@@ -34,6 +34,12 @@ class AuditEventType(StrEnum):
     REGO_FAILED = "rego_failed"
     # The audit webhook refused an event (4xx) past its retries; forwarding stops at that event.
     AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"
+    # /jit breakglass: approved at once with no vote (the pending -> approved move's event).
+    BREAK_GLASS_USED = "break_glass_used"
+    # /jit breakglass from someone its allowed: does not list (or whose usergroups Slack could not list).
+    BREAK_GLASS_REFUSED = "break_glass_refused"
+    # An approver or a security lead acknowledged a break-glass alert; it stops re-alerting.
+    BREAK_GLASS_ACKNOWLEDGED = "break_glass_acknowledged"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes.

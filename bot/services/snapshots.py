@@ -55,6 +55,8 @@ class RequestSnapshot:
     rule: str | None = None
     # The rule itself approved or denied it, with no person's vote.
     decided_by_rule: bool = False
+    # Opened with /jit breakglass: approved at once with no vote, alerted until acknowledged.
+    break_glass: bool = False
 
     @property
     def approvers_so_far(self) -> tuple[str, ...]:
@@ -105,6 +107,7 @@ def snapshot(
         failure_detail=request.failure_detail,
         rule=request.rule,
         decided_by_rule=request.rule is not None and request.decided_by == BOT_ACTOR,
+        break_glass=request.break_glass,
     )
 
 

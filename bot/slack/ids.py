@@ -10,6 +10,8 @@ class ActionId(StrEnum):
     APPROVE = "jit_approve"
     DENY = "jit_deny"
     REVOKE = "jit_revoke"
+    # On a break-glass alert in the audit channel; its value is the request id.
+    BREAK_GLASS_ACK = "jit_break_glass_ack"
 
 
 class BlockId(StrEnum):
