@@ -32,7 +32,9 @@ from bot.runtime import BREAK_GLASS_REALERT_JOB, Runtime, build_runtime
 from bot.services.breakglass import REALERT_INTERVAL, AckOutcome
 from bot.services.delivery import DeliveryPolicy
 from bot.slack.ids import ActionId
+from bot.store.db import read_scope
 from bot.store.models import AccessRequest, BreakGlassAlert, Vote
+from bot.store.requests import recorded_since
 from bot.store.types import utcnow
 from tests.harness import free_socket
 from tests.testbot import Bot, MintingBot, TestClock, buttons, card_text, serving
@@ -229,12 +231,23 @@ def test_an_allowed_person_mints_at_once_marked_break_glass_everywhere(minting_b
 @pinned_to_sqlite
 def test_a_usergroup_member_is_allowed_and_anyone_else_is_refused_audited(bot: Bot) -> None:
     # Through the on-call usergroup (no IdP here, so the approval stands and the requester is told).
-    _response, key = bot.command(GROUP_MEMBER, "breakglass prod-db read 15m INC-10 paging storm")
+    _response, key = bot.command(GROUP_MEMBER, "breakglass prod-db read 15m INC-10 paging storm <!channel> *now*")
     request_id = bot.reply_text(key).split("`")[1]
     assert bot.stored(request_id).status == "approved"
     assert bot.events(request_id, "break_glass_used")[0].details["allowed_as"] == f"usergroup:{ONCALL}"
     bot.eventually(lambda: bot.dms_to(GROUP_MEMBER, "opened with break-glass, with no approval"))
-    bot.eventually(lambda: alerts(bot.slack))
+    (alert,) = bot.eventually(lambda: alerts(bot.slack))
+    # The reason is shown as typed, in plain text: it pages nobody and formats nothing.
+    (reason,) = [b["text"] for b in alert["blocks"] if "Reason:" in b.get("text", {}).get("text", "")]
+    assert reason == {
+        "type": "plain_text",
+        "text": "Reason: INC-10 paging storm &lt;!channel&gt; *now*",
+        "emoji": False,
+    }
+    assert "<!channel>" not in json.dumps([c.args for c in bot.slack.calls])
+    # No rule decided it, so a policy replay has nothing to decide again.
+    with read_scope(bot.engine) as session:
+        assert list(recorded_since(session=session, since=utcnow() - timedelta(hours=1))) == []
 
     # Someone the policy does not allow: a specific refusal, audited, nothing stored or alerted.
     _response, key = bot.command(OUTSIDER, "breakglass prod-db write 30m INC-11 trust me")

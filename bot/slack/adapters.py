@@ -33,6 +33,7 @@ from bot.slack.messages import (
     alert_text,
     audit_summary_text,
     break_glass_acknowledged_text,
+    break_glass_alert_parts,
     break_glass_alert_text,
     end_summary_text,
     leads_cc,
@@ -137,7 +138,7 @@ class SlackNotifier:
                     raise DeliveryError("no_audit_channel", permanent=True)
                 audit = self._audit_channel
                 words = break_glass_alert_text(notice, self._security_leads)
-                blocks = break_glass_alert_blocks(words, request.id)
+                blocks = break_glass_alert_blocks(*break_glass_alert_parts(notice, self._security_leads), request.id)
                 alerted: Any = _call(
                     lambda: self._client.chat_postMessage(channel=audit, text=words, blocks=blocks, unfurl_links=False)
                 )

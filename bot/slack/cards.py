@@ -24,9 +24,10 @@ from bot.slack.text import clip, code, duration, escape, mention, mentions, when
 # still, so that a long one can never push a card over Slack's limits and leave its buttons live.
 MAX_SHOWN_DENY_REASON = 300
 
+# The same on every version of the card: whether the alert was acknowledged is told on the alert itself.
 BREAK_GLASS_BANNER = (
-    ":rotating_light: *BREAK-GLASS*: opened by the requester at once, with no approval. The audit channel "
-    "is alerted until an approver or a security lead acknowledges it."
+    ":rotating_light: *BREAK-GLASS*: opened by the requester at once, with no approval. An approver or a "
+    "security lead acknowledges it on its alert in the audit channel."
 )
 
 _STATUS_LINE = {
@@ -185,10 +186,13 @@ def _button(label: str, action: ActionId, request_id: str, style: str) -> Button
 # --- break-glass alerts (the audit channel) ----------------------------------------------------------
 
 
-def break_glass_alert_blocks(text: str, request_id: str) -> list[Block]:
-    """A break-glass alert: its words (``messages.break_glass_alert_text``) and the Acknowledge button."""
+def break_glass_alert_blocks(head: str, reason: str, footer: str, request_id: str) -> list[Block]:
+    """A break-glass alert (its words: ``messages.break_glass_alert_parts``) and the Acknowledge button.
+    The reason is the requester's, as typed: plain text, so nothing in it is formatted into the alert."""
     return [
-        SectionBlock(text=MarkdownTextObject(text=clip(text, 2900))),
+        SectionBlock(text=MarkdownTextObject(text=clip(head, 2900))),
+        SectionBlock(text=PlainTextObject(text=clip("Reason: " + escape(reason), 2900), emoji=False)),
+        SectionBlock(text=MarkdownTextObject(text=clip(footer, 2900))),
         ActionsBlock(elements=[_button("Acknowledge", ActionId.BREAK_GLASS_ACK, request_id, "danger")]),
         ContextBlock(
             elements=[

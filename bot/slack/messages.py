@@ -274,6 +274,11 @@ def resources_text(policy: Policy) -> str:
             f"• {code(resource.name)}{description}. Scopes: {', '.join(code(s) for s in resource.scopes)}; "
             f"max {format_duration(resource.max_duration)}; approvals needed: {resource.approvals_required} "
             f"in <#{resource.approver_channel}>"
+            + (
+                f"; break-glass up to {format_duration(resource.break_glass.max_duration)}"
+                if resource.break_glass is not None
+                else ""
+            )
         )
     return clip("\n".join(lines), 3000)
 
@@ -462,7 +467,14 @@ def break_glass_used_text(request: RequestSnapshot, audit_channel: str | None) -
 
 def break_glass_alert_text(alert: BreakGlassAlerted, leads: tuple[str, ...]) -> str:
     """The loud alert in the audit channel: who opened what with no approval, why, where it stands,
-    and who must look (the resource's approvers and the security leads, mentioned)."""
+    and who must look (the resource's approvers and the security leads, mentioned). Its blocks show
+    the same, with the requester's reason as plain text (``break_glass_alert_parts``)."""
+    head, reason, footer = break_glass_alert_parts(alert, leads)
+    return f"{head}\nReason: {escape(reason)}\n{footer}"
+
+
+def break_glass_alert_parts(alert: BreakGlassAlerted, leads: tuple[str, ...]) -> tuple[str, str, str]:
+    """(what happened, mrkdwn; the reason as typed, to be shown as plain text; who must look, mrkdwn)."""
     request = alert.request
     if alert.number <= 1:
         head = ":rotating_light: *BREAK-GLASS*"
@@ -472,11 +484,11 @@ def break_glass_alert_text(alert: BreakGlassAlerted, leads: tuple[str, ...]) -> 
     who = people(tuple(dict.fromkeys((*alert.approvers, *leads))))
     return (
         f"{head} `{request.id}`: {mention(request.requester)} opened {code(request.resource)} "
-        f"({', '.join(request.scopes)}, {duration(request.duration)}) at {when(request.created_at)} with no approval.\n"
-        f"Reason: {escape(clip(request.reason, 500))}\n"
+        f"({', '.join(request.scopes)}, {duration(request.duration)}) at {when(request.created_at)} with no approval.",
+        clip(request.reason, 500),
         f"Now: {status_summary(request)}\n"
         f"{who}: please review it and press *Acknowledge*; it is re-alerted every "
-        f"{duration(REALERT_INTERVAL)} until then."
+        f"{duration(REALERT_INTERVAL)} until then.",
     )
 
 
