@@ -326,8 +326,9 @@ def build_runtime(
             settings=forwarding or _forwarding_policy(settings.jit_audit_webhook_deadline),
         )
         jobs.add(AUDIT_FORWARD_PURGE_JOB, Every(HOUSEKEEPING_INTERVAL_SECONDS), forwarder.purge)
-    if any(resource.break_glass is not None for resource in policy.resources):
-        jobs.add(BREAK_GLASS_REALERT_JOB, Every(REALERT_CHECK_SECONDS), breakglass.realert)
+    # Registered whatever the policy says now: a break-glass used before break_glass was taken out of
+    # the policy still needs a human's eyes (one indexed query of unacknowledged alerts when none is due).
+    jobs.add(BREAK_GLASS_REALERT_JOB, Every(REALERT_CHECK_SECONDS), breakglass.realert)
     if policy.channels.digest is not None:
         jobs.add(DIGEST_AT_START_JOB, AtStart(), digests.post_due)
         jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)
