@@ -316,10 +316,16 @@ def test_only_approvers_and_security_leads_acknowledge_once_and_the_alert_then_s
         == "Only the approvers of this resource and the security leads can acknowledge a break-glass alert."
     )
     assert click(REQUESTER).startswith("You cannot acknowledge your own break-glass")
+    # A lead known only through a usergroup Slack cannot list now: not taken on trust.
+    bot.slack.fail_next("usergroups.users.list", "internal_error")
+    assert click(UNMAPPED).startswith(
+        "Slack could not list the approver or security lead usergroups (`internal_error`)"
+    )
     attempts = events(bot.engine, "unauthorized_attempt")
     assert [(e.actor, e.details["refusal"], e.details["action"]) for e in attempts] == [
         (OUTSIDER, AckOutcome.NOT_ALLOWED.value, "break_glass_acknowledge"),
         (REQUESTER, AckOutcome.OWN.value, "break_glass_acknowledge"),
+        (UNMAPPED, AckOutcome.PEOPLE_UNKNOWN.value, "break_glass_acknowledge"),
     ]
     assert buttons(bot.slack.message(AUDIT_CHANNEL, ts)), "a refused click changes nothing"
 
