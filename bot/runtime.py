@@ -33,6 +33,7 @@ from bot.jobs.scheduler import AtStart, Every, JobScheduler
 from bot.redact import redact_url
 from bot.rego.engine import RegoEngine, RegoEngineError, engine_for
 from bot.services.backlog import RevocationBacklog
+from bot.services.breakglass import REALERT_CHECK_SECONDS, BreakGlassService
 from bot.services.context import ContextService
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.digests import DigestService
@@ -88,6 +89,8 @@ EXPIRY_NOTICE_CHECK_SECONDS = 5.0
 # usergroup per run), so someone who leaves loses the access within a minute.
 CONTEXT_ENDS_JOB = "context-ends"
 CONTEXT_CHECK_SECONDS = 30.0
+# Unacknowledged break-glass alerts, posted again every REALERT_INTERVAL (one replica each time).
+BREAK_GLASS_REALERT_JOB = "break-glass-realert"
 
 
 def _signing_secret(settings: Settings) -> str:
@@ -132,6 +135,7 @@ class Runtime:
     idp_side: IdPSide | None
     digests: DigestService
     rego: RegoEngine | None = None
+    breakglass: BreakGlassService | None = None
     # Only with JIT_AUDIT_WEBHOOK_URL.
     forwarder: AuditForwarder | None = None
 
@@ -305,6 +309,15 @@ def build_runtime(
     context = ContextService(
         engine=engine, policy=policy, directory=directory, announcer=announcer, early=early, clock=clock
     )
+    breakglass = BreakGlassService(
+        engine=engine,
+        policy=policy,
+        directory=directory,
+        announcer=announcer,
+        clock=clock,
+        members_of=requests.usergroup_members,
+        on_approved=submit_mint,
+    )
 
     # The jobs.
     sweep = None
@@ -331,6 +344,9 @@ def build_runtime(
         # Only with reminders: a policy without them costs not even the job's query.
         reminders = ReminderService(engine=engine, policy=policy, announcer=announcer, clock=clock)
         jobs.add(REMINDERS_JOB, Every(REMINDERS_INTERVAL_SECONDS), reminders.run)
+    # Registered whatever the policy says now: a break-glass used before break_glass was taken out of
+    # the policy still needs a human's eyes (one indexed query of unacknowledged alerts when none is due).
+    jobs.add(BREAK_GLASS_REALERT_JOB, Every(REALERT_CHECK_SECONDS), breakglass.realert)
     if policy.channels.digest is not None:
         jobs.add(DIGEST_AT_START_JOB, AtStart(), digests.post_due)
         jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)
@@ -349,6 +365,7 @@ def build_runtime(
         digests=digests,
         directory=directory,
         hooks_url=settings.slack_hooks_url,
+        breakglass=breakglass,
     )
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
     signing_secret = _signing_secret(settings)
@@ -386,6 +403,7 @@ def build_runtime(
         digests=digests,
         rego=rego,
         forwarder=forwarder,
+        breakglass=breakglass,
     )
 
 

@@ -416,6 +416,10 @@ function makeTokenExchange(config, state, trustedKeys, jwks) {
       throw grantError('jit.claims must be an object of strings, numbers and booleans');
     }
 
+    if (jit.break_glass !== undefined && typeof jit.break_glass !== 'boolean') {
+      throw grantError('jit.break_glass must be true or false');
+    }
+
     state.lastAssertion = claims;
     state.persist();
 
@@ -444,7 +448,10 @@ function makeTokenExchange(config, state, trustedKeys, jwks) {
     });
     // What the approval says, for the resource server: in a JWT access token's payload, and in
     // introspection's answer for an opaque one (extraTokenClaims reads it at save).
-    token.jitContext = { request_id: jit.request_id, approvers, claims: extraClaims };
+    // A break-glass grant says so in the token, so the resource server can log or limit it.
+    token.jitContext = {
+      request_id: jit.request_id, approvers, claims: extraClaims, ...(jit.break_glass === true ? { break_glass: true } : {}),
+    };
     ctx.oidc.entity('AccessToken', token);
     let value = await token.save();
     const next = misbehaviour.next ?? {};

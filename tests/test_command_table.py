@@ -10,9 +10,16 @@ from hypothesis import strategies as st
 
 from bot.domain.commands import SUBCOMMANDS, CommandError, CommandErrorCode, SubCommand, parse, parse_command
 from bot.slack.messages import help_text, usage_of
-from tests.world import make_policy
+from tests.world import POLICY as POLICY_DATA
+from tests.world import REQUESTER, make_policy
 
-POLICY = make_policy()
+# prod-db offers break-glass, so that /jit breakglass has a well-formed example.
+POLICY = make_policy(
+    resources=[
+        {**POLICY_DATA["resources"][0], "break_glass": {"max_duration": "1h", "allowed": [REQUESTER]}},
+        *POLICY_DATA["resources"][1:],
+    ]
+)
 README = Path(__file__).resolve().parent.parent / "README.md"
 SPELLINGS = [name for sub in SUBCOMMANDS for name in (sub.name, *sub.aliases)]
 
@@ -65,6 +72,7 @@ def test_an_alias_parses_as_its_command() -> None:
 # A well-formed use of each command (a new command needs one here).
 EXAMPLES = {
     "request": ["request prod-db read 30m checking INC-1234", "request", "request prod-db"],
+    "breakglass": ["breakglass prod-db write 30m INC-1234 outage"],
     "resources": ["resources"],
     "list": ["list"],
     "revoke": ["revoke R123", "cancel R123"],

@@ -558,6 +558,7 @@ def test_the_json_keeps_the_contract(story_engine: Engine) -> None:
         "business_hours",
         "daily",
         "unrevoked_past_expiry",
+        "break_glass_grants",
         "thresholds",
         "generated_at",
     }
@@ -605,6 +606,7 @@ Off-hours grants (approved or picked up outside mon-fri 08:00-19:00): {rid(3)}, 
 Denied more than once: {REQUESTER}
 Ended without the token picked up: {rid(2)}
 Past expiry, not yet confirmed revoked: {rid(3)}
+Break-glass: none
 
 Anomalies: 10
 - Fast approval (within 10 s of the card): {rid(1)} by {APPROVER_1} after 3 s

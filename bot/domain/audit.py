@@ -46,6 +46,12 @@ class AuditEventType(StrEnum):
     CONTEXT_UNREADABLE = "context_unreadable"
     # ... and could again.
     CONTEXT_READABLE_AGAIN = "context_readable_again"
+    # /jit breakglass: approved at once with no vote (the pending -> approved move's event).
+    BREAK_GLASS_USED = "break_glass_used"
+    # /jit breakglass from someone its allowed: does not list (or whose usergroups Slack could not list).
+    BREAK_GLASS_REFUSED = "break_glass_refused"
+    # An approver or a security lead acknowledged a break-glass alert; it stops re-alerting.
+    BREAK_GLASS_ACKNOWLEDGED = "break_glass_acknowledged"
 
 
 # Keys that must never be written to the audit trail, whatever a caller passes.

@@ -34,6 +34,10 @@ class CommandErrorCode(StrEnum):
     REASON_TOO_LONG = "reason_too_long"
     MISSING_REQUEST_ID = "missing_request_id"
     BAD_DATE = "bad_date"
+    # /jit breakglass on a resource whose policy has no break_glass.
+    NO_BREAK_GLASS = "no_break_glass"
+    # /jit breakglass with fewer than its four arguments (there is no form for it: it is for emergencies).
+    BREAK_GLASS_USAGE = "break_glass_usage"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class CommandError:
     length: int = 0
     # BAD_DURATION: what the duration parser found wrong, in its own words.
     detail: str = ""
+    # The sub-command the example in EMPTY_REASON shows.
+    command: str = "request"
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,14 @@ class SubmitRequest:
     draft: RequestDraft
 
 
+@dataclass(frozen=True)
+class BreakGlassCommand:
+    """``/jit breakglass``: a request checked against the resource's break_glass.max_duration; who may
+    use it is the service's question (it needs Slack's usergroups)."""
+
+    draft: RequestDraft
+
+
 Command = (
     HelpCommand
     | ResourcesCommand
@@ -112,6 +126,7 @@ Command = (
     | DigestCommand
     | OpenRequestModal
     | SubmitRequest
+    | BreakGlassCommand
     | CommandError
 )
 
@@ -171,6 +186,33 @@ def _request(words: Words, policy: Policy) -> Command:
     return SubmitRequest(result) if isinstance(result, RequestDraft) else result
 
 
+def _breakglass(words: Words, policy: Policy) -> Command:
+    args = words.args
+    if len(args) < 3:
+        return CommandError(CommandErrorCode.BREAK_GLASS_USAGE, allowed=break_glass_resources(policy))
+    resource = policy.resource(args[0])
+    if resource is None:
+        return CommandError(CommandErrorCode.UNKNOWN_RESOURCE, typed=args[0], allowed=policy.resource_names)
+    if resource.break_glass is None:
+        offered = break_glass_resources(policy)
+        return CommandError(CommandErrorCode.NO_BREAK_GLASS, resource=resource.name, allowed=offered)
+    split = words.text.split(None, 4)
+    result = check_request(
+        policy,
+        resource_name=resource.name,
+        scopes=[s for s in args[1].split(",") if s],
+        duration_text=args[2],
+        reason=split[4] if len(split) == 5 else "",
+        max_duration=resource.break_glass.max_duration,
+        command="breakglass",
+    )
+    return BreakGlassCommand(result) if isinstance(result, RequestDraft) else result
+
+
+def break_glass_resources(policy: Policy) -> tuple[str, ...]:
+    return tuple(r.name for r in policy.resources if r.break_glass is not None)
+
+
 def _revoke(words: Words, _policy: Policy) -> Command:
     if len(words.args) != 1:
         return CommandError(CommandErrorCode.MISSING_REQUEST_ID)
@@ -196,6 +238,14 @@ SUBCOMMANDS: tuple[SubCommand, ...] = (
         "comma-separated; durations look like `90s`, `15m`, `2h`, `1h30m`. With arguments missing "
         "(or none), a form asks for the rest: the resource, its scopes, durations up to its maximum, the reason.",
         _request,
+        arguments="<resource> <scopes> <duration> <reason…>",
+    ),
+    SubCommand(
+        "breakglass",
+        "in an emergency, access at once with no approval, e.g. `/jit breakglass prod-db write 30m INC-1234 "
+        "outage`, for the people a resource's `break_glass` allows, up to its `break_glass.max_duration`. The audit "
+        "channel is alerted, mentioning the approvers and security leads, until one of them acknowledges it.",
+        _breakglass,
         arguments="<resource> <scopes> <duration> <reason…>",
     ),
     SubCommand(
@@ -246,15 +296,24 @@ def parse_command(text: str, policy: Policy) -> Command:
 
 
 def check_request(
-    policy: Policy, *, resource_name: str, scopes: list[str], duration_text: str, reason: str
+    policy: Policy,
+    *,
+    resource_name: str,
+    scopes: list[str],
+    duration_text: str,
+    reason: str,
+    max_duration: timedelta | None = None,
+    command: str = "request",
 ) -> RequestDraft | CommandError:
-    """Check one request against the catalog; the first problem found is reported."""
+    """Check one request against the catalog; the first problem found is reported. ``max_duration``:
+    a limit other than the resource's (break-glass's); ``command``: the sub-command errors cite."""
     resource = policy.resource(resource_name)
     if resource is None:
         return CommandError(CommandErrorCode.UNKNOWN_RESOURCE, typed=resource_name, allowed=policy.resource_names)
     scope_error = _check_scopes(resource, scopes)
     if scope_error is not None:
         return scope_error
+    limit = resource.max_duration if max_duration is None else max_duration
     try:
         duration = parse_duration(duration_text)
     except DurationError as exc:
@@ -262,21 +321,27 @@ def check_request(
             CommandErrorCode.BAD_DURATION,
             typed=duration_text,
             resource=resource.name,
-            max_duration=resource.max_duration,
+            max_duration=limit,
             detail=str(exc),
+            command=command,
         )
-    if duration > resource.max_duration:
+    if duration > limit:
         return CommandError(
             CommandErrorCode.DURATION_TOO_LONG,
             typed=duration_text,
             resource=resource.name,
-            max_duration=resource.max_duration,
+            max_duration=limit,
+            command=command,
         )
     # One line, no control or invisible characters: a reason must not forge lines on a card or in a log.
     cleaned_reason = one_line(reason)
     if not cleaned_reason:
         return CommandError(
-            CommandErrorCode.EMPTY_REASON, typed=duration_text, resource=resource.name, scopes=tuple(scopes)
+            CommandErrorCode.EMPTY_REASON,
+            typed=duration_text,
+            resource=resource.name,
+            scopes=tuple(scopes),
+            command=command,
         )
     if len(cleaned_reason) > MAX_REASON_LENGTH:
         return CommandError(CommandErrorCode.REASON_TOO_LONG, length=len(cleaned_reason))

@@ -194,6 +194,17 @@ class RepeatedPair:
 
 
 @dataclass(frozen=True)
+class BreakGlassLine:
+    """A break-glass use of the day, and whether (by whom, when) it was acknowledged."""
+
+    request_id: str
+    requester: str
+    resource: str
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Figures:
     """What ``bot.store.digest.read_figures`` aggregated for a plan."""
 
@@ -212,6 +223,8 @@ class Figures:
     approves_everything: tuple[ApproverVotes, ...] = ()
     same_pair_repeated: tuple[RepeatedPair, ...] = ()
     unrevoked_past_expiry: tuple[str, ...] = ()
+    # The day's break-glass uses, in the order they happened.
+    break_glass_grants: tuple[BreakGlassLine, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -317,6 +330,16 @@ def digest_json(digest: Digest) -> dict[str, object]:
         "denied_more_than_once": list(figures.denied_more_than_once),
         "never_picked_up": list(figures.never_picked_up),
         "unrevoked_past_expiry": list(figures.unrevoked_past_expiry),
+        "break_glass_grants": [
+            {
+                "request_id": line.request_id,
+                "requester": line.requester,
+                "resource": line.resource,
+                "acknowledged_by": line.acknowledged_by,
+                "acknowledged_at": _iso(line.acknowledged_at) if line.acknowledged_at else None,
+            }
+            for line in figures.break_glass_grants
+        ],
         "anomalies": {
             "fast_approvals": [
                 {"request_id": f.request_id, "approver": f.approver, "seconds": f.seconds}
@@ -416,6 +439,15 @@ def _hours_words(hours: BusinessHours) -> str:
     return f"{days} {hours.start:%H:%M}-{hours.end:%H:%M}"
 
 
+def _break_glass_line(line: BreakGlassLine, style: _Style) -> str:
+    said = (
+        f"acknowledged by {style.person(line.acknowledged_by)}"
+        if line.acknowledged_by
+        else style.bold("NOT acknowledged")
+    )
+    return f"{style.code(line.request_id)} {style.text(line.resource)} by {style.person(line.requester)}, {said}"
+
+
 def digest_text(digest: Digest, *, slack: bool = False) -> str:
     """The digest in words, for a terminal or (``slack``) as Slack mrkdwn; it stands on its own and
     ends with the audit trail's head and whether the trail verified."""
@@ -467,6 +499,8 @@ def digest_text(digest: Digest, *, slack: bool = False) -> str:
         f"{_listed([style.code(r) for r in figures.never_picked_up])}",
         f"{style.bold('Past expiry, not yet confirmed revoked:')} "
         f"{_listed([style.code(r) for r in figures.unrevoked_past_expiry])}",
+        f"{style.bold('Break-glass:')} "
+        f"{_listed([_break_glass_line(line, style) for line in figures.break_glass_grants])}",
         "",
     ]
     anomalies = [

@@ -34,6 +34,7 @@ from bot.domain.policy_fields import (
     SLACK_USER_ID,
     SLACK_USERGROUP_ID,
     Duration,
+    Key,
     KeyedProblems,
     Strict,
     is_slack_id,
@@ -47,11 +48,13 @@ from bot.domain.policy_rules import (
     check_rule_names,
     check_timezone,
     policy_problems,
+    unknown_group,
 )
 from bot.domain.reminders import Reminders, reminder_problems
 
 # An entry of a group: a Slack user id, a usergroup id, or an IdP subject (anything else that is not empty).
 _Member = Annotated[str, Field(min_length=1)]
+
 
 CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 MAX_CLAIMS = 20
@@ -67,6 +70,30 @@ def _one_value(value: Any) -> Any:
 
 
 ClaimValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, BeforeValidator(_one_value)]
+
+
+class BreakGlass(Strict):
+    """Access at once, with no approval, for the people ``allowed`` (names under ``groups:``, whose
+    members may be IdP subjects too, Slack user or usergroup ids), up to ``max_duration``; every use
+    is alerted in the audit channel until an approver or a security lead acknowledges it."""
+
+    max_duration: Duration
+    allowed: Annotated[tuple[_Member, ...], Field(min_length=1)]
+
+    @field_validator("max_duration")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @field_validator("allowed")
+    @classmethod
+    def _once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        twice = sorted({entry for entry in value if value.count(entry) > 1})
+        if twice:
+            raise ValueError(f"lists '{twice[0]}' twice")
+        return value
 
 
 class Resource(Strict):
@@ -89,6 +116,8 @@ class Resource(Strict):
     # How long before a grant ends its requester is DMed (with Extend and Revoke now); replaces the
     # policy's own expiry_notice for this resource. None: the policy's.
     expiry_notice: Duration | None = None
+    # Who may open it at once with /jit breakglass (None: nobody).
+    break_glass: BreakGlass | None = None
 
     @field_validator("pickup_networks")
     @classmethod
@@ -268,7 +297,7 @@ class Policy(Strict):
 
     @model_validator(mode="after")
     def _rules_fit_the_policy(self) -> Policy:
-        problems = policy_problems(self.groups, self.rules, self.resources)
+        problems = policy_problems(self.groups, self.rules, self.resources) + self._break_glass_problems()
         if problems:
             raise KeyedProblems(problems)
         return self
@@ -300,6 +329,25 @@ class Policy(Strict):
     @property
     def has_reminders(self) -> bool:
         return self.reminders is not None or any(r.reminders is not None for r in self.resources)
+
+    def _break_glass_problems(self) -> list[tuple[Key, str]]:
+        """Break-glass names groups defined elsewhere, and alerts where only channels.audit can say."""
+        problems: list[tuple[Key, str]] = []
+        for index, resource in enumerate(self.resources):
+            if resource.break_glass is None:
+                continue
+            for entry in resource.break_glass.allowed:
+                if not is_slack_id(entry) and entry not in self.groups:
+                    problems.append((("resources", index, "break_glass", "allowed"), unknown_group(entry, self.groups)))
+            if self.channels.audit is None:
+                problems.append(
+                    (
+                        ("channels", "audit"),
+                        f"is required: resource '{resource.name}' has break_glass, and its alerts go to the "
+                        "audit channel",
+                    )
+                )
+        return problems
 
     @field_validator("security_leads")
     @classmethod

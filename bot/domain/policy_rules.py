@@ -349,6 +349,11 @@ def expand(groups: Mapping[str, Iterable[str]], entries: Iterable[str]) -> tuple
     return tuple(seen)
 
 
+def unknown_group(entry: str, groups: Mapping[str, object]) -> str:
+    """The error for an entry that names no group (nor is a Slack id); break-glass's allowed shares it."""
+    return _unknown_group(entry, groups)
+
+
 def _unknown_group(entry: str, groups: Mapping[str, object]) -> str:
     guess = difflib.get_close_matches(entry, sorted(groups), n=1, cutoff=0.75)
     hint = f" (did you mean '{guess[0]}'?)" if guess else ""

@@ -26,6 +26,8 @@ class ApprovalClaims:
     expires_at: datetime
     # The resource's static claims (policy `claims:`), for the IdP to copy into the token.
     claims: Mapping[str, str | bool | int | float] = field(default_factory=dict)
+    # Opened with /jit breakglass, with no approval: the IdP may copy it into the token (the dev IdP does).
+    break_glass: bool = False
 
 
 def subject_assertion(
@@ -56,6 +58,7 @@ def subject_assertion(
             "reason": approval.reason,
             "expires_at": int(approval.expires_at.timestamp()),
             "claims": dict(approval.claims),
+            "break_glass": approval.break_glass,
         },
     }
     token = jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"})

@@ -38,6 +38,7 @@ from bot.services.outbox import Announcer, Doorbell
 from bot.services.ports import Delivered, DeliveryError, Notifier
 from bot.services.snapshots import load_snapshot
 from bot.services.workers import log_failure
+from bot.store import break_glass as break_glass_store
 from bot.store import digest as digest_store
 from bot.store import outbox as outbox_store
 from bot.store import requests as request_store
@@ -281,6 +282,13 @@ class Dispatcher:
             if reminder is None:
                 return
             notice = reminder
+        if isinstance(notice, notices.BreakGlassAcknowledged):
+            # The alerts it redraws are ahead of it in the lane, so their coordinates are stored by now.
+            with read_scope(self._engine) as session:
+                alert = break_glass_store.get_alert(session=session, request_id=notice.request.id)
+                where = (alert.channel, alert.first_ts, alert.last_ts) if alert is not None else (None, None, None)
+            stamps = tuple(dict.fromkeys(ts for ts in where[1:] if ts))
+            notice = replace(notice, channel=where[0], ts=stamps if where[0] else ())
         if isinstance(notice, notices.DigestChart):
             # Its text is ahead of it in the lane, so it was sent (or given up) before this runs.
             with read_scope(self._engine) as session:
@@ -392,6 +400,10 @@ class Dispatcher:
                 return
             if isinstance(notice, notices.DigestPost) and delivered.channel and delivered.ts:
                 digest_store.set_posted(session=session, day=notice.day, channel=delivered.channel, ts=delivered.ts)
+            if isinstance(notice, notices.BreakGlassAlerted) and delivered.channel and delivered.ts:
+                break_glass_store.set_posted(
+                    session=session, request_id=notice.request.id, channel=delivered.channel, ts=delivered.ts
+                )
             if isinstance(notice, notices.ApprovalCard) and delivered.channel and delivered.ts:
                 request_store.set_card(
                     session=session, request_id=notice.request.id, channel=delivered.channel, ts=delivered.ts
@@ -460,6 +472,8 @@ class Dispatcher:
                     )
                 case notices.DigestChart(day=day):
                     log.warning("the chart of the digest of %s could not be uploaded: %s", day, code)
+                case notices.BreakGlassAlerted(request=request) | notices.BreakGlassAcknowledged(request=request):
+                    log.error("the break-glass alert of %s could not be posted (%s)", request.id, code)
                 case notices.Alert():
                     log.error(
                         "ALERT could not be posted to the audit channel (%s): %s %s", code, notice.alert, notice.facts

@@ -195,6 +195,7 @@ class MintService:
                     reason=request.reason,
                     expires_at=expires_at,
                     claims=self._claims_of(request.resource),
+                    break_glass=request.break_glass,
                 ),
                 now=now,
             )

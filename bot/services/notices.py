@@ -208,6 +208,38 @@ class Alert:
         return (ALERT_LANE, audit_channel) if audit_channel else None
 
 
+@dataclass(frozen=True)
+class BreakGlassAlerted(_AboutRequest):
+    """The loud alert of a break-glass use, with its Acknowledge button, in the audit channel: the first
+    (``number`` 1) when it is used, then again every re-alert interval until someone acknowledges it.
+    ``approvers``: the resource's (user and usergroup ids), who are mentioned with the security leads."""
+
+    approvers: tuple[str, ...]
+    number: int
+    alerted_at: datetime
+    kind: Literal["break_glass_alerted"] = "break_glass_alerted"
+
+    def route(self, audit_channel: str | None) -> Route | None:
+        return (ALERT_LANE, audit_channel) if audit_channel else None
+
+
+@dataclass(frozen=True)
+class BreakGlassAcknowledged(_AboutRequest):
+    """Someone acknowledged a break-glass alert: the first alert and the latest re-alert are redrawn
+    without their button (their coordinates, ``channel`` and ``ts``, are read when it is delivered:
+    the alerts are ahead of it in the lane), or, if none was ever posted, it is said in a message."""
+
+    by: str
+    at: datetime
+    alerts: int
+    channel: str | None = None
+    ts: tuple[str, ...] = ()
+    kind: Literal["break_glass_acknowledged"] = "break_glass_acknowledged"
+
+    def route(self, audit_channel: str | None) -> Route | None:
+        return (ALERT_LANE, audit_channel) if audit_channel else None
+
+
 def digest_lane(day: str) -> str:
     """A lane per day: a chart that keeps failing holds up nothing but its own day's lane."""
     return f"digest:{day}"
@@ -264,6 +296,8 @@ Notice = (
     | Alert
     | DigestPost
     | DigestChart
+    | BreakGlassAlerted
+    | BreakGlassAcknowledged
 )
 
 

@@ -276,6 +276,10 @@ class RequestService:
                     entries.extend(expand(self.policy.groups, conditions.requester_in))
         return tuple(dict.fromkeys(entry for entry in entries if SLACK_USERGROUP_ID.fullmatch(entry)))
 
+    def usergroup_members(self, group: str) -> frozenset[str]:
+        """A usergroup's members through the 60 s cache (break-glass's allowed shares it with the rules)."""
+        return self._members_of(group)
+
     def _members_of(self, group: str) -> frozenset[str]:
         now = self.monotonic()
         with self._members_lock:

@@ -57,6 +57,8 @@ class RequestSnapshot:
     decided_by_rule: bool = False
     # Whom the request was escalated to (Slack user and usergroup ids), once it was; empty before.
     escalated_to: tuple[str, ...] = ()
+    # Opened with /jit breakglass: approved at once with no vote, alerted until acknowledged.
+    break_glass: bool = False
 
     @property
     def approvers_so_far(self) -> tuple[str, ...]:
@@ -108,6 +110,7 @@ def snapshot(
         rule=request.rule,
         decided_by_rule=request.rule is not None and request.decided_by == BOT_ACTOR,
         escalated_to=tuple((request.escalated_to or "").split()) if request.escalated_at is not None else (),
+        break_glass=request.break_glass,
     )
 
 

@@ -18,6 +18,8 @@ from bot.services.notices import (
     ApprovalCard,
     ApprovalReminder,
     AuditSummary,
+    BreakGlassAcknowledged,
+    BreakGlassAlerted,
     CardChanged,
     ContextEnded,
     DigestChart,
@@ -29,10 +31,13 @@ from bot.services.notices import (
     RequesterTold,
 )
 from bot.services.ports import Delivered, DeliveryError, DirectoryError
-from bot.slack.cards import approval_card, card_text
+from bot.slack.cards import approval_card, break_glass_acknowledged_blocks, break_glass_alert_blocks, card_text
 from bot.slack.messages import (
     alert_text,
     audit_summary_text,
+    break_glass_acknowledged_text,
+    break_glass_alert_parts,
+    break_glass_alert_text,
     context_ended_text,
     end_summary_text,
     expiry_notice_blocks,
@@ -146,6 +151,23 @@ class SlackNotifier:
                 self._post_to_audit(end_summary_text(notice))
             case Alert():
                 self._post_to_audit(alert_text(notice) + leads_cc(self._security_leads))
+            case BreakGlassAlerted(request=request):
+                if self._audit_channel is None:
+                    raise DeliveryError("no_audit_channel", permanent=True)
+                audit = self._audit_channel
+                words = break_glass_alert_text(notice, self._security_leads)
+                blocks = break_glass_alert_blocks(*break_glass_alert_parts(notice, self._security_leads), request.id)
+                alerted: Any = _call(
+                    lambda: self._client.chat_postMessage(channel=audit, text=words, blocks=blocks, unfurl_links=False)
+                )
+                return Delivered(channel=str(alerted["channel"]), ts=str(alerted["ts"]))
+            case BreakGlassAcknowledged(channel=alert_channel, ts=stamps):
+                words = break_glass_acknowledged_text(notice)
+                if alert_channel is None or not stamps:
+                    # No alert was ever posted to redraw: say it instead.
+                    self._post_to_audit(words)
+                else:
+                    self._redraw_alerts(alert_channel, stamps, words)
             case DigestPost(channel=where, text=text):
                 # Nothing in it should unfurl: it names requests, people and resources, not links.
                 posted: Any = _call(
@@ -171,6 +193,15 @@ class SlackNotifier:
                 # A kind without a renderer must fail loudly, never count as sent.
                 assert_never(notice)
         return Delivered()
+
+    def _redraw_alerts(self, channel: str, stamps: tuple[str, ...], words: str) -> None:
+        # Updates are idempotent: a retry after a failure half-way redraws the same.
+        for stamp in stamps:
+            _call(
+                lambda stamp=stamp: self._client.chat_update(  # type: ignore[misc]
+                    channel=channel, ts=stamp, text=words, blocks=break_glass_acknowledged_blocks(words)
+                )
+            )
 
     def _post_to_audit(self, text: str) -> None:
         if self._audit_channel is None:

@@ -14,6 +14,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.domain.status import RequestStatus
+from bot.services.breakglass import REALERT_INTERVAL
 from bot.services.context import CONTEXT_ENDED_BY
 from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.snapshots import RequestSnapshot
@@ -23,6 +24,12 @@ from bot.slack.text import addressed, clip, code, duration, escape, mention, men
 # Deny reasons are limited to MAX_REASON_LENGTH when given; on cards and DMs they are clipped shorter
 # still, so that a long one can never push a card over Slack's limits and leave its buttons live.
 MAX_SHOWN_DENY_REASON = 300
+
+# The same on every version of the card: whether the alert was acknowledged is told on the alert itself.
+BREAK_GLASS_BANNER = (
+    ":rotating_light: *BREAK-GLASS*: opened by the requester at once, with no approval. An approver or a "
+    "security lead acknowledges it on its alert in the audit channel."
+)
 
 _STATUS_LINE = {
     RequestStatus.PENDING: ":hourglass_flowing_sand: Pending approval",
@@ -39,10 +46,11 @@ _STATUS_LINE = {
 
 def card_text(request: RequestSnapshot) -> str:
     """The notification / screen-reader fallback for the card."""
-    return (
+    text = (
         f"Access request {request.id}: {mention(request.requester)} asks for {request.resource} "
         f"({', '.join(request.scopes)}) for {duration(request.duration)}. {status_summary(request)}"
     ) + (f" {escalated_text(request)}" if _shows_escalation(request) else "")
+    return f"{text} BREAK-GLASS: opened with no approval." if request.break_glass else text
 
 
 def escalated_text(request: RequestSnapshot) -> str:
@@ -81,6 +89,8 @@ def status_summary(request: RequestSnapshot) -> str:
             line += f": {escape(clip(request.deny_reason, MAX_SHOWN_DENY_REASON))}"
         return line
     approved_by = approved_by_text(request)
+    if status is RequestStatus.APPROVED and request.break_glass:
+        return ":rotating_light: Opened with break-glass, with no approval"
     if status is RequestStatus.APPROVED and request.decided_by_rule:
         return f":white_check_mark: Auto-approved by rule {code(request.rule or '')}"
     if status is RequestStatus.APPROVED:
@@ -108,6 +118,8 @@ def ended_early_by(by: str) -> str:
 
 def approved_by_text(request: RequestSnapshot) -> str:
     """Who approved it: the people who voted, or the rule that approved it by itself."""
+    if request.break_glass:
+        return "opened with break-glass, with no approval"
     if request.decided_by_rule:
         return f"auto-approved by rule {code(request.rule or '')}"
     return f"approved by {mentions(request.approvers_so_far)}"
@@ -149,11 +161,16 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
         ),
         MarkdownTextObject(text=f"*Scopes*\n{' '.join(code(s) for s in request.scopes)}"),
         MarkdownTextObject(text=f"*Duration*\n{duration(request.duration)}"),
-        MarkdownTextObject(text=f"*Approvals needed*\n{request.approvals_required}"),
+        MarkdownTextObject(
+            text="*Approvals needed*\nnone: break-glass"
+            if request.break_glass
+            else f"*Approvals needed*\n{request.approvals_required}"
+        ),
         MarkdownTextObject(text=f"*Request id*\n{code(request.id)}"),
     ]
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=f"Access request {request.id}")),
+        *([SectionBlock(text=MarkdownTextObject(text=BREAK_GLASS_BANNER))] if request.break_glass else []),
         SectionBlock(fields=fields),
         SectionBlock(text=MarkdownTextObject(text="*Reason*")),
         # The requester's words as typed, in plain text: *bold*, `code`, :emoji: or a line that looks
@@ -183,3 +200,30 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
 
 def _button(label: str, action: ActionId, request_id: str, style: str) -> ButtonElement:
     return ButtonElement(text=PlainTextObject(text=label), action_id=action.value, value=request_id, style=style)
+
+
+# --- break-glass alerts (the audit channel) ----------------------------------------------------------
+
+
+def break_glass_alert_blocks(head: str, reason: str, footer: str, request_id: str) -> list[Block]:
+    """A break-glass alert (its words: ``messages.break_glass_alert_parts``) and the Acknowledge button.
+    The reason is the requester's, as typed: plain text, so nothing in it is formatted into the alert."""
+    return [
+        SectionBlock(text=MarkdownTextObject(text=clip(head, 2900))),
+        SectionBlock(text=PlainTextObject(text=clip("Reason: " + escape(reason), 2900), emoji=False)),
+        SectionBlock(text=MarkdownTextObject(text=clip(footer, 2900))),
+        ActionsBlock(elements=[_button("Acknowledge", ActionId.BREAK_GLASS_ACK, request_id, "danger")]),
+        ContextBlock(
+            elements=[
+                MarkdownTextObject(
+                    text=f"Re-alerted every {duration(REALERT_INTERVAL)} until an approver of the resource or a "
+                    "security lead acknowledges it."
+                )
+            ]
+        ),
+    ]
+
+
+def break_glass_acknowledged_blocks(text: str) -> list[Block]:
+    """The alert once acknowledged: what it said and who acknowledged it, with no button."""
+    return [SectionBlock(text=MarkdownTextObject(text=clip(text, 2900)))]

@@ -11,6 +11,8 @@ class ActionId(StrEnum):
     DENY = "jit_deny"
     REVOKE = "jit_revoke"
     EXTEND = "jit_extend"
+    # On a break-glass alert in the audit channel; its value is the request id.
+    BREAK_GLASS_ACK = "jit_break_glass_ack"
 
 
 class BlockId(StrEnum):

@@ -12,6 +12,7 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, BoltResponse
 
 from bot.domain.commands import (
+    BreakGlassCommand,
     CommandError,
     DigestCommand,
     HelpCommand,
@@ -25,6 +26,7 @@ from bot.domain.commands import (
 )
 from bot.domain.policy import Policy
 from bot.domain.status import VoteChoice
+from bot.services.breakglass import BreakGlassService
 from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
 from bot.services.identity import resolve_subject
@@ -35,6 +37,8 @@ from bot.services.voting import VotingService
 from bot.slack.forms import DenyForm, RequestForm, form_metadata
 from bot.slack.ids import ActionId
 from bot.slack.messages import (
+    break_glass_ack_text,
+    break_glass_used_text,
     command_error_text,
     digest_answer_text,
     help_text,
@@ -84,6 +88,8 @@ class Listeners:
     directory: Directory
     # Replies go only to response_urls under this prefix (Slack's hooks host).
     hooks_url: str
+    # /jit breakglass and the Acknowledge button of its alerts.
+    breakglass: BreakGlassService | None = None
     request_form: RequestForm = field(init=False)
     deny_form: DenyForm = field(init=False, default_factory=DenyForm)
 
@@ -95,6 +101,7 @@ class Listeners:
         app.action(ActionId.APPROVE.value)(ack=self.ack_only, lazy=[self.approve])
         app.action(ActionId.DENY.value)(ack=self.ack_only, lazy=[self.deny_clicked])
         app.action(ActionId.REVOKE.value)(ack=self.ack_only, lazy=[self.revoke_clicked])
+        app.action(ActionId.BREAK_GLASS_ACK.value)(ack=self.ack_only, lazy=[self.break_glass_ack_clicked])
         app.action(RequestForm.ActionId.RESOURCE.value)(ack=self.ack_only, lazy=[self.modal_resource_chosen])
         app.view(RequestForm.CALLBACK_ID)(ack=self.ack_request_modal, lazy=[self.request_modal_submitted])
         app.view(DenyForm.CALLBACK_ID)(ack=self.ack_deny_modal, lazy=[self.deny_modal_submitted])
@@ -140,6 +147,14 @@ class Listeners:
                 origin = origin_key("command", trigger) if trigger else None
                 submitted = self.requests.submit(draft, requester=user, origin=origin)
                 respond(text=submitted_text(submitted), response_type="ephemeral")
+            case BreakGlassCommand(draft=draft):
+                if self.breakglass is None:
+                    raise RuntimeError("break-glass is not wired")
+                trigger = str(command.get("trigger_id") or "")
+                opened = self.breakglass.use(
+                    draft, requester=user, origin=origin_key("breakglass", trigger) if trigger else None
+                )
+                respond(text=break_glass_used_text(opened, self.policy.channels.audit), response_type="ephemeral")
             case ListCommand():
                 respond(text=list_text(self.listing.open_requests_of(user)), response_type="ephemeral")
             case RevokeCommand(request_id=request_id):
@@ -166,6 +181,13 @@ class Listeners:
         result = self.voting.cast(str(action.get("value", "")), voter=body["user"]["id"], choice=VoteChoice.APPROVE)
         if result.refusal is not None:
             ephemeral(respond)(vote_refusal_text(result.refusal))
+
+    @user_errors(_respond_reply)
+    def break_glass_ack_clicked(self, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        if self.breakglass is None:
+            raise RuntimeError("break-glass is not wired")
+        result = self.breakglass.acknowledge(str(action.get("value", "")), actor=body["user"]["id"])
+        ephemeral(respond)(break_glass_ack_text(result))
 
     @user_errors(_respond_reply)
     def revoke_clicked(self, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:

@@ -23,12 +23,23 @@ from bot.domain.durations import format_duration
 from bot.domain.policy import Policy
 from bot.domain.status import RequestStatus
 from bot.domain.votes import VoteRefusal
+from bot.services.breakglass import REALERT_INTERVAL, AckOutcome, AckResult, BreakGlassRefusal, BreakGlassRefused
 from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.digests import DigestAnswer, DigestRefusal
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
 from bot.services.listing import Listing
-from bot.services.notices import Alert, AlertKind, ApprovalReminder, ContextEnded, EndSummary, ExpiryNotice, GrantLife
+from bot.services.notices import (
+    Alert,
+    AlertKind,
+    ApprovalReminder,
+    BreakGlassAcknowledged,
+    BreakGlassAlerted,
+    ContextEnded,
+    EndSummary,
+    ExpiryNotice,
+    GrantLife,
+)
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.cards import MAX_SHOWN_DENY_REASON, approved_by_text, ended_early_by, failure_text, status_summary
 from bot.slack.ids import ActionId
@@ -363,6 +374,11 @@ def resources_text(policy: Policy) -> str:
             f"• {code(resource.name)}{description}. Scopes: {', '.join(code(s) for s in resource.scopes)}; "
             f"max {format_duration(resource.max_duration)}; approvals needed: {resource.approvals_required} "
             f"in <#{resource.approver_channel}>"
+            + (
+                f"; break-glass up to {format_duration(resource.break_glass.max_duration)}"
+                if resource.break_glass is not None
+                else ""
+            )
         )
     return clip("\n".join(lines), 3000)
 
@@ -391,6 +407,11 @@ def command_error_text(error: CommandError) -> str:
         case CommandErrorCode.BAD_DURATION:
             problem = error.detail[:1].upper() + error.detail[1:]
             return f"{problem}. The maximum for {resource} is {format_duration(error.max_duration)}."
+        case CommandErrorCode.DURATION_TOO_LONG if error.command == "breakglass":
+            return (
+                f"{_typed(error.typed)} is longer than the break-glass maximum for {resource} "
+                f"(`break_glass.max_duration`): {format_duration(error.max_duration)}."
+            )
         case CommandErrorCode.DURATION_TOO_LONG:
             return (
                 f"{_typed(error.typed)} is longer than the maximum for {resource}: "
@@ -398,7 +419,7 @@ def command_error_text(error: CommandError) -> str:
             )
         case CommandErrorCode.EMPTY_REASON:
             return (
-                f"A reason is required, e.g. `/jit request {error.resource} {','.join(error.scopes)} "
+                f"A reason is required, e.g. `/jit {error.command} {error.resource} {','.join(error.scopes)} "
                 f"{error.typed} checking INC-1234`."
             )
         case CommandErrorCode.REASON_TOO_LONG:
@@ -409,6 +430,19 @@ def command_error_text(error: CommandError) -> str:
             return (
                 f"{_typed(error.typed)} is not a date like `2026-10-28`. Use `/jit digest` or `/jit digest YYYY-MM-DD`."
             )
+        case CommandErrorCode.NO_BREAK_GLASS:
+            return f"{resource} has no break-glass. {_break_glass_offered(error.allowed)}"
+        case CommandErrorCode.BREAK_GLASS_USAGE:
+            return (
+                f"Use {code('/jit breakglass <resource> <scopes> <duration> <reason…>')}, e.g. "
+                f"`/jit breakglass prod-db write 30m INC-1234 outage`. {_break_glass_offered(error.allowed)}"
+            )
+
+
+def _break_glass_offered(resources: tuple[str, ...]) -> str:
+    if not resources:
+        return "No resource offers break-glass; use `/jit request` to ask the approvers."
+    return f"Resources with break-glass: {_typed_list(resources)}. Otherwise use `/jit request`."
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -492,8 +526,99 @@ def user_error_text(error: UserFacingError) -> str:
             return (
                 f"Slack could not list the approver group for `{resource}` ({slack_error}). Nothing changed; try again."
             )
+        case BreakGlassRefused(resource=resource, why=BreakGlassRefusal.NOT_ALLOWED):
+            return (
+                f"You may not use break-glass on {code(resource)}: its `break_glass.allowed` does not include you. "
+                f"Nothing was issued, and this attempt is in the audit trail. Use `/jit request {escape(resource)} …` "
+                "to ask its approvers."
+            )
+        case BreakGlassRefused(resource=resource, usergroups=groups, slack_error=slack_error):
+            return (
+                f"Break-glass on {code(resource)} was refused: Slack could not list the usergroup(s) "
+                f"{', '.join(code(g) for g in groups)} it allows (Slack said {code(slack_error)}), and you are not "
+                "allowed otherwise. Nothing was issued, and this attempt is in the audit trail; try again in a "
+                f"moment, or use `/jit request {escape(resource)} …`."
+            )
     raise TypeError(f"no words for {type(error).__name__}")
 
 
 def unexpected_error_text(reference: str) -> str:
     return f"Something went wrong on our side and nothing was changed. Reference: `{reference}`."
+
+
+# --- break-glass ------------------------------------------------------------------------------------
+
+
+def people(entries: tuple[str, ...]) -> str:
+    """Slack user ids as <@U…> and usergroup ids as <!subteam^S…>: mentions that page them."""
+    return " ".join(f"<!subteam^{entry}>" if entry.startswith("S") else mention(entry) for entry in entries)
+
+
+def break_glass_used_text(request: RequestSnapshot, audit_channel: str | None) -> str:
+    """The answer to ``/jit breakglass`` for the person who used it."""
+    where = f"<#{audit_channel}>" if audit_channel else "the audit channel"
+    return (
+        f":rotating_light: Break-glass `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)}, "
+        f"{duration(request.duration)}) is open, with no approval. {where} has been alerted, and the approvers "
+        "and security leads are asked to acknowledge it. You will get a DM with your pickup link once the token "
+        "is issued."
+    )
+
+
+def break_glass_alert_text(alert: BreakGlassAlerted, leads: tuple[str, ...]) -> str:
+    """The loud alert in the audit channel: who opened what with no approval, why, where it stands,
+    and who must look (the resource's approvers and the security leads, mentioned). Its blocks show
+    the same, with the requester's reason as plain text (``break_glass_alert_parts``)."""
+    head, reason, footer = break_glass_alert_parts(alert, leads)
+    return f"{head}\nReason: {escape(reason)}\n{footer}"
+
+
+def break_glass_alert_parts(alert: BreakGlassAlerted, leads: tuple[str, ...]) -> tuple[str, str, str]:
+    """(what happened, mrkdwn; the reason as typed, to be shown as plain text; who must look, mrkdwn)."""
+    request = alert.request
+    if alert.number <= 1:
+        head = ":rotating_light: *BREAK-GLASS*"
+    else:
+        age = format_duration(timedelta(seconds=max(int((alert.alerted_at - request.created_at).total_seconds()), 0)))
+        head = f":rotating_light: *BREAK-GLASS, STILL NOT ACKNOWLEDGED* (alert {alert.number}, used {age} ago)"
+    who = people(tuple(dict.fromkeys((*alert.approvers, *leads))))
+    return (
+        f"{head} `{request.id}`: {mention(request.requester)} opened {code(request.resource)} "
+        f"({', '.join(request.scopes)}, {duration(request.duration)}) at {when(request.created_at)} with no approval.",
+        clip(request.reason, 500),
+        f"Now: {status_summary(request)}\n"
+        f"{who}: please review it and press *Acknowledge*; it is re-alerted every "
+        f"{duration(REALERT_INTERVAL)} until then.",
+    )
+
+
+def break_glass_acknowledged_text(notice: BreakGlassAcknowledged) -> str:
+    request = notice.request
+    return (
+        f":white_check_mark: Break-glass `{request.id}` ({mention(request.requester)} → {code(request.resource)}, "
+        f"{', '.join(request.scopes)}, {duration(request.duration)}, used {when(request.created_at)}) was "
+        f"acknowledged by {mention(notice.by)} {when(notice.at)}, after {notice.alerts} alert(s)."
+    )
+
+
+def break_glass_ack_text(result: AckResult) -> str:
+    """The answer, to the clicker only, to an Acknowledge click."""
+    rid = f"`{escape(result.request_id[:16])}`"
+    match result.outcome:
+        case AckOutcome.ACKNOWLEDGED:
+            return f"You acknowledged break-glass {rid}; it will not be alerted again."
+        case AckOutcome.ALREADY:
+            by = mention(result.by) if result.by else "someone"
+            at = f" {when(result.at)}" if result.at else ""
+            return f"Break-glass {rid} was already acknowledged by {by}{at}."
+        case AckOutcome.OWN:
+            return "You cannot acknowledge your own break-glass: an approver of the resource or a security lead must."
+        case AckOutcome.NOT_ALLOWED:
+            return "Only the approvers of this resource and the security leads can acknowledge a break-glass alert."
+        case AckOutcome.PEOPLE_UNKNOWN:
+            return (
+                f"Slack could not list the approver or security lead usergroups ({code(result.slack_error)}), so "
+                "your acknowledgement could not be checked. Nothing changed; try again."
+            )
+        case AckOutcome.UNKNOWN:
+            return "That break-glass alert does not exist."

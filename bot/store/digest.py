@@ -27,6 +27,7 @@ from bot.domain.digest import (
     TOP,
     ApproverVotes,
     AuditAnchor,
+    BreakGlassLine,
     DigestPlan,
     FastApproval,
     Figures,
@@ -37,7 +38,7 @@ from bot.domain.digest import (
 )
 from bot.domain.status import GrantStatus, VoteChoice
 from bot.store.audit import verify_chain
-from bot.store.models import AccessRequest, AuditEvent, AuditHead, DigestDay, Grant, Vote
+from bot.store.models import AccessRequest, AuditEvent, AuditHead, BreakGlassAlert, DigestDay, Grant, Vote
 from bot.store.transitions import BOT_ACTOR
 
 E = AuditEventType
@@ -53,6 +54,8 @@ _COUNTED = {
     # come from these), and each watchdog alert for a grant not revoked long after its expiry.
     E.REVOCATION_FAILED: "revocation_failures",
     E.REVOCATION_OVERDUE: "revocation_failures",
+    # A break-glass use is its own count: it is neither a person's approval nor a rule's.
+    E.BREAK_GLASS_USED: "break_glass",
 }
 _DECISIONS = (E.REQUEST_APPROVED.value, E.REQUEST_DENIED.value)
 
@@ -102,6 +105,7 @@ def read_figures(*, session: Session, plan: DigestPlan) -> Figures:
         approves_everything=_approves_everything(session, plan),
         same_pair_repeated=_same_pair_repeated(session, plan),
         unrevoked_past_expiry=_unrevoked(session, plan.unrevoked_before),
+        break_glass_grants=_break_glass(session, plan),
     )
 
 
@@ -306,6 +310,26 @@ def _unrevoked(session: Session, before: datetime) -> tuple[str, ...]:
         .order_by(col(Grant.expires_at), col(Grant.request_id))
     ).scalars()
     return tuple(rows)
+
+
+def _break_glass(session: Session, plan: DigestPlan) -> tuple[BreakGlassLine, ...]:
+    """The day's break-glass uses (their break_glass_used events, by (event_type, at)), with their
+    acknowledgement as it stands when the digest is made."""
+    rows = session.execute(
+        select(
+            col(AccessRequest.id),
+            col(AccessRequest.requester_slack_id),
+            col(AccessRequest.resource),
+            col(BreakGlassAlert.acknowledged_by),
+            col(BreakGlassAlert.acknowledged_at),
+        )
+        .select_from(AuditEvent)
+        .join(AccessRequest, col(AccessRequest.id) == col(AuditEvent.request_id))
+        .outerjoin(BreakGlassAlert, col(BreakGlassAlert.request_id) == col(AccessRequest.id))
+        .where(col(AuditEvent.event_type) == E.BREAK_GLASS_USED.value, _within(col(AuditEvent.at), plan.day))
+        .order_by(col(AuditEvent.seq))
+    ).all()
+    return tuple(BreakGlassLine(rid, requester, resource, by, at) for rid, requester, resource, by, at in rows)
 
 
 def audit_anchor(*, session: Session, key: bytes) -> AuditAnchor:

@@ -57,6 +57,8 @@ class AccessRequest(AccessRequestBase, table=True):
     # The usergroups (space-separated ids) a revoke_when_context_ends rule auto-approved this request
     # for: its grant ends early once the requester is in none of them. None: nothing can end it so.
     context_usergroups: str | None = Field(default=None, max_length=4000)
+    # Opened with /jit breakglass: approved at once by its requester's say-so, alerted until acknowledged.
+    break_glass: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
     @property
     def scope_list(self) -> tuple[str, ...]:
@@ -247,3 +249,32 @@ class UsergroupCheck(SQLModel, table=True):
     failing_since: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     last_error: str | None = Field(default=None, max_length=80)
     alerted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+
+
+class BreakGlassAlert(SQLModel, table=True):
+    """The alert of one break-glass request, until an approver or a security lead acknowledges it.
+
+    ``alerts`` counts the alerts queued so far and is the re-alert's guard: a replica queues the next
+    one only if its ``UPDATE … WHERE alerts = <what it read>`` changed the row, so each interval is
+    alerted once however many replicas run the job."""
+
+    __tablename__ = "break_glass_alert"
+    __table_args__ = (
+        # The re-alert job reads only unacknowledged rows, by when they are due (migration 0010).
+        Index(
+            "ix_break_glass_alert_due",
+            "next_alert_at",
+            sqlite_where=text("acknowledged_at IS NULL"),
+            postgresql_where=text("acknowledged_at IS NULL"),
+        ),
+    )
+
+    request_id: str = Field(primary_key=True, foreign_key="access_request.id", max_length=16)
+    alerts: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    next_alert_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    acknowledged_by: str | None = Field(default=None, max_length=32)
+    acknowledged_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # Where the first alert and the latest re-alert landed, once delivered: acknowledging updates both.
+    channel: str | None = Field(default=None, max_length=32)
+    first_ts: str | None = Field(default=None, max_length=32)
+    last_ts: str | None = Field(default=None, max_length=32)

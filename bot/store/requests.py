@@ -159,6 +159,10 @@ def requests_since(*, session: Session, since: datetime, batch: int = 1000) -> I
 def recorded_since(*, session: Session, since: datetime) -> Iterator[Recorded]:
     """The requests created since ``since``, as ``jit-bot policy replay`` decides them again."""
     for row in requests_since(session=session, since=since):
+        if row.break_glass:
+            # Opened with /jit breakglass, which no rule decides: deciding it again would report a
+            # change that no policy could have made.
+            continue
         yield Recorded(
             id=row.id,
             created_at=row.created_at,
