@@ -18,11 +18,10 @@ from bot.domain.policy import Policy
 from bot.domain.policy_lint import describe
 from bot.runtime import CONTEXT_ENDS_JOB
 from tests.testbot import MintingBot
-from tests.world import APPROVER_2, AUDIT_CHANNEL, GROUP_MEMBER, REQUESTER, make_policy, policy_data
+from tests.world import APPROVER_2, AUDIT_CHANNEL, GROUP_MEMBER, REQUESTER, SQLITE_ONLY, make_policy, policy_data
 
 ONCALL = "S0ONCALL"
 USERGROUP_CALL = "usergroups.users.list"
-SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 RULES: list[dict[str, Any]] = [
     {

@@ -15,11 +15,10 @@ from bot.domain.policy import Policy
 from bot.runtime import EXPIRY_NOTICES_JOB, build_runtime
 from bot.slack.ids import ActionId
 from tests.testbot import MintingBot, buttons
-from tests.world import APPROVER_1, APPROVER_2, OUTSIDER, POLICY, REQUESTER, make_policy, minutes
+from tests.world import APPROVER_1, APPROVER_2, OUTSIDER, POLICY, REQUESTER, SQLITE_ONLY, make_policy, minutes
 from tests.world import policy_data as world_policy
 
 NOTICE_WORDS = "Extend it if you still need it"
-SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

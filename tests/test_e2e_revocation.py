@@ -13,7 +13,7 @@ from bot.slack.ids import ActionId
 from bot.store.models import Grant
 from bot.store.types import utcnow
 from tests.testbot import MintingBot
-from tests.world import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, OUTSIDER, REQUESTER
+from tests.world import APPROVER_1, APPROVER_2, AUDIT_CHANNEL, OUTSIDER, REQUESTER, SQLITE_ONLY
 
 # A revocation is two IdP calls after the claim; on a loaded test machine (the suite on two cores,
 # the dev IdP just restarted) they have taken seconds. The timer itself keeps well under a second
@@ -75,6 +75,7 @@ def test_grant_is_revoked_at_expiry_with_proof(minting_bot: MintingBot) -> None:
     assert bot.slack.rejected() == []
 
 
+@SQLITE_ONLY
 def test_idp_outage_is_retried_alerted_and_finished(minting_bot: MintingBot) -> None:
     bot = minting_bot
     request_id = bot.approve("request prod-db read 2s outage drill")

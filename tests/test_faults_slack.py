@@ -19,7 +19,7 @@ from bot.store.db import make_engine
 from bot.store.models import AccessRequest, OutboxMessage
 from tests import testbot
 from tests.testbot import Bot, accepted_posts, serving
-from tests.world import APPROVER_1, APPROVERS_CHANNEL, AUDIT_CHANNEL, REQUESTER, make_policy
+from tests.world import APPROVER_1, APPROVERS_CHANNEL, AUDIT_CHANNEL, REQUESTER, SQLITE_ONLY, make_policy
 
 
 @pytest.fixture
@@ -73,6 +73,7 @@ def delivery() -> DeliveryPolicy:
     return DeliveryPolicy(channel_burst=10, channel_per_second=10.0, first_retry=0.2, poll_interval=0.3)
 
 
+@SQLITE_ONLY
 def test_thirty_requests_to_one_approver_channel_under_rate_limiting_all_get_their_cards(bot: Bot) -> None:
     bot.slack.rate_limit("chat.postMessage", burst=3, per_second=3, retry_after=1)
     ids = [submit(bot, f"request prod-db read 30m burst {n}") for n in range(30)]
@@ -108,6 +109,7 @@ def test_slack_5xx_and_ratelimited_answers_are_retried_not_fatal(bot: Bot) -> No
 # --- outages --------------------------------------------------------------------------------------
 
 
+@SQLITE_ONLY
 def test_slack_down_for_20s_then_back_gets_every_message_once_and_in_order(bot: Bot) -> None:
     first, channel, ts = bot.request(REQUESTER, "request prod-db read 30m before the outage")
     with bot.slack.outage():
@@ -175,6 +177,7 @@ def test_two_replicas_deliver_each_message_once(bot: Bot, second_replica: Bot) -
 # --- a Slack that answers a byte a second -----------------------------------------------------------
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("slack_call_deadline", [2.0])
 def test_a_trickling_answer_ends_the_call_by_its_deadline_and_the_message_arrives_once_slack_recovers(
     bot: Bot,

@@ -9,13 +9,14 @@ import time
 
 from bot.slack.ids import ActionId
 from tests.testbot import Bot
-from tests.world import GROUP_MEMBER, REQUESTER
+from tests.world import GROUP_MEMBER, REQUESTER, SQLITE_ONLY
 
 # How slowly Slack answers the lookup the vote needs (the approver group's members). The click's own
 # answer must come back well before: it may not wait for any Slack call.
 SLACK_DELAY = 5.0
 
 
+@SQLITE_ONLY
 def test_approve_is_acked_before_any_slack_lookup(bot: Bot) -> None:
     # k8s is approved by a user group, so counting the vote needs usergroups.users.list.
     request_id, channel, ts = bot.request(REQUESTER, "request k8s view 15m node drain")

@@ -23,7 +23,7 @@ from bot.slack.ids import ActionId
 from bot.store.models import AuditEvent
 from tests.testbot import Bot, MintingBot, serving
 from tests.testbot import TestClock as MovableClock  # not named Test*, so pytest does not collect it here
-from tests.world import APPROVER_1, REQUESTER
+from tests.world import APPROVER_1, REQUESTER, SQLITE_ONLY
 
 # How young the replica's approvals look, by the minting bot's clock, once they are made.
 REPLICA_HEAD_START = timedelta(seconds=5)
@@ -74,6 +74,7 @@ def test_a_pending_request_expires_at_its_timeout_not_before(minting_bot: Mintin
     assert "no longer pending" in refusal[0].payload["text"]
 
 
+@SQLITE_ONLY
 def test_revocation_retries_back_off(minting_bot: MintingBot) -> None:
     bot = minting_bot
     request_id = bot.approve("request prod-db read 3s outage")

@@ -30,6 +30,7 @@ from tests.world import (
     IDP_CLIENT_SECRET,
     REQUESTER,
     SIGNING_SECRET,
+    SQLITE_ONLY,
     make_policy,
     serve_env,
 )
@@ -137,6 +138,7 @@ def test_a_refused_exchange_is_one_mint_failed_line(minting_bot: MintingBot, cap
     assert IDP_CLIENT_SECRET not in written(caplog)
 
 
+@SQLITE_ONLY
 def test_a_failing_revocation_is_one_line_when_alerted_not_one_per_retry(
     minting_bot: MintingBot, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -185,6 +187,7 @@ def test_deny_and_cancel_are_one_line_each(bot: Bot, lifecycle_caplog: pytest.Lo
     assert SIGNING_SECRET not in written(caplog) and BOT_TOKEN not in written(caplog)
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("policy", [make_policy(request_timeout="2s")])
 def test_an_unanswered_request_expires_in_one_line(bot: Bot, lifecycle_caplog: pytest.LogCaptureFixture) -> None:
     caplog = lifecycle_caplog

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -205,6 +206,12 @@ def serve_env(slack: SlackStandIn, database_url: str, port: int, **extra: str) -
 
 
 # --- databases -----------------------------------------------------------------------------------------
+
+
+# For a slow test of behaviour no choice of database changes (Slack's and the IdP's faults, log lines,
+# back-off timing): what the database does decide (claims, leases, guarded moves, replicas) is tested on
+# both elsewhere, and the suite must stay within its time budget.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @contextmanager
