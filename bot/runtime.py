@@ -36,6 +36,7 @@ from bot.services.backlog import RevocationBacklog
 from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
+from bot.services.extensions import ExtensionService
 from bot.services.forwarding import AuditForwarder, ForwardingPolicy
 from bot.services.listing import ListingService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
@@ -327,6 +328,7 @@ def build_runtime(
         digests=digests,
         directory=directory,
         hooks_url=settings.slack_hooks_url,
+        extensions=ExtensionService(requests=requests),
     )
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
     signing_secret = _signing_secret(settings)
@@ -438,7 +440,7 @@ def _idp_side(
         minting=minting,
         mint_queue=mint_queue,
         mint_workers=mint_workers,
-        pickup=PickupService(engine=engine, cipher=cipher, clock=clock, policy=policy),
+        pickup=PickupService(engine=engine, cipher=cipher, clock=clock, policy=policy, wake=wake),
         revocation=revocation,
         revocation_workers=revocation_workers,
     )

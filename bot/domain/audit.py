@@ -32,6 +32,10 @@ class AuditEventType(StrEnum):
     RULES_USERGROUPS_UNKNOWN = "rules_usergroups_unknown"
     # A rule's Rego module failed, timed out or answered outside the contract; the request was denied.
     REGO_FAILED = "rego_failed"
+    # On a grant: its requester asked for more time (the extension is a request of its own, named here).
+    EXTENSION_REQUESTED = "extension_requested"
+    # On a grant: its extension's new token was picked up, so this one is due for revocation now.
+    GRANT_REPLACED = "grant_replaced"
     # The audit webhook refused an event (4xx) past its retries; forwarding stops at that event.
     AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"
 

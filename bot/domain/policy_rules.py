@@ -162,6 +162,7 @@ CONDITIONS = (
     "max_duration",
     "hours",
     "reason_matches",
+    "extension",
 )
 
 
@@ -176,6 +177,8 @@ class Conditions(Strict):
     max_duration: Duration | None = None
     hours: Hours | None = None
     reason_matches: Regex | None = None
+    # true: only extensions of an active grant (/jit extend) match; false: only first requests.
+    extension: bool | None = None
 
     @field_validator("resources")
     @classmethod
@@ -240,6 +243,9 @@ class Rule(Strict):
     approvals: int | None = Field(default=None, ge=1, le=10)
     approvers: Entries | None = None
     message: str | None = Field(default=None, min_length=1, max_length=500)
+    # The most a grant's chain (the first request and its approved extensions, this one included) may
+    # add up to when this rule decides an extension; without it, the resource's max_duration.
+    max_total: Duration | None = None
 
     @field_validator("message")
     @classmethod
@@ -279,7 +285,7 @@ class Rule(Strict):
     def _keys_fit_the_effect(self) -> Rule:
         problems: list[tuple[Key, str]] = []
         if self.rego is not None:
-            for key in ("effect", "limit", "approvals", "approvers", "message"):
+            for key in ("effect", "limit", "approvals", "approvers", "message", "max_total"):
                 if getattr(self, key) is not None:
                     problems.append(((key,), "is not for a rule with rego: the module's answer gives it"))
             if problems:
@@ -298,6 +304,10 @@ class Rule(Strict):
         for key, owner in owners.items():
             if getattr(self, key) is not None and self.effect is not owner:
                 problems.append(((key,), f"is only for rules with effect {owner}; this rule's effect is {self.effect}"))
+        if self.max_total is not None and self.effect is RuleEffect.DENY:
+            problems.append(
+                (("max_total",), "is only for rules with effect auto_approve or require; this rule's effect is deny")
+            )
         if problems:
             raise KeyedProblems(problems)
         return self

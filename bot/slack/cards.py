@@ -81,6 +81,11 @@ def status_summary(request: RequestSnapshot) -> str:
         )
     if status is RequestStatus.ACTIVE and request.active_until is not None:
         return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
+    if status is RequestStatus.REVOKED and request.revoked_at is not None and request.replaced_by is not None:
+        return (
+            f"{_STATUS_LINE[status]}: replaced by extension {code(request.replaced_by)} once its new token was "
+            f"picked up, {when(request.revoked_at)}; {approved_by}"
+        )
     if status is RequestStatus.REVOKED and request.revoked_at is not None:
         how = f"early by {mention(request.revoked_early_by)}" if request.revoked_early_by else "at its expiry"
         return f"{_STATUS_LINE[status]} {how}, {when(request.revoked_at)}; {approved_by}"
@@ -111,6 +116,7 @@ _OWN_FINDINGS = frozenset(
         "idp_answer_too_large",
         "internal_error",
         "mint_interrupted",
+        "extended_grant_ended",
     }
 )
 
@@ -144,6 +150,9 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
         SectionBlock(text=PlainTextObject(text=clip(escape(request.reason), 2900), emoji=False)),
         SectionBlock(block_id=BlockId.DECISION.value, text=MarkdownTextObject(text=status_summary(request))),
     ]
+    chain = chain_text(request)
+    if chain:
+        blocks.append(SectionBlock(block_id=BlockId.CHAIN.value, text=MarkdownTextObject(text=chain)))
     if request.status == RequestStatus.PENDING.value:
         blocks.append(
             ActionsBlock(
@@ -160,6 +169,35 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
         context.append(MarkdownTextObject(text=f"Rule: {code(request.rule)}"))
     blocks.append(ContextBlock(elements=context))
     return blocks
+
+
+# Where an extension of this grant stands, as its card says it.
+_EXTENSION_STATE = {
+    RequestStatus.PENDING: "asked, waiting for approval",
+    RequestStatus.APPROVED: "approved; its token is being issued",
+    RequestStatus.MINTING: "approved; its token is being issued",
+    RequestStatus.ACTIVE: "approved; its new token replaces this one once picked up",
+    RequestStatus.REVOKED: "approved, and since ended",
+    RequestStatus.DENIED: "denied; this grant ends at its original time",
+    RequestStatus.EXPIRED: "expired undecided; this grant ends at its original time",
+    RequestStatus.CANCELLED: "cancelled; this grant ends at its original time",
+    RequestStatus.FAILED: "approved, but no token was issued; this grant ends at its original time",
+}
+
+
+def chain_text(request: RequestSnapshot) -> str:
+    """The chain a card belongs to: what an extension extends and the total it brings the grant to,
+    and, on a grant that was extended, where its extension stands. Empty for a request with neither."""
+    lines = []
+    if request.extends is not None and request.prior is not None:
+        lines.append(
+            f":link: *Extension* of {code(request.extends)} ({duration(request.prior)}) → "
+            f"+{duration(request.duration)}, total {duration(request.chain_total)}"
+        )
+    if request.extension_id is not None and request.extension_status is not None:
+        state = _EXTENSION_STATE.get(RequestStatus(request.extension_status), request.extension_status)
+        lines.append(f":link: Extension {code(request.extension_id)}: {state}")
+    return "\n".join(lines)
 
 
 def _button(label: str, action: ActionId, request_id: str, style: str) -> ButtonElement:

@@ -10,8 +10,11 @@ class ActionId(StrEnum):
     APPROVE = "jit_approve"
     DENY = "jit_deny"
     REVOKE = "jit_revoke"
+    EXTEND = "jit_extend"
 
 
 class BlockId(StrEnum):
     # The card's status line, which every redraw replaces.
     DECISION = "decision"
+    # The chain of extensions a card belongs to.
+    CHAIN = "chain"

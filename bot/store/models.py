@@ -47,6 +47,10 @@ class AccessRequest(AccessRequestBase, table=True):
     # A require rule's approvers (Slack user and usergroup ids, space-separated), which replace the
     # resource's for this request; None: the resource's.
     approvers: str | None = Field(default=None, max_length=4000)
+    # An extension: the request whose active grant this one asks more time for (None: a first request),
+    # and the time that grant's chain had been approved for before this extension (migration 0011).
+    extends: str | None = Field(default=None, max_length=16, index=True)
+    prior_seconds: int | None = None
 
     @property
     def scope_list(self) -> tuple[str, ...]:
@@ -133,6 +137,8 @@ class Grant(SQLModel, table=True):
     refusal: str | None = Field(default=None, max_length=64)
     # The watchdog's one alert for a grant not confirmed revoked well after its expiry.
     overdue_alerted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # The extension whose new token replaced this one once it was picked up (migration 0011).
+    replaced_by: str | None = Field(default=None, max_length=16)
 
 
 class OutboxMessage(SQLModel, table=True):
