@@ -10,10 +10,13 @@ from datetime import timedelta
 import httpx
 import pytest
 
+from bot.domain.digest import AuditAnchor, Digest, digest_json, plan_digest
 from bot.domain.policy import Policy
 from bot.jobs.expiry import SWEEP_JOB
 from bot.slack.forms import ExtendForm
 from bot.slack.ids import ActionId
+from bot.store.db import read_scope
+from bot.store.digest import read_figures
 from bot.store.models import AccessRequest
 from tests.testbot import MintingBot, card_text, cards_posted, opened_views
 from tests.world import APPROVER_1, OUTSIDER, REQUESTER, lifted_quota, make_policy
@@ -55,6 +58,18 @@ def _card_of(bot: MintingBot, request_id: str) -> str:
     bot.eventually(lambda: any(c.request_id == request_id for c in cards_posted(bot.slack)))
     bot.eventually(lambda: bot.stored(request_id).card_ts is not None)
     return request_id
+
+
+def _digest_extensions(bot: MintingBot) -> dict[str, int]:
+    """Today's extensions as the digest's JSON counts them."""
+    options = bot.served.runtime.policy.digest
+    now = bot.clock()
+    plan = plan_digest(now.astimezone(options.zone).date(), options, now=now)
+    with read_scope(bot.engine) as session:
+        figures = read_figures(session=session, plan=plan)
+    found = digest_json(Digest(plan, figures, AuditAnchor(0, "0" * 64, verified=True)))["extensions"]
+    assert isinstance(found, dict)
+    return found
 
 
 def _pick_up(bot: MintingBot, request_id: str) -> str:
@@ -123,6 +138,7 @@ def test_approved_extension_mints_a_new_token_and_its_pickup_revokes_the_old(min
     assert f"`{second}`" in told[0] and "old token was revoked at the IdP" in told[0]
     assert bot.grant(second).status == "active"
     assert bot.slack.rejected() == []
+    assert _digest_extensions(bot) == {"requested": 1, "approved": 1}
 
 
 def test_unpicked_extension_leaves_the_old_token_to_its_own_expiry(minting_bot: MintingBot) -> None:
@@ -176,6 +192,7 @@ def test_denied_extension_leaves_the_grant_to_end_at_its_time_and_one_at_a_time(
     # Denied is decided: a new extension may be asked.
     _answer, third = _extend(bot, REQUESTER, f"{first} 15m")
     assert third is not None and third.id != second
+    assert _digest_extensions(bot) == {"requested": 2, "approved": 0}
 
 
 def test_extension_over_the_resource_maximum_is_refused_with_nothing_stored(minting_bot: MintingBot) -> None:

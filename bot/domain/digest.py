@@ -212,6 +212,8 @@ class Figures:
     approves_everything: tuple[ApproverVotes, ...] = ()
     same_pair_repeated: tuple[RepeatedPair, ...] = ()
     unrevoked_past_expiry: tuple[str, ...] = ()
+    # Extensions of active grants asked and approved during the day.
+    extensions: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,7 @@ def digest_json(digest: Digest) -> dict[str, object]:
         "denied_more_than_once": list(figures.denied_more_than_once),
         "never_picked_up": list(figures.never_picked_up),
         "unrevoked_past_expiry": list(figures.unrevoked_past_expiry),
+        "extensions": {"requested": figures.extensions[0], "approved": figures.extensions[1]},
         "anomalies": {
             "fast_approvals": [
                 {"request_id": f.request_id, "approver": f.approver, "seconds": f.seconds}
@@ -467,6 +470,7 @@ def digest_text(digest: Digest, *, slack: bool = False) -> str:
         f"{_listed([style.code(r) for r in figures.never_picked_up])}",
         f"{style.bold('Past expiry, not yet confirmed revoked:')} "
         f"{_listed([style.code(r) for r in figures.unrevoked_past_expiry])}",
+        f"{style.bold('Extensions of active grants:')} {figures.extensions[0]} asked, {figures.extensions[1]} approved",
         "",
     ]
     anomalies = [

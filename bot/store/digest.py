@@ -102,6 +102,7 @@ def read_figures(*, session: Session, plan: DigestPlan) -> Figures:
         approves_everything=_approves_everything(session, plan),
         same_pair_repeated=_same_pair_repeated(session, plan),
         unrevoked_past_expiry=_unrevoked(session, plan.unrevoked_before),
+        extensions=_extensions(session, plan),
     )
 
 
@@ -306,6 +307,27 @@ def _unrevoked(session: Session, before: datetime) -> tuple[str, ...]:
         .order_by(col(Grant.expires_at), col(Grant.request_id))
     ).scalars()
     return tuple(rows)
+
+
+def _extensions(session: Session, plan: DigestPlan) -> tuple[int, int]:
+    """Extensions asked (their ``extension_requested`` events) and approved (``request_approved`` of a
+    request that extends another) during the day: (event_type, at), then each approval's request by key."""
+    asked = session.execute(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(col(AuditEvent.event_type) == E.EXTENSION_REQUESTED.value, _within(col(AuditEvent.at), plan.day))
+    ).scalar_one()
+    approved = session.execute(
+        select(func.count())
+        .select_from(AuditEvent)
+        .join(AccessRequest, col(AccessRequest.id) == col(AuditEvent.request_id))
+        .where(
+            col(AuditEvent.event_type) == E.REQUEST_APPROVED.value,
+            _within(col(AuditEvent.at), plan.day),
+            col(AccessRequest.extends).is_not(None),
+        )
+    ).scalar_one()
+    return int(asked), int(approved)
 
 
 def audit_anchor(*, session: Session, key: bytes) -> AuditAnchor:
