@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from bot.domain.durations import format_duration
 from bot.domain.policy_fields import (
@@ -177,8 +177,9 @@ class Conditions(Strict):
     max_duration: Duration | None = None
     hours: Hours | None = None
     reason_matches: Regex | None = None
-    # true: only extensions of an active grant (/jit extend) match; false: only first requests.
-    extension: bool | None = None
+    # true: only extensions of an active grant (/jit extend) match; false: only first requests. Strict:
+    # YAML's "yes" or "no" in quotes must not quietly become a condition the author did not write.
+    extension: StrictBool | None = None
 
     @field_validator("resources")
     @classmethod

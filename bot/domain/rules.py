@@ -235,6 +235,7 @@ def _rego_document(
         reason=request.reason,
         now=now,
         recent_auto_approvals=recent.get(rule.name, 0),
+        extension=request.extension,
     )
 
 
