@@ -19,7 +19,7 @@ from bot.store.db import read_scope
 from bot.store.digest import read_figures
 from bot.store.models import AccessRequest
 from tests.testbot import MintingBot, card_text, cards_posted, opened_views
-from tests.world import APPROVER_1, OUTSIDER, REQUESTER, lifted_quota, make_policy
+from tests.world import APPROVER_1, AUDIT_CHANNEL, OUTSIDER, REQUESTER, lifted_quota, make_policy
 
 # Most of these are about the flow, not the database: SQLite only (the suite's time is tight).
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -137,6 +137,8 @@ def test_approved_extension_mints_a_new_token_and_its_pickup_revokes_the_old(min
     told = bot.eventually(lambda: [t for t in bot.dms_to(REQUESTER, first) if "was replaced by extension" in t])
     assert f"`{second}`" in told[0] and "old token was revoked at the IdP" in told[0]
     assert bot.grant(second).status == "active"
+    (summary,) = bot.eventually(lambda: bot.posts_to(AUDIT_CHANNEL, f"[revoked] `{first}`"))
+    assert f"Replaced by extension `{second}` once its new token was picked up" in summary
     assert bot.slack.rejected() == []
     assert _digest_extensions(bot) == {"requested": 1, "approved": 1}
 

@@ -182,6 +182,8 @@ def _grant_life_text(request: RequestSnapshot, life: GrantLife) -> str:
     )
     picked = f"token picked up {when(life.picked_up_at)}" if life.picked_up_at else "token never picked up"
     ended = f"Ended early by {mention(request.revoked_early_by)}" if request.revoked_early_by else "Ended at its expiry"
+    if request.replaced_by is not None:
+        ended = f"Replaced by extension {code(request.replaced_by)} once its new token was picked up"
     proof = (
         "the IdP accepted the revocation and introspection says the token is inactive"
         if life.introspected_inactive
