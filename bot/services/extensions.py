@@ -23,17 +23,20 @@ from sqlmodel import Session
 from bot.domain.audit import AuditEventType
 from bot.domain.durations import format_duration
 from bot.domain.extensions import extension_cap
+from bot.domain.policy import Policy
 from bot.domain.rules import AccessRequest as RuleInput
 from bot.domain.rules import Effect, decide
 from bot.domain.status import GrantStatus, RequestStatus
 from bot.services import lifecycle
 from bot.services.audit import record
+from bot.services.outbox import Announcer
 from bot.services.requests import RequestService, new_request_id
-from bot.services.snapshots import RequestSnapshot, snapshot
+from bot.services.snapshots import RequestSnapshot, load_snapshot, snapshot
 from bot.store import grants as grant_store
 from bot.store import requests as store
 from bot.store.db import read_scope, session_scope
 from bot.store.models import AccessRequest, Grant
+from bot.store.transitions import BOT_ACTOR, cancel_request
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,31 @@ def ended_early(session: Session, request: AccessRequest) -> bool:
         or old.revoke_requested_by is not None
         or (old.replaced_by is not None and old.replaced_by != request.id)
     )
+
+
+def cancel_pending_extension(
+    session: Session, request_id: str, *, now: datetime, policy: Policy, announcer: Announcer
+) -> str | None:
+    """The grant of ``request_id`` has ended: its extension still waiting for approval is cancelled in
+    the same transaction (its card loses its buttons, the requester is told), so no one approves time
+    on a grant that is gone. Returns the cancelled extension's id, if any. (One approved meanwhile is
+    refused at its mint: ``window_end``.)"""
+    latest = store.latest_extension(session=session, request_id=request_id)
+    if latest is None or latest[1] != RequestStatus.PENDING.value:
+        return None
+    if not cancel_request(
+        session=session,
+        request_id=latest[0],
+        actor=BOT_ACTOR,
+        now=now,
+        details={"cause": f"the grant of {request_id} it extends has ended"},
+        failure_code=EXTENDED_GRANT_ENDED,
+    ):
+        return None  # decided meanwhile; a vote that approved it meets the mint's refusal
+    view = load_snapshot(session, latest[0], policy=policy)
+    announcer.outcome(session, view)
+    lifecycle.note(session, lifecycle.Step.CANCELLED, view, by=BOT_ACTOR)
+    return latest[0]
 
 
 def _live(grant: Grant | None, now: datetime) -> bool:

@@ -15,6 +15,7 @@ from slack_sdk.models.blocks import (
 
 from bot.domain.status import RequestStatus
 from bot.services.delivery import CARD_UNDELIVERABLE
+from bot.services.extensions import EXTENDED_GRANT_ENDED
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.ids import ActionId, BlockId
 from bot.slack.text import clip, code, duration, escape, mention, mentions, when
@@ -53,6 +54,8 @@ def status_summary(request: RequestSnapshot) -> str:
         if request.failure_code == CARD_UNDELIVERABLE:
             said = code(request.failure_detail or "")
             return f"{_STATUS_LINE[status]}: the approval card could not be posted (Slack said {said})"
+        if request.failure_code == EXTENDED_GRANT_ENDED:
+            return f"{_STATUS_LINE[status]}: the grant of {code(request.extends or '')} it extends has ended"
         return f"{_STATUS_LINE[status]}"
     if status is RequestStatus.PENDING:
         got = len(request.approvers_so_far)
@@ -116,7 +119,7 @@ _OWN_FINDINGS = frozenset(
         "idp_answer_too_large",
         "internal_error",
         "mint_interrupted",
-        "extended_grant_ended",
+        EXTENDED_GRANT_ENDED,
     }
 )
 
@@ -180,7 +183,7 @@ _EXTENSION_STATE = {
     RequestStatus.REVOKED: "approved, and since ended",
     RequestStatus.DENIED: "denied; this grant ends at its original time",
     RequestStatus.EXPIRED: "expired undecided; this grant ends at its original time",
-    RequestStatus.CANCELLED: "cancelled; this grant ends at its original time",
+    RequestStatus.CANCELLED: "cancelled",
     RequestStatus.FAILED: "approved, but no token was issued; this grant ends at its original time",
 }
 

@@ -18,7 +18,7 @@ from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.digests import DigestAnswer, DigestRefusal
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
-from bot.services.extensions import ExtendOutcome, ExtendResult
+from bot.services.extensions import EXTENDED_GRANT_ENDED, ExtendOutcome, ExtendResult
 from bot.services.listing import Listing
 from bot.services.notices import Alert, AlertKind, EndSummary, GrantLife
 from bot.services.snapshots import RequestSnapshot
@@ -31,9 +31,11 @@ from bot.slack.text import clip, code, duration, escape, mention, mentions, when
 def outcome_text(request: RequestSnapshot) -> str:
     """The DM the requester gets when their request is decided."""
     text = _outcome_text(request)
-    if request.extends is not None and RequestStatus(request.status) in _EXTENSION_FELL_THROUGH:
-        text += f" Grant `{request.extends}` ends at its original time."
-    return text
+    if request.extends is None or RequestStatus(request.status) not in _EXTENSION_FELL_THROUGH:
+        return text
+    if request.failure_code == EXTENDED_GRANT_ENDED:
+        return f"{text} Grant `{request.extends}` had ended, so nothing was extended."
+    return f"{text} Grant `{request.extends}` ends at its original time."
 
 
 # An extension that ends in one of these gave no more time.
@@ -73,6 +75,8 @@ def _outcome_text(request: RequestSnapshot) -> str:
             f"(Slack said {code(request.failure_detail or '')}). Ask an admin to invite the bot to that channel, "
             "then try again."
         )
+    if status is RequestStatus.CANCELLED and request.failure_code == EXTENDED_GRANT_ENDED:
+        return f"{head} was cancelled before it was decided."
     if status is RequestStatus.CANCELLED:
         return f"{head} was cancelled."
     return f"{head} is now {status.value}."
