@@ -354,3 +354,25 @@ def test_an_extension_is_never_granted_once_its_grant_has_ended(minting_bot: Min
     assert [t for t in bot.idp.tokens() if t["request_id"] == fourth] == []
     told = bot.eventually(lambda: [t for t in bot.dms_to(REQUESTER, fourth) if "Nothing was issued" in t])
     assert f"Grant `{third}` had ended, so nothing was extended." in told[0]
+
+
+def test_revoking_a_grant_ends_its_extension_not_yet_picked_up(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    first = bot.approve("request prod-db read 1h checking INC-1234")
+    _answer, extension = _extend(bot, REQUESTER, f"{first} 30m")
+    assert extension is not None
+    second = _card_of(bot, extension.id)
+    bot.click(APPROVER_1, ActionId.APPROVE, second)
+    bot.eventually(lambda: bot.stored(second).status == "active", timeout=15)
+    link = bot.pickup_url(second)
+
+    # An approver ends the access: the new token, minted but not picked up, must not carry it on.
+    response, key = bot.command(APPROVER_1, f"revoke {first}")
+    assert response.status_code == 200
+    assert bot.reply_text(key).startswith(f"Revoking `{first}` now.")
+    bot.eventually(lambda: bot.stored(first).status == "revoked" and bot.stored(second).status == "revoked", 15)
+    assert bot.idp.active_tokens(first) == [] and bot.idp.active_tokens(second) == []
+    assert bot.grant(second).revoke_requested_by == APPROVER_1
+    (asked,) = bot.events(second, "revoke_requested")
+    assert asked.details == {"cause": f"its grant {first} was revoked"}
+    assert httpx.get(link, headers={"Accept": "application/json"}).status_code == 410

@@ -102,6 +102,21 @@ class EarlyEndService:
                 return RevokeResult(RevokeOutcome.ALREADY_REVOKING, request_id, status)
             record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
             lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=actor)
+            # An extension already minted whose token is not picked up yet would carry the access on
+            # past this revocation: it ends with it. (One still pending is cancelled when this grant's
+            # revocation is confirmed; one being minted is refused at its activation.)
+            extension = store.latest_extension(session=session, request_id=request_id)
+            if extension is not None and extension[1] == RequestStatus.ACTIVE.value:
+                if grant_store.expire_now(session=session, request_id=extension[0], now=now, by=actor):
+                    record(
+                        AuditEventType.REVOKE_REQUESTED,
+                        session=session,
+                        at=now,
+                        actor=actor,
+                        request_id=extension[0],
+                        cause=f"its grant {request_id} was revoked",
+                    )
+                    lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, extension[0], by=actor)
         self.wake(now)
         return RevokeResult(RevokeOutcome.REVOKING, request_id, status)
 
