@@ -13,6 +13,7 @@ import pytest
 from bot.domain.digest import AuditAnchor, Digest, digest_json, plan_digest
 from bot.domain.policy import Policy
 from bot.jobs.expiry import SWEEP_JOB
+from bot.runtime import REQUEST_TIMEOUTS_JOB
 from bot.slack.forms import ExtendForm
 from bot.slack.ids import ActionId
 from bot.store.db import read_scope
@@ -174,7 +175,7 @@ def test_unpicked_extension_leaves_the_old_token_to_its_own_expiry(minting_bot: 
     assert bot.introspect(new_token)["active"] is True
 
 
-def test_denied_extension_leaves_the_grant_to_end_at_its_time_and_one_at_a_time(minting_bot: MintingBot) -> None:
+def test_denied_or_expired_extension_leaves_the_grant_to_end_at_its_time_one_at_a_time(minting_bot: MintingBot) -> None:
     bot = minting_bot
     first = bot.approve("request prod-db read 1h checking INC-1234")
     end = bot.grant(first).expires_at
@@ -202,6 +203,17 @@ def test_denied_extension_leaves_the_grant_to_end_at_its_time_and_one_at_a_time(
     _answer, third = _extend(bot, REQUESTER, f"{first} 15m")
     assert third is not None and third.id != second
     assert _digest_extensions(bot) == {"requested": 2, "approved": 0}
+
+    # Nobody decides it within request_timeout (30m): it expires, and the grant still ends on time.
+    _card_of(bot, third.id)
+    bot.clock.advance(timedelta(minutes=31))
+    bot.served.runtime.jobs.run_now(REQUEST_TIMEOUTS_JOB)
+    bot.eventually(lambda: bot.stored(third.id).status == "expired")
+    told = bot.eventually(lambda: [t for t in bot.dms_to(REQUESTER, third.id) if "expired" in t])
+    assert f"Grant `{first}` ends at its original time." in told[0]
+    bot.card_showing(first, f"Extension `{third.id}`: expired undecided; this grant ends at its original time")
+    grant = bot.grant(first)
+    assert (grant.status, grant.expires_at) == ("active", end)
 
 
 def test_extension_over_the_resource_maximum_is_refused_with_nothing_stored(minting_bot: MintingBot) -> None:
