@@ -91,3 +91,14 @@ def test_a_policy_test_case_may_be_an_extension() -> None:
         }
     )
     assert [result.passed for result in run_cases(policy, cases)] == [True, True]
+
+
+def test_the_readme_example_of_extension_rules_loads() -> None:
+    section = (Path(__file__).resolve().parent.parent / "README.md").read_text().split("### Extensions", 1)[1]
+    example = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+    policy = make_policy(rules=example["rules"])
+    assert [(rule.name, rule.when.extension) for rule in policy.rules] == [
+        ("extend-reads", True),
+        ("first-writes-need-two", False),
+    ]
+    assert policy.rules[0].max_total == timedelta(hours=3)

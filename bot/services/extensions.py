@@ -150,6 +150,8 @@ def _live(grant: Grant | None, now: datetime) -> bool:
 
 @dataclass
 class ExtensionService:
+    # An extension is judged exactly as a first request is: the same usergroup cache, quota, recent
+    # auto-approval counts, rule decision and rule outcome, so those are RequestService's own.
     requests: RequestService
 
     def check(self, request_id: str, *, requester: str) -> ExtendResult | None:
