@@ -117,6 +117,9 @@ def test_approved_extension_mints_a_new_token_and_its_pickup_revokes_the_old(min
     assert chain in card_text(bot.card_showing(second, chain))
     bot.card_showing(first, f"Extension `{second}`: asked, waiting for approval")
     assert [b["text"]["text"] for b in bot.buttons(second)] == ["Approve", "Deny"]
+    assert f"for 30m more, extending {first}." in str(bot.card(second)["text"])
+    (line,) = bot.eventually(lambda: bot.posts_to(AUDIT_CHANNEL, f"[submitted] `{second}`"))
+    assert f"Extension of `{first}`, total 1h30m." in line
 
     bot.click(APPROVER_1, ActionId.APPROVE, second)
     bot.eventually(lambda: bot.stored(second).status == "active", timeout=15)

@@ -41,7 +41,9 @@ def card_text(request: RequestSnapshot) -> str:
     """The notification / screen-reader fallback for the card."""
     return (
         f"Access request {request.id}: {mention(request.requester)} asks for {request.resource} "
-        f"({', '.join(request.scopes)}) for {duration(request.duration)}. {status_summary(request)}"
+        f"({', '.join(request.scopes)}) for {duration(request.duration)}"
+        + (f" more, extending {request.extends}" if request.extends is not None else "")
+        + f". {status_summary(request)}"
     )
 
 

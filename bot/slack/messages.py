@@ -159,7 +159,14 @@ def _audit_head(request: RequestSnapshot, event: str) -> str:
 
 def audit_summary_text(request: RequestSnapshot, event: str) -> str:
     """A step along the way (submitted, approved, active), in one line."""
-    return f"{_audit_head(request, event)} {status_summary(request)}"
+    return f"{_audit_head(request, event)}{_extension_note(request)} {status_summary(request)}"
+
+
+def _extension_note(request: RequestSnapshot) -> str:
+    """For an extension: the grant it extends and the chain's total, so the audit channel sees the chain."""
+    if request.extends is None:
+        return ""
+    return f" Extension of `{request.extends}`, total {duration(request.chain_total)}."
 
 
 def end_summary_text(summary: EndSummary) -> str:
