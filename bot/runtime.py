@@ -39,6 +39,7 @@ from bot.services.delivery import DeliveryPolicy, Dispatcher
 from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
 from bot.services.expiry_notices import ExpiryNoticeService
+from bot.services.extensions import ExtensionService
 from bot.services.forwarding import AuditForwarder, ForwardingPolicy
 from bot.services.listing import ListingService
 from bot.services.minting import MintQueue, MintService, RetryPolicy
@@ -366,6 +367,7 @@ def build_runtime(
         directory=directory,
         hooks_url=settings.slack_hooks_url,
         breakglass=breakglass,
+        extensions=ExtensionService(requests=requests),
     )
     executor = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="jit-listener")
     signing_secret = _signing_secret(settings)
@@ -478,7 +480,7 @@ def _idp_side(
         minting=minting,
         mint_queue=mint_queue,
         mint_workers=mint_workers,
-        pickup=PickupService(engine=engine, cipher=cipher, clock=clock, policy=policy),
+        pickup=PickupService(engine=engine, cipher=cipher, clock=clock, policy=policy, wake=wake),
         revocation=revocation,
         revocation_workers=revocation_workers,
     )

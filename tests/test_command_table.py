@@ -77,6 +77,7 @@ EXAMPLES = {
     "list": ["list"],
     "revoke": ["revoke R123", "cancel R123"],
     "digest": ["digest", "digest 2026-10-28"],
+    "extend": ["extend R123 30m", "extend r123 1h30m still on INC-1234"],
     "help": ["help", ""],
 }
 

@@ -561,6 +561,7 @@ def test_the_json_keeps_the_contract(story_engine: Engine) -> None:
         "break_glass_grants",
         "thresholds",
         "generated_at",
+        "extensions",
     }
     assert (found["date"], found["timezone"]) == ("2026-10-28", "Europe/Berlin")
     assert list(found["counts"]) == list(COUNT_KEYS)
@@ -607,6 +608,7 @@ Denied more than once: {REQUESTER}
 Ended without the token picked up: {rid(2)}
 Past expiry, not yet confirmed revoked: {rid(3)}
 Break-glass: none
+Extensions of active grants: 0 asked, 0 approved
 
 Anomalies: 10
 - Fast approval (within 10 s of the card): {rid(1)} by {APPROVER_1} after 3 s

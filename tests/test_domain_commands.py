@@ -108,6 +108,9 @@ BAD_INPUTS = [
     ("request prod-db read 30m " + "x" * 501, CommandErrorCode.REASON_TOO_LONG, ["501", "500"]),
     ("digest 2026-02-30", CommandErrorCode.BAD_DATE, ["`2026-02-30`", "not a date", "/jit digest YYYY-MM-DD"]),
     ("digest last-week", CommandErrorCode.BAD_DATE, ["`last-week`"]),
+    ("extend R123", CommandErrorCode.MISSING_EXTENSION, ["/jit extend <request id> <duration>", "/jit list"]),
+    ("extend R123 soon", CommandErrorCode.BAD_EXTENSION_DURATION, ["'soon'", "`30m`"]),
+    ("extend R123 30m " + "x" * 501, CommandErrorCode.REASON_TOO_LONG, ["501", "500"]),
     ("digest 2026-02-01 2026-02-02", CommandErrorCode.BAD_DATE, ["`2026-02-01 2026-02-02`"]),
 ]
 
@@ -235,7 +238,13 @@ def test_near_valid_commands_are_often_valid() -> None:
     collect()
     assert seen["SubmitRequest"] >= 400 // 5, seen
     # Errors of other sub-commands than request, which this strategy does not type.
-    others = {CommandErrorCode.UNKNOWN_SUBCOMMAND, CommandErrorCode.MISSING_REQUEST_ID, CommandErrorCode.BAD_DATE}
+    others = {
+        CommandErrorCode.UNKNOWN_SUBCOMMAND,
+        CommandErrorCode.MISSING_REQUEST_ID,
+        CommandErrorCode.BAD_DATE,
+        CommandErrorCode.MISSING_EXTENSION,
+        CommandErrorCode.BAD_EXTENSION_DURATION,
+    }
     others |= {CommandErrorCode.NO_BREAK_GLASS, CommandErrorCode.BREAK_GLASS_USAGE}
     request_errors = set(CommandErrorCode) - others
     assert {code.value for code in request_errors} <= set(seen), seen

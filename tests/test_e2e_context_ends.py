@@ -203,3 +203,36 @@ def test_a_misplaced_revoke_when_context_ends_is_a_start_up_error_naming_the_key
         load_policy(path)
     (said,) = caught.value.lines
     assert said.startswith(f"{path}: {line}"), said
+
+
+@SQLITE_ONLY
+def test_an_extension_the_rule_approved_ends_with_the_usergroup_too(minting_bot: MintingBot) -> None:
+    # More time that the same rule auto-approved rests on the same membership: once its new token has
+    # replaced the first one, leaving the usergroup must end it as well, not only the grant it extended.
+    from sqlmodel import Session, col, select
+
+    from bot.store.models import AccessRequest
+
+    bot = minting_bot
+    bot.slack.set_usergroup(ONCALL, [REQUESTER])
+    first = _auto_approved(bot, "request prod-db read 30m paged for INC-3")
+    response, _key = bot.command(REQUESTER, f"extend {first} 30m")
+    assert response.status_code == 200, response.text
+
+    def stored_extension() -> str | None:
+        with Session(bot.engine) as session:
+            row = session.exec(select(AccessRequest).where(col(AccessRequest.extends) == first)).first()
+            return row.id if row is not None else None
+
+    extension = bot.eventually(stored_extension)
+    bot.eventually(lambda: bot.stored(extension).status == "active", timeout=15)
+    assert bot.stored(extension).context_usergroups == ONCALL
+    token = bot.token(extension)  # picked up: the first grant is replaced and revoked
+    bot.eventually(lambda: bot.stored(first).status == "revoked", timeout=15)
+
+    bot.slack.set_usergroup(ONCALL, [GROUP_MEMBER])
+    assert _check(bot) == 1
+    bot.eventually(lambda: bot.stored(extension).status == "revoked", timeout=15)
+    assert bot.introspect(token) == {"active": False}
+    (ended,) = bot.events(extension, "context_ended")
+    assert ended.details["usergroups"] == [ONCALL]

@@ -97,3 +97,39 @@ def test_0006_downgrades_and_upgrades_again_keeping_requests(database_url: str) 
             assert tuple(row) == ("two dbas", None, None)
     finally:
         engine.dispose()
+
+
+def test_0011_downgrades_and_upgrades_again_keeping_an_extension_s_requests(database_url: str) -> None:
+    """The extension columns come off without losing the requests they were on, and go back on empty."""
+    engine = bind_audit_key(make_engine(database_url), base64.urlsafe_b64decode(AUDIT_KEY))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO access_request (id, requester_slack_id, requester_subject, resource, audience, scopes,"
+                    " duration_seconds, reason, approvals_required, approver_channel, status, created_at, updated_at,"
+                    " extends, prior_seconds) VALUES ('R000000003', 'U0REQUESTER', 'alice', 'prod-db',"
+                    " 'https://db.internal.example', 'read', 1800, 'more time', 1, 'C0APPROVERS', 'pending', :at, :at,"
+                    " 'R000000001', 3600)"
+                ),
+                {"at": AT},
+            )
+        assert "ix_access_request_extends" in {i["name"] for i in inspect(engine).get_indexes("access_request")}
+        assert "replaced_by" in {column["name"] for column in inspect(engine).get_columns("grant")}
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0009")
+        columns = {column["name"] for column in inspect(engine).get_columns("access_request")}
+        assert not {"extends", "prior_seconds"} & columns
+        assert "replaced_by" not in {column["name"] for column in inspect(engine).get_columns("grant")}
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT reason, extends, prior_seconds FROM access_request")).one()
+            assert tuple(row) == ("more time", None, None)
+    finally:
+        engine.dispose()

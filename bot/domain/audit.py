@@ -36,6 +36,10 @@ class AuditEventType(StrEnum):
     REMINDER_SENT = "reminder_sent"
     # A pending request reached reminders.escalate_after: the escalation approvers may vote from now on.
     REQUEST_ESCALATED = "request_escalated"
+    # On a grant: its requester asked for more time (the extension is a request of its own, named here).
+    EXTENSION_REQUESTED = "extension_requested"
+    # On a grant: its extension's new token was picked up, so this one is due for revocation now.
+    GRANT_REPLACED = "grant_replaced"
     # The audit webhook refused an event (4xx) past its retries; forwarding stops at that event.
     AUDIT_FORWARDING_REFUSED = "audit_forwarding_refused"
     # The requester was DMed that their grant ends soon (policy expiry_notice).

@@ -38,6 +38,8 @@ class CommandErrorCode(StrEnum):
     NO_BREAK_GLASS = "no_break_glass"
     # /jit breakglass with fewer than its four arguments (there is no form for it: it is for emergencies).
     BREAK_GLASS_USAGE = "break_glass_usage"
+    MISSING_EXTENSION = "missing_extension"  # /jit extend without a request id and a duration
+    BAD_EXTENSION_DURATION = "bad_extension_duration"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,16 @@ class DigestCommand:
 
 
 @dataclass(frozen=True)
+class ExtendCommand:
+    """``/jit extend <request id> <duration> [reason…]``: more time on an active grant. No reason:
+    the extension gives the original request's."""
+
+    request_id: str
+    duration: timedelta
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class OpenRequestModal:
     """``/jit request`` with missing arguments: ask in a modal, prefilled with what was typed."""
 
@@ -124,6 +136,7 @@ Command = (
     | ListCommand
     | RevokeCommand
     | DigestCommand
+    | ExtendCommand
     | OpenRequestModal
     | SubmitRequest
     | BreakGlassCommand
@@ -231,6 +244,29 @@ def _digest(words: Words, _policy: Policy) -> Command:
         return CommandError(CommandErrorCode.BAD_DATE, typed=typed)
 
 
+def _extend(words: Words, _policy: Policy) -> Command:
+    if len(words.args) < 2:
+        return CommandError(CommandErrorCode.MISSING_EXTENSION)
+    checked = check_extension(words.args[1], reason=(words.text.split(None, 3)[3:] or [""])[0])
+    if isinstance(checked, CommandError):
+        return checked
+    duration, reason = checked
+    return ExtendCommand(request_id=words.args[0].strip().upper(), duration=duration, reason=reason)
+
+
+def check_extension(duration_text: str, *, reason: str) -> tuple[timedelta, str | None] | CommandError:
+    """An extension's extra time and its reason (None: none typed), as ``/jit extend`` and the Extend
+    form take them; how much more the grant may have is the policy's to say, when it is asked."""
+    try:
+        duration = parse_duration(duration_text)
+    except DurationError as exc:
+        return CommandError(CommandErrorCode.BAD_EXTENSION_DURATION, typed=duration_text, detail=str(exc))
+    cleaned = one_line(reason)
+    if len(cleaned) > MAX_REASON_LENGTH:
+        return CommandError(CommandErrorCode.REASON_TOO_LONG, length=len(cleaned))
+    return duration, cleaned or None
+
+
 SUBCOMMANDS: tuple[SubCommand, ...] = (
     SubCommand(
         "request",
@@ -261,6 +297,14 @@ SUBCOMMANDS: tuple[SubCommand, ...] = (
         _revoke,
         arguments="<request id>",
         aliases=("cancel",),
+    ),
+    SubCommand(
+        "extend",
+        "ask for more time on your active grant, e.g. `/jit extend R7K2M9QX4P 30m still on INC-1234`; "
+        "the same approvers decide, and no reason means the original's. Once approved, a new pickup link "
+        "brings a new token, and the old one is revoked when you pick the new one up.",
+        _extend,
+        arguments="<request id> <duration> [reason…]",
     ),
     SubCommand(
         "digest",

@@ -225,6 +225,8 @@ class Figures:
     unrevoked_past_expiry: tuple[str, ...] = ()
     # The day's break-glass uses, in the order they happened.
     break_glass_grants: tuple[BreakGlassLine, ...] = ()
+    # Extensions of active grants asked and approved during the day.
+    extensions: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,7 @@ def digest_json(digest: Digest) -> dict[str, object]:
             }
             for line in figures.break_glass_grants
         ],
+        "extensions": {"requested": figures.extensions[0], "approved": figures.extensions[1]},
         "anomalies": {
             "fast_approvals": [
                 {"request_id": f.request_id, "approver": f.approver, "seconds": f.seconds}
@@ -501,6 +504,7 @@ def digest_text(digest: Digest, *, slack: bool = False) -> str:
         f"{_listed([style.code(r) for r in figures.unrevoked_past_expiry])}",
         f"{style.bold('Break-glass:')} "
         f"{_listed([_break_glass_line(line, style) for line in figures.break_glass_grants])}",
+        f"{style.bold('Extensions of active grants:')} {figures.extensions[0]} asked, {figures.extensions[1]} approved",
         "",
     ]
     anomalies = [

@@ -32,6 +32,8 @@ class Case(Strict):
     reason: str = "testing"
     time: AwareDatetime
     recent_auto_approvals: dict[str, int] = Field(default_factory=dict)
+    # An extension of an active grant (/jit extend); its duration is then the extra time.
+    extension: bool = False
     expect: Expectation
 
     @field_validator("time", mode="before")
@@ -72,6 +74,7 @@ def run_cases(policy: Policy, cases: Cases, *, rego: RegoEvaluator | None = None
             reason=case.reason,
             requester=case.requester,
             subject=case.subject,
+            extension=case.extension,
         )
         usergroups = None if case.groups == "unknown" else frozenset(case.groups)
         decision = decide(

@@ -67,6 +67,8 @@ def describe(rule: Rule, policy: Policy) -> str:
         parts.append(f"saying {rule.message!r}")
     if rule.revoke_when_context_ends:
         parts.append("ended early once the requester is in none of the usergroups it approved for")
+    if rule.max_total is not None:
+        parts.append(f"extensions up to {format_duration(rule.max_total)} in all")
     return "; ".join(parts)
 
 
@@ -88,6 +90,8 @@ def _conditions(conditions: Conditions) -> str:
         said.append(_hours(conditions.hours))
     if conditions.reason_matches is not None:
         said.append(f"reason matches '{conditions.reason_matches.pattern}'")
+    if conditions.extension is not None:
+        said.append("it is an extension" if conditions.extension else "it is not an extension")
     return " and ".join(said)
 
 
@@ -170,6 +174,8 @@ def _covers(earlier: Rule, later: Rule, resources: Sequence[Resource]) -> bool:
         if longest > first.max_duration:
             return False
     if first.hours is not None and first.hours != then.hours:
+        return False
+    if first.extension is not None and first.extension != then.extension:
         return False
     return first.reason_matches is None or (
         then.reason_matches is not None and first.reason_matches.pattern == then.reason_matches.pattern

@@ -162,6 +162,7 @@ CONDITIONS = (
     "max_duration",
     "hours",
     "reason_matches",
+    "extension",
 )
 
 
@@ -176,6 +177,9 @@ class Conditions(Strict):
     max_duration: Duration | None = None
     hours: Hours | None = None
     reason_matches: Regex | None = None
+    # true: only extensions of an active grant (/jit extend) match; false: only first requests. Strict:
+    # YAML's "yes" or "no" in quotes must not quietly become a condition the author did not write.
+    extension: StrictBool | None = None
 
     @field_validator("resources")
     @classmethod
@@ -243,6 +247,9 @@ class Rule(Strict):
     # An auto-approval this rule made because the requester was in a usergroup of when.requester_in
     # ends early once they are in none of those usergroups any more (bot.services.context).
     revoke_when_context_ends: StrictBool | None = None
+    # The most a grant's chain (the first request and its approved extensions, this one included) may
+    # add up to when this rule decides an extension; without it, the resource's max_duration.
+    max_total: Duration | None = None
 
     @field_validator("message")
     @classmethod
@@ -282,7 +289,15 @@ class Rule(Strict):
     def _keys_fit_the_effect(self) -> Rule:
         problems: list[tuple[Key, str]] = []
         if self.rego is not None:
-            for key in ("effect", "limit", "approvals", "approvers", "message", "revoke_when_context_ends"):
+            for key in (
+                "effect",
+                "limit",
+                "approvals",
+                "approvers",
+                "message",
+                "revoke_when_context_ends",
+                "max_total",
+            ):
                 if getattr(self, key) is not None:
                     problems.append(((key,), "is not for a rule with rego: the module's answer gives it"))
             if problems:
@@ -308,6 +323,10 @@ class Rule(Strict):
                     ("revoke_when_context_ends",),
                     "needs when.requester_in: the context that can end is the requester's membership of a usergroup",
                 )
+            )
+        if self.max_total is not None and self.effect is RuleEffect.DENY:
+            problems.append(
+                (("max_total",), "is only for rules with effect auto_approve or require; this rule's effect is deny")
             )
         if problems:
             raise KeyedProblems(problems)

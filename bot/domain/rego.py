@@ -83,6 +83,7 @@ def rego_input(
     reason: str,
     now: datetime,
     recent_auto_approvals: int,
+    extension: bool = False,
 ) -> dict[str, object]:
     """The input document. ``now_ns`` is beside ``now`` because rego-cpp's time.parse_rfc3339_ns does
     not parse RFC 3339 text, while its time.clock, time.weekday and time.date do take nanoseconds."""
@@ -90,7 +91,12 @@ def rego_input(
     return {
         "requester": {"slack_id": requester, "subject": subject, "groups": list(groups)},
         "resource": dict(resource),
-        "request": {"scopes": list(scopes), "duration_seconds": duration_seconds, "reason": reason},
+        "request": {
+            "scopes": list(scopes),
+            "duration_seconds": duration_seconds,
+            "reason": reason,
+            "extension": extension,
+        },
         "now": utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "now_ns": int(utc.timestamp()) * 1_000_000_000 + utc.microsecond * 1000,
         "weekday": DAYS[utc.weekday()],

@@ -59,6 +59,7 @@ class Recorded:
     approvals_required: int
     rule: str | None = None  # the rule that decided it when it was made (None: the resource's approvers)
     decided_by_rule: bool = False  # that rule decided it alone (auto-approved or denied, no vote)
+    extension: bool = False  # an extension of an active grant (its duration: the extra time)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def replay(
                 reason=request.reason,
                 requester=request.requester,
                 subject=request.subject,
+                extension=request.extension,
             ),
             usergroups=groups,
             now=request.created_at,

@@ -41,6 +41,8 @@ class AccessRequest:
     reason: str
     requester: str  # Slack user id
     subject: str | None  # IdP subject, when known
+    # An extension of an active grant (/jit extend): ``duration`` is then the extra time asked for.
+    extension: bool = False
 
 
 class Effect(StrEnum):
@@ -233,6 +235,7 @@ def _rego_document(
         reason=request.reason,
         now=now,
         recent_auto_approvals=recent.get(rule.name, 0),
+        extension=request.extension,
     )
 
 
@@ -462,6 +465,8 @@ def _holds(
         return _within_hours(conditions.hours, now)
     if name == "requester_in" and conditions.requester_in is not None:
         return _is_member(policy, conditions.requester_in, request, usergroups)
+    if name == "extension" and conditions.extension is not None:
+        return request.extension is conditions.extension
     raise AssertionError(f"no check for condition {name}")
 
 
@@ -539,6 +544,9 @@ def _condition(
     if name == "reason_matches" and conditions.reason_matches is not None:
         found = conditions.reason_matches.search(request.reason)
         return found is not None, f"found '{found.group(0)}'" if found else "the reason does not match"
+    if name == "extension" and conditions.extension is not None:
+        said = "an extension of an active grant" if request.extension else "a first request, not an extension"
+        return request.extension is conditions.extension, f"it is {said}"
     raise AssertionError(f"no check for condition {name}")
 
 

@@ -113,6 +113,21 @@ class EarlyEndService:
             return False
         record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
         lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=by)
+        # An extension already minted whose token is not picked up yet would carry the access on
+        # past this revocation: it ends with it. (One still pending is cancelled when this grant's
+        # revocation is confirmed; one being minted is refused at its activation.)
+        extension = store.latest_extension(session=session, request_id=request_id)
+        if extension is not None and extension[1] == RequestStatus.ACTIVE.value:
+            if grant_store.expire_now(session=session, request_id=extension[0], now=now, by=by):
+                record(
+                    AuditEventType.REVOKE_REQUESTED,
+                    session=session,
+                    at=now,
+                    actor=actor,
+                    request_id=extension[0],
+                    cause=f"its grant {request_id} was revoked",
+                )
+                lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, extension[0], by=by)
         return True
 
     def _cancel(self, request_id: str, *, actor: str, requester: str, now: datetime) -> RevokeResult:

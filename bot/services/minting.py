@@ -32,6 +32,7 @@ from bot.idp.errors import IdPError
 from bot.idp.keys import SigningKey
 from bot.services import lifecycle
 from bot.services.audit import record
+from bot.services.extensions import EXTENDED_GRANT_ENDED, ended_early, window_end
 from bot.services.notices import AlertKind
 from bot.services.outbox import Announcer
 from bot.services.snapshots import load_snapshot
@@ -152,7 +153,18 @@ class MintService:
                 for v in store.votes_for(session=session, request_id=request_id)
                 if v.choice == VoteChoice.APPROVE.value
             )
-        expires_at = now + timedelta(seconds=request.duration_seconds)
+            # An extension's window runs on from the end of the grant it extends; none once that grant
+            # has ended, and then nothing is minted: access is never given past a revocation.
+            window = window_end(session, request, now)
+            if window is None:
+                self._fail_in(
+                    session,
+                    request_id,
+                    EXTENDED_GRANT_ENDED,
+                    f"the grant of {request.extends} had ended before this extension could be issued",
+                )
+                return
+        expires_at = window
         try:
             token = self._exchange(request, approvers, expires_at)
         except IdPError as exc:
@@ -567,9 +579,11 @@ class MintService:
         pickup_id = secrets.token_urlsafe(32)
         link_expires_at = min(now + PICKUP_LINK_LIFETIME, expires_at)
         granted = token.scope if token.scope is not None else request.scope_list
-        lifetime_warning = outlives_grant or (
-            token.expires_in is not None and token.expires_in > request.duration_seconds
-        )
+        # An extension's token lives from now to the old grant's end plus the extra time.
+        approved_seconds = request.duration_seconds
+        if request.extends is not None:
+            approved_seconds = max(approved_seconds, int((expires_at - now).total_seconds()) + 1)
+        lifetime_warning = outlives_grant or (token.expires_in is not None and token.expires_in > approved_seconds)
         if lifetime_warning:
             log.warning(
                 "IdP token for %s lives longer than the approved %ss (expires_in %s, JWT exp later: %s); "
@@ -579,6 +593,13 @@ class MintService:
                 token.expires_in,
                 outlives_grant,
             )
+        if ended_early(session, request):
+            # The grant it extends was ended (revoked early) while this token was on its way: refused in
+            # this same transaction, so its pickup link never works for a moment.
+            late = Refusal(EXTENDED_GRANT_ENDED, f"the grant of {request.extends} was ended while this was minted")
+            grant_store.refuse(session=session, request_id=request.id, refusal=late.code, now=now)
+            self._refused_in(session, request.id, late, fingerprint(token.access_token), now)
+            return late
         if not grant_store.activate(
             session=session,
             request_id=request.id,

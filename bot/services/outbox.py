@@ -36,7 +36,7 @@ from bot.services.notices import (
     RequesterTold,
     notice_codec,
 )
-from bot.services.snapshots import RequestSnapshot
+from bot.services.snapshots import RequestSnapshot, load_snapshot
 from bot.store import outbox as outbox_store
 from bot.store.crypto import TokenCipher
 
@@ -133,7 +133,16 @@ class Announcer:
         self, session: Session, notice: Notice, *, secret: bytes | None = None, not_before: datetime | None = None
     ) -> None:
         """Add the notice to the transaction's messages: they are written together, in one INSERT,
-        when it commits (and not at all if it rolls back), and the doorbell rings after."""
+        when it commits (and not at all if it rolls back), and the doorbell rings after.
+
+        A change to an extension's card redraws the card of the grant it extends too, in the same
+        transaction, so that card always says where its extension stands."""
+        self._enqueue(session, notice, secret=secret, not_before=not_before)
+        if isinstance(notice, ApprovalCard | CardChanged) and notice.request.extends is not None:
+            extended = load_snapshot(session, notice.request.extends, policy=self.policy, now=self.clock())
+            self._enqueue(session, CardChanged(extended), secret=None, not_before=not_before)
+
+    def _enqueue(self, session: Session, notice: Notice, *, secret: bytes | None, not_before: datetime | None) -> None:
         where = self._route(notice)
         if where is None:
             return

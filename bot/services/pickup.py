@@ -19,6 +19,7 @@ from bot.domain.status import GrantStatus
 from bot.services import lifecycle
 from bot.services.audit import AuditEventType, record
 from bot.store import grants as grant_store
+from bot.store import requests as request_store
 from bot.store.crypto import TokenCipher, pickup_hash
 from bot.store.db import read_scope, session_scope
 from bot.store.models import Grant
@@ -88,6 +89,8 @@ class PickupService:
     cipher: TokenCipher
     clock: Callable[[], datetime]
     policy: Policy
+    # Wakes the revocation engine when an extension's pickup makes the grant it replaces due now.
+    wake: Callable[[datetime], None] = lambda _when: None
     _unknown: _UnknownLinks = field(default_factory=_UnknownLinks)
 
     def claim(self, pickup_id: str, *, client: IPAddress | None = None) -> PickupResult:
@@ -131,7 +134,8 @@ class PickupService:
                 token_fingerprint=grant.token_fingerprint,
             )
             lifecycle.note(session, lifecycle.Step.PICKED_UP, grant.request_id)
-            return PickupResult(
+            replaced = self._replace_extended(session, grant.request_id, now)
+            result = PickupResult(
                 PickupOutcome.OK,
                 PickedToken(
                     access_token=self.cipher.decrypt(grant.token_ciphertext),
@@ -141,6 +145,20 @@ class PickupService:
                     audience=grant.audience,
                 ),
             )
+        if replaced:
+            self.wake(now)
+        return result
+
+    def _replace_extended(self, session: Session, request_id: str, now: datetime) -> bool:
+        """An extension's new token is in its requester's hands: the token of the grant it extends is
+        due now (the revocation engine revokes it and proves it dead), in the pickup's transaction."""
+        request = request_store.get_request(session=session, request_id=request_id)
+        if request is None or request.extends is None:
+            return False
+        if not grant_store.replace_now(session=session, request_id=request.extends, now=now, by=request_id):
+            return False  # it had ended already, at its expiry or early
+        _audit(session, now, AuditEventType.GRANT_REPLACED, request.extends, replaced_by=request_id)
+        return True
 
 
 def _audit(session: Session, at: datetime, event: AuditEventType, request_id: str, **details: str | None) -> None:

@@ -32,6 +32,7 @@ from bot.idp.errors import IdPError
 from bot.services import lifecycle
 from bot.services.audit import record
 from bot.services.backlog import RevocationBacklog
+from bot.services.extensions import cancel_pending_extension
 from bot.services.notices import AlertKind, GrantLife
 from bot.services.outbox import Announcer
 from bot.services.snapshots import load_snapshot
@@ -268,6 +269,7 @@ class RevocationService:
             view = load_snapshot(session, request_id, policy=self.policy, grant=grant)
             self.announcer.outcome(session, view, life=_life(session, request_id, grant, held, now, proof))
             lifecycle.note(session, lifecycle.Step.REVOKED, view, proof=_proof_words(proof), lag_ms=lag_ms)
+            cancel_pending_extension(session, request_id, now=now, policy=self.policy, announcer=self.announcer)
         else:
             log.warning("grant %s is revoked but its request was no longer active", request_id)
 

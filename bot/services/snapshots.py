@@ -59,6 +59,20 @@ class RequestSnapshot:
     escalated_to: tuple[str, ...] = ()
     # Opened with /jit breakglass: approved at once with no vote, alerted until acknowledged.
     break_glass: bool = False
+    # An extension: the request whose grant it extends, and the time that grant's chain had been
+    # approved for before it (so the chain's total is ``prior + duration``).
+    extends: str | None = None
+    prior: timedelta | None = None
+    # The newest extension asked of this request's grant, and where it stands.
+    extension_id: str | None = None
+    extension_status: str | None = None
+    # The extension whose new token replaced this grant's once picked up.
+    replaced_by: str | None = None
+
+    @property
+    def chain_total(self) -> timedelta:
+        """All the time the chain up to this request was approved for."""
+        return (self.prior or timedelta(0)) + self.duration
 
     @property
     def approvers_so_far(self) -> tuple[str, ...]:
@@ -76,7 +90,9 @@ def snapshot(
     policy: Policy,
     grant: Grant | None = None,
     now: datetime | None = None,
+    extension: tuple[str, str] | None = None,
 ) -> RequestSnapshot:
+    """``extension``: the newest extension of this request's grant, as (id, status)."""
     resource = policy.resource(request.resource)
     # A refused token was never this request's grant: nothing about it belongs on the card.
     usable = grant if grant is not None and grant.refusal is None else None
@@ -111,6 +127,11 @@ def snapshot(
         decided_by_rule=request.rule is not None and request.decided_by == BOT_ACTOR,
         escalated_to=tuple((request.escalated_to or "").split()) if request.escalated_at is not None else (),
         break_glass=request.break_glass,
+        extends=request.extends,
+        prior=timedelta(seconds=request.prior_seconds) if request.prior_seconds is not None else None,
+        extension_id=extension[0] if extension is not None else None,
+        extension_status=extension[1] if extension is not None else None,
+        replaced_by=usable.replaced_by if usable is not None else None,
     )
 
 
@@ -126,4 +147,5 @@ def load_snapshot(
     votes = store.votes_for(session=session, request_id=request_id)
     if grant is None:
         grant = grant_store.get_grant(session=session, request_id=request_id, fresh=True)
-    return snapshot(request, votes, policy=policy, grant=grant, now=now)
+    extension = store.latest_extension(session=session, request_id=request_id)
+    return snapshot(request, votes, policy=policy, grant=grant, now=now, extension=extension)

@@ -17,6 +17,7 @@ from bot.domain.status import RequestStatus
 from bot.services.breakglass import REALERT_INTERVAL
 from bot.services.context import CONTEXT_ENDED_BY
 from bot.services.delivery import CARD_UNDELIVERABLE
+from bot.services.extensions import EXTENDED_GRANT_ENDED
 from bot.services.snapshots import RequestSnapshot
 from bot.slack.ids import ActionId, BlockId
 from bot.slack.text import addressed, clip, code, duration, escape, mention, mentions, when
@@ -48,7 +49,9 @@ def card_text(request: RequestSnapshot) -> str:
     """The notification / screen-reader fallback for the card."""
     text = (
         f"Access request {request.id}: {mention(request.requester)} asks for {request.resource} "
-        f"({', '.join(request.scopes)}) for {duration(request.duration)}. {status_summary(request)}"
+        f"({', '.join(request.scopes)}) for {duration(request.duration)}"
+        + (f" more, extending {request.extends}" if request.extends is not None else "")
+        + f". {status_summary(request)}"
     ) + (f" {escalated_text(request)}" if _shows_escalation(request) else "")
     return f"{text} BREAK-GLASS: opened with no approval." if request.break_glass else text
 
@@ -71,6 +74,8 @@ def status_summary(request: RequestSnapshot) -> str:
         if request.failure_code == CARD_UNDELIVERABLE:
             said = code(request.failure_detail or "")
             return f"{_STATUS_LINE[status]}: the approval card could not be posted (Slack said {said})"
+        if request.failure_code == EXTENDED_GRANT_ENDED:
+            return f"{_STATUS_LINE[status]}: the grant of {code(request.extends or '')} it extends has ended"
         return f"{_STATUS_LINE[status]}"
     if status is RequestStatus.PENDING:
         got = len(request.approvers_so_far)
@@ -101,6 +106,11 @@ def status_summary(request: RequestSnapshot) -> str:
         )
     if status is RequestStatus.ACTIVE and request.active_until is not None:
         return f"{_STATUS_LINE[status]} until {when(request.active_until)}; {approved_by}"
+    if status is RequestStatus.REVOKED and request.revoked_at is not None and request.replaced_by is not None:
+        return (
+            f"{_STATUS_LINE[status]}: replaced by extension {code(request.replaced_by)} once its new token was "
+            f"picked up, {when(request.revoked_at)}; {approved_by}"
+        )
     if status is RequestStatus.REVOKED and request.revoked_at is not None:
         how = f"early by {ended_early_by(request.revoked_early_by)}" if request.revoked_early_by else "at its expiry"
         return f"{_STATUS_LINE[status]} {how}, {when(request.revoked_at)}; {approved_by}"
@@ -140,6 +150,7 @@ _OWN_FINDINGS = frozenset(
         "idp_answer_too_large",
         "internal_error",
         "mint_interrupted",
+        EXTENDED_GRANT_ENDED,
     }
 )
 
@@ -180,6 +191,9 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
     ]
     if _shows_escalation(request):
         blocks.append(SectionBlock(text=MarkdownTextObject(text=escalated_text(request))))
+    chain = chain_text(request)
+    if chain:
+        blocks.append(SectionBlock(block_id=BlockId.CHAIN.value, text=MarkdownTextObject(text=chain)))
     if request.status == RequestStatus.PENDING.value:
         blocks.append(
             ActionsBlock(
@@ -196,6 +210,35 @@ def approval_card(request: RequestSnapshot) -> list[Block]:
         context.append(MarkdownTextObject(text=f"Rule: {code(request.rule)}"))
     blocks.append(ContextBlock(elements=context))
     return blocks
+
+
+# Where an extension of this grant stands, as its card says it.
+_EXTENSION_STATE = {
+    RequestStatus.PENDING: "asked, waiting for approval",
+    RequestStatus.APPROVED: "approved; its token is being issued",
+    RequestStatus.MINTING: "approved; its token is being issued",
+    RequestStatus.ACTIVE: "approved; its new token replaces this one once picked up",
+    RequestStatus.REVOKED: "approved, and since ended",
+    RequestStatus.DENIED: "denied; this grant ends at its original time",
+    RequestStatus.EXPIRED: "expired undecided; this grant ends at its original time",
+    RequestStatus.CANCELLED: "cancelled",
+    RequestStatus.FAILED: "approved, but no token was issued; this grant ends at its original time",
+}
+
+
+def chain_text(request: RequestSnapshot) -> str:
+    """The chain a card belongs to: what an extension extends and the total it brings the grant to,
+    and, on a grant that was extended, where its extension stands. Empty for a request with neither."""
+    lines = []
+    if request.extends is not None and request.prior is not None:
+        lines.append(
+            f":link: *Extension* of {code(request.extends)} ({duration(request.prior)}) → "
+            f"+{duration(request.duration)}, total {duration(request.chain_total)}"
+        )
+    if request.extension_id is not None and request.extension_status is not None:
+        state = _EXTENSION_STATE.get(RequestStatus(request.extension_status), request.extension_status)
+        lines.append(f":link: Extension {code(request.extension_id)}: {state}")
+    return "\n".join(lines)
 
 
 def _button(label: str, action: ActionId, request_id: str, style: str) -> ButtonElement:

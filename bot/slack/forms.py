@@ -24,7 +24,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot.domain.commands import MAX_REASON_LENGTH, CommandErrorCode, RequestDraft, check_request
+from bot.domain.commands import MAX_REASON_LENGTH, CommandErrorCode, RequestDraft, check_extension, check_request
 from bot.domain.durations import format_duration
 from bot.domain.policy import Policy, Resource
 from bot.domain.text import one_line
@@ -238,3 +238,53 @@ class DenyForm:
         if len(reason) > MAX_REASON_LENGTH:
             return {self.REASON_BLOCK: f"Keep the reason under {MAX_REASON_LENGTH} characters (it is {len(reason)})."}
         return reason
+
+
+class ExtendForm:
+    """Asks the requester how much more time (and, if they like, why), from the Extend button."""
+
+    CALLBACK_ID = "jit_extend_modal"
+    DURATION_BLOCK = "extend_duration"
+    DURATION_ACTION = "jit_extend_duration"
+    REASON_BLOCK = "extend_reason"
+    REASON_ACTION = "jit_extend_reason"
+
+    def view(self, request_id: str, *, metadata: dict[str, str]) -> View:
+        duration = PlainTextInputElement(
+            action_id=self.DURATION_ACTION, max_length=16, placeholder=PlainTextObject(text="30m, 1h, 1h30m")
+        )
+        reason = _reason_input(self.REASON_BLOCK, self.REASON_ACTION, "Why? (optional)", "Left empty: the original's")
+        reason.optional = True
+        return _modal(
+            self.CALLBACK_ID,
+            "Extend access",
+            "Ask",
+            {**metadata, "request_id": request_id},
+            [
+                SectionBlock(
+                    text=MarkdownTextObject(
+                        text=f"More time on grant {code(request_id)}: the same approvers decide, and a new "
+                        "pickup link brings the new token."
+                    )
+                ),
+                InputBlock(
+                    block_id=self.DURATION_BLOCK, label=PlainTextObject(text="How much more time?"), element=duration
+                ),
+                reason,
+            ],
+        )
+
+    @staticmethod
+    def request_id(view: dict[str, Any]) -> str:
+        return form_metadata(view).get("request_id", "")
+
+    def parse(self, view: dict[str, Any]) -> tuple[timedelta, str | None] | FormErrors:
+        """The extra time and the reason (None: none given), or what is wrong with them."""
+        checked = check_extension(
+            _text_value(view, self.DURATION_BLOCK, self.DURATION_ACTION),
+            reason=_text_value(view, self.REASON_BLOCK, self.REASON_ACTION),
+        )
+        if isinstance(checked, tuple):
+            return checked
+        block = self.REASON_BLOCK if checked.code is CommandErrorCode.REASON_TOO_LONG else self.DURATION_BLOCK
+        return {block: command_error_text(checked)}

@@ -18,3 +18,5 @@ class ActionId(StrEnum):
 class BlockId(StrEnum):
     # The card's status line, which every redraw replaces.
     DECISION = "decision"
+    # The chain of extensions a card belongs to.
+    CHAIN = "chain"

@@ -15,6 +15,7 @@ from bot.domain.commands import (
     BreakGlassCommand,
     CommandError,
     DigestCommand,
+    ExtendCommand,
     HelpCommand,
     ListCommand,
     OpenRequestModal,
@@ -29,18 +30,20 @@ from bot.domain.status import VoteChoice
 from bot.services.breakglass import BreakGlassService
 from bot.services.digests import DigestService
 from bot.services.early import EarlyEndService
+from bot.services.extensions import ExtensionService
 from bot.services.identity import resolve_subject
 from bot.services.listing import ListingService
 from bot.services.ports import Directory
 from bot.services.requests import RequestService, origin_key
 from bot.services.voting import VotingService
-from bot.slack.forms import DenyForm, RequestForm, form_metadata
+from bot.slack.forms import DenyForm, ExtendForm, RequestForm, form_metadata
 from bot.slack.ids import ActionId
 from bot.slack.messages import (
     break_glass_ack_text,
     break_glass_used_text,
     command_error_text,
     digest_answer_text,
+    extend_text,
     help_text,
     list_text,
     resources_text,
@@ -90,8 +93,10 @@ class Listeners:
     hooks_url: str
     # /jit breakglass and the Acknowledge button of its alerts.
     breakglass: BreakGlassService | None = None
+    extensions: ExtensionService | None = None
     request_form: RequestForm = field(init=False)
     deny_form: DenyForm = field(init=False, default_factory=DenyForm)
+    extend_form: ExtendForm = field(init=False, default_factory=ExtendForm)
 
     def __post_init__(self) -> None:
         self.request_form = RequestForm(self.policy)
@@ -105,6 +110,8 @@ class Listeners:
         app.action(RequestForm.ActionId.RESOURCE.value)(ack=self.ack_only, lazy=[self.modal_resource_chosen])
         app.view(RequestForm.CALLBACK_ID)(ack=self.ack_request_modal, lazy=[self.request_modal_submitted])
         app.view(DenyForm.CALLBACK_ID)(ack=self.ack_deny_modal, lazy=[self.deny_modal_submitted])
+        app.action(ActionId.EXTEND.value)(ack=self.ack_only, lazy=[self.extend_clicked])
+        app.view(ExtendForm.CALLBACK_ID)(ack=self.ack_extend_modal, lazy=[self.extend_modal_submitted])
 
     # --- slash command -------------------------------------------------------------------------
 
@@ -159,6 +166,16 @@ class Listeners:
                 respond(text=list_text(self.listing.open_requests_of(user)), response_type="ephemeral")
             case RevokeCommand(request_id=request_id):
                 respond(text=revoke_text(self.early.revoke(request_id, actor=user)), response_type="ephemeral")
+            case ExtendCommand(request_id=request_id, duration=extra, reason=reason):
+                trigger = str(command.get("trigger_id") or "")
+                result = self._extensions().extend(
+                    request_id,
+                    duration=extra,
+                    reason=reason,
+                    requester=user,
+                    origin=origin_key("command", trigger) if trigger else None,
+                )
+                respond(text=extend_text(result), response_type="ephemeral")
             case DigestCommand(day=day):
                 answer = self.digests.for_person(user, day)
                 respond(text=digest_answer_text(answer), response_type="ephemeral")
@@ -216,6 +233,42 @@ class Listeners:
         result = self.voting.cast(request_id, voter=body["user"]["id"], choice=VoteChoice.DENY, reason=reason)
         if result.refusal is not None:
             _view_reply(view=view, body=body, client=client, listener_self=self)(vote_refusal_text(result.refusal))
+
+    # --- extensions ----------------------------------------------------------------------------
+
+    def _extensions(self) -> ExtensionService:
+        if self.extensions is None:
+            raise RuntimeError("extensions need the extension service")
+        return self.extensions
+
+    @user_errors(_respond_reply)
+    def extend_clicked(self, body: dict[str, Any], action: dict[str, Any], respond: Any, client: Any) -> None:
+        """The Extend button on the expiry notice: its value is the grant's request id."""
+        request_id = str(action.get("value", ""))[:64]
+        refusal = self._extensions().check(request_id, requester=body["user"]["id"])
+        if refusal is not None:
+            ephemeral(respond)(extend_text(refusal))
+            return
+        view = self.extend_form.view(request_id, metadata={"response_url": body.get("response_url", "")})
+        client.views_open(trigger_id=body["trigger_id"], view=view)
+
+    def ack_extend_modal(self, ack: Ack, view: dict[str, Any]) -> None:
+        _ack_form(ack, self.extend_form.parse(view))
+
+    @user_errors(_view_reply)
+    def extend_modal_submitted(self, view: dict[str, Any], body: dict[str, Any], client: Any) -> None:
+        checked = self.extend_form.parse(view)
+        if isinstance(checked, dict):  # the ack already showed these errors in the form
+            return
+        extra, reason = checked
+        result = self._extensions().extend(
+            self.extend_form.request_id(view),
+            duration=extra,
+            reason=reason,
+            requester=body["user"]["id"],
+            origin=origin_key("view", str(view.get("id"))) if view.get("id") else None,
+        )
+        _view_reply(view=view, body=body, client=client, listener_self=self)(extend_text(result))
 
     # --- request modal -------------------------------------------------------------------------
 

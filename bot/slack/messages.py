@@ -28,6 +28,7 @@ from bot.services.delivery import CARD_UNDELIVERABLE
 from bot.services.digests import DigestAnswer, DigestRefusal
 from bot.services.early import RevokeOutcome, RevokeResult
 from bot.services.errors import ApproversUnknown, TooManyPending, Unmapped, UnmappedRequester, UserFacingError
+from bot.services.extensions import EXTENDED_GRANT_ENDED, ExtendOutcome, ExtendResult
 from bot.services.listing import Listing
 from bot.services.notices import (
     Alert,
@@ -50,8 +51,24 @@ from bot.slack.text import addressed, clip, code, duration, escape, mention, men
 
 def outcome_text(request: RequestSnapshot) -> str:
     """The DM the requester gets when their request is decided."""
+    text = _outcome_text(request)
+    if request.extends is None or RequestStatus(request.status) not in _EXTENSION_FELL_THROUGH:
+        return text
+    if request.failure_code == EXTENDED_GRANT_ENDED:
+        return f"{text} Grant `{request.extends}` had ended, so nothing was extended."
+    return f"{text} Grant `{request.extends}` ends at its original time."
+
+
+# An extension that ends in one of these gave no more time.
+_EXTENSION_FELL_THROUGH = frozenset(
+    {RequestStatus.DENIED, RequestStatus.EXPIRED, RequestStatus.CANCELLED, RequestStatus.FAILED}
+)
+
+
+def _outcome_text(request: RequestSnapshot) -> str:
     status = RequestStatus(request.status)
-    head = f"Your request `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)})"
+    what = "extension" if request.extends is not None else "request"
+    head = f"Your {what} `{request.id}` for {code(request.resource)} ({', '.join(request.scopes)})"
     if status is RequestStatus.APPROVED:
         return f"{head} was {approved_by_text(request)}."
     if status is RequestStatus.DENIED and request.decided_by_rule:
@@ -61,6 +78,12 @@ def outcome_text(request: RequestSnapshot) -> str:
         return f"{head} was denied by {mentions(request.deniers)}.{reason}"
     if status is RequestStatus.FAILED:
         return f"{head} was approved, but {failure_text(request)}. Nothing was issued to you."
+    if status is RequestStatus.REVOKED and request.replaced_by is not None:
+        at = when(request.revoked_at) if request.revoked_at else "now"
+        return (
+            f"{head} was replaced by extension `{request.replaced_by}`, whose token you picked up: "
+            f"the old token was revoked at the IdP {at}."
+        )
     if status is RequestStatus.REVOKED:
         at = when(request.revoked_at) if request.revoked_at else "now"
         early = f", ended early by {ended_early_by(request.revoked_early_by)}" if request.revoked_early_by else ""
@@ -73,6 +96,8 @@ def outcome_text(request: RequestSnapshot) -> str:
             f"(Slack said {code(request.failure_detail or '')}). Ask an admin to invite the bot to that channel, "
             "then try again."
         )
+    if status is RequestStatus.CANCELLED and request.failure_code == EXTENDED_GRANT_ENDED:
+        return f"{head} was cancelled before it was decided."
     if status is RequestStatus.CANCELLED:
         return f"{head} was cancelled."
     return f"{head} is now {status.value}."
@@ -129,6 +154,11 @@ def pickup_text(request: RequestSnapshot, url: str, link_expires_at: datetime) -
         f"was {approved_by_text(request)} and is active until {until}.\n"
         f"Pick up your token once, before {when(link_expires_at)}: {url}\n"
         "The link works one time only. Never paste the token into Slack."
+        + (
+            f"\nThis extends `{request.extends}`: its token is revoked once you pick this one up."
+            if request.extends is not None
+            else ""
+        )
     )
 
 
@@ -221,7 +251,14 @@ def _audit_head(request: RequestSnapshot, event: str) -> str:
 
 def audit_summary_text(request: RequestSnapshot, event: str) -> str:
     """A step along the way (submitted, approved, active), in one line."""
-    return f"{_audit_head(request, event)} {status_summary(request)}"
+    return f"{_audit_head(request, event)}{_extension_note(request)} {status_summary(request)}"
+
+
+def _extension_note(request: RequestSnapshot) -> str:
+    """For an extension: the grant it extends and the chain's total, so the audit channel sees the chain."""
+    if request.extends is None:
+        return ""
+    return f" Extension of `{request.extends}`, total {duration(request.chain_total)}."
 
 
 def end_summary_text(summary: EndSummary) -> str:
@@ -249,6 +286,8 @@ def _grant_life_text(request: RequestSnapshot, life: GrantLife) -> str:
     picked = f"token picked up {when(life.picked_up_at)}" if life.picked_up_at else "token never picked up"
     by = request.revoked_early_by
     ended = f"Ended early by {ended_early_by(by)}" if by else "Ended at its expiry"
+    if request.replaced_by is not None:
+        ended = f"Replaced by extension {code(request.replaced_by)} once its new token was picked up"
     proof = (
         "the IdP accepted the revocation and introspection says the token is inactive"
         if life.introspected_inactive
@@ -426,6 +465,14 @@ def command_error_text(error: CommandError) -> str:
             return f"The reason is {error.length} characters; keep it under {MAX_REASON_LENGTH}."
         case CommandErrorCode.MISSING_REQUEST_ID:
             return "Which request? Use `/jit revoke <request id>`; `/jit list` shows yours."
+        case CommandErrorCode.MISSING_EXTENSION:
+            return (
+                "Which grant, and how much more time? Use `/jit extend <request id> <duration> [reason]`, "
+                "e.g. `/jit extend R7K2M9QX4P 30m`; `/jit list` shows your grants."
+            )
+        case CommandErrorCode.BAD_EXTENSION_DURATION:
+            problem = error.detail[:1].upper() + error.detail[1:]
+            return f"{problem}. Give the extra time like `30m`, `1h` or `1h30m`."
         case CommandErrorCode.BAD_DATE:
             return (
                 f"{_typed(error.typed)} is not a date like `2026-10-28`. Use `/jit digest` or `/jit digest YYYY-MM-DD`."
@@ -478,6 +525,61 @@ REVOKE_ANSWERS: dict[RevokeOutcome, str] = {
     RevokeOutcome.ALREADY_REVOKING: "Grant `{rid}` is already being revoked.",
     RevokeOutcome.NOTHING_TO_REVOKE: "Request `{rid}` is {status}, so there is nothing to revoke.{hint}",
 }
+
+
+def extend_text(result: ExtendResult) -> str:
+    """The answer to ``/jit extend`` and to the Extend form."""
+    rid = result.request_id
+    match result.outcome:
+        case ExtendOutcome.SUBMITTED:
+            assert result.extension is not None
+            return _extension_submitted_text(result.extension)
+        case ExtendOutcome.NO_SUCH_REQUEST:
+            return f"There is no request {_typed(rid[:16])}. `/jit list` shows your grants."
+        case ExtendOutcome.NOT_REQUESTER:
+            return "Only the requester of a grant can extend it."
+        case ExtendOutcome.NOT_ACTIVE:
+            return (
+                f"Request `{rid}` is {result.status or 'not active'}, so there is no live grant to extend. "
+                "Ask again with `/jit request`."
+            )
+        case ExtendOutcome.EXTENSION_OPEN:
+            if result.open_status == RequestStatus.ACTIVE.value:
+                return f"Grant `{rid}` was extended already by `{result.open_id}`: extend `{result.open_id}` instead."
+            return (
+                f"Grant `{rid}` already has extension `{result.open_id}` ({result.open_status}); wait for it "
+                f"to be decided, or cancel it with `/jit revoke {result.open_id}`."
+            )
+        case ExtendOutcome.OVER_CAP:
+            source = (
+                f"rule {code(result.cap_rule)}'s max_total"
+                if result.cap_rule is not None
+                else f"the max_duration of {code(result.resource)}"
+            )
+            return (
+                f"That would bring grant `{rid}` to {duration(result.total)} in all, over the "
+                f"{duration(result.cap)} allowed by {source}. Nothing was asked; try a shorter extension."
+            )
+        case ExtendOutcome.RESOURCE_REMOVED:
+            return f"Resource {_typed(result.resource)} is no longer in the policy, so its grants cannot be extended."
+
+
+def _extension_submitted_text(extension: RequestSnapshot) -> str:
+    what = (
+        f"Extension `{extension.id}` of `{extension.extends}` (+{duration(extension.duration)}, total "
+        f"{duration(extension.chain_total)})"
+    )
+    if extension.status == RequestStatus.DENIED.value and extension.decided_by_rule:
+        return f"{what} was denied by rule {code(extension.rule or '')}: {_rule_message(extension)}"
+    if extension.decided_by_rule:
+        return (
+            f"{what} was auto-approved by rule {code(extension.rule or '')}. You will get a DM with a new "
+            "pickup link once the new token is issued."
+        )
+    return (
+        f"{what} was sent to <#{extension.approver_channel}> for "
+        f"{extension.approvals_required} approval(s). You will get a DM when it is decided."
+    )
 
 
 def digest_answer_text(answer: DigestAnswer) -> str:

@@ -106,6 +106,7 @@ def read_figures(*, session: Session, plan: DigestPlan) -> Figures:
         same_pair_repeated=_same_pair_repeated(session, plan),
         unrevoked_past_expiry=_unrevoked(session, plan.unrevoked_before),
         break_glass_grants=_break_glass(session, plan),
+        extensions=_extensions(session, plan),
     )
 
 
@@ -330,6 +331,27 @@ def _break_glass(session: Session, plan: DigestPlan) -> tuple[BreakGlassLine, ..
         .order_by(col(AuditEvent.seq))
     ).all()
     return tuple(BreakGlassLine(rid, requester, resource, by, at) for rid, requester, resource, by, at in rows)
+
+
+def _extensions(session: Session, plan: DigestPlan) -> tuple[int, int]:
+    """Extensions asked (their ``extension_requested`` events) and approved (``request_approved`` of a
+    request that extends another) during the day: (event_type, at), then each approval's request by key."""
+    asked = session.execute(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(col(AuditEvent.event_type) == E.EXTENSION_REQUESTED.value, _within(col(AuditEvent.at), plan.day))
+    ).scalar_one()
+    approved = session.execute(
+        select(func.count())
+        .select_from(AuditEvent)
+        .join(AccessRequest, col(AccessRequest.id) == col(AuditEvent.request_id))
+        .where(
+            col(AuditEvent.event_type) == E.REQUEST_APPROVED.value,
+            _within(col(AuditEvent.at), plan.day),
+            col(AccessRequest.extends).is_not(None),
+        )
+    ).scalar_one()
+    return int(asked), int(approved)
 
 
 def audit_anchor(*, session: Session, key: bytes) -> AuditAnchor:

@@ -252,3 +252,20 @@ def grants_for(*, session: Session, request_ids: list[str]) -> list[Grant]:
     if not request_ids:
         return []
     return list(session.exec(select(Grant).where(col(Grant.request_id).in_(request_ids))).all())
+
+
+def replace_now(*, session: Session, request_id: str, now: datetime, by: str) -> bool:
+    """The extension ``by`` has handed out its new token: this grant is due now, as for an early end
+    (its pickup link ends too), marked as replaced rather than revoked by someone. False if it is no
+    longer a live grant (already due, refused, or being revoked)."""
+    result = session.execute(
+        update(Grant)
+        .where(
+            col(Grant.request_id) == request_id,
+            col(Grant.status) == ACTIVE,
+            col(Grant.refusal).is_(None),
+            col(Grant.expires_at) > now,
+        )
+        .values(expires_at=now, pickup_expires_at=col(Grant.issued_at), replaced_by=by[:16])
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -59,6 +59,10 @@ class AccessRequest(AccessRequestBase, table=True):
     context_usergroups: str | None = Field(default=None, max_length=4000)
     # Opened with /jit breakglass: approved at once by its requester's say-so, alerted until acknowledged.
     break_glass: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    # An extension: the request whose active grant this one asks more time for (None: a first request),
+    # and the time that grant's chain had been approved for before this extension (migration 0011).
+    extends: str | None = Field(default=None, max_length=16, index=True)
+    prior_seconds: int | None = None
 
     @property
     def scope_list(self) -> tuple[str, ...]:
@@ -148,6 +152,8 @@ class Grant(SQLModel, table=True):
     # The expiry the requester's expiry notice was sent for (claimed by a guarded UPDATE in the
     # transaction that queues the DM). A grant whose expiry moved (an extension) is due a new one.
     expiry_notice_for: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # The extension whose new token replaced this one once it was picked up (migration 0011).
+    replaced_by: str | None = Field(default=None, max_length=16)
 
 
 class OutboxMessage(SQLModel, table=True):

@@ -177,4 +177,16 @@ def recorded_since(*, session: Session, since: datetime) -> Iterator[Recorded]:
             rule=row.rule,
             # A rule's own decision (no vote) is recorded as decided by the bot, with the rule named.
             decided_by_rule=row.rule is not None and row.decided_by == BOT_ACTOR,
+            extension=row.extends is not None,
         )
+
+
+def latest_extension(*, session: Session, request_id: str) -> tuple[str, str] | None:
+    """The newest extension asked of this request's grant, as (id, status), or None (ix_access_request_extends)."""
+    row = session.exec(
+        select(AccessRequest.id, AccessRequest.status)
+        .where(col(AccessRequest.extends) == request_id)
+        .order_by(col(AccessRequest.created_at).desc(), col(AccessRequest.id).desc())
+        .limit(1)
+    ).first()
+    return (str(row[0]), str(row[1])) if row is not None else None

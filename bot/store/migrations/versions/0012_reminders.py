@@ -8,7 +8,7 @@ Written 2026-12-03.
 import sqlalchemy as sa
 from alembic import op
 
-revision, down_revision = "0012", "0010"
+revision, down_revision = "0012", "0011"
 
 
 def upgrade() -> None:
