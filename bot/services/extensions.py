@@ -21,7 +21,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType
-from bot.domain.context import context_usergroups
 from bot.domain.durations import format_duration
 from bot.domain.extensions import extension_cap
 from bot.domain.policy import Policy
@@ -31,7 +30,7 @@ from bot.domain.status import GrantStatus, RequestStatus
 from bot.services import lifecycle
 from bot.services.audit import record
 from bot.services.outbox import Announcer
-from bot.services.requests import RequestService, new_request_id
+from bot.services.requests import RequestService, apply_decision, new_request_id
 from bot.services.snapshots import RequestSnapshot, load_snapshot, snapshot
 from bot.store import grants as grant_store
 from bot.store import requests as store
@@ -287,23 +286,7 @@ class ExtensionService:
                     resource=resource.name,
                 )
             )
-        if decision.effect is not Effect.DEFAULT:
-            row.rule = decision.rule
-        if decision.effect is Effect.REQUIRE:
-            row.approvals_required = decision.approvals_required
-            row.approvers = " ".join(decision.approvers)
-        elif decision.effect is Effect.AUTO_APPROVE:
-            row.approvals_required = 0
-            # An extension a revoke_when_context_ends rule approved ends with its usergroups too, as a
-            # first request does: more time must not outlive the reason the access was given for.
-            context = context_usergroups(
-                requests.policy,
-                decision.rule,
-                requester=row.requester_slack_id,
-                subject=row.requester_subject,
-                usergroups=usergroups,
-            )
-            row.context_usergroups = " ".join(context) or None
+        apply_decision(row, decision, requests.policy, usergroups=usergroups)
         store.add_request(session=session, request=row)
         facts = {
             "extends": original.id,

@@ -58,6 +58,29 @@ def origin_key(kind: str, slack_id: str) -> str:
     return hashlib.sha256(f"{kind}:{slack_id}".encode()).hexdigest()
 
 
+def apply_decision(
+    row: AccessRequest, decision: Decision, policy: Policy, *, usergroups: frozenset[str] | None
+) -> None:
+    """Write on a request about to be stored what the rules decided: the deciding rule, a require rule's
+    people, and for an auto-approval the usergroups it rests on when its rule ends it with them (a first
+    request and an extension alike, so more time never outlives the reason it was given for)."""
+    if decision.effect is not Effect.DEFAULT:
+        row.rule = decision.rule
+    if decision.effect is Effect.REQUIRE:
+        row.approvals_required = decision.approvals_required
+        row.approvers = " ".join(decision.approvers)
+    elif decision.effect is Effect.AUTO_APPROVE:
+        row.approvals_required = 0
+        context = context_usergroups(
+            policy,
+            decision.rule,
+            requester=row.requester_slack_id,
+            subject=row.requester_subject,
+            usergroups=usergroups,
+        )
+        row.context_usergroups = " ".join(context) or None
+
+
 @dataclass
 class RequestService:
     engine: Engine
@@ -119,18 +142,7 @@ class RequestService:
                     recent_auto_approvals=self._recent_auto_approvals(session, requester, now),
                     rego=self.rego,
                 )
-                if decision.effect is not Effect.DEFAULT:
-                    row.rule = decision.rule
-                if decision.effect is Effect.REQUIRE:
-                    row.approvals_required = decision.approvals_required
-                    row.approvers = " ".join(decision.approvers)
-                elif decision.effect is Effect.AUTO_APPROVE:
-                    row.approvals_required = 0
-                    # The usergroups the approval rests on, when its rule ends it with them.
-                    context = context_usergroups(
-                        self.policy, decision.rule, requester=requester, subject=subject, usergroups=usergroups
-                    )
-                    row.context_usergroups = " ".join(context) or None
+                apply_decision(row, decision, self.policy, usergroups=usergroups)
                 store.add_request(session=session, request=row)
                 append_event(
                     session=session,
