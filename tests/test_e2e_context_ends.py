@@ -180,6 +180,33 @@ def test_an_odd_answer_from_slack_ends_nothing(minting_bot: MintingBot) -> None:
     assert bot.introspect(token) == {"active": False}
 
 
+@SQLITE_ONLY
+def test_a_recorded_context_still_ends_its_grant_after_the_policy_drops_the_key(minting_bot: MintingBot) -> None:
+    """The README: the recorded usergroups apply for the grant's whole life, even if the policy changes.
+    A bot restarted on a policy whose rules no longer say revoke_when_context_ends still checks them."""
+    bot = minting_bot
+    bot.slack.set_usergroup(ONCALL, [REQUESTER])
+    request_id = _auto_approved(bot, "request prod-db read 1h paged for INC-6")
+    token = bot.token(request_id)
+    edited = make_policy(
+        groups={"oncall": [ONCALL]},
+        rules=[{k: v for k, v in RULES[0].items() if k != "revoke_when_context_ends"}],
+        security_leads=[APPROVER_2],
+    )
+    restarted = runtime.build_runtime(bot.served.runtime.settings, edited, engine=bot.engine, clock=bot.clock)
+    try:
+        assert CONTEXT_ENDS_JOB in restarted.jobs.names
+        bot.slack.set_usergroup(ONCALL, [GROUP_MEMBER])
+        restarted.jobs.run_now(CONTEXT_ENDS_JOB)
+    finally:
+        restarted.close()
+    assert bot.grant(request_id).revoke_requested_by == "context_ended"
+    (ended,) = bot.events(request_id, "context_ended")
+    assert ended.details["usergroups"] == [ONCALL]
+    bot.eventually(lambda: bot.stored(request_id).status == "revoked", timeout=15)
+    assert bot.introspect(token) == {"active": False}
+
+
 def test_the_context_of_an_approval_and_whether_it_ended() -> None:
     policy = make_policy(groups={"oncall": [ONCALL, "S0SECOND"]}, rules=RULES)
     mine = frozenset({ONCALL, "S0OTHER"})
