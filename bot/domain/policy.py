@@ -290,6 +290,27 @@ class Policy(Strict):
             raise KeyedProblems(problems)
         return self
 
+    @model_validator(mode="after")
+    def _notice_fits_the_resources(self) -> Policy:
+        # As for a resource's own expiry_notice: one the resource takes from here that is not shorter
+        # than its max_duration could never be sent, and nothing would say so.
+        notice = self.expiry_notice
+        if notice is None:
+            return self
+        problems: list[tuple[tuple[str | int, ...], str]] = [
+            (
+                ("expiry_notice",),
+                f"{format_duration(notice)} is not shorter than the max_duration "
+                f"{format_duration(resource.max_duration)} of resource '{resource.name}', which has no expiry_notice "
+                "of its own, so no grant of it could ever get its notice",
+            )
+            for resource in self.resources
+            if resource.expiry_notice is None and notice >= resource.max_duration
+        ]
+        if problems:
+            raise KeyedProblems(problems[:1])
+        return self
+
     def reminders_for(self, resource_name: str) -> Reminders | None:
         """The resource's own reminders, else the policy's (None: nobody is reminded)."""
         resource = self.resource(resource_name)
