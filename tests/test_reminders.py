@@ -250,6 +250,28 @@ def test_escalation_approvers_may_vote_only_once_escalated(bot: Bot, clock: Test
     assert bot.stored(other.request_id).status == "pending"
 
 
+@SQLITE
+def test_an_unreadable_escalation_group_takes_nothing_from_the_resource_s_own_approvers(
+    bot: Bot, clock: TestClock
+) -> None:
+    """Escalation adds approvers. prod-db's own approvers are listed by id, known without Slack: while
+    Slack cannot list the managers' usergroup they still decide; only a manager's click waits for Slack."""
+    card = bot.request(REQUESTER, "request prod-db read 30m prod is down")
+    at(bot, clock, card, minutes(25))
+    bot.card_showing(card.request_id, "Escalated to")
+    bot.slack.fail_until_stopped("usergroups.users.list")
+    try:
+        _, key = bot.click(OUTSIDER, ActionId.APPROVE, card.request_id)
+        assert "Slack" in bot.reply_text(key), "a manager's click cannot be judged without the group"
+        assert bot.stored(card.request_id).status == "pending"
+        bot.click(APPROVER_1, ActionId.APPROVE, card.request_id)
+        bot.eventually(lambda: bot.stored(card.request_id).status == "approved")
+    finally:
+        bot.slack.stop_failing("usergroups.users.list")
+    [approval] = bot.events(card.request_id, "request_approved")
+    assert approval.actor == APPROVER_1
+
+
 # --- replicas ----------------------------------------------------------------------------------------
 
 
