@@ -272,6 +272,23 @@ def test_an_unreadable_escalation_group_takes_nothing_from_the_resource_s_own_ap
     assert approval.actor == APPROVER_1
 
 
+@SQLITE
+def test_no_reminder_for_a_request_whose_resource_left_the_policy(
+    engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy, clock: TestClock
+) -> None:
+    """Nobody can decide it any more (votes are refused: the resource was removed), so nobody is asked to."""
+    slack.set_usergroup(MANAGERS, [OUTSIDER])
+    with serving(engine, database_url, policy, slack, delivery, clock=clock) as before:
+        card = before.request(REQUESTER, "request billing read 30m before the edit")
+    data = _policy_data()
+    data["resources"] = [r for r in data["resources"] if r["name"] != "billing"]
+    with serving(engine, database_url, Policy.model_validate(data), slack, delivery, clock=clock) as after:
+        at(after, clock, card, minutes(30))
+        assert details(after, card.request_id, "reminder_sent") == []
+        assert details(after, card.request_id, "request_escalated") == []
+        assert after.stored(card.request_id).next_reminder_at is not None, "looked at, and nothing was due"
+
+
 # --- replicas ----------------------------------------------------------------------------------------
 
 
