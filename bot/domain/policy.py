@@ -69,6 +69,17 @@ def _one_value(value: Any) -> Any:
 ClaimValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, BeforeValidator(_one_value)]
 
 
+# The expiry-notices job looks every few seconds: a notice shorter than that would mostly fall between
+# two looks and never be sent, and one of seconds leaves nobody time to act on it anyway.
+MIN_EXPIRY_NOTICE = timedelta(minutes=1)
+
+
+def _long_enough_notice(value: timedelta | None) -> timedelta | None:
+    if value is not None and value < MIN_EXPIRY_NOTICE:
+        raise ValueError(f"{format_duration(value)} is less than 1m: the notice would mostly never be sent")
+    return value
+
+
 class Resource(Strict):
     name: str
     description: str = ""
@@ -89,6 +100,11 @@ class Resource(Strict):
     # How long before a grant ends its requester is DMed (with Extend and Revoke now); replaces the
     # policy's own expiry_notice for this resource. None: the policy's.
     expiry_notice: Duration | None = None
+
+    @field_validator("expiry_notice")
+    @classmethod
+    def _notice_long_enough(cls, value: timedelta | None) -> timedelta | None:
+        return _long_enough_notice(value)
 
     @field_validator("pickup_networks")
     @classmethod
@@ -321,6 +337,11 @@ class Policy(Strict):
     @property
     def has_reminders(self) -> bool:
         return self.reminders is not None or any(r.reminders is not None for r in self.resources)
+
+    @field_validator("expiry_notice")
+    @classmethod
+    def _notice_long_enough(cls, value: timedelta | None) -> timedelta | None:
+        return _long_enough_notice(value)
 
     @field_validator("security_leads")
     @classmethod
