@@ -289,6 +289,22 @@ def test_no_reminder_for_a_request_whose_resource_left_the_policy(
         assert after.stored(card.request_id).next_reminder_at is not None, "looked at, and nothing was due"
 
 
+@SQLITE
+def test_the_escalation_does_not_ask_the_requester_to_decide(
+    engine: Engine, database_url: str, slack: SlackStandIn, delivery: DeliveryPolicy, clock: TestClock
+) -> None:
+    """The requester may be on the escalation list (the CTO asks for access): they cannot approve their
+    own request, so the thread does not tell them they may."""
+    data = _policy_data()
+    data["reminders"] = {**REMINDERS, "escalate_to": [MANAGERS, REQUESTER]}
+    slack.set_usergroup(MANAGERS, [OUTSIDER])
+    with serving(engine, database_url, Policy.model_validate(data), slack, delivery, clock=clock) as bot:
+        card = bot.request(REQUESTER, "request prod-db read 30m the cto asks")
+        at(bot, clock, card, minutes(25))
+        [escalation] = settled(bot, card, 1)
+        assert escalation.startswith(f":arrow_double_up: Escalated to <!subteam^{MANAGERS}>: access request")
+
+
 # --- replicas ----------------------------------------------------------------------------------------
 
 
