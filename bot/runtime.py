@@ -353,8 +353,10 @@ def build_runtime(
         jobs.add(DIGEST_JOB, Every(DIGEST_CHECK_SECONDS), digests.post_due)
     if policy.expiry_notice is not None or any(r.expiry_notice is not None for r in policy.resources):
         jobs.add(EXPIRY_NOTICES_JOB, Every(EXPIRY_NOTICE_CHECK_SECONDS), expiry_notices.send_due)
-    if any(rule.revoke_when_context_ends for rule in policy.rules):
-        jobs.add(CONTEXT_ENDS_JOB, Every(CONTEXT_CHECK_SECONDS), context.check)
+    # Always, even when no rule says revoke_when_context_ends any more: grants approved under an earlier
+    # policy keep the usergroups they recorded for their whole life. Without such grants a run is one
+    # SELECT and no Slack call.
+    jobs.add(CONTEXT_ENDS_JOB, Every(CONTEXT_CHECK_SECONDS), context.check)
 
     # The edges.
     listeners = Listeners(

@@ -122,7 +122,7 @@ def test_slack_failing_ends_nothing_is_retried_and_alerted_once(minting_bot: Min
     bot.slack.set_usergroup(ONCALL, [REQUESTER])
     request_id = _auto_approved(bot, "request prod-db read 1h paged for INC-3")
     token = bot.token(request_id)
-    bot.slack.set_usergroup(ONCALL, [])  # left the group, but Slack cannot say so
+    bot.slack.set_usergroup(ONCALL, [GROUP_MEMBER])  # left the group, but Slack cannot say so
     bot.slack.fail_until_stopped(USERGROUP_CALL, "internal_error")
 
     for _ in range(2):
@@ -149,6 +149,61 @@ def test_slack_failing_ends_nothing_is_retried_and_alerted_once(minting_bot: Min
     (recovered,) = [e for e in bot.audit() if e.event_type == "context_readable_again"]
     assert recovered.details == {"usergroup": ONCALL, "failures": 5}
     assert len(bot.posts_to(AUDIT_CHANNEL, "could not list usergroup", accepted=False)) == 1
+
+
+@SQLITE_ONLY
+def test_an_odd_answer_from_slack_ends_nothing(minting_bot: MintingBot) -> None:
+    """ok:true without its list, a list of something else, or nobody at all (Slack lists nobody for a
+    disabled usergroup): none says the requester left, so none ends the grant; each counts as a failure."""
+    bot = minting_bot
+    bot.slack.set_usergroup(ONCALL, [REQUESTER])
+    request_id = _auto_approved(bot, "request prod-db read 1h paged for INC-5")
+    token = bot.token(request_id)
+
+    bot.slack.answer_oddly(USERGROUP_CALL, {})
+    assert _check(bot) == 1
+    bot.slack.answer_oddly(USERGROUP_CALL, {"users": REQUESTER})
+    assert _check(bot) == 1
+    bot.slack.set_usergroup(ONCALL, [])
+    assert _check(bot) == 1
+    assert bot.grant(request_id).status == "active" and bot.introspect(token)["active"] is True
+    assert bot.events(request_id, "context_ended") == []
+    # Three in a row: alerted as any failure to read the usergroup is.
+    (alert,) = bot.eventually(lambda: bot.posts_to(AUDIT_CHANNEL, "could not list usergroup"))
+    assert "`usergroup_listed_nobody`" in alert
+
+    # Listed again, without the requester: now it ends.
+    bot.slack.set_usergroup(ONCALL, [GROUP_MEMBER])
+    _check(bot)
+    bot.eventually(lambda: bot.stored(request_id).status == "revoked", timeout=15)
+    assert bot.introspect(token) == {"active": False}
+
+
+@SQLITE_ONLY
+def test_a_recorded_context_still_ends_its_grant_after_the_policy_drops_the_key(minting_bot: MintingBot) -> None:
+    """The README: the recorded usergroups apply for the grant's whole life, even if the policy changes.
+    A bot restarted on a policy whose rules no longer say revoke_when_context_ends still checks them."""
+    bot = minting_bot
+    bot.slack.set_usergroup(ONCALL, [REQUESTER])
+    request_id = _auto_approved(bot, "request prod-db read 1h paged for INC-6")
+    token = bot.token(request_id)
+    edited = make_policy(
+        groups={"oncall": [ONCALL]},
+        rules=[{k: v for k, v in RULES[0].items() if k != "revoke_when_context_ends"}],
+        security_leads=[APPROVER_2],
+    )
+    restarted = runtime.build_runtime(bot.served.runtime.settings, edited, engine=bot.engine, clock=bot.clock)
+    try:
+        assert CONTEXT_ENDS_JOB in restarted.jobs.names
+        bot.slack.set_usergroup(ONCALL, [GROUP_MEMBER])
+        restarted.jobs.run_now(CONTEXT_ENDS_JOB)
+    finally:
+        restarted.close()
+    assert bot.grant(request_id).revoke_requested_by == "context_ended"
+    (ended,) = bot.events(request_id, "context_ended")
+    assert ended.details["usergroups"] == [ONCALL]
+    bot.eventually(lambda: bot.stored(request_id).status == "revoked", timeout=15)
+    assert bot.introspect(token) == {"active": False}
 
 
 def test_the_context_of_an_approval_and_whether_it_ended() -> None:

@@ -174,8 +174,19 @@ def _write(tmp_path: Any, data: dict[str, Any]) -> Any:
     [
         ({"expiry_notice": "soon"}, "expiry_notice"),
         ({"resources": [{**POLICY["resources"][0], "expiry_notice": "2h"}]}, "resources[0].expiry_notice"),
+        # The top-level notice, for a resource with none of its own (k8s: max_duration 30m).
+        ({"expiry_notice": "30m"}, "expiry_notice"),
+        # Shorter than the job's look every 5 s: it would mostly fall between two looks.
+        ({"expiry_notice": "3s"}, "expiry_notice"),
+        ({"resources": [{**POLICY["resources"][0], "expiry_notice": "30s"}]}, "resources[0].expiry_notice"),
     ],
-    ids=["not-a-duration", "not-shorter-than-max-duration"],
+    ids=[
+        "not-a-duration",
+        "not-shorter-than-max-duration",
+        "top-level-not-shorter-than-a-resources",
+        "shorter-than-a-minute",
+        "a-resources-shorter-than-a-minute",
+    ],
 )
 def test_a_wrong_expiry_notice_is_a_start_up_error_naming_the_key(
     tmp_path: Any, changes: dict[str, Any], line: str

@@ -250,6 +250,61 @@ def test_escalation_approvers_may_vote_only_once_escalated(bot: Bot, clock: Test
     assert bot.stored(other.request_id).status == "pending"
 
 
+@SQLITE
+def test_an_unreadable_escalation_group_takes_nothing_from_the_resource_s_own_approvers(
+    bot: Bot, clock: TestClock
+) -> None:
+    """Escalation adds approvers. prod-db's own approvers are listed by id, known without Slack: while
+    Slack cannot list the managers' usergroup they still decide; only a manager's click waits for Slack."""
+    card = bot.request(REQUESTER, "request prod-db read 30m prod is down")
+    at(bot, clock, card, minutes(25))
+    bot.card_showing(card.request_id, "Escalated to")
+    bot.slack.fail_until_stopped("usergroups.users.list")
+    try:
+        _, key = bot.click(OUTSIDER, ActionId.APPROVE, card.request_id)
+        assert "Slack" in bot.reply_text(key), "a manager's click cannot be judged without the group"
+        assert bot.stored(card.request_id).status == "pending"
+        bot.click(APPROVER_1, ActionId.APPROVE, card.request_id)
+        bot.eventually(lambda: bot.stored(card.request_id).status == "approved")
+    finally:
+        bot.slack.stop_failing("usergroups.users.list")
+    [approval] = bot.events(card.request_id, "request_approved")
+    assert approval.actor == APPROVER_1
+
+
+@SQLITE
+def test_no_reminder_for_a_request_whose_resource_left_the_policy(
+    engine: Engine, database_url: str, policy: Policy, slack: SlackStandIn, delivery: DeliveryPolicy, clock: TestClock
+) -> None:
+    """Nobody can decide it any more (votes are refused: the resource was removed), so nobody is asked to."""
+    slack.set_usergroup(MANAGERS, [OUTSIDER])
+    with serving(engine, database_url, policy, slack, delivery, clock=clock) as before:
+        card = before.request(REQUESTER, "request billing read 30m before the edit")
+    data = _policy_data()
+    data["resources"] = [r for r in data["resources"] if r["name"] != "billing"]
+    with serving(engine, database_url, Policy.model_validate(data), slack, delivery, clock=clock) as after:
+        at(after, clock, card, minutes(30))
+        assert details(after, card.request_id, "reminder_sent") == []
+        assert details(after, card.request_id, "request_escalated") == []
+        assert after.stored(card.request_id).next_reminder_at is not None, "looked at, and nothing was due"
+
+
+@SQLITE
+def test_the_escalation_does_not_ask_the_requester_to_decide(
+    engine: Engine, database_url: str, slack: SlackStandIn, delivery: DeliveryPolicy, clock: TestClock
+) -> None:
+    """The requester may be on the escalation list (the CTO asks for access): they cannot approve their
+    own request, so the thread does not tell them they may."""
+    data = _policy_data()
+    data["reminders"] = {**REMINDERS, "escalate_to": [MANAGERS, REQUESTER]}
+    slack.set_usergroup(MANAGERS, [OUTSIDER])
+    with serving(engine, database_url, Policy.model_validate(data), slack, delivery, clock=clock) as bot:
+        card = bot.request(REQUESTER, "request prod-db read 30m the cto asks")
+        at(bot, clock, card, minutes(25))
+        [escalation] = settled(bot, card, 1)
+        assert escalation.startswith(f":arrow_double_up: Escalated to <!subteam^{MANAGERS}>: access request")
+
+
 # --- replicas ----------------------------------------------------------------------------------------
 
 

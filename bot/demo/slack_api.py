@@ -197,7 +197,7 @@ class Call:
     ok: bool
     error: str | None
     response: dict[str, Any]
-    kind: str = "ok"  # "ok" | "rejected" | "not_found" | "injected" | "ratelimited"
+    kind: str = "ok"  # "ok" | "odd" | "rejected" | "not_found" | "injected" | "ratelimited"
     key: str | None = None  # the response_url key, for response_url posts
 
 
@@ -677,6 +677,8 @@ class SlackStandIn:
         self._failures: dict[str, deque[tuple[str, int, int | None]]] = {}
         # Methods failing with this error on every call, once fail_next's queue is used up.
         self._failing: dict[str, str] = {}
+        # Answers given instead of the method's own (``ok: true`` and these fields), one per call.
+        self._odd_answers: dict[str, deque[dict[str, Any]]] = {}
         self._rate_limits: dict[str, _RateLimit] = {}
         self._violations: list[Call] = []
         self._trickles: dict[str, int] = {}
@@ -848,6 +850,12 @@ class SlackStandIn:
         an error) until ``stop_failing(method)``: an outage of one method that outlasts any count."""
         with self._lock:
             self._failing[method] = error
+
+    def answer_oddly(self, method: str, fields: dict[str, Any], times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with ``ok: true`` and only ``fields``: a
+        success that lacks what the method promises (Slack's answers are not always whole)."""
+        with self._lock:
+            self._odd_answers.setdefault(method, deque()).extend([copy.deepcopy(fields)] * times)
 
     def stop_failing(self, method: str) -> None:
         """Ends ``fail_until_stopped`` (and any failures ``fail_next`` still had queued) for ``method``."""
@@ -1156,7 +1164,11 @@ class SlackStandIn:
                     if status == 429:
                         headers = {"Retry-After": str(retry_after)}
                     raise _Refusal(error, kind="injected")
-                body, kind = {"ok": True, **handler(args)}, "ok"
+                odd = self._odd_answers.get(method)
+                if odd:
+                    body, kind = {"ok": True, **odd.popleft()}, "odd"
+                else:
+                    body, kind = {"ok": True, **handler(args)}, "ok"
             except _Refusal as refusal:
                 body, kind = refusal.body(), refusal.kind
             call = Call(method, copy.deepcopy(args), body["ok"], body.get("error"), body, kind)

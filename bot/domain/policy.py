@@ -96,6 +96,17 @@ class BreakGlass(Strict):
         return value
 
 
+# The expiry-notices job looks every few seconds: a notice shorter than that would mostly fall between
+# two looks and never be sent, and one of seconds leaves nobody time to act on it anyway.
+MIN_EXPIRY_NOTICE = timedelta(minutes=1)
+
+
+def _long_enough_notice(value: timedelta | None) -> timedelta | None:
+    if value is not None and value < MIN_EXPIRY_NOTICE:
+        raise ValueError(f"{format_duration(value)} is less than 1m: the notice would mostly never be sent")
+    return value
+
+
 class Resource(Strict):
     name: str
     description: str = ""
@@ -118,6 +129,11 @@ class Resource(Strict):
     expiry_notice: Duration | None = None
     # Who may open it at once with /jit breakglass (None: nobody).
     break_glass: BreakGlass | None = None
+
+    @field_validator("expiry_notice")
+    @classmethod
+    def _notice_long_enough(cls, value: timedelta | None) -> timedelta | None:
+        return _long_enough_notice(value)
 
     @field_validator("pickup_networks")
     @classmethod
@@ -319,6 +335,27 @@ class Policy(Strict):
             raise KeyedProblems(problems)
         return self
 
+    @model_validator(mode="after")
+    def _notice_fits_the_resources(self) -> Policy:
+        # As for a resource's own expiry_notice: one the resource takes from here that is not shorter
+        # than its max_duration could never be sent, and nothing would say so.
+        notice = self.expiry_notice
+        if notice is None:
+            return self
+        problems: list[tuple[tuple[str | int, ...], str]] = [
+            (
+                ("expiry_notice",),
+                f"{format_duration(notice)} is not shorter than the max_duration "
+                f"{format_duration(resource.max_duration)} of resource '{resource.name}', which has no expiry_notice "
+                "of its own, so no grant of it could ever get its notice",
+            )
+            for resource in self.resources
+            if resource.expiry_notice is None and notice >= resource.max_duration
+        ]
+        if problems:
+            raise KeyedProblems(problems[:1])
+        return self
+
     def reminders_for(self, resource_name: str) -> Reminders | None:
         """The resource's own reminders, else the policy's (None: nobody is reminded)."""
         resource = self.resource(resource_name)
@@ -348,6 +385,11 @@ class Policy(Strict):
                     )
                 )
         return problems
+
+    @field_validator("expiry_notice")
+    @classmethod
+    def _notice_long_enough(cls, value: timedelta | None) -> timedelta | None:
+        return _long_enough_notice(value)
 
     @field_validator("security_leads")
     @classmethod

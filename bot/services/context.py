@@ -36,6 +36,8 @@ CONTEXT_ENDED_BY = "context_ended"
 # Failed reads of one usergroup in a row before the audit channel is told (once per run of them):
 # one is a blip Slack often has; three at a minute apart is an outage worth a person's look.
 ALERT_AFTER_FAILURES = 3
+# What a read that listed nobody counts as: a failure (alerted like one), never a reason to end access.
+EMPTY_LISTING = "usergroup_listed_nobody"
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,18 @@ class ContextService:
         errors: dict[str, str] = {}
         for group in groups:
             try:
-                members[group] = self.directory.usergroup_members(group)
+                listed = self.directory.usergroup_members(group)
             except DirectoryError as exc:
                 errors[group] = str(exc)
                 log.warning("usergroup %s could not be listed for the context check (%s); none ends now", group, exc)
+                continue
+            if not listed:
+                # Slack keeps no usergroup empty: it lists nobody for one disabled (or deleted).
+                # That is not "the requester left"; ending every grant on it would be a guess.
+                errors[group] = EMPTY_LISTING
+                log.warning("usergroup %s was listed with nobody in it (disabled?); none of its grants ends now", group)
+                continue
+            members[group] = listed
         self._record_reads(members, errors, failing)
         ended: list[str] = []
         for grant in grants:

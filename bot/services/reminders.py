@@ -53,7 +53,10 @@ class ReminderService:
         return sum(1 for seen in found if self._nudge(seen, now))
 
     def _nudge(self, seen: store.Due, now: datetime) -> bool:
-        reminders = self.policy.reminders_for(seen.resource)
+        # A request of a resource no longer in the policy cannot be decided (votes are refused), so
+        # nobody is asked to, and it is not escalated: the policy's own reminders are not its.
+        known = self.policy.resource(seen.resource) is not None
+        reminders = self.policy.reminders_for(seen.resource) if known else None
         nudge = plan(
             created=seen.created_at,
             expires=seen.created_at + self.policy.request_timeout,

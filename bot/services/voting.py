@@ -16,6 +16,7 @@ from bot.domain.status import RequestStatus, VoteChoice
 from bot.domain.votes import VoteDecision, VoteFacts, VoteRefusal, decide_vote
 from bot.services import lifecycle
 from bot.services.audit import AuditEventType, record
+from bot.services.errors import ApproversUnknown
 from bot.services.identity import OnSlackFailure, resolve_approvers, resolve_entries
 from bot.services.outbox import Announcer
 from bot.services.ports import Directory
@@ -48,7 +49,7 @@ class VotingService:
 
     def preflight(self, request_id: str, *, voter: str, choice: VoteChoice) -> VoteResult:
         """Would this vote be accepted? Used before opening the Deny modal; refusals are audited."""
-        approvers = self._approvers_for(request_id)
+        approvers = self._approvers_for(request_id, voter)
         with read_scope(self.engine) as session:
             request = store.get_request(session=session, request_id=request_id)
             votes = store.votes_for(session=session, request_id=request_id) if request is not None else []
@@ -73,7 +74,7 @@ class VotingService:
         return VoteResult(refusal=None, request=view, decided=False)
 
     def cast(self, request_id: str, *, voter: str, choice: VoteChoice, reason: str | None = None) -> VoteResult:
-        approvers = self._approvers_for(request_id)
+        approvers = self._approvers_for(request_id, voter)
         try:
             result = self._cast_once(request_id, voter=voter, choice=choice, reason=reason, approvers=approvers)
         except IntegrityError:
@@ -86,7 +87,7 @@ class VotingService:
                 self.on_approved(result.request.id)
         return result
 
-    def _approvers_for(self, request_id: str) -> frozenset[str] | None:
+    def _approvers_for(self, request_id: str, voter: str) -> frozenset[str] | None:
         """Resolved before any lock is taken: a Slack round-trip must never hold the database.
 
         Raises ApproversUnknown when Slack cannot list an approver group: no vote is judged without it.
@@ -101,18 +102,26 @@ class VotingService:
         if resource is None:
             return None
         refuse = OnSlackFailure.REFUSE
-        extra = (
-            resolve_entries(resource.name, tuple(escalated.split()), directory=self.directory, on_slack_failure=refuse)
-            if escalated
-            else frozenset()
-        )
         if stored is not None:
             # A require rule named this request's approvers when it was submitted: they, not the
             # resource's, decide it.
-            return extra | resolve_entries(
-                resource.name, tuple(stored.split()), directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE
+            own = resolve_entries(
+                resource.name, tuple(stored.split()), directory=self.directory, on_slack_failure=refuse
             )
-        return extra | resolve_approvers(resource, directory=self.directory, on_slack_failure=OnSlackFailure.REFUSE)
+        else:
+            own = resolve_approvers(resource, directory=self.directory, on_slack_failure=refuse)
+        if not escalated:
+            return own
+        try:
+            return own | resolve_entries(
+                resource.name, tuple(escalated.split()), directory=self.directory, on_slack_failure=refuse
+            )
+        except ApproversUnknown:
+            # The escalation adds approvers; a usergroup of them Slack cannot list takes nothing from
+            # the request's own, who are known. Anyone else's click waits until Slack can answer.
+            if voter in own:
+                return own
+            raise
 
     def _decide(
         self,

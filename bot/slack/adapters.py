@@ -232,4 +232,9 @@ class SlackDirectory:
 
     def usergroup_members(self, usergroup_id: str) -> frozenset[str]:
         response: Any = self._lookup(lambda: self._client.usergroups_users_list(usergroup=usergroup_id))
-        return frozenset(str(u) for u in response.get("users") or [])
+        users = response.get("users")
+        # A success without its list (or with something else in its place) says nothing about who is
+        # in the group: read as nobody, it would end every grant resting on it, so it is a failure.
+        if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+            raise DirectoryError("invalid_usergroup_listing")
+        return frozenset(users)

@@ -110,8 +110,11 @@ def reminder_text(reminder: ApprovalReminder) -> str:
     got = f"{len(request.approvers_so_far)} of {request.approvals_required} approval(s) so far"
     facts = f"It has waited {waited} ({got}) and expires {when(reminder.expires_at)}."
     if reminder.escalated_to:
+        # The requester may be on the escalation list, but cannot decide their own request.
+        named = tuple(entry for entry in reminder.escalated_to if entry != request.requester)
         head = (
-            f":arrow_double_up: Escalated to {addressed(reminder.escalated_to)}: access request `{request.id}` from "
+            f":arrow_double_up: Escalated to {addressed(named) or 'the escalation list'}: access request "
+            f"`{request.id}` from "
             f"{mention(request.requester)} has had no decision, so you may now approve or deny it on the card above."
         )
         others = [entry for entry in reminder.mention if entry not in reminder.escalated_to]
