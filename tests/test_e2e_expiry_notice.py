@@ -197,3 +197,32 @@ def test_a_wrong_expiry_notice_is_a_start_up_error_naming_the_key(
     (said,) = caught.value.lines
     assert said.startswith(f"{path}: {line}: "), said
     assert load_policy(_write(tmp_path, world_policy(expiry_notice="10m"))).expiry_notice == timedelta(minutes=10)
+
+
+@SQLITE_ONLY
+def test_an_extension_shorter_than_the_notice_still_gets_one_before_its_new_end(minting_bot: MintingBot) -> None:
+    # The extension adds 5m to a 30m grant: its own duration is shorter than the 10m notice, but the
+    # access it carries on runs to 35m, so its requester must be told before that end like anyone else.
+    bot = minting_bot
+    first = bot.approve("request prod-db read 30m checking INC-1234")
+    bot.token(first)
+    _, key = bot.command(REQUESTER, f"extend {first} 5m")
+    extension = bot.eventually(lambda: next((r.id for r in _requests(bot) if r.extends == first), None))
+    bot.click(APPROVER_1, ActionId.APPROVE, extension)
+    bot.eventually(lambda: bot.stored(extension).status == "active", timeout=15)
+    bot.token(extension)  # picked up: the first grant is replaced
+    bot.eventually(lambda: bot.stored(first).status == "revoked", timeout=15)
+
+    bot.clock.advance(minutes(26))  # 9m before the extension's end (35m after the first approval)
+    _run(bot)
+    assert len(bot.eventually(lambda: _notices(bot, extension))) == 1
+    assert len(_notice_events(bot, extension)) == 1
+
+
+def _requests(bot: MintingBot) -> list[Any]:
+    from sqlmodel import Session, select
+
+    from bot.store.models import AccessRequest
+
+    with Session(bot.engine) as session:
+        return list(session.exec(select(AccessRequest)).all())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from bot.domain.status import GrantStatus
@@ -21,10 +21,11 @@ def claim_due_notices(
     for their present expiry as noticed, and return them as (request id, expires_at).
 
     Only live, handed-out grants: active, not refused, not being ended early, not yet expired, and
-    asked for longer than the notice (a grant no longer than its notice gets none: its pickup DM
-    already said when it ends). The mark is the expiry the notice is for, so an extended grant (whose
-    expiry moved) is due again before its new end. PostgreSQL: ``SKIP LOCKED`` lets replicas claim
-    disjoint sets; the outer WHERE repeats the guard, so a grant is claimed by one transaction only.
+    asked for longer than the notice, counting the time of the grants an extension extends (a grant
+    no longer than its notice gets none: its pickup DM already said when it ends). The mark is the
+    expiry the notice is for, so an extended grant (whose expiry moved) is due again before its new
+    end. PostgreSQL: ``SKIP LOCKED`` lets replicas claim disjoint sets; the outer WHERE repeats the
+    guard, so a grant is claimed by one transaction only.
     """
     if not resources:
         return []
@@ -42,7 +43,9 @@ def claim_due_notices(
         .where(
             due,
             col(AccessRequest.resource).in_(list(resources)),
-            col(AccessRequest.duration_seconds) > int(notice.total_seconds()),
+            # The chain's whole time (an extension's own duration is only the time it adds).
+            col(AccessRequest.duration_seconds) + func.coalesce(col(AccessRequest.prior_seconds), 0)
+            > int(notice.total_seconds()),
         )
         .limit(limit)
         .with_for_update(skip_locked=True, of=Grant)
