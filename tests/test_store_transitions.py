@@ -140,6 +140,15 @@ def test_revoke_now_ends_the_pickup_link_before_the_engine_gets_to_the_grant(key
         # even a clock read from before the revocation cannot claim it.
         assert grant_store.pickup_exists(session=session, hashed=pickup_hash("the-link"))
         assert not grant_store.claim_pickup(session=session, hashed=pickup_hash("the-link"), now=NOW)
+    # Ended early once, it stays ended by whoever ended it: a second Revoke now (or one racing the
+    # context check) changes nothing, so its caller audits nothing and answers "already being revoked".
+    with session_scope(keyed) as session:
+        assert not grant_store.expire_now(
+            session=session, request_id=request_id, now=NOW + timedelta(minutes=2), by="context_ended"
+        )
+        grant = session.get(Grant, request_id)
+        assert grant is not None
+        assert (grant.revoke_requested_by, grant.expires_at) == (REQUESTER, NOW + timedelta(minutes=1))
 
 
 def test_audit_events_are_linked_at_commit_and_a_rollback_writes_none(keyed: Engine) -> None:

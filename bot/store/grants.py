@@ -220,7 +220,15 @@ def expire_now(*, session: Session, request_id: str, now: datetime, by: str) -> 
     its end moves back to the moment the token was issued, which no replica's clock can be before."""
     result = session.execute(
         update(Grant)
-        .where(col(Grant.request_id) == request_id, col(Grant.status) == ACTIVE, col(Grant.refusal).is_(None))
+        .where(
+            col(Grant.request_id) == request_id,
+            col(Grant.status) == ACTIVE,
+            col(Grant.refusal).is_(None),
+            # Once ended early (or replaced by its extension), who ended it stays as recorded: a second
+            # Revoke now, or one racing the context check, changes nothing and audits nothing.
+            col(Grant.revoke_requested_by).is_(None),
+            col(Grant.replaced_by).is_(None),
+        )
         .values(expires_at=now, pickup_expires_at=col(Grant.issued_at), revoke_requested_by=by)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
