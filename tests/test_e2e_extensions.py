@@ -391,3 +391,38 @@ def test_revoking_a_grant_ends_its_extension_not_yet_picked_up(minting_bot: Mint
     (asked,) = bot.events(second, "revoke_requested")
     assert asked.details == {"cause": f"its grant {first} was revoked"}
     assert httpx.get(link, headers={"Accept": "application/json"}).status_code == 410
+
+
+def test_revoking_any_link_of_a_chain_not_yet_picked_up_ends_the_whole_chain(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    # R1 live; R2 extends it and R3 extends R2, both minted and neither picked up.
+    first = bot.approve("request prod-db read 1h checking INC-1234")
+    chain = [first]
+    for extra in ("30m", "15m"):
+        _answer, extension = _extend(bot, REQUESTER, f"{chain[-1]} {extra}")
+        assert extension is not None, _answer
+        chain.append(_card_of(bot, extension.id))
+        bot.click(APPROVER_1, ActionId.APPROVE, chain[-1])
+        bot.eventually(lambda: bot.stored(chain[-1]).status == "active", timeout=15)
+    _first, second, third = chain
+    link = bot.pickup_url(third)
+
+    # Revoking the first grant must not leave R3's link to carry the access on.
+    response, _ = bot.command(APPROVER_1, f"revoke {first}")
+    assert response.status_code == 200
+    bot.eventually(lambda: all(bot.stored(r).status == "revoked" for r in chain), 15)
+    assert httpx.get(link, headers={"Accept": "application/json"}).status_code == 410
+    assert all(bot.idp.active_tokens(r) == [] for r in chain)
+
+    # Revoking an extension not picked up yet ends the token its requester still holds: the one it extends.
+    fourth = bot.approve("request prod-db read 1h checking INC-1234")
+    old_token = _pick_up(bot, fourth)
+    _answer, extension = _extend(bot, REQUESTER, f"{fourth} 30m")
+    assert extension is not None
+    fifth = _card_of(bot, extension.id)
+    bot.click(APPROVER_1, ActionId.APPROVE, fifth)
+    bot.eventually(lambda: bot.stored(fifth).status == "active", timeout=15)
+    response, _ = bot.command(APPROVER_1, f"revoke {fifth}")
+    assert response.status_code == 200
+    bot.eventually(lambda: bot.stored(fourth).status == "revoked" and bot.stored(fifth).status == "revoked", 15)
+    assert bot.introspect(old_token) == {"active": False}
