@@ -426,3 +426,20 @@ def test_revoking_any_link_of_a_chain_not_yet_picked_up_ends_the_whole_chain(min
     assert response.status_code == 200
     bot.eventually(lambda: bot.stored(fourth).status == "revoked" and bot.stored(fifth).status == "revoked", 15)
     assert bot.introspect(old_token) == {"active": False}
+
+
+def test_picking_up_an_extension_of_an_extension_revokes_every_token_before_it(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    first = bot.approve("request prod-db read 1h checking INC-1234")
+    old_token = _pick_up(bot, first)
+    chain = [first]
+    for extra in ("30m", "15m"):  # R2 is never picked up; R3 extends it
+        _answer, extension = _extend(bot, REQUESTER, f"{chain[-1]} {extra}")
+        assert extension is not None, _answer
+        chain.append(_card_of(bot, extension.id))
+        bot.click(APPROVER_1, ActionId.APPROVE, chain[-1])
+        bot.eventually(lambda: bot.stored(chain[-1]).status == "active", timeout=15)
+    _pick_up(bot, chain[2])
+    bot.eventually(lambda: bot.stored(first).status == "revoked" and bot.stored(chain[1]).status == "revoked", 15)
+    assert bot.introspect(old_token) == {"active": False}
+    assert bot.grant(first).replaced_by == chain[2]

@@ -152,13 +152,17 @@ class PickupService:
     def _replace_extended(self, session: Session, request_id: str, now: datetime) -> bool:
         """An extension's new token is in its requester's hands: the token of the grant it extends is
         due now (the revocation engine revokes it and proves it dead), in the pickup's transaction."""
+        replaced = False
         request = request_store.get_request(session=session, request_id=request_id)
-        if request is None or request.extends is None:
-            return False
-        if not grant_store.replace_now(session=session, request_id=request.extends, now=now, by=request_id):
-            return False  # it had ended already, at its expiry or early
-        _audit(session, now, AuditEventType.GRANT_REPLACED, request.extends, replaced_by=request_id)
-        return True
+        # Every grant before it in the chain: when an extension of an extension is picked up, the
+        # middle one never was, and the token its requester holds is the first one's.
+        while request is not None and request.extends is not None:
+            # False: it had ended already, at its expiry or early.
+            if grant_store.replace_now(session=session, request_id=request.extends, now=now, by=request_id):
+                _audit(session, now, AuditEventType.GRANT_REPLACED, request.extends, replaced_by=request_id)
+                replaced = True
+            request = request_store.get_request(session=session, request_id=request.extends)
+        return replaced
 
 
 def _audit(session: Session, at: datetime, event: AuditEventType, request_id: str, **details: str | None) -> None:
