@@ -436,3 +436,17 @@ def test_an_unacknowledged_break_glass_is_re_alerted_every_15_minutes_by_one_rep
     with Session(engine) as session:
         stored = session.get(AccessRequest, opened.id)
         assert stored is not None and stored.break_glass
+
+
+@pinned_to_sqlite
+def test_someone_just_removed_from_an_allowed_usergroup_is_refused_at_once(bot: Bot) -> None:
+    # Allowed through the on-call usergroup, which the bot has just listed...
+    _response, key = bot.command(GROUP_MEMBER, "breakglass prod-db read 15m INC-13 outage")
+    assert "is open, with no approval" in bot.reply_text(key)
+    # ...then taken off it: no approval stands between them and the access, so no cached list may.
+    bot.slack.set_usergroup(ONCALL, [])
+    _response, key = bot.command(GROUP_MEMBER, "breakglass prod-db read 15m INC-13 outage")
+    assert "You may not use break-glass on `prod-db`" in bot.reply_text(key)
+    assert bot.request_count() == 1
+    (refused,) = events(bot.engine, "break_glass_refused")
+    assert refused.actor == GROUP_MEMBER and refused.details["why"] == "not_allowed"

@@ -97,7 +97,7 @@ class BreakGlassService:
     directory: Directory
     announcer: Announcer
     clock: Callable[[], datetime]
-    # A usergroup's members, as the request service caches them for the rules (60 s).
+    # A usergroup's members as Slack lists them now (the runtime gives the uncached directory).
     members_of: Callable[[str], frozenset[str]]
     # Called with the request id once the approval has committed (minting, when an IdP is configured).
     on_approved: Callable[[str], object] | None = None
