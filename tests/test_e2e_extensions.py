@@ -443,3 +443,39 @@ def test_picking_up_an_extension_of_an_extension_revokes_every_token_before_it(m
     bot.eventually(lambda: bot.stored(first).status == "revoked" and bot.stored(chain[1]).status == "revoked", 15)
     assert bot.introspect(old_token) == {"active": False}
     assert bot.grant(first).replaced_by == chain[2]
+
+
+ONCALL_READS = {
+    "name": "oncall-reads",
+    "when": {"requester_in": ["S0ONCALL"], "resources": ["prod-db"], "scopes_within": ["read"]},
+    "effect": "auto_approve",
+    "revoke_when_context_ends": True,
+}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [make_policy(rules=[{**EXTEND_READS, "when": {"extension": True}}, ONCALL_READS], **lifted_quota(3))],
+    ids=["oncall-then-extend-rule"],
+    indirect=True,
+)
+def test_more_time_on_access_given_while_on_call_still_ends_when_the_call_does(minting_bot: MintingBot) -> None:
+    from bot.runtime import CONTEXT_ENDS_JOB
+
+    bot = minting_bot
+    bot.slack.set_usergroup("S0ONCALL", [REQUESTER])
+    first = bot.request(REQUESTER, "request prod-db read 30m paged for INC-3").request_id
+    bot.eventually(lambda: bot.stored(first).status == "active", timeout=15)
+    assert bot.stored(first).context_usergroups == "S0ONCALL"
+    # The extension is decided by a rule that asks nothing of the on-call rota...
+    _answer, extension = _extend(bot, REQUESTER, f"{first} 30m")
+    assert extension is not None and extension.rule == "extend-reads", _answer
+    bot.eventually(lambda: bot.stored(extension.id).status == "active", timeout=15)
+    token = _pick_up(bot, extension.id)
+    bot.eventually(lambda: bot.stored(first).status == "revoked", timeout=15)
+
+    # ...but it is more time on access given for being on call: it ends when the call does.
+    bot.slack.set_usergroup("S0ONCALL", [])
+    bot.served.runtime.jobs.run_now(CONTEXT_ENDS_JOB)
+    bot.eventually(lambda: bot.stored(extension.id).status == "revoked", timeout=15)
+    assert bot.introspect(token) == {"active": False}

@@ -304,6 +304,10 @@ class ExtensionService:
                 usergroups=usergroups,
             )
             row.context_usergroups = " ".join(context) or None
+        if row.context_usergroups is None:
+            # More time on access that was given for being in a usergroup still rests on that, whoever or
+            # whatever approved the extra time: the chain ends when the membership does.
+            row.context_usergroups = original.context_usergroups
         store.add_request(session=session, request=row)
         facts = {
             "extends": original.id,
