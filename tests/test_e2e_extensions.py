@@ -20,7 +20,7 @@ from bot.store.db import read_scope
 from bot.store.digest import read_figures
 from bot.store.models import AccessRequest
 from tests.testbot import MintingBot, card_text, cards_posted, opened_views
-from tests.world import APPROVER_1, AUDIT_CHANNEL, OUTSIDER, REQUESTER, lifted_quota, make_policy
+from tests.world import APPROVER_1, AUDIT_CHANNEL, OUTSIDER, REQUESTER, lifted_quota, make_policy, policy_data
 
 # Most of these are about the flow, not the database: SQLite only (the suite's time is tight).
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -479,3 +479,31 @@ def test_more_time_on_access_given_while_on_call_still_ends_when_the_call_does(m
     bot.served.runtime.jobs.run_now(CONTEXT_ENDS_JOB)
     bot.eventually(lambda: bot.stored(extension.id).status == "revoked", timeout=15)
     assert bot.introspect(token) == {"active": False}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        make_policy(
+            groups={"sre": [REQUESTER]},
+            resources=[
+                {**policy_data()["resources"][0], "break_glass": {"max_duration": "1h", "allowed": ["sre"]}},
+                *policy_data()["resources"][1:],
+            ],
+            rules=[EXTEND_READS],
+        )
+    ],
+    ids=["break-glass-and-extend-rule"],
+    indirect=True,
+)
+def test_more_time_on_a_break_glass_grant_is_for_people_to_give(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    _response, key = bot.command(REQUESTER, "breakglass prod-db read 30m INC-99 primary is down")
+    first = bot.reply_text(key).split("`")[1]
+    bot.eventually(lambda: bot.stored(first).status == "active", timeout=15)
+    # Nobody approved the break-glass: a rule that waves extensions through must not add unseen time.
+    answer, extension = _extend(bot, REQUESTER, f"{first} 1h")
+    assert extension is not None, answer
+    assert extension.rule is None and extension.approvals_required == 1
+    assert bot.stored(extension.id).status == "pending"
+    assert [t for t in bot.idp.tokens() if t["request_id"] == extension.id] == []

@@ -13,7 +13,7 @@ ended early: access is never given past a revocation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -274,6 +274,18 @@ class ExtensionService:
         )
         resource = requests.policy.resource(row.resource)
         assert resource is not None
+        if original.break_glass and decision.effect is Effect.AUTO_APPROVE:
+            # Nobody approved a break-glass grant: more time on it is for people to give, never a rule,
+            # or break-glass access could run on past its break_glass.max_duration with no one looking.
+            decision = replace(
+                decision,
+                effect=Effect.DEFAULT,
+                rule=None,
+                reason=f"extends break-glass {original.id}: the resource's approvers decide, not rule "
+                f"'{decision.rule}'",
+                approvers=resource.approvers,
+                approvals_required=resource.approvals_required,
+            )
         cap = extension_cap(requests.policy, resource, decision)
         total = timedelta(seconds=(row.prior_seconds or 0)) + extra
         if total > cap.limit:
