@@ -332,6 +332,9 @@ def test_only_approvers_and_security_leads_acknowledge_once_and_the_alert_then_s
     # A security lead through the leads' usergroup acknowledges; an approver after them is told who did.
     assert click(UNMAPPED) == f"You acknowledged break-glass `{request_id}`; it will not be alerted again."
     assert click(APPROVER_1).startswith(f"Break-glass `{request_id}` was already acknowledged by <@{UNMAPPED}>")
+    # Anyone else is still refused and audited, and not told who acknowledged it.
+    assert click(OUTSIDER).startswith("Only the approvers of this resource and the security leads")
+    assert len(events(bot.engine, "unauthorized_attempt")) == len(attempts) + 1
     (acked,) = bot.events(request_id, "break_glass_acknowledged")
     assert acked.actor == UNMAPPED and acked.details["alerts"] == 1
     redrawn = bot.eventually(lambda: (m := bot.slack.message(AUDIT_CHANNEL, ts)) and not buttons(m) and m)
