@@ -105,7 +105,10 @@ def ended_early(session: Session, request: AccessRequest) -> bool:
     a token minted for the extension meanwhile must not be handed out."""
     if request.extends is None:
         return False
-    old = grant_store.get_grant(session=session, request_id=request.extends, fresh=True)
+    # Locked to the end of the caller's transaction: an early end of that grant (which takes the same
+    # row first) then either commits before this read, and is seen, or waits for this extension to be
+    # active, and finds it there to end too. A plain read would let both commit blind to each other.
+    old = grant_store.get_grant(session=session, request_id=request.extends, lock=True)
     return (
         old is None
         or old.refusal is not None

@@ -28,9 +28,11 @@ def add_grant(*, session: Session, grant: Grant) -> None:
     session.flush()
 
 
-def get_grant(*, session: Session, request_id: str, fresh: bool = False) -> Grant | None:
-    """``fresh``: read the row again even if this session holds it (guarded UPDATEs bypass the session)."""
-    return session.get(Grant, request_id, populate_existing=fresh)
+def get_grant(*, session: Session, request_id: str, fresh: bool = False, lock: bool = False) -> Grant | None:
+    """``fresh``: read the row again even if this session holds it (guarded UPDATEs bypass the session).
+    ``lock``: and hold its row lock to the end of the transaction (SELECT … FOR UPDATE on PostgreSQL;
+    SQLite's writers take turns already)."""
+    return session.get(Grant, request_id, populate_existing=fresh or lock, with_for_update=lock)
 
 
 def claim_pickup(*, session: Session, hashed: str, now: datetime) -> bool:
