@@ -109,6 +109,8 @@ class EarlyEndService:
         it is allowed, and what the bot does itself when a grant's reason ends (``by`` is what the
         card and DMs say ended it). False if it is not such a grant (already ending, say). The caller
         wakes the revocation engine once its transaction has committed."""
+        # The chain's rows first grant first, as a pickup takes them: the two wait, neither is killed.
+        grant_store.lock_chain_above(session=session, request_id=request_id)
         if not grant_store.expire_now(session=session, request_id=request_id, now=now, by=by):
             return False
         record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)

@@ -118,6 +118,9 @@ class PickupService:
                     _audit(session, now, AuditEventType.PICKUP_REFUSED, grant.request_id, why=why, address=shown)
             return PickupResult(PickupOutcome.ELSEWHERE)
         with session_scope(self.engine) as session:
+            # The rows of the grants this one extends first, as an early end takes them (see there).
+            if (picked := grant_store.request_of_pickup(session=session, hashed=hashed)) is not None:
+                grant_store.lock_chain_above(session=session, request_id=picked)
             claimed = grant_store.claim_pickup(session=session, hashed=hashed, now=now)
             grant = grant_store.get_grant_by_pickup(session=session, hashed=hashed)
             if grant is None:

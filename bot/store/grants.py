@@ -66,6 +66,27 @@ def resource_of_pickup(*, session: Session, hashed: str) -> str | None:
     return str(row) if row is not None else None
 
 
+def request_of_pickup(*, session: Session, hashed: str) -> str | None:
+    found = session.exec(select(Grant.request_id).where(Grant.pickup_hash == hashed)).first()
+    return str(found) if found is not None else None
+
+
+def lock_chain_above(*, session: Session, request_id: str) -> None:
+    """Take the row locks of the grants before this request's in its chain of extensions, the first
+    grant's first. An early end
+    and an extension's pickup both lock a chain in that order before its own grant's row, so on
+    PostgreSQL they wait for each other instead of each holding a row the other needs, when one of
+    them would be killed as a deadlock (a revocation lost to a pickup). SQLite's writers take turns."""
+    above: list[str] = []
+    current: str | None = request_id
+    while current is not None:
+        current = session.exec(select(AccessRequest.extends).where(col(AccessRequest.id) == current)).first()
+        if current is not None:
+            above.append(current)
+    for earlier in reversed(above):
+        session.exec(select(Grant.request_id).where(col(Grant.request_id) == earlier).with_for_update()).first()
+
+
 def pickup_exists(*, session: Session, hashed: str) -> bool:
     return session.exec(select(Grant.request_id).where(Grant.pickup_hash == hashed)).first() is not None
 
