@@ -316,7 +316,9 @@ def build_runtime(
         directory=directory,
         announcer=announcer,
         clock=clock,
-        members_of=requests.usergroup_members,
+        # Asked of Slack at each use, uncached, as an approver's click is: break-glass has no approval to
+        # stand between someone just taken off an allowed usergroup and the access.
+        members_of=directory.usergroup_members,
         on_approved=submit_mint,
     )
 

@@ -332,6 +332,9 @@ def test_only_approvers_and_security_leads_acknowledge_once_and_the_alert_then_s
     # A security lead through the leads' usergroup acknowledges; an approver after them is told who did.
     assert click(UNMAPPED) == f"You acknowledged break-glass `{request_id}`; it will not be alerted again."
     assert click(APPROVER_1).startswith(f"Break-glass `{request_id}` was already acknowledged by <@{UNMAPPED}>")
+    # Anyone else is still refused and audited, and not told who acknowledged it.
+    assert click(OUTSIDER).startswith("Only the approvers of this resource and the security leads")
+    assert len(events(bot.engine, "unauthorized_attempt")) == len(attempts) + 1
     (acked,) = bot.events(request_id, "break_glass_acknowledged")
     assert acked.actor == UNMAPPED and acked.details["alerts"] == 1
     redrawn = bot.eventually(lambda: (m := bot.slack.message(AUDIT_CHANNEL, ts)) and not buttons(m) and m)
@@ -436,3 +439,17 @@ def test_an_unacknowledged_break_glass_is_re_alerted_every_15_minutes_by_one_rep
     with Session(engine) as session:
         stored = session.get(AccessRequest, opened.id)
         assert stored is not None and stored.break_glass
+
+
+@pinned_to_sqlite
+def test_someone_just_removed_from_an_allowed_usergroup_is_refused_at_once(bot: Bot) -> None:
+    # Allowed through the on-call usergroup, which the bot has just listed...
+    _response, key = bot.command(GROUP_MEMBER, "breakglass prod-db read 15m INC-13 outage")
+    assert "is open, with no approval" in bot.reply_text(key)
+    # ...then taken off it: no approval stands between them and the access, so no cached list may.
+    bot.slack.set_usergroup(ONCALL, [])
+    _response, key = bot.command(GROUP_MEMBER, "breakglass prod-db read 15m INC-13 outage")
+    assert "You may not use break-glass on `prod-db`" in bot.reply_text(key)
+    assert bot.request_count() == 1
+    (refused,) = events(bot.engine, "break_glass_refused")
+    assert refused.actor == GROUP_MEMBER and refused.details["why"] == "not_allowed"

@@ -20,7 +20,7 @@ from bot.store.db import read_scope
 from bot.store.digest import read_figures
 from bot.store.models import AccessRequest
 from tests.testbot import MintingBot, card_text, cards_posted, opened_views
-from tests.world import APPROVER_1, AUDIT_CHANNEL, OUTSIDER, REQUESTER, lifted_quota, make_policy
+from tests.world import APPROVER_1, AUDIT_CHANNEL, OUTSIDER, REQUESTER, lifted_quota, make_policy, policy_data
 
 # Most of these are about the flow, not the database: SQLite only (the suite's time is tight).
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -391,3 +391,120 @@ def test_revoking_a_grant_ends_its_extension_not_yet_picked_up(minting_bot: Mint
     (asked,) = bot.events(second, "revoke_requested")
     assert asked.details == {"cause": f"its grant {first} was revoked"}
     assert httpx.get(link, headers={"Accept": "application/json"}).status_code == 410
+
+
+def test_revoking_any_link_of_a_chain_not_yet_picked_up_ends_the_whole_chain(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    # R1 live; R2 extends it and R3 extends R2, both minted and neither picked up.
+    first = bot.approve("request prod-db read 1h checking INC-1234")
+    chain = [first]
+    for extra in ("30m", "15m"):
+        _answer, extension = _extend(bot, REQUESTER, f"{chain[-1]} {extra}")
+        assert extension is not None, _answer
+        chain.append(_card_of(bot, extension.id))
+        bot.click(APPROVER_1, ActionId.APPROVE, chain[-1])
+        bot.eventually(lambda: bot.stored(chain[-1]).status == "active", timeout=15)
+    _first, second, third = chain
+    link = bot.pickup_url(third)
+
+    # Revoking the first grant must not leave R3's link to carry the access on.
+    response, _ = bot.command(APPROVER_1, f"revoke {first}")
+    assert response.status_code == 200
+    bot.eventually(lambda: all(bot.stored(r).status == "revoked" for r in chain), 15)
+    assert httpx.get(link, headers={"Accept": "application/json"}).status_code == 410
+    assert all(bot.idp.active_tokens(r) == [] for r in chain)
+
+    # Revoking an extension not picked up yet ends the token its requester still holds: the one it extends.
+    fourth = bot.approve("request prod-db read 1h checking INC-1234")
+    old_token = _pick_up(bot, fourth)
+    _answer, extension = _extend(bot, REQUESTER, f"{fourth} 30m")
+    assert extension is not None
+    fifth = _card_of(bot, extension.id)
+    bot.click(APPROVER_1, ActionId.APPROVE, fifth)
+    bot.eventually(lambda: bot.stored(fifth).status == "active", timeout=15)
+    response, _ = bot.command(APPROVER_1, f"revoke {fifth}")
+    assert response.status_code == 200
+    bot.eventually(lambda: bot.stored(fourth).status == "revoked" and bot.stored(fifth).status == "revoked", 15)
+    assert bot.introspect(old_token) == {"active": False}
+
+
+def test_picking_up_an_extension_of_an_extension_revokes_every_token_before_it(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    first = bot.approve("request prod-db read 1h checking INC-1234")
+    old_token = _pick_up(bot, first)
+    chain = [first]
+    for extra in ("30m", "15m"):  # R2 is never picked up; R3 extends it
+        _answer, extension = _extend(bot, REQUESTER, f"{chain[-1]} {extra}")
+        assert extension is not None, _answer
+        chain.append(_card_of(bot, extension.id))
+        bot.click(APPROVER_1, ActionId.APPROVE, chain[-1])
+        bot.eventually(lambda: bot.stored(chain[-1]).status == "active", timeout=15)
+    _pick_up(bot, chain[2])
+    bot.eventually(lambda: bot.stored(first).status == "revoked" and bot.stored(chain[1]).status == "revoked", 15)
+    assert bot.introspect(old_token) == {"active": False}
+    assert bot.grant(first).replaced_by == chain[2]
+
+
+ONCALL_READS = {
+    "name": "oncall-reads",
+    "when": {"requester_in": ["S0ONCALL"], "resources": ["prod-db"], "scopes_within": ["read"]},
+    "effect": "auto_approve",
+    "revoke_when_context_ends": True,
+}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [make_policy(rules=[{**EXTEND_READS, "when": {"extension": True}}, ONCALL_READS], **lifted_quota(3))],
+    ids=["oncall-then-extend-rule"],
+    indirect=True,
+)
+def test_more_time_on_access_given_while_on_call_still_ends_when_the_call_does(minting_bot: MintingBot) -> None:
+    from bot.runtime import CONTEXT_ENDS_JOB
+
+    bot = minting_bot
+    bot.slack.set_usergroup("S0ONCALL", [REQUESTER])
+    first = bot.request(REQUESTER, "request prod-db read 30m paged for INC-3").request_id
+    bot.eventually(lambda: bot.stored(first).status == "active", timeout=15)
+    assert bot.stored(first).context_usergroups == "S0ONCALL"
+    # The extension is decided by a rule that asks nothing of the on-call rota...
+    _answer, extension = _extend(bot, REQUESTER, f"{first} 30m")
+    assert extension is not None and extension.rule == "extend-reads", _answer
+    bot.eventually(lambda: bot.stored(extension.id).status == "active", timeout=15)
+    token = _pick_up(bot, extension.id)
+    bot.eventually(lambda: bot.stored(first).status == "revoked", timeout=15)
+
+    # ...but it is more time on access given for being on call: it ends when the call does.
+    # (someone else is on call now: a usergroup listed as empty is taken for an odd answer, not a leave)
+    bot.slack.set_usergroup("S0ONCALL", [APPROVER_1])
+    bot.served.runtime.jobs.run_now(CONTEXT_ENDS_JOB)
+    bot.eventually(lambda: bot.stored(extension.id).status == "revoked", timeout=15)
+    assert bot.introspect(token) == {"active": False}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        make_policy(
+            groups={"sre": [REQUESTER]},
+            resources=[
+                {**policy_data()["resources"][0], "break_glass": {"max_duration": "1h", "allowed": ["sre"]}},
+                *policy_data()["resources"][1:],
+            ],
+            rules=[EXTEND_READS],
+        )
+    ],
+    ids=["break-glass-and-extend-rule"],
+    indirect=True,
+)
+def test_more_time_on_a_break_glass_grant_is_for_people_to_give(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    _response, key = bot.command(REQUESTER, "breakglass prod-db read 30m INC-99 primary is down")
+    first = bot.reply_text(key).split("`")[1]
+    bot.eventually(lambda: bot.stored(first).status == "active", timeout=15)
+    # Nobody approved the break-glass: a rule that waves extensions through must not add unseen time.
+    answer, extension = _extend(bot, REQUESTER, f"{first} 1h")
+    assert extension is not None, answer
+    assert extension.rule is None and extension.approvals_required == 1
+    assert bot.stored(extension.id).status == "pending"
+    assert [t for t in bot.idp.tokens() if t["request_id"] == extension.id] == []

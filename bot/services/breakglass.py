@@ -97,7 +97,7 @@ class BreakGlassService:
     directory: Directory
     announcer: Announcer
     clock: Callable[[], datetime]
-    # A usergroup's members, as the request service caches them for the rules (60 s).
+    # A usergroup's members as Slack lists them now (the runtime gives the uncached directory).
     members_of: Callable[[str], frozenset[str]]
     # Called with the request id once the approval has committed (minting, when an IdP is configured).
     on_approved: Callable[[str], object] | None = None
@@ -283,8 +283,8 @@ class BreakGlassService:
             acked = (alert.acknowledged_by, alert.acknowledged_at) if alert is not None else None
         if acked is None or used_at is None:
             return self._ack_refused(request_id, actor, AckOutcome.UNKNOWN, None)
-        if acked[1] is not None:
-            return AckResult(AckOutcome.ALREADY, request_id, by=acked[0], at=acked[1])
+        # Authorised before anything else, even once it is acknowledged: anyone else's click is refused
+        # and audited, and is not told who acknowledged it.
         if actor == requester:
             return self._ack_refused(request_id, actor, AckOutcome.OWN, request_id)
         may, slack_error = self._may_acknowledge(actor, resource_name)
@@ -292,6 +292,8 @@ class BreakGlassService:
             outcome = AckOutcome.PEOPLE_UNKNOWN if slack_error else AckOutcome.NOT_ALLOWED
             refused = self._ack_refused(request_id, actor, outcome, request_id)
             return AckResult(refused.outcome, request_id, slack_error=slack_error)
+        if acked[1] is not None:
+            return AckResult(AckOutcome.ALREADY, request_id, by=acked[0], at=acked[1])
         now = self.clock()
         with session_scope(self.engine) as session:
             if not alert_store.acknowledge(session=session, request_id=request_id, by=actor, now=now):

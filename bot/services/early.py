@@ -109,26 +109,51 @@ class EarlyEndService:
         it is allowed, and what the bot does itself when a grant's reason ends (``by`` is what the
         card and DMs say ended it). False if it is not such a grant (already ending, say). The caller
         wakes the revocation engine once its transaction has committed."""
+        # The chain's rows first grant first, as a pickup takes them: the two wait, neither is killed.
+        grant_store.lock_chain_above(session=session, request_id=request_id)
         if not grant_store.expire_now(session=session, request_id=request_id, now=now, by=by):
             return False
         record(AuditEventType.REVOKE_REQUESTED, session=session, at=now, actor=actor, request_id=request_id)
         lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=by)
-        # An extension already minted whose token is not picked up yet would carry the access on
-        # past this revocation: it ends with it. (One still pending is cancelled when this grant's
-        # revocation is confirmed; one being minted is refused at its activation.)
-        extension = store.latest_extension(session=session, request_id=request_id)
-        if extension is not None and extension[1] == RequestStatus.ACTIVE.value:
-            if grant_store.expire_now(session=session, request_id=extension[0], now=now, by=by):
-                record(
-                    AuditEventType.REVOKE_REQUESTED,
-                    session=session,
-                    at=now,
-                    actor=actor,
-                    request_id=extension[0],
-                    cause=f"its grant {request_id} was revoked",
-                )
-                lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, extension[0], by=by)
+        self._end_chain(session, request_id, now=now, actor=actor, by=by)
         return True
+
+    def _end_chain(self, session: Session, request_id: str, *, now: datetime, actor: str, by: str) -> None:
+        """The other live grants of the chain end with this one, so no link of it carries the access on
+        past this revocation: each extension after it minted but not yet picked up (its link would hand
+        out a new token), however deep the chain, and the grants before it not yet replaced (their
+        tokens are the ones the requester still holds until this one is picked up). A grant that has
+        been replaced already is left to its own revocation. (An extension still pending is cancelled
+        when its grant's revocation is confirmed; one being minted is refused at its activation.)"""
+        later: str | None = request_id
+        while later is not None:
+            extension = store.latest_extension(session=session, request_id=later)
+            later = None
+            if extension is not None and extension[1] == RequestStatus.ACTIVE.value:
+                later = extension[0]
+                self._end_link(session, later, f"its grant {request_id} was revoked", now=now, actor=actor, by=by)
+        request = store.get_request(session=session, request_id=request_id)
+        earlier = request.extends if request is not None else None
+        while earlier is not None:
+            grant = grant_store.get_grant(session=session, request_id=earlier, fresh=True)
+            if grant is None or grant.replaced_by is not None:
+                break
+            self._end_link(session, earlier, f"its extension {request_id} was revoked", now=now, actor=actor, by=by)
+            above = store.get_request(session=session, request_id=earlier)
+            earlier = above.extends if above is not None else None
+
+    @staticmethod
+    def _end_link(session: Session, request_id: str, cause: str, *, now: datetime, actor: str, by: str) -> None:
+        if grant_store.expire_now(session=session, request_id=request_id, now=now, by=by):
+            record(
+                AuditEventType.REVOKE_REQUESTED,
+                session=session,
+                at=now,
+                actor=actor,
+                request_id=request_id,
+                cause=cause,
+            )
+            lifecycle.note(session, lifecycle.Step.REVOKE_REQUESTED, request_id, by=by)
 
     def _cancel(self, request_id: str, *, actor: str, requester: str, now: datetime) -> RevokeResult:
         if actor != requester:

@@ -13,7 +13,7 @@ ended early: access is never given past a revocation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -104,7 +104,10 @@ def ended_early(session: Session, request: AccessRequest) -> bool:
     a token minted for the extension meanwhile must not be handed out."""
     if request.extends is None:
         return False
-    old = grant_store.get_grant(session=session, request_id=request.extends, fresh=True)
+    # Locked to the end of the caller's transaction: an early end of that grant (which takes the same
+    # row first) then either commits before this read, and is seen, or waits for this extension to be
+    # active, and finds it there to end too. A plain read would let both commit blind to each other.
+    old = grant_store.get_grant(session=session, request_id=request.extends, lock=True)
     return (
         old is None
         or old.refusal is not None
@@ -273,6 +276,18 @@ class ExtensionService:
         )
         resource = requests.policy.resource(row.resource)
         assert resource is not None
+        if original.break_glass and decision.effect is Effect.AUTO_APPROVE:
+            # Nobody approved a break-glass grant: more time on it is for people to give, never a rule,
+            # or break-glass access could run on past its break_glass.max_duration with no one looking.
+            decision = replace(
+                decision,
+                effect=Effect.DEFAULT,
+                rule=None,
+                reason=f"extends break-glass {original.id}: the resource's approvers decide, not rule "
+                f"'{decision.rule}'",
+                approvers=resource.approvers,
+                approvals_required=resource.approvals_required,
+            )
         cap = extension_cap(requests.policy, resource, decision)
         total = timedelta(seconds=(row.prior_seconds or 0)) + extra
         if total > cap.limit:
@@ -287,6 +302,10 @@ class ExtensionService:
                 )
             )
         apply_decision(row, decision, requests.policy, usergroups=usergroups)
+        if row.context_usergroups is None:
+            # More time on access that was given for being in a usergroup still rests on that, whoever or
+            # whatever approved the extra time: the chain ends when the membership does.
+            row.context_usergroups = original.context_usergroups
         store.add_request(session=session, request=row)
         facts = {
             "extends": original.id,

@@ -118,6 +118,9 @@ class PickupService:
                     _audit(session, now, AuditEventType.PICKUP_REFUSED, grant.request_id, why=why, address=shown)
             return PickupResult(PickupOutcome.ELSEWHERE)
         with session_scope(self.engine) as session:
+            # The rows of the grants this one extends first, as an early end takes them (see there).
+            if (picked := grant_store.request_of_pickup(session=session, hashed=hashed)) is not None:
+                grant_store.lock_chain_above(session=session, request_id=picked)
             claimed = grant_store.claim_pickup(session=session, hashed=hashed, now=now)
             grant = grant_store.get_grant_by_pickup(session=session, hashed=hashed)
             if grant is None:
@@ -152,13 +155,17 @@ class PickupService:
     def _replace_extended(self, session: Session, request_id: str, now: datetime) -> bool:
         """An extension's new token is in its requester's hands: the token of the grant it extends is
         due now (the revocation engine revokes it and proves it dead), in the pickup's transaction."""
+        replaced = False
         request = request_store.get_request(session=session, request_id=request_id)
-        if request is None or request.extends is None:
-            return False
-        if not grant_store.replace_now(session=session, request_id=request.extends, now=now, by=request_id):
-            return False  # it had ended already, at its expiry or early
-        _audit(session, now, AuditEventType.GRANT_REPLACED, request.extends, replaced_by=request_id)
-        return True
+        # Every grant before it in the chain: when an extension of an extension is picked up, the
+        # middle one never was, and the token its requester holds is the first one's.
+        while request is not None and request.extends is not None:
+            # False: it had ended already, at its expiry or early.
+            if grant_store.replace_now(session=session, request_id=request.extends, now=now, by=request_id):
+                _audit(session, now, AuditEventType.GRANT_REPLACED, request.extends, replaced_by=request_id)
+                replaced = True
+            request = request_store.get_request(session=session, request_id=request.extends)
+        return replaced
 
 
 def _audit(session: Session, at: datetime, event: AuditEventType, request_id: str, **details: str | None) -> None:

@@ -289,7 +289,7 @@ class RequestService:
         return tuple(dict.fromkeys(entry for entry in entries if SLACK_USERGROUP_ID.fullmatch(entry)))
 
     def usergroup_members(self, group: str) -> frozenset[str]:
-        """A usergroup's members through the 60 s cache (break-glass's allowed shares it with the rules)."""
+        """A usergroup's members through the 60 s cache the rules use."""
         return self._members_of(group)
 
     def _members_of(self, group: str) -> frozenset[str]:

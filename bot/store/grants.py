@@ -28,9 +28,11 @@ def add_grant(*, session: Session, grant: Grant) -> None:
     session.flush()
 
 
-def get_grant(*, session: Session, request_id: str, fresh: bool = False) -> Grant | None:
-    """``fresh``: read the row again even if this session holds it (guarded UPDATEs bypass the session)."""
-    return session.get(Grant, request_id, populate_existing=fresh)
+def get_grant(*, session: Session, request_id: str, fresh: bool = False, lock: bool = False) -> Grant | None:
+    """``fresh``: read the row again even if this session holds it (guarded UPDATEs bypass the session).
+    ``lock``: and hold its row lock to the end of the transaction (SELECT … FOR UPDATE on PostgreSQL;
+    SQLite's writers take turns already)."""
+    return session.get(Grant, request_id, populate_existing=fresh or lock, with_for_update=lock)
 
 
 def claim_pickup(*, session: Session, hashed: str, now: datetime) -> bool:
@@ -62,6 +64,27 @@ def resource_of_pickup(*, session: Session, hashed: str) -> str | None:
         .where(Grant.pickup_hash == hashed)
     ).first()
     return str(row) if row is not None else None
+
+
+def request_of_pickup(*, session: Session, hashed: str) -> str | None:
+    found = session.exec(select(Grant.request_id).where(Grant.pickup_hash == hashed)).first()
+    return str(found) if found is not None else None
+
+
+def lock_chain_above(*, session: Session, request_id: str) -> None:
+    """Take the row locks of the grants before this request's in its chain of extensions, the first
+    grant's first. An early end
+    and an extension's pickup both lock a chain in that order before its own grant's row, so on
+    PostgreSQL they wait for each other instead of each holding a row the other needs, when one of
+    them would be killed as a deadlock (a revocation lost to a pickup). SQLite's writers take turns."""
+    above: list[str] = []
+    current: str | None = request_id
+    while current is not None:
+        current = session.exec(select(AccessRequest.extends).where(col(AccessRequest.id) == current)).first()
+        if current is not None:
+            above.append(current)
+    for earlier in reversed(above):
+        session.exec(select(Grant.request_id).where(col(Grant.request_id) == earlier).with_for_update()).first()
 
 
 def pickup_exists(*, session: Session, hashed: str) -> bool:
