@@ -508,3 +508,12 @@ def test_more_time_on_a_break_glass_grant_is_for_people_to_give(minting_bot: Min
     assert extension.rule is None and extension.approvals_required == 1
     assert bot.stored(extension.id).status == "pending"
     assert [t for t in bot.idp.tokens() if t["request_id"] == extension.id] == []
+
+    # Nor on the next link: the chain is still break-glass access, whoever approved the link before.
+    bot.click(APPROVER_1, ActionId.APPROVE, _card_of(bot, extension.id))
+    bot.eventually(lambda: bot.stored(extension.id).status == "active", timeout=15)
+    answer, further = _extend(bot, REQUESTER, f"{extension.id} 30m")
+    assert further is not None, answer
+    assert further.rule is None and further.approvals_required == 1
+    assert bot.stored(further.id).status == "pending"
+    assert [t for t in bot.idp.tokens() if t["request_id"] == further.id] == []

@@ -141,6 +141,17 @@ def cancel_pending_extension(
     return latest[0]
 
 
+def _opened_by_break_glass(session: Session, request: AccessRequest) -> bool:
+    """The chain ``request`` belongs to began with ``/jit breakglass``: every link of it carries on
+    that access, so an extension of any link is as much more break-glass time as one of the first."""
+    link: AccessRequest | None = request
+    while link is not None:
+        if link.break_glass:
+            return True
+        link = store.get_request(session=session, request_id=link.extends) if link.extends is not None else None
+    return False
+
+
 def _live(grant: Grant | None, now: datetime) -> bool:
     return (
         grant is not None
@@ -276,14 +287,14 @@ class ExtensionService:
         )
         resource = requests.policy.resource(row.resource)
         assert resource is not None
-        if original.break_glass and decision.effect is Effect.AUTO_APPROVE:
+        if _opened_by_break_glass(session, original) and decision.effect is Effect.AUTO_APPROVE:
             # Nobody approved a break-glass grant: more time on it is for people to give, never a rule,
             # or break-glass access could run on past its break_glass.max_duration with no one looking.
             decision = replace(
                 decision,
                 effect=Effect.DEFAULT,
                 rule=None,
-                reason=f"extends break-glass {original.id}: the resource's approvers decide, not rule "
+                reason=f"extends {original.id} of a break-glass chain: the resource's approvers decide, not rule "
                 f"'{decision.rule}'",
                 approvers=resource.approvers,
                 approvals_required=resource.approvals_required,
