@@ -536,3 +536,17 @@ def test_an_extension_of_a_grant_ended_early_is_cancelled_at_once(minting_bot: M
     bot.clock.advance(timedelta(minutes=11))
     bot.served.runtime.jobs.run_now(REMINDERS_JOB)
     assert bot.events(extension.id, "reminder_sent") == []
+
+
+@pytest.mark.parametrize("policy", [make_policy(reminders={"after": "10m"})], ids=["reminders"], indirect=True)
+def test_no_one_is_reminded_of_an_extension_of_a_grant_past_its_end(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    first = bot.approve("request prod-db read 30m checking INC-1234")
+    bot.clock.advance(timedelta(minutes=25))
+    _answer, extension = _extend(bot, REQUESTER, f"{first} 10m")
+    assert extension is not None, _answer
+    # The grant reaches its end while the IdP refuses revocations: its end is not yet confirmed.
+    bot.idp.fail_next(503, 10_000, endpoint="revocation")
+    bot.clock.advance(timedelta(minutes=11))
+    bot.served.runtime.jobs.run_now(REMINDERS_JOB)
+    assert bot.events(extension.id, "reminder_sent") == []
