@@ -14,6 +14,7 @@ from bot.domain.digest import AuditAnchor, Digest, digest_json, plan_digest
 from bot.domain.policy import Policy
 from bot.jobs.expiry import SWEEP_JOB
 from bot.runtime import REQUEST_TIMEOUTS_JOB
+from bot.services.reminders import REMINDERS_JOB
 from bot.slack.forms import ExtendForm
 from bot.slack.ids import ActionId
 from bot.store.db import read_scope
@@ -508,3 +509,44 @@ def test_more_time_on_a_break_glass_grant_is_for_people_to_give(minting_bot: Min
     assert extension.rule is None and extension.approvals_required == 1
     assert bot.stored(extension.id).status == "pending"
     assert [t for t in bot.idp.tokens() if t["request_id"] == extension.id] == []
+
+    # Nor on the next link: the chain is still break-glass access, whoever approved the link before.
+    bot.click(APPROVER_1, ActionId.APPROVE, _card_of(bot, extension.id))
+    bot.eventually(lambda: bot.stored(extension.id).status == "active", timeout=15)
+    answer, further = _extend(bot, REQUESTER, f"{extension.id} 30m")
+    assert further is not None, answer
+    assert further.rule is None and further.approvals_required == 1
+    assert bot.stored(further.id).status == "pending"
+    assert [t for t in bot.idp.tokens() if t["request_id"] == further.id] == []
+
+
+@pytest.mark.parametrize("policy", [make_policy(reminders={"after": "10m"})], ids=["reminders"], indirect=True)
+def test_an_extension_of_a_grant_ended_early_is_cancelled_at_once(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    first = bot.approve("request prod-db read 1h checking INC-1234")
+    _answer, extension = _extend(bot, REQUESTER, f"{first} 30m")
+    assert extension is not None, _answer
+    # The IdP refuses revocations for now: the early end is recorded, its confirmation is not.
+    bot.idp.fail_next(503, 10_000, endpoint="revocation")
+    response, _ = bot.command(REQUESTER, f"revoke {first}")
+    assert response.status_code == 200
+    bot.eventually(lambda: bot.grant(first).revoke_requested_by == REQUESTER)
+    # Nobody is to be asked for, or able to give, more time on access that has ended.
+    assert bot.stored(extension.id).status == "cancelled"
+    bot.clock.advance(timedelta(minutes=11))
+    bot.served.runtime.jobs.run_now(REMINDERS_JOB)
+    assert bot.events(extension.id, "reminder_sent") == []
+
+
+@pytest.mark.parametrize("policy", [make_policy(reminders={"after": "10m"})], ids=["reminders"], indirect=True)
+def test_no_one_is_reminded_of_an_extension_of_a_grant_past_its_end(minting_bot: MintingBot) -> None:
+    bot = minting_bot
+    first = bot.approve("request prod-db read 30m checking INC-1234")
+    bot.clock.advance(timedelta(minutes=25))
+    _answer, extension = _extend(bot, REQUESTER, f"{first} 10m")
+    assert extension is not None, _answer
+    # The grant reaches its end while the IdP refuses revocations: its end is not yet confirmed.
+    bot.idp.fail_next(503, 10_000, endpoint="revocation")
+    bot.clock.advance(timedelta(minutes=11))
+    bot.served.runtime.jobs.run_now(REMINDERS_JOB)
+    assert bot.events(extension.id, "reminder_sent") == []

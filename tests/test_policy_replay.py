@@ -11,11 +11,13 @@ import pytest
 import yaml
 from sqlmodel import Session
 
+from bot.domain.replay import replay as replay_requests
 from bot.store.audit import bind_audit_key
-from bot.store.db import make_engine, migrate
+from bot.store.db import make_engine, migrate, read_scope
 from bot.store.models import AccessRequest
+from bot.store.requests import recorded_since
 from tests.processes import assert_no_traceback, run_cli
-from tests.world import AUDIT_KEY
+from tests.world import AUDIT_KEY, REQUESTER, SQLITE_ONLY, make_policy, policy_data
 
 RULES = Path(__file__).resolve().parent.parent / "examples" / "policy-rules.yml"
 BERLIN = timedelta(hours=1)  # CET in December
@@ -178,3 +180,61 @@ def test_what_a_rule_decided_before_counts_as_the_rule_s_not_people_s(tmp_path: 
     assert result.returncode == 0, result.stderr
     gone = json.loads(result.stdout)
     assert gone["counts"] == {"was auto-approved would have needed a human": 1}
+
+
+@SQLITE_ONLY
+def test_more_break_glass_time_replays_as_the_bot_decides_it(database_url: str) -> None:
+    """A rule that auto-approves extensions never decides one of a break-glass chain in the bot; a
+    replay that said it would have reported a change no policy could make."""
+    engine = bind_audit_key(make_engine(database_url), __import__("base64").urlsafe_b64decode(AUDIT_KEY))
+    migrate(engine)
+    when = at(1, 10)
+    with Session(engine) as session:
+        # The break-glass grant, a person's extension of it, and an extension of that extension.
+        for rid, extends, minutes in (
+            ("R00000000BG", None, 30),
+            ("R00000EXT1", "R00000000BG", 30),
+            ("R00000EXT2", "R00000EXT1", 15),
+        ):
+            session.add(
+                AccessRequest(
+                    id=rid,
+                    requester_slack_id=REQUESTER,
+                    requester_subject="alice",
+                    resource="prod-db",
+                    audience="https://db.internal.example",
+                    scopes="read",
+                    duration_seconds=minutes * 60,
+                    reason="INC-99 primary is down",
+                    approvals_required=0 if extends is None else 1,
+                    approver_channel="C0DBAPPROVE",
+                    status="revoked",
+                    created_at=when,
+                    updated_at=when,
+                    decided_at=when,
+                    decided_by="jit-bot" if extends is None else "U0APPROVER1",
+                    break_glass=extends is None,
+                    extends=extends,
+                )
+            )
+        session.commit()
+    policy = make_policy(
+        groups={"sre": [REQUESTER]},
+        resources=[
+            {**policy_data()["resources"][0], "break_glass": {"max_duration": "1h", "allowed": ["sre"]}},
+            *policy_data()["resources"][1:],
+        ],
+        rules=[
+            {
+                "name": "extend-reads",
+                "when": {"extension": True, "resources": ["prod-db"], "scopes_within": ["read"]},
+                "effect": "auto_approve",
+                "max_total": "3h",
+            }
+        ],
+    )
+    with read_scope(engine) as session:
+        result = replay_requests(policy, recorded_since(session=session, since=when), usergroups=None)
+    engine.dispose()
+    assert result.requests == 2  # the break-glass itself is not decided again
+    assert result.changes == []

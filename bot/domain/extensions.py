@@ -9,7 +9,7 @@ otherwise up to the resource's ``max_duration``, the same cap a first request ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from bot.domain.policy import Policy, Resource
@@ -29,3 +29,20 @@ def extension_cap(policy: Policy, resource: Resource, decision: Decision) -> Cap
         if rule is not None and rule.max_total is not None:
             return Cap(rule.max_total, rule.name)
     return Cap(resource.max_duration, None)
+
+
+def for_break_glass_chain(decision: Decision, resource: Resource, extended: str) -> Decision:
+    """The decision on an extension of a break-glass chain (``extended``: the link it extends). Nobody
+    approved the break-glass, so more time on it is for people to give, never a rule: an auto-approval
+    becomes the resource's approvers'. The bot and ``policy replay`` both decide it so."""
+    if decision.effect is not Effect.AUTO_APPROVE:
+        return decision
+    return replace(
+        decision,
+        effect=Effect.DEFAULT,
+        rule=None,
+        reason=f"extends {extended} of a break-glass chain: the resource's approvers decide, not rule "
+        f"'{decision.rule}'",
+        approvers=resource.approvers,
+        approvals_required=resource.approvals_required,
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from bot.domain.extensions import for_break_glass_chain
 from bot.domain.policy import Policy
 from bot.domain.rego import RECENT_WINDOW, RegoEvaluator
 from bot.domain.rules import AccessRequest, Decision, Effect, decide
@@ -60,6 +61,7 @@ class Recorded:
     rule: str | None = None  # the rule that decided it when it was made (None: the resource's approvers)
     decided_by_rule: bool = False  # that rule decided it alone (auto-approved or denied, no vote)
     extension: bool = False  # an extension of an active grant (its duration: the extra time)
+    break_glass_chain: bool = False  # an extension of a chain that began with /jit breakglass
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,9 @@ def replay(
             recent_auto_approvals=recent,
             rego=rego,
         )
+        if request.extension and request.break_glass_chain:
+            # As the bot decides it: no rule gives more break-glass time (bot.services.extensions).
+            decision = for_break_glass_chain(decision, resource, request.id)
         if decision.effect is Effect.AUTO_APPROVE and decision.rule in limits:
             granted[(request.requester, decision.rule)].append(request.created_at)
         before = _before(request)

@@ -15,6 +15,7 @@ from bot.domain.policy import Policy
 from bot.domain.status import GrantStatus, RequestStatus
 from bot.services import lifecycle
 from bot.services.audit import record
+from bot.services.extensions import cancel_pending_extension
 from bot.services.identity import OnSlackFailure, resolve_approvers
 from bot.services.outbox import Announcer
 from bot.services.ports import Directory
@@ -123,15 +124,19 @@ class EarlyEndService:
         past this revocation: each extension after it minted but not yet picked up (its link would hand
         out a new token), however deep the chain, and the grants before it not yet replaced (their
         tokens are the ones the requester still holds until this one is picked up). A grant that has
-        been replaced already is left to its own revocation. (An extension still pending is cancelled
-        when its grant's revocation is confirmed; one being minted is refused at its activation.)"""
-        later: str | None = request_id
-        while later is not None:
-            extension = store.latest_extension(session=session, request_id=later)
-            later = None
-            if extension is not None and extension[1] == RequestStatus.ACTIVE.value:
-                later = extension[0]
-                self._end_link(session, later, f"its grant {request_id} was revoked", now=now, actor=actor, by=by)
+        been replaced already is left to its own revocation. An extension still pending at the chain's
+        end is cancelled now, not once the revocation is confirmed (which a failing IdP can put off for
+        hours): until then approvers were reminded of it, escalated to and could approve more time on
+        access that had ended. One being minted is refused at its activation."""
+        later = request_id
+        while (extension := store.latest_extension(session=session, request_id=later)) is not None:
+            if extension[1] == RequestStatus.PENDING.value:
+                cancel_pending_extension(session, later, now=now, policy=self.policy, announcer=self.announcer)
+                break
+            if extension[1] != RequestStatus.ACTIVE.value:
+                break
+            later = extension[0]
+            self._end_link(session, later, f"its grant {request_id} was revoked", now=now, actor=actor, by=by)
         request = store.get_request(session=session, request_id=request_id)
         earlier = request.extends if request is not None else None
         while earlier is not None:

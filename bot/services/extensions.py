@@ -13,7 +13,7 @@ ended early: access is never given past a revocation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from bot.domain.audit import AuditEventType
 from bot.domain.durations import format_duration
-from bot.domain.extensions import extension_cap
+from bot.domain.extensions import extension_cap, for_break_glass_chain
 from bot.domain.policy import Policy
 from bot.domain.rules import AccessRequest as RuleInput
 from bot.domain.rules import Effect, decide
@@ -139,6 +139,17 @@ def cancel_pending_extension(
     announcer.outcome(session, view)
     lifecycle.note(session, lifecycle.Step.CANCELLED, view, by=BOT_ACTOR)
     return latest[0]
+
+
+def opened_by_break_glass(session: Session, request: AccessRequest) -> bool:
+    """The chain ``request`` belongs to began with ``/jit breakglass``: every link of it carries on
+    that access, so an extension of any link is as much more break-glass time as one of the first."""
+    link: AccessRequest | None = request
+    while link is not None:
+        if link.break_glass:
+            return True
+        link = store.get_request(session=session, request_id=link.extends) if link.extends is not None else None
+    return False
 
 
 def _live(grant: Grant | None, now: datetime) -> bool:
@@ -276,18 +287,10 @@ class ExtensionService:
         )
         resource = requests.policy.resource(row.resource)
         assert resource is not None
-        if original.break_glass and decision.effect is Effect.AUTO_APPROVE:
+        if opened_by_break_glass(session, original):
             # Nobody approved a break-glass grant: more time on it is for people to give, never a rule,
             # or break-glass access could run on past its break_glass.max_duration with no one looking.
-            decision = replace(
-                decision,
-                effect=Effect.DEFAULT,
-                rule=None,
-                reason=f"extends break-glass {original.id}: the resource's approvers decide, not rule "
-                f"'{decision.rule}'",
-                approvers=resource.approvers,
-                approvals_required=resource.approvals_required,
-            )
+            decision = for_break_glass_chain(decision, resource, original.id)
         cap = extension_cap(requests.policy, resource, decision)
         total = timedelta(seconds=(row.prior_seconds or 0)) + extra
         if total > cap.limit:

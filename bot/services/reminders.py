@@ -20,6 +20,7 @@ from bot.domain.audit import AuditEventType
 from bot.domain.policy import Policy
 from bot.domain.reminders import awaited, escalation_entries, plan
 from bot.services.audit import record
+from bot.services.extensions import window_end
 from bot.services.notices import ApprovalReminder
 from bot.services.outbox import Announcer
 from bot.services.snapshots import load_snapshot
@@ -67,6 +68,13 @@ class ReminderService:
         )
         escalate_to = escalation_entries(reminders, self.policy.groups) if nudge.escalate and reminders else None
         with session_scope(self.engine) as session:
+            pending = request_store.get_request(session=session, request_id=seen.id)
+            if pending is not None and pending.extends is not None and window_end(session, pending, now) is None:
+                # More time on a grant that has reached its end (its revocation not yet confirmed, which
+                # cancels this) cannot be given: nobody is asked to. Its schedule still moves on, so it
+                # does not come back to the head of every run's batch.
+                store.claim(session=session, seen=seen, next_at=nudge.next_at, remind=False, escalate_to=None, now=now)
+                return False
             won = store.claim(
                 session=session,
                 seen=seen,

@@ -158,7 +158,11 @@ def requests_since(*, session: Session, since: datetime, batch: int = 1000) -> I
 
 def recorded_since(*, session: Session, since: datetime) -> Iterator[Recorded]:
     """The requests created since ``since``, as ``jit-bot policy replay`` decides them again."""
+    glass: dict[str, bool] = {}  # request id: its chain began with /jit breakglass
     for row in requests_since(session=session, since=since):
+        glass[row.id] = row.break_glass or (
+            row.extends is not None and _began_with_break_glass(session, row.extends, glass)
+        )
         if row.break_glass:
             # Opened with /jit breakglass, which no rule decides: deciding it again would report a
             # change that no policy could have made.
@@ -178,7 +182,19 @@ def recorded_since(*, session: Session, since: datetime) -> Iterator[Recorded]:
             # A rule's own decision (no vote) is recorded as decided by the bot, with the rule named.
             decided_by_rule=row.rule is not None and row.decided_by == BOT_ACTOR,
             extension=row.extends is not None,
+            break_glass_chain=glass[row.id],
         )
+
+
+def _began_with_break_glass(session: Session, request_id: str, known: dict[str, bool]) -> bool:
+    """Whether the chain ``request_id`` is a link of began with /jit breakglass (``known``: links
+    already looked at; a link made before the replay's window is read from the store)."""
+    if request_id not in known:
+        row = session.get(AccessRequest, request_id)
+        known[request_id] = row is not None and (
+            row.break_glass or (row.extends is not None and _began_with_break_glass(session, row.extends, known))
+        )
+    return known[request_id]
 
 
 def latest_extension(*, session: Session, request_id: str) -> tuple[str, str] | None:
