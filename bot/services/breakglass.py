@@ -34,12 +34,11 @@ from bot.services.identity import resolve_subject
 from bot.services.notices import ApprovalCard, BreakGlassAcknowledged, BreakGlassAlerted
 from bot.services.outbox import Announcer
 from bot.services.ports import Directory, DirectoryError
-from bot.services.requests import new_request_id
+from bot.services.requests import pending_request
 from bot.services.snapshots import RequestSnapshot, load_snapshot, snapshot
 from bot.store import break_glass as alert_store
 from bot.store import requests as store
 from bot.store.db import read_scope, session_scope
-from bot.store.models import AccessRequest
 from bot.store.transitions import Audit, move_request
 
 log = logging.getLogger(__name__)
@@ -124,22 +123,8 @@ class BreakGlassService:
         if unmapped is not None or subject is None:
             raise unmapped or RuntimeError("no subject")
         now = self.clock()
-        row = AccessRequest(
-            id=new_request_id(),
-            requester_slack_id=requester,
-            requester_subject=subject,
-            resource=resource.name,
-            audience=resource.audience,
-            scopes=" ".join(draft.scopes),
-            duration_seconds=int(draft.duration.total_seconds()),
-            reason=draft.reason,
-            approvals_required=0,
-            approver_channel=resource.approver_channel,
-            status=RequestStatus.PENDING.value,
-            created_at=now,
-            updated_at=now,
-            origin=origin,
-            break_glass=True,
+        row = pending_request(
+            draft, resource, requester=requester, subject=subject, now=now, origin=origin, break_glass=True
         )
         try:
             with session_scope(self.engine) as session:

@@ -19,7 +19,7 @@ from bot.domain.audit import AuditEventType
 from bot.domain.commands import RequestDraft
 from bot.domain.context import context_usergroups
 from bot.domain.durations import format_duration
-from bot.domain.policy import Policy
+from bot.domain.policy import Policy, Resource
 from bot.domain.policy_fields import SLACK_USERGROUP_ID
 from bot.domain.policy_rules import RuleEffect, expand
 from bot.domain.rego import RECENT_WINDOW, RegoEvaluator
@@ -56,6 +56,37 @@ def new_request_id() -> str:
 def origin_key(kind: str, slack_id: str) -> str:
     """The idempotency key of a request created by one Slack interaction (its trigger, its view)."""
     return hashlib.sha256(f"{kind}:{slack_id}".encode()).hexdigest()
+
+
+def pending_request(
+    draft: RequestDraft,
+    resource: Resource,
+    *,
+    requester: str,
+    subject: str,
+    now: datetime,
+    origin: str | None,
+    break_glass: bool = False,
+) -> AccessRequest:
+    """The row of a new request for ``draft``, pending, as the resource's approvers would decide it (a
+    rule's decision is written on it after, by ``apply_decision``; break-glass needs no approval)."""
+    return AccessRequest(
+        id=new_request_id(),
+        requester_slack_id=requester,
+        requester_subject=subject,
+        resource=resource.name,
+        audience=resource.audience,
+        scopes=" ".join(draft.scopes),
+        duration_seconds=int(draft.duration.total_seconds()),
+        reason=draft.reason,
+        approvals_required=0 if break_glass else resource.approvals_required,
+        approver_channel=resource.approver_channel,
+        status=RequestStatus.PENDING.value,
+        created_at=now,
+        updated_at=now,
+        origin=origin,
+        break_glass=break_glass,
+    )
 
 
 def apply_decision(
@@ -112,22 +143,7 @@ class RequestService:
         # Slack is asked before the transaction: a Slack round-trip must never hold the database.
         usergroups, unreadable = self._usergroups_of(requester) if self.policy.rules else (frozenset(), ())
         now = self.clock()
-        row = AccessRequest(
-            id=new_request_id(),
-            requester_slack_id=requester,
-            requester_subject=subject,
-            resource=resource.name,
-            audience=resource.audience,
-            scopes=" ".join(draft.scopes),
-            duration_seconds=int(draft.duration.total_seconds()),
-            reason=draft.reason,
-            approvals_required=resource.approvals_required,
-            approver_channel=resource.approver_channel,
-            status=RequestStatus.PENDING.value,
-            created_at=now,
-            updated_at=now,
-            origin=origin,
-        )
+        row = pending_request(draft, resource, requester=requester, subject=subject, now=now, origin=origin)
         try:
             with session_scope(self.engine) as session:
                 if origin is not None and (earlier := store.request_by_origin(session=session, origin=origin)):
